@@ -1,0 +1,92 @@
+#include "data/dataset.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <regex>
+
+#include "data/io.h"
+#include "kernels/common.h"
+#include "kernels/rng.h"
+
+namespace fs = std::filesystem;
+
+namespace diloco {
+
+DatasetInfo read_dataset_info(const std::string& dir) {
+    DILOCO_CHECK(fs::is_directory(dir), "data directory " + dir + " does not exist");
+    const std::string meta = dir + "/meta.json";
+    if (!fs::exists(meta)) return {"gpt2", 50257};
+    const std::string text = read_text_file(meta);
+    std::smatch mv, mt;
+    DILOCO_CHECK(std::regex_search(text, mv, std::regex("\"vocab\"\\s*:\\s*(\\d+)")),
+                 meta + " has no \"vocab\" field");
+    DatasetInfo info;
+    info.vocab = std::stoi(mv[1]);
+    info.tokenizer = std::regex_search(text, mt, std::regex("\"tokenizer\"\\s*:\\s*\"([a-z0-9]+)\""))
+                         ? mt[1].str()
+                         : "byte";
+    DILOCO_CHECK(info.vocab > 0 && info.vocab <= 65536,
+                 meta + ": vocab " + std::to_string(info.vocab) + " does not fit uint16 tokens");
+    return info;
+}
+
+std::vector<std::string> list_shards(const std::string& dir, const std::string& split) {
+    DILOCO_CHECK(fs::is_directory(dir), "data directory " + dir + " does not exist");
+    std::vector<std::string> out;
+    for (const auto& e : fs::directory_iterator(dir)) {
+        const std::string name = e.path().filename().string();
+        if (e.is_regular_file() && name.ends_with(".bin") && name.find(split) != std::string::npos)
+            out.push_back(e.path().string());
+    }
+    std::sort(out.begin(), out.end());
+    DILOCO_CHECK(!out.empty(), "no " + split + " shards (*" + split + "*.bin) in " + dir +
+                                   "; run `diloco prepare` first");
+    return out;
+}
+
+TokenStream::TokenStream(const std::string& dir, const std::string& split, int vocab, int T,
+                         bool shuffle, uint64_t seed)
+    : T_(T), shuffle_(shuffle), seed_(seed) {
+    for (const auto& path : list_shards(dir, split)) {
+        Shard s(path, vocab);
+        const uint64_t n = s.size() > (size_t)T ? (s.size() - 1) / T : 0;
+        chunk_start_.push_back(total_chunks_);
+        total_chunks_ += n;
+        total_tokens_ += s.size();
+        shards_.push_back(std::move(s));
+    }
+    DILOCO_CHECK(total_chunks_ > 0, "the " + split + " split of " + dir + " holds " +
+                                        std::to_string(total_tokens_) +
+                                        " tokens, too few for one sequence of " +
+                                        std::to_string(T + 1));
+    DILOCO_CHECK(total_chunks_ < UINT32_MAX, "too many chunks in " + dir);
+}
+
+uint64_t TokenStream::chunk_of_row(uint64_t row) {
+    const uint64_t pos = row % total_chunks_;
+    if (!shuffle_) return pos;
+    const int64_t epoch = (int64_t)(row / total_chunks_);
+    if (epoch != perm_epoch_) {
+        perm_.resize(total_chunks_);  // allocates once; later epochs reuse the storage
+        for (uint64_t i = 0; i < total_chunks_; i++) perm_[i] = (uint32_t)i;
+        Rng rng(seed_ * 0x9E3779B97F4A7C15ull + (uint64_t)epoch + 1);
+        for (uint64_t i = total_chunks_ - 1; i > 0; i--) std::swap(perm_[i], perm_[rng.below(i + 1)]);
+        perm_epoch_ = epoch;
+    }
+    return perm_[pos];
+}
+
+void TokenStream::read_rows(uint64_t first_row, int nrows, int* tokens, int* targets) {
+    for (int r = 0; r < nrows; r++) {
+        const uint64_t chunk = chunk_of_row(first_row + r);
+        const size_t s = std::upper_bound(chunk_start_.begin(), chunk_start_.end(), chunk) -
+                         chunk_start_.begin() - 1;
+        const uint16_t* src = shards_[s].tokens() + (chunk - chunk_start_[s]) * T_;
+        for (int t = 0; t < T_; t++) {
+            tokens[(long)r * T_ + t] = src[t];
+            targets[(long)r * T_ + t] = src[t + 1];
+        }
+    }
+}
+
+}  // namespace diloco

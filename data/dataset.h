@@ -1,0 +1,57 @@
+// A prepared data directory and the sampler that turns its shards into batches.
+//
+// Layout of DIR:
+//   meta.json                    {"tokenizer": "byte", "vocab": 256, ...}; optional
+//   *train*.bin, *val*.bin       shards (data/shard.h), read in name order
+// Without meta.json the directory is taken to hold llm.c's GPT-2 shards (vocab 50257).
+//
+// Sampling: a split is cut into chunks of T+1 tokens starting every T tokens (inputs and their
+// next-token targets); chunks never straddle two shards. The training stream is a sequence of
+// rows; row i is chunk perm_e[i mod n] of epoch e = i / n, where perm_e is a Fisher-Yates shuffle
+// seeded by (seed, e). Step s of a run with global batch G takes rows s*G .. s*G+G-1, and a rank r
+// holding B of them takes rows s*G + r*B .. s*G + r*B + B-1. So the batch of a step does not depend
+// on how many ranks share it, and the data cursor of a checkpoint is just the next row index.
+// Validation rows are the chunks in order, unshuffled.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "data/shard.h"
+
+namespace diloco {
+
+struct DatasetInfo {
+    std::string tokenizer;  // "byte" or "gpt2"
+    int vocab = 0;
+};
+
+DatasetInfo read_dataset_info(const std::string& dir);
+
+// Shard files of one split ("train" or "val") in name order; throws if there are none.
+std::vector<std::string> list_shards(const std::string& dir, const std::string& split);
+
+class TokenStream {
+public:
+    TokenStream(const std::string& dir, const std::string& split, int vocab, int T, bool shuffle,
+                uint64_t seed);
+
+    uint64_t num_chunks() const { return total_chunks_; }
+    uint64_t num_tokens() const { return total_tokens_; }
+
+    // tokens and targets (nrows, T) for rows first_row .. first_row + nrows - 1.
+    void read_rows(uint64_t first_row, int nrows, int* tokens, int* targets);
+
+private:
+    uint64_t chunk_of_row(uint64_t row);
+    std::vector<Shard> shards_;
+    std::vector<uint64_t> chunk_start_;  // first global chunk index of each shard
+    uint64_t total_chunks_ = 0, total_tokens_ = 0;
+    int T_;
+    bool shuffle_;
+    uint64_t seed_;
+    int64_t perm_epoch_ = -1;
+    std::vector<uint32_t> perm_;
+};
+
+}  // namespace diloco

@@ -1,0 +1,12 @@
+// CUDA entry points of the residual add (device pointers). Kept apart from residual.h so that the
+// CPU build never sees CUDA types.
+#pragma once
+#include <cuda_runtime.h>
+
+namespace diloco {
+
+// out (n) = a + b on `stream`; returns the launch's error status.
+cudaError_t residual_forward_cuda(float* out, const float* a, const float* b, long n,
+                                  cudaStream_t stream);
+
+}  // namespace diloco

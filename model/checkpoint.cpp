@@ -1,0 +1,154 @@
+#include "model/checkpoint.h"
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+#include "data/io.h"
+#include "kernels/common.h"
+
+namespace fs = std::filesystem;
+
+namespace diloco {
+
+static const char kMagic[8] = {'D', 'I', 'L', 'O', 'C', 'O', 'C', 'K'};
+static const uint32_t kVersion = 1;
+static const size_t kHeaderBytes = 24;
+static const size_t kFixedPayload = 5 * 4 + 8 + 8 + 8 + 4 * 8;
+
+namespace {
+struct Writer {
+    std::vector<char> buf;
+    template <typename T>
+    void put(const T& v) { put_bytes(&v, sizeof v); }
+    void put_bytes(const void* p, size_t n) {
+        const char* c = static_cast<const char*>(p);
+        buf.insert(buf.end(), c, c + n);
+    }
+};
+struct Reader {
+    const char* p;
+    size_t left;
+    std::string path;
+    template <typename T>
+    T get() {
+        T v;
+        get_bytes(&v, sizeof v);
+        return v;
+    }
+    void get_bytes(void* out, size_t n) {
+        DILOCO_CHECK(n <= left, "checkpoint " + path + " is truncated");
+        std::memcpy(out, p, n);
+        p += n;
+        left -= n;
+    }
+};
+}  // namespace
+
+void save_checkpoint(const std::string& path, const GPTConfig& c, const TrainState& s,
+                     const float* params, const float* adam_m, const float* adam_v, size_t n) {
+    Writer w;
+    w.buf.reserve(kHeaderBytes + kFixedPayload + 12 * n);
+    w.put_bytes(kMagic, 8);
+    w.put(kVersion);
+    w.put(uint32_t(0));  // crc, filled below
+    w.put(uint64_t(0));  // payload bytes, filled below
+    for (int v : {c.vocab, c.max_seq_len, c.n_layer, c.n_head, c.d_model}) w.put(int32_t(v));
+    w.put(uint64_t(n));
+    w.put(s.step);
+    w.put(s.data_cursor);
+    for (uint64_t r : s.rng) w.put(r);
+    w.put_bytes(params, 4 * n);
+    w.put_bytes(adam_m, 4 * n);
+    w.put_bytes(adam_v, 4 * n);
+    const uint64_t payload = w.buf.size() - kHeaderBytes;
+    const uint32_t crc = crc32_update(0, w.buf.data() + kHeaderBytes, payload);
+    std::memcpy(w.buf.data() + 12, &crc, 4);
+    std::memcpy(w.buf.data() + 16, &payload, 8);
+    fs::create_directories(fs::path(path).parent_path());
+    write_file_atomic(path, w.buf.data(), w.buf.size());
+}
+
+Checkpoint load_checkpoint(const std::string& path) {
+    std::ifstream f(path, std::ios::binary | std::ios::ate);
+    DILOCO_CHECK(f, "cannot open checkpoint " + path);
+    const size_t bytes = (size_t)f.tellg();
+    DILOCO_CHECK(bytes >= kHeaderBytes, "checkpoint " + path + " is truncated (" +
+                                            std::to_string(bytes) + " bytes)");
+    std::vector<char> buf(bytes);
+    f.seekg(0);
+    f.read(buf.data(), (std::streamsize)bytes);
+    DILOCO_CHECK(f, "cannot read checkpoint " + path);
+    DILOCO_CHECK(std::memcmp(buf.data(), kMagic, 8) == 0, path + " is not a diloco checkpoint (bad magic)");
+    uint32_t version, crc;
+    uint64_t payload;
+    std::memcpy(&version, buf.data() + 8, 4);
+    std::memcpy(&crc, buf.data() + 12, 4);
+    std::memcpy(&payload, buf.data() + 16, 8);
+    DILOCO_CHECK(version == kVersion, "checkpoint " + path + " has version " +
+                                          std::to_string(version) + "; this build reads version 1");
+    DILOCO_CHECK(payload == bytes - kHeaderBytes,
+                 "checkpoint " + path + " is truncated: header says " + std::to_string(payload) +
+                     " payload bytes, file holds " + std::to_string(bytes - kHeaderBytes));
+    DILOCO_CHECK(crc32_update(0, buf.data() + kHeaderBytes, payload) == crc,
+                 "checkpoint " + path + " is corrupt (CRC32 mismatch)");
+    Reader r{buf.data() + kHeaderBytes, payload, path};
+    Checkpoint ck;
+    GPTConfig& c = ck.config;
+    c.vocab = r.get<int32_t>();
+    c.max_seq_len = r.get<int32_t>();
+    c.n_layer = r.get<int32_t>();
+    c.n_head = r.get<int32_t>();
+    c.d_model = r.get<int32_t>();
+    try {
+        c.validate();
+    } catch (const Error& e) {
+        throw Error("checkpoint " + path + " holds an invalid config: " + e.what());
+    }
+    const uint64_t n = r.get<uint64_t>();
+    GPT shape;
+    gpt_build(shape, c);  // the parameter count this config implies
+    DILOCO_CHECK(n == shape.num_params, "checkpoint " + path + " holds " + std::to_string(n) +
+                                            " parameters but its config implies " +
+                                            std::to_string(shape.num_params));
+    DILOCO_CHECK(payload == kFixedPayload + 12 * n, "checkpoint " + path + " has a bad size");
+    ck.state.step = r.get<int64_t>();
+    ck.state.data_cursor = r.get<uint64_t>();
+    for (auto& x : ck.state.rng) x = r.get<uint64_t>();
+    ck.params.resize(n);
+    ck.adam_m.resize(n);
+    ck.adam_v.resize(n);
+    r.get_bytes(ck.params.data(), 4 * n);
+    r.get_bytes(ck.adam_m.data(), 4 * n);
+    r.get_bytes(ck.adam_v.data(), 4 * n);
+    return ck;
+}
+
+std::string checkpoint_path(const std::string& rundir, int64_t step) {
+    char name[64];
+    std::snprintf(name, sizeof name, "step_%08lld.ckpt", (long long)step);
+    return rundir + "/ckpt/" + name;
+}
+
+std::string latest_checkpoint(const std::string& rundir) {
+    const std::string dir = rundir + "/ckpt";
+    if (!fs::is_directory(dir)) return "";
+    static const std::regex name("step_(\\d{8})\\.ckpt");
+    std::string best;
+    long long best_step = -1;
+    for (const auto& e : fs::directory_iterator(dir)) {
+        std::smatch mt;
+        const std::string fn = e.path().filename().string();
+        if (!std::regex_match(fn, mt, name)) continue;
+        long long s = std::stoll(mt[1]);
+        if (s > best_step) {
+            best_step = s;
+            best = e.path().string();
+        }
+    }
+    return best;
+}
+
+}  // namespace diloco

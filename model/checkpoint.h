@@ -1,0 +1,44 @@
+// Checkpoints: the model config, parameters, AdamW moments and the position in training.
+//
+// File layout (little-endian), documented in docs/formats.md:
+//   header (24 bytes): char magic[8] = "DILOCOCK", u32 version = 1, u32 crc32 of the payload,
+//                      u64 payload bytes
+//   payload: i32 vocab, max_seq_len, n_layer, n_head, d_model; u64 num_params;
+//            i64 step; u64 data_cursor; u64 rng_state[4];
+//            f32 params[num_params], f32 adam_m[num_params], f32 adam_v[num_params]
+// Files are written atomically, so a killed run leaves no half-written checkpoint.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/gpt.h"
+
+namespace diloco {
+
+struct TrainState {
+    int64_t step = 0;          // optimizer steps completed
+    uint64_t data_cursor = 0;  // next training row (data/dataset.h)
+    uint64_t rng[4] = {0, 0, 0, 0};
+};
+
+struct Checkpoint {
+    GPTConfig config;
+    TrainState state;
+    std::vector<float> params, adam_m, adam_v;
+};
+
+void save_checkpoint(const std::string& path, const GPTConfig& config, const TrainState& state,
+                     const float* params, const float* adam_m, const float* adam_v, size_t n);
+
+// Reads and validates everything (size, CRC, config, parameter count); throws Error otherwise.
+Checkpoint load_checkpoint(const std::string& path);
+
+// RUNDIR/ckpt/step_NNNNNNNN.ckpt
+std::string checkpoint_path(const std::string& rundir, int64_t step);
+
+// The checkpoint of the highest step in RUNDIR/ckpt, or "" if there is none. Temporary files of
+// an interrupted write are never taken.
+std::string latest_checkpoint(const std::string& rundir);
+
+}  // namespace diloco

@@ -1,0 +1,53 @@
+// `diloco train`, `eval` and `generate`: the single-process training loop and its companions.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "model/gpt.h"
+
+namespace diloco {
+
+struct TrainOptions {
+    std::string data, out;
+    // model
+    std::string model;  // preset name, or "" for the explicit sizes below
+    int n_layer = 4, n_head = 4, d_model = 128, seq_len = 128;
+    int max_seq_len = 0;  // position-embedding rows; 0 = the preset's, or seq_len
+    // batch and length
+    int batch = 16;
+    long steps = 1000;
+    // inner optimizer
+    float lr = 1e-3f, min_lr_frac = 0.1f, weight_decay = 0.1f, beta1 = 0.9f, beta2 = 0.95f;
+    float eps = 1e-8f, grad_clip = 1.0f;
+    long warmup = 100;
+    std::string inner_opt = "adamw";
+    // data
+    std::string shard = "iid";
+    uint64_t seed = 1337;
+    // evaluation, checkpoints, output
+    long eval_every = 0, ckpt_every = 0, log_every = 10;
+    int eval_batches = 8;
+    bool resume = false;
+    std::string device = "auto";
+};
+
+// Resolves the model config from the options and the data's vocabulary; throws Error on any
+// value that makes no sense.
+GPTConfig resolve_config(const TrainOptions& opt, int vocab);
+
+// Runs training; returns the final validation loss.
+double run_train(const TrainOptions& opt);
+
+// Mean loss over `batches` batches of `batch` rows from the start of the validation split.
+double evaluate(GPT& m, const std::string& data_dir, int batch, int T, int batches);
+
+struct GenerateOptions {
+    std::string ckpt, prompt = "\n";
+    int tokens = 256;
+    float temperature = 0.8f;
+    uint64_t seed = 1;
+};
+// Returns the generated continuation (bytes for the byte tokenizer, token ids otherwise).
+std::string run_generate(const GenerateOptions& opt);
+
+}  // namespace diloco

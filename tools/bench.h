@@ -1,0 +1,21 @@
+// `diloco bench KERNEL`: run one kernel in isolation, time it, print achieved rates.
+#pragma once
+#include <string>
+
+namespace diloco {
+
+struct BenchOptions {
+    std::string kernel;
+    int variant = 0;
+    std::string device = "cpu";
+    // shapes: kernels read the ones they need
+    int B = 8, T = 256, C = 768, NH = 12, V = 50257;
+    int M = 2048, N = 2048, K = 2048;
+    // whole-model step ("train")
+    std::string model = "gpt2-small";
+    int repeats = 10, warmup = 2;
+};
+
+int run_bench(const BenchOptions& opt);
+
+}  // namespace diloco

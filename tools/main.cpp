@@ -1,0 +1,172 @@
+// diloco: one binary for preparing data, training, evaluating, sampling and benchmarking.
+// The command-line contract is in README.md.
+#include <cblas.h>
+#include <omp.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+
+#include "data/prepare.h"
+#include "kernels/common.h"
+#include "model/checkpoint.h"
+#include "optim/train.h"
+#include "tools/bench.h"
+#ifdef DILOCO_HAVE_CUDA
+#include "kernels/cuda_info.h"
+#endif
+
+using namespace diloco;
+
+static void add_train_options(CLI::App* t, TrainOptions& o) {
+    t->set_config("--config", "", "TOML or INI file; every option below can be set there");
+    t->add_option("--data", o.data, "prepared data directory")->required();
+    t->add_option("--out", o.out, "run directory (metrics.jsonl, ckpt/)")->required();
+    // model
+    t->add_option("--model", o.model, "preset: " + [] {
+        std::string s;
+        for (const auto& n : gpt_preset_names()) s += (s.empty() ? "" : ", ") + n;
+        return s;
+    }() + " (overrides the sizes)");
+    t->add_option("--n-layer", o.n_layer, "transformer blocks")->capture_default_str();
+    t->add_option("--n-head", o.n_head, "attention heads")->capture_default_str();
+    t->add_option("--d-model", o.d_model, "model width")->capture_default_str();
+    t->add_option("--seq-len", o.seq_len, "training sequence length")->capture_default_str();
+    t->add_option("--max-seq-len", o.max_seq_len, "position-embedding rows (0: preset's or --seq-len)");
+    // batch and length
+    t->add_option("--batch", o.batch, "sequences per rank per inner step")->capture_default_str();
+    t->add_option("--steps", o.steps, "inner steps")->capture_default_str();
+    // inner optimizer
+    t->add_option("--lr", o.lr, "peak learning rate")->capture_default_str();
+    t->add_option("--warmup", o.warmup, "linear warmup steps")->capture_default_str();
+    t->add_option("--min-lr-frac", o.min_lr_frac, "cosine floor as a fraction of --lr")->capture_default_str();
+    t->add_option("--weight-decay", o.weight_decay, "decoupled weight decay on 2-D weights")->capture_default_str();
+    t->add_option("--beta1", o.beta1, "AdamW beta1")->capture_default_str();
+    t->add_option("--beta2", o.beta2, "AdamW beta2")->capture_default_str();
+    t->add_option("--eps", o.eps, "AdamW epsilon")->capture_default_str();
+    t->add_option("--grad-clip", o.grad_clip, "clip the global gradient norm (0: off)")->capture_default_str();
+    t->add_option("--inner-opt", o.inner_opt, "adamw or sgd")->capture_default_str();
+    // data
+    t->add_option("--shard", o.shard, "iid or noniid")->capture_default_str();
+    t->add_option("--seed", o.seed, "initialisation and data-order seed")->capture_default_str();
+    // evaluation, checkpoints
+    t->add_option("--eval-every", o.eval_every, "steps between evaluations (0: at the end only)")->capture_default_str();
+    t->add_option("--eval-batches", o.eval_batches, "validation batches per evaluation")->capture_default_str();
+    t->add_option("--ckpt-every", o.ckpt_every, "steps between checkpoints (0: none)")->capture_default_str();
+    t->add_option("--log-every", o.log_every, "steps between progress lines")->capture_default_str();
+    t->add_flag("--resume", o.resume, "continue from the newest checkpoint in --out");
+    t->add_option("--device", o.device, "auto, cpu or cuda")->capture_default_str();
+}
+
+static void print_info() {
+    std::printf("diloco %s\n", DILOCO_VERSION);
+    std::printf("build: C++20, %s\n",
+#ifdef NDEBUG
+                "release"
+#else
+                "debug"
+#endif
+    );
+    std::printf("BLAS: %s\n", openblas_get_config());
+    std::printf("OpenMP threads: %d\n", omp_get_max_threads());
+#ifdef DILOCO_HAVE_MPI
+    std::printf("MPI: compiled in\n");
+#else
+    std::printf("MPI: not compiled in\n");
+#endif
+#ifdef DILOCO_HAVE_CUDA
+    std::printf("CUDA: compiled in; %s\n", cuda_summary().c_str());
+#else
+    std::printf("CUDA: not compiled in\n");
+#endif
+}
+
+int main(int argc, char** argv) {
+    CLI::App app{"diloco: train decoder-only language models with DiLoCo, from scratch"};
+    app.require_subcommand(1);
+
+    PrepareOptions prep;
+    auto* p = app.add_subcommand("prepare", "turn text files into token shards");
+    p->add_option("--input", prep.inputs, "text files")->required()->expected(1, -1);
+    p->add_option("--out", prep.out_dir, "output data directory")->required();
+    p->add_option("--val-fraction", prep.val_fraction, "tail of each input kept for validation")->capture_default_str();
+    p->add_option("--tokenizer", prep.tokenizer, "byte")->capture_default_str();
+
+    TrainOptions train;
+    auto* t = app.add_subcommand("train", "train a model");
+    add_train_options(t, train);
+
+    GenerateOptions gen;
+    auto* g = app.add_subcommand("generate", "sample text from a checkpoint");
+    g->add_option("--ckpt", gen.ckpt, "checkpoint file")->required();
+    g->add_option("--prompt", gen.prompt, "text to continue")->capture_default_str();
+    g->add_option("--tokens", gen.tokens, "tokens to generate")->capture_default_str();
+    g->add_option("--temperature", gen.temperature, "0 for greedy")->capture_default_str();
+    g->add_option("--seed", gen.seed, "sampling seed")->capture_default_str();
+
+    std::string eval_ckpt, eval_data;
+    int eval_batches = 16, eval_batch = 8, eval_seq = 0;
+    auto* e = app.add_subcommand("eval", "validation loss of a checkpoint");
+    e->add_option("--ckpt", eval_ckpt, "checkpoint file")->required();
+    e->add_option("--data", eval_data, "prepared data directory")->required();
+    e->add_option("--batches", eval_batches, "batches")->capture_default_str();
+    e->add_option("--batch", eval_batch, "sequences per batch")->capture_default_str();
+    e->add_option("--seq-len", eval_seq, "sequence length (0: the model's max_seq_len)");
+
+    BenchOptions bench;
+    auto* b = app.add_subcommand("bench", "time one kernel in isolation");
+    b->add_option("kernel", bench.kernel, "gemm, layernorm, attention, adamw, gelu, crossentropy, train")->required();
+    b->add_option("--variant", bench.variant, "kernel variant")->capture_default_str();
+    b->add_option("--device", bench.device, "cpu or cuda")->capture_default_str();
+    b->add_option("--B", bench.B, "batch")->capture_default_str();
+    b->add_option("--T", bench.T, "sequence length")->capture_default_str();
+    b->add_option("--C", bench.C, "channels")->capture_default_str();
+    b->add_option("--NH", bench.NH, "heads")->capture_default_str();
+    b->add_option("--V", bench.V, "vocabulary")->capture_default_str();
+    b->add_option("--M", bench.M, "gemm M")->capture_default_str();
+    b->add_option("--N", bench.N, "gemm N")->capture_default_str();
+    b->add_option("--K", bench.K, "gemm K")->capture_default_str();
+    b->add_option("--model", bench.model, "preset for the train bench")->capture_default_str();
+    b->add_option("--repeats", bench.repeats, "timed repeats (median reported)")->capture_default_str();
+    b->add_option("--warmup", bench.warmup, "untimed warm-up calls")->capture_default_str();
+
+    app.add_subcommand("info", "build options, BLAS, threads, devices");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& ex) {
+        return app.exit(ex);
+    } catch (const CLI::CallForAllHelp& ex) {
+        return app.exit(ex);
+    } catch (const CLI::ParseError& ex) {
+        std::fprintf(stderr, "error: %s (see --help)\n", ex.what());
+        return 2;
+    }
+
+    try {
+        if (*p) {
+            prepare_dataset(prep);
+        } else if (*t) {
+            run_train(train);
+        } else if (*g) {
+            std::string text = run_generate(gen);
+            std::printf("%s%s\n", gen.prompt.c_str(), text.c_str());
+        } else if (*e) {
+            Checkpoint ck = load_checkpoint(eval_ckpt);
+            GPT m;
+            gpt_build(m, ck.config);
+            m.params = std::move(ck.params);
+            const int T = eval_seq > 0 ? eval_seq : ck.config.max_seq_len;
+            DILOCO_CHECK(eval_batch > 0 && eval_batches > 0, "--batch and --batches must be positive");
+            gpt_allocate(m, eval_batch, T);
+            std::printf("val_loss %.6f\n", evaluate(m, eval_data, eval_batch, T, eval_batches));
+        } else if (*b) {
+            return run_bench(bench);
+        } else {
+            print_info();
+        }
+    } catch (const std::exception& ex) {
+        std::fprintf(stderr, "error: %s\n", ex.what());
+        return 1;
+    }
+    return 0;
+}
