@@ -63,6 +63,7 @@ static void check_options(const TrainOptions& o) {
     DILOCO_CHECK(o.device != "cuda", "--device cuda: this build trains on the CPU only; the CUDA "
                                      "training backend is not part of it yet");
     DILOCO_CHECK(!o.data.empty() && !o.out.empty(), "train needs --data and --out");
+    DILOCO_CHECK(o.stop_at >= 0, "--stop-at must be >= 0");
 }
 
 double evaluate(GPT& m, const std::string& data_dir, int batch, int T, int batches) {
@@ -89,6 +90,14 @@ static void truncate_metrics(const std::string& path, int64_t step) {
         if (std::regex_search(line, mt, step_re) && std::stoll(mt[1]) <= step) kept += line + "\n";
     }
     write_file_atomic(path, kept);
+}
+
+// A run killed while writing a checkpoint leaves `step_N.ckpt.tmp.<pid>`; it is never read, and
+// is cleared here so that it does not pile up.
+static void remove_stale_temporaries(const std::string& dir) {
+    if (!fs::is_directory(dir)) return;
+    for (const auto& e : fs::directory_iterator(dir))
+        if (e.path().filename().string().find(".tmp.") != std::string::npos) fs::remove(e.path());
 }
 
 static std::string fmt_duration(double s) {
@@ -127,6 +136,7 @@ double run_train(const TrainOptions& o) {
     std::copy(rng.s, rng.s + 4, state.rng);
 
     fs::create_directories(o.out);
+    remove_stale_temporaries(o.out + "/ckpt");
     const std::string metrics_path = o.out + "/metrics.jsonl";
     if (o.resume) {
         const std::string ck_path = latest_checkpoint(o.out);
@@ -170,8 +180,9 @@ double run_train(const TrainOptions& o) {
     const auto t0 = std::chrono::steady_clock::now();
     auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
     const int64_t first_step = state.step + 1;
+    const int64_t end_step = o.stop_at > 0 ? std::min<int64_t>(o.stop_at, o.steps) : o.steps;
     double val_loss = NAN;
-    for (int64_t step = first_step; step <= o.steps; step++) {
+    for (int64_t step = first_step; step <= end_step; step++) {
         train.read_rows(state.data_cursor, B, tok.data(), tgt.data());
         state.data_cursor += global_rows;
         gpt_zero_grad(m);
@@ -211,15 +222,21 @@ double run_train(const TrainOptions& o) {
                          (long long)step, o.steps, loss, lr, norm, tps,
                          fmt_duration(wall / done * (o.steps - step)).c_str());
         }
-        if (o.ckpt_every > 0 && (step % o.ckpt_every == 0 || last)) {
+        if ((o.ckpt_every > 0 && (step % o.ckpt_every == 0 || last)) || (step == end_step && !last)) {
             std::copy(rng.s, rng.s + 4, state.rng);
             save_checkpoint(checkpoint_path(o.out, step), cfg, state, m.params.data(), adam_m.data(),
                             adam_v.data(), m.num_params);
         }
     }
+    if (end_step < o.steps) {
+        std::fclose(metrics);
+        std::fprintf(stderr, "train: stopped at step %lld of %ld as asked; --resume continues\n",
+                     (long long)end_step, o.steps);
+        return NAN;
+    }
     if (std::isnan(val_loss)) val_loss = evaluate(m, o.data, B, T, o.eval_batches);
     const double wall = seconds();
-    const long trained = o.steps - first_step + 1;
+    const long trained = std::max<long>(0, o.steps - first_step + 1);
     std::fprintf(metrics,
                  "{\"summary\": true, \"step\": %ld, \"final_val_loss\": %.9g, \"tokens\": %.0f, "
                  "\"wall_s\": %.3f, \"tok_per_s\": %.1f, \"params\": %zu}\n",

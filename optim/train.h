@@ -28,6 +28,7 @@ struct TrainOptions {
     long eval_every = 0, ckpt_every = 0, log_every = 10;
     int eval_batches = 8;
     bool resume = false;
+    long stop_at = 0;  // leave after this step with a checkpoint (0: run to --steps)
     std::string device = "auto";
 };
 

@@ -53,6 +53,7 @@ static void add_train_options(CLI::App* t, TrainOptions& o) {
     t->add_option("--eval-batches", o.eval_batches, "validation batches per evaluation")->capture_default_str();
     t->add_option("--ckpt-every", o.ckpt_every, "steps between checkpoints (0: none)")->capture_default_str();
     t->add_option("--log-every", o.log_every, "steps between progress lines")->capture_default_str();
+    t->add_option("--stop-at", o.stop_at, "leave after this step with a checkpoint (0: run to --steps)");
     t->add_flag("--resume", o.resume, "continue from the newest checkpoint in --out");
     t->add_option("--device", o.device, "auto, cpu or cuda")->capture_default_str();
 }
