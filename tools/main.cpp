@@ -84,10 +84,12 @@ static void print_info() {
 int main(int argc, char** argv) {
     CLI::App app{"diloco: train decoder-only language models with DiLoCo, from scratch"};
     app.require_subcommand(1);
+    // a repeated option takes its last value, so a script can append overrides to a command line
+    app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
 
     PrepareOptions prep;
     auto* p = app.add_subcommand("prepare", "turn text files into token shards");
-    p->add_option("--input", prep.inputs, "text files")->required()->expected(1, -1);
+    p->add_option("--input", prep.inputs, "text files")->required()->expected(1, -1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
     p->add_option("--out", prep.out_dir, "output data directory")->required();
     p->add_option("--val-fraction", prep.val_fraction, "tail of each input kept for validation")->capture_default_str();
     p->add_option("--tokenizer", prep.tokenizer, "byte")->capture_default_str();

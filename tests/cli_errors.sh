@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Bad input through the real binary: each case must exit non-zero with exactly one line on stderr
+# that names the problem, within a timeout (no crash, no hang). Also: a run killed while it writes
+# checkpoints leaves only complete ones, and --resume continues from them.
+# usage: cli_errors.sh path/to/diloco
+set -u
+BIN=$(realpath "$1")
+WORK=$(mktemp -d /tmp/diloco_cli.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+cd "$WORK"
+failures=0
+cases=0
+
+# expect_error "needle" command...   (the command runs with a 60 s timeout)
+expect_error() {
+    local needle=$1; shift
+    cases=$((cases + 1))
+    timeout 60 "$@" >out.txt 2>err.txt
+    local rc=$?
+    local lines
+    lines=$(grep -c . err.txt)
+    if [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ] || [ "$rc" -ge 128 ] || [ "$lines" -ne 1 ] || ! grep -q -- "$needle" err.txt; then
+        echo "FAIL: $* (exit $rc, $lines stderr lines, wanted '$needle'):"
+        sed 's/^/    /' err.txt | head -5
+        failures=$((failures + 1))
+    else
+        echo "ok: $needle <- $(head -c 150 err.txt)"
+    fi
+}
+
+# a small valid corpus
+python3 - <<'PY' > corpus.txt 2>/dev/null || for i in $(seq 1 3000); do echo "and the cat sat on the mat $i"; done > corpus.txt
+import random
+random.seed(1)
+w = "the cat sat on a mat and dog ran far away home".split()
+print(" ".join(random.choice(w) for _ in range(20000)))
+PY
+"$BIN" prepare --input corpus.txt --out data 2>/dev/null || { echo "FAIL: prepare of a valid corpus"; exit 1; }
+SMALL="--n-layer 1 --n-head 2 --d-model 16 --seq-len 16 --batch 2 --log-every 0 --eval-batches 1"
+
+make_shard() {  # make_shard FILE MAGIC VERSION COUNT NTOKENS [TOKEN]
+    python3 -c "
+import struct, sys
+f, magic, ver, count, n = sys.argv[1], *map(int, sys.argv[2:6])
+tok = int(sys.argv[6]) if len(sys.argv) > 6 else 65
+hdr = struct.pack('<3i', magic, ver, count) + bytes(1024 - 12)
+open(f, 'wb').write(hdr + struct.pack('<%dH' % n, *([tok] * n)))
+" "$@"
+}
+bad_data() {  # bad_data NAME: a data dir with valid val shard and meta, train shard made by caller
+    mkdir -p "$1" && cp data/meta.json data/val_000000.bin "$1/"
+}
+
+bad_data missing
+expect_error "no train shards" "$BIN" train --data missing --out r1 $SMALL --steps 1
+bad_data empty;    make_shard empty/train_000000.bin 20240520 1 0 0
+expect_error "is empty" "$BIN" train --data empty --out r2 $SMALL --steps 1
+bad_data trunc;    make_shard trunc/train_000000.bin 20240520 1 5000 100
+expect_error "truncated" "$BIN" train --data trunc --out r3 $SMALL --steps 1
+bad_data magic;    make_shard magic/train_000000.bin 1234 1 100 100
+expect_error "bad magic" "$BIN" train --data magic --out r4 $SMALL --steps 1
+bad_data vocab;    make_shard vocab/train_000000.bin 20240520 1 100 100 300
+expect_error "outside the vocabulary" "$BIN" train --data vocab --out r5 $SMALL --steps 1
+expect_error "does not exist" "$BIN" train --data no_such_dir --out r6 $SMALL --steps 1
+expect_error "does not exist" "$BIN" prepare --input no_such_file.txt --out d2
+
+# nonsense options
+expect_error "--batch must be positive" "$BIN" train --data data --out r7 $SMALL --steps 1 --batch 0
+expect_error "--batch must be positive" "$BIN" train --data data --out r7 $SMALL --steps 1 --batch -3
+expect_error "--steps must be positive" "$BIN" train --data data --out r7 $SMALL --steps 0
+expect_error "d_model must be positive" "$BIN" train --data data --out r7 $SMALL --steps 1 --d-model 0
+expect_error "must divide d_model" "$BIN" train --data data --out r7 $SMALL --steps 1 --n-head 3
+expect_error "exceeds the model's max_seq_len" "$BIN" train --data data --out r7 --model tiny --seq-len 512 --steps 1
+expect_error "unknown model preset 'huge'" "$BIN" train --data data --out r7 --model huge --steps 1
+expect_error "--lr must be positive" "$BIN" train --data data --out r7 $SMALL --steps 1 --lr -1
+expect_error "error:" "$BIN" train --data data --out r7 $SMALL --steps abc
+expect_error "error:" "$BIN" train --data data --out r7 $SMALL --no-such-option 1
+
+# checkpoints: corrupt, and from another config
+"$BIN" train --data data --out good $SMALL --steps 4 --ckpt-every 2 2>/dev/null || { echo "FAIL: small run"; failures=$((failures + 1)); }
+CK=good/ckpt/step_00000004.ckpt
+cp "$CK" flipped.ckpt
+python3 -c "
+import sys; b = bytearray(open('flipped.ckpt','rb').read()); b[len(b)//2] ^= 1; open('flipped.ckpt','wb').write(b)"
+expect_error "CRC32 mismatch" "$BIN" eval --ckpt flipped.ckpt --data data
+expect_error "CRC32 mismatch" "$BIN" generate --ckpt flipped.ckpt
+head -c 1000 "$CK" > cut.ckpt
+expect_error "truncated" "$BIN" eval --ckpt cut.ckpt --data data
+mkdir -p other && cp -r good/ckpt other/
+expect_error "different model" "$BIN" train --data data --out other --n-layer 1 --n-head 2 --d-model 32 --seq-len 16 --batch 2 --log-every 0 --steps 8 --resume
+mkdir -p corrupt/ckpt && cp flipped.ckpt corrupt/ckpt/step_00000004.ckpt
+expect_error "CRC32 mismatch" "$BIN" train --data data --out corrupt $SMALL --steps 8 --resume
+
+# a run killed (SIGKILL) while checkpointing every step leaves only complete checkpoints
+cases=$((cases + 1))
+"$BIN" train --data data --out killed --n-layer 4 --n-head 4 --d-model 256 --seq-len 16 --batch 1 \
+    --log-every 0 --steps 100000 --ckpt-every 1 2>/dev/null &
+pid=$!
+for i in $(seq 1 100); do
+    [ "$(ls killed/ckpt 2>/dev/null | grep -c '\.ckpt$')" -ge 3 ] && break
+    sleep 0.2
+done
+sleep 0.$((RANDOM % 10))
+kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+n_ok=0; n_bad=0
+for f in killed/ckpt/step_*.ckpt; do
+    if "$BIN" eval --ckpt "$f" --data data --batches 1 --batch 1 --seq-len 16 >/dev/null 2>&1; then n_ok=$((n_ok + 1)); else n_bad=$((n_bad + 1)); echo "    bad checkpoint $f"; fi
+done
+last=$(ls killed/ckpt | grep -E '^step_[0-9]{8}\.ckpt$' | sort | tail -1 | sed 's/step_0*//; s/\.ckpt//')
+if [ "$n_bad" -eq 0 ] && [ "$n_ok" -ge 3 ] && timeout 120 "$BIN" train --data data --out killed --n-layer 4 --n-head 4 \
+    --d-model 256 --seq-len 16 --batch 1 --log-every 0 --steps $((last + 2)) --resume 2>resume.txt &&
+    grep -q "resume: .*step_" resume.txt && ! ls killed/ckpt | grep -q tmp; then
+    echo "ok: killed run left $n_ok complete checkpoints; resume from step $last succeeded"
+else
+    echo "FAIL: killed run: $n_ok good, $n_bad bad checkpoints, resume:"; sed 's/^/    /' resume.txt | head -5
+    failures=$((failures + 1))
+fi
+
+echo "$((cases - failures)) passed, $failures failed"
+[ "$failures" -eq 0 ]

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the build, the tests and the demo need, and nothing that is already there:
+# Debian packages (compiler, CMake, CLI11, OpenBLAS, GoogleTest, Open MPI, the corpora) and a
+# project-local Python virtual environment (.venv) with numpy and matplotlib. Safe to re-run.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+
+PKGS=(g++ cmake ninja-build pkg-config libcli11-dev libopenblas-dev googletest libgtest-dev
+      libopenmpi-dev openmpi-bin bible-kjv dict-gcide python3)
+python3 -c "import venv, ensurepip" 2>/dev/null || PKGS+=(python3-venv)
+
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}" >&2
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+VENV="$ROOT/.venv"
+if ! "$VENV/bin/python" -c "import numpy, matplotlib" 2>/dev/null; then
+    echo "setup: creating $VENV with numpy and matplotlib" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+    "$VENV/bin/python" -m pip install -q numpy matplotlib
+fi
+echo "setup: ready" >&2
