@@ -24,10 +24,23 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// Scratch directories under /tmp, removed when the test program ends.
+std::vector<std::string>& scratch_dirs() {
+    static std::vector<std::string> dirs;
+    return dirs;
+}
+struct RemoveScratch : ::testing::Environment {
+    void TearDown() override {
+        for (const auto& d : scratch_dirs()) fs::remove_all(d);
+    }
+};
+[[maybe_unused]] auto* const remove_scratch = ::testing::AddGlobalTestEnvironment(new RemoveScratch);
+
 std::string fresh_dir(const std::string& name) {
     const fs::path p = fs::temp_directory_path() / ("diloco_test_" + name + "_" + std::to_string(getpid()));
     fs::remove_all(p);
     fs::create_directories(p);
+    scratch_dirs().push_back(p.string());
     return p.string();
 }
 
@@ -113,6 +126,25 @@ TEST(Shard, RoundTripsAndRejectsBadFiles) {
     write_bytes(dir + "/trail.bin", shard_bytes(kShardMagic, 1, 5, tok));
     expect_error([&] { Shard(dir + "/trail.bin", 256); }, "trailing");
     expect_error([&] { Shard(dir + "/good.bin", 200); }, "outside the vocabulary");
+}
+
+TEST(TokenStream, ReadsLlmcGpt2ShardsWithoutMeta) {
+    const std::string dir = fresh_dir("gpt2");
+    std::vector<uint16_t> tok(3000);
+    for (size_t i = 0; i < tok.size(); i++) tok[i] = (uint16_t)((i * 7919) % 50257);
+    write_shard(dir + "/fineweb_train_000001.bin", tok.data(), tok.size());
+    write_shard(dir + "/fineweb_train_000002.bin", tok.data(), 1000);
+    write_shard(dir + "/fineweb_val_000000.bin", tok.data(), 500);
+    const DatasetInfo info = read_dataset_info(dir);
+    EXPECT_EQ(info.vocab, 50257);
+    EXPECT_EQ(info.tokenizer, "gpt2");
+    TokenStream s(dir, "train", info.vocab, 64, false, 0);
+    EXPECT_EQ(s.num_tokens(), 4000u);
+    EXPECT_EQ(s.num_chunks(), (3000u - 1) / 64 + (1000u - 1) / 64);  // chunks stay inside a shard
+    std::vector<int> t(64), g(64);
+    s.read_rows(3000 / 64, 1, t.data(), g.data());  // the first chunk of the second shard
+    EXPECT_EQ(t[1], tok[1]);
+    EXPECT_EQ(g[0], tok[1]);
 }
 
 TEST(TokenStream, RankSlicesCompose) {
