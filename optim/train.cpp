@@ -13,16 +13,29 @@
 
 #include "data/dataset.h"
 #include "data/io.h"
-#include "kernels/adamw.h"
 #include "kernels/common.h"
-#include "kernels/gradnorm.h"
 #include "kernels/rng.h"
 #include "model/checkpoint.h"
-#include "optim/schedule.h"
+#include "optim/inner.h"
 
 namespace fs = std::filesystem;
 
 namespace diloco {
+
+InnerHyper inner_hyper(const TrainOptions& o) {
+    InnerHyper h;
+    h.opt = o.inner_opt;
+    h.lr = o.lr;
+    h.min_lr_frac = o.min_lr_frac;
+    h.weight_decay = o.weight_decay;
+    h.beta1 = o.beta1;
+    h.beta2 = o.beta2;
+    h.eps = o.eps;
+    h.grad_clip = o.grad_clip;
+    h.warmup = o.warmup;
+    h.total_steps = o.steps;
+    return h;
+}
 
 GPTConfig resolve_config(const TrainOptions& o, int vocab) {
     GPTConfig c;
@@ -110,16 +123,6 @@ static std::string fmt_duration(double s) {
     return buf;
 }
 
-static void sgd_update(float* p, const float* g, const std::vector<AdamWSegment>& segs, float lr,
-                       float wd, float grad_scale) {
-    for (const auto& s : segs) {
-        const float decay = s.decay ? wd : 0.0f;
-#pragma omp parallel for schedule(static)
-        for (long i = (long)s.offset; i < (long)(s.offset + s.count); i++)
-            p[i] -= lr * (g[i] * grad_scale + decay * p[i]);
-    }
-}
-
 double run_train(const TrainOptions& o) {
     check_options(o);
     const DatasetInfo info = read_dataset_info(o.data);
@@ -130,7 +133,8 @@ double run_train(const TrainOptions& o) {
     GPT m;
     gpt_build(m, cfg);
     gpt_init(m, o.seed);
-    std::vector<float> adam_m(m.num_params, 0.0f), adam_v(m.num_params, 0.0f);
+    InnerOptimizer inner;
+    inner_init(inner, m, inner_hyper(o));
     TrainState state;
     Rng rng(o.seed ^ 0xD110C0ull);
     std::copy(rng.s, rng.s + 4, state.rng);
@@ -151,8 +155,8 @@ double run_train(const TrainOptions& o) {
                                                        std::to_string(ck.state.step) +
                                                        ", beyond --steps " + std::to_string(o.steps));
             m.params = std::move(ck.params);
-            adam_m = std::move(ck.adam_m);
-            adam_v = std::move(ck.adam_v);
+            inner.m = std::move(ck.adam_m);
+            inner.v = std::move(ck.adam_v);
             state = ck.state;
             std::copy(state.rng, state.rng + 4, rng.s);
             std::fprintf(stderr, "resume: %s (step %lld)\n", ck_path.c_str(), (long long)state.step);
@@ -166,8 +170,6 @@ double run_train(const TrainOptions& o) {
     TokenStream train(o.data, "train", cfg.vocab, T, true, o.seed);
     gpt_allocate(m, B, T);
     std::vector<int> tok((size_t)B * T), tgt((size_t)B * T);
-    const std::vector<AdamWSegment> segs = gpt_adamw_segments(m);
-    const AdamWHyper hyper{0.0f, o.beta1, o.beta2, o.eps, o.weight_decay};
 
     std::FILE* metrics = std::fopen(metrics_path.c_str(), "a");
     DILOCO_CHECK(metrics, "cannot open " + metrics_path + " for writing");
@@ -185,22 +187,12 @@ double run_train(const TrainOptions& o) {
     for (int64_t step = first_step; step <= end_step; step++) {
         train.read_rows(state.data_cursor, B, tok.data(), tgt.data());
         state.data_cursor += global_rows;
-        gpt_zero_grad(m);
-        const float loss = gpt_forward(m, tok.data(), tgt.data(), B, T);
+        const float loss = compute_gradients(m, tok.data(), tgt.data(), B, T);
         DILOCO_CHECK(std::isfinite(loss), "loss became " + std::to_string(loss) + " at step " +
                                               std::to_string(step) + "; lower --lr");
-        gpt_backward(m);
-        const double norm = global_norm_cpu(m.grads.data(), m.num_params);
-        const float scale = clip_scale(norm, o.grad_clip);
-        const float lr = lr_at(step, o.steps, o.warmup, o.lr, o.min_lr_frac);
-        if (o.inner_opt == "adamw") {
-            AdamWHyper h = hyper;
-            h.lr = lr;
-            adamw_update_cpu(m.params.data(), adam_m.data(), adam_v.data(), m.grads.data(),
-                             segs.data(), (int)segs.size(), h, step, scale);
-        } else {
-            sgd_update(m.params.data(), m.grads.data(), segs, lr, o.weight_decay, scale);
-        }
+        const InnerStepInfo info = inner_update(inner, m, step);
+        const float lr = info.lr;
+        const double norm = info.grad_norm;
         state.step = step;
         const double wall = seconds();
         const double tokens = (double)step * global_rows * T;
@@ -224,8 +216,8 @@ double run_train(const TrainOptions& o) {
         }
         if ((o.ckpt_every > 0 && (step % o.ckpt_every == 0 || last)) || (step == end_step && !last)) {
             std::copy(rng.s, rng.s + 4, state.rng);
-            save_checkpoint(checkpoint_path(o.out, step), cfg, state, m.params.data(), adam_m.data(),
-                            adam_v.data(), m.num_params);
+            save_checkpoint(checkpoint_path(o.out, step), cfg, state, m.params.data(), inner.m.data(),
+                            inner.v.data(), m.num_params);
         }
     }
     if (end_step < o.steps) {

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "model/gpt.h"
+#include "optim/inner.h"
 
 namespace diloco {
 
@@ -35,6 +36,8 @@ struct TrainOptions {
 // Resolves the model config from the options and the data's vocabulary; throws Error on any
 // value that makes no sense.
 GPTConfig resolve_config(const TrainOptions& opt, int vocab);
+
+InnerHyper inner_hyper(const TrainOptions& opt);
 
 // Runs training; returns the final validation loss.
 double run_train(const TrainOptions& opt);

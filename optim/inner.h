@@ -1,0 +1,38 @@
+// The inner optimizer: AdamW (or plain SGD), linear warmup + cosine decay, global-norm clipping.
+// One call of inner_update is one step of the paper's InnerOpt.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "kernels/adamw.h"
+#include "model/gpt.h"
+
+namespace diloco {
+
+struct InnerHyper {
+    std::string opt = "adamw";  // adamw | sgd
+    float lr = 1e-3f, min_lr_frac = 0.1f, weight_decay = 0.1f;
+    float beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, grad_clip = 1.0f;
+    long warmup = 100, total_steps = 1000;
+};
+
+struct InnerOptimizer {
+    InnerHyper h;
+    std::vector<float> m, v;  // AdamW moments, in the flat parameter layout
+    std::vector<AdamWSegment> segments;
+};
+
+void inner_init(InnerOptimizer& opt, const GPT& model, const InnerHyper& h);
+
+// Zeroes the gradients, runs forward and backward on one batch; returns its mean loss.
+float compute_gradients(GPT& model, const int* tokens, const int* targets, int B, int T);
+
+struct InnerStepInfo {
+    float lr;
+    double grad_norm;  // before clipping
+};
+
+// Applies step `step` (from 1) of the inner optimizer using model.grads.
+InnerStepInfo inner_update(InnerOptimizer& opt, GPT& model, long step);
+
+}  // namespace diloco
