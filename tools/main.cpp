@@ -9,6 +9,7 @@
 #include "data/prepare.h"
 #include "kernels/common.h"
 #include "model/checkpoint.h"
+#include "model/llmc.h"
 #include "optim/train.h"
 #include "tools/bench.h"
 #ifdef DILOCO_HAVE_CUDA
@@ -132,6 +133,14 @@ int main(int argc, char** argv) {
     b->add_option("--repeats", bench.repeats, "timed repeats (median reported)")->capture_default_str();
     b->add_option("--warmup", bench.warmup, "untimed warm-up calls")->capture_default_str();
 
+    std::string export_ckpt, export_out, import_in, import_out;
+    auto* ex = app.add_subcommand("export", "write a checkpoint's weights in llm.c's model format");
+    ex->add_option("--ckpt", export_ckpt, "checkpoint file")->required();
+    ex->add_option("--out", export_out, "llm.c model file (.bin)")->required();
+    auto* im = app.add_subcommand("import", "make a checkpoint (step 0, fresh optimizer) from an llm.c model file");
+    im->add_option("--in", import_in, "llm.c model file (.bin)")->required();
+    im->add_option("--out", import_out, "checkpoint file to write")->required();
+
     app.add_subcommand("info", "build options, BLAS, threads, devices");
 
     try {
@@ -162,6 +171,23 @@ int main(int argc, char** argv) {
             DILOCO_CHECK(eval_batch > 0 && eval_batches > 0, "--batch and --batches must be positive");
             gpt_allocate(m, eval_batch, T);
             std::printf("val_loss %.6f\n", evaluate(m, eval_data, eval_batch, T, eval_batches));
+        } else if (*ex) {
+            Checkpoint ck = load_checkpoint(export_ckpt);
+            GPT m;
+            gpt_build(m, ck.config);
+            write_llmc(export_out, m, ck.params.data());
+            std::fprintf(stderr, "export: %s -> %s (%s)\n", export_ckpt.c_str(), export_out.c_str(),
+                         ck.config.describe().c_str());
+        } else if (*im) {
+            LlmcModel lm = read_llmc(import_in);
+            if (!lm.padding_was_zero)
+                std::fprintf(stderr, "import: warning: the padded vocabulary rows of %s were not zero "
+                                     "and were dropped\n", import_in.c_str());
+            std::vector<float> zeros(lm.params.size(), 0.0f);
+            save_checkpoint(import_out, lm.config, TrainState{}, lm.params.data(), zeros.data(),
+                            zeros.data(), lm.params.size());
+            std::fprintf(stderr, "import: %s -> %s (%s)\n", import_in.c_str(), import_out.c_str(),
+                         lm.config.describe().c_str());
         } else if (*b) {
             return run_bench(bench);
         } else {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the build, the tests and the demo need, and nothing that is already there:
 # Debian packages (compiler, CMake, CLI11, OpenBLAS, GoogleTest, Open MPI, the corpora) and a
-# project-local Python virtual environment (.venv) with numpy and matplotlib. Safe to re-run.
+# project-local Python virtual environment (.venv) with numpy and matplotlib, and JAX + optax on
+# the CPU for the framework oracle tests (tests/oracle/, docs/testing.md). Safe to re-run.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -22,10 +23,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 VENV="$ROOT/.venv"
-if ! "$VENV/bin/python" -c "import numpy, matplotlib" 2>/dev/null; then
-    echo "setup: creating $VENV with numpy and matplotlib" >&2
-    python3 -m venv "$VENV"
+PY_PKGS=(numpy matplotlib jax==0.10.2 jaxlib==0.10.2 optax==0.2.8)
+if ! "$VENV/bin/python" -c "import numpy, matplotlib, jax, optax" 2>/dev/null; then
+    echo "setup: installing ${PY_PKGS[*]} into $VENV" >&2
+    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install -q numpy matplotlib
+    "$VENV/bin/python" -m pip install -q "${PY_PKGS[@]}"
 fi
 echo "setup: ready" >&2

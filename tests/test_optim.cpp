@@ -1,0 +1,88 @@
+// The outer optimizer and the llm.c weight interchange.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "kernels/common.h"
+#include "model/llmc.h"
+#include "optim/outer.h"
+#include "tests/compare.h"
+#include "tests/reference.h"
+
+using namespace diloco;
+using namespace diloco::test;
+
+TEST(OuterOptimizer, SgdWithLrOneAndNoMomentumIsFedAvg) {
+    Rng rng(1);
+    const size_t n = 257;
+    auto global = randn(n, rng);
+    std::vector<std::vector<float>> replicas(4);
+    for (auto& r : replicas) r = randn(n, rng);
+    std::vector<float> delta(n), mom(n, 0.0f), theta = global;
+    ref::Vec mean(n, 0.0);
+    for (size_t i = 0; i < n; i++) {
+        for (auto& r : replicas) mean[i] += r[i] / 4.0;
+        delta[i] = (float)(global[i] - mean[i]);  // old minus new
+    }
+    outer_step(theta.data(), delta.data(), mom.data(), n, OuterHyper{1.0f, 0.0f, false});
+    // theta - (theta - mean): two roundings of O(1) values
+    EXPECT_TRUE(close_rel("fedavg", theta, mean, 0.0, 4 * kU32 * 4));
+}
+
+TEST(OuterOptimizer, NesterovFollowsThePyTorchConvention) {
+    Rng rng(2);
+    const size_t n = 100;
+    auto theta = randn(n, rng), mom = std::vector<float>(n, 0.0f);
+    ref::Vec T(theta.begin(), theta.end()), M(n, 0.0);
+    const OuterHyper h{0.7f, 0.9f, true};
+    for (int step = 0; step < 4; step++) {
+        auto delta = randn(n, rng, 0.1);
+        outer_step(theta.data(), delta.data(), mom.data(), n, h);
+        for (size_t i = 0; i < n; i++) {
+            M[i] = 0.9 * M[i] + delta[i];
+            T[i] -= 0.7 * (delta[i] + 0.9 * M[i]);
+        }
+    }
+    EXPECT_TRUE(close_rel("nesterov theta", theta, T, 0.0, 4 * 8 * kU32 * 4));
+    EXPECT_TRUE(close_rel("nesterov momentum", mom, M, 4 * 4 * kU32, 1e-7));
+    // plain momentum SGD: theta -= lr * mom
+    std::vector<float> t2 = {1.0f}, m2 = {0.5f}, d2 = {0.25f};
+    outer_step(t2.data(), d2.data(), m2.data(), 1, OuterHyper{0.5f, 0.8f, false});
+    EXPECT_FLOAT_EQ(m2[0], 0.8f * 0.5f + 0.25f);
+    EXPECT_FLOAT_EQ(t2[0], 1.0f - 0.5f * (0.8f * 0.5f + 0.25f));
+}
+
+TEST(Llmc, WriteReadRoundTripsAndRejectsBadFiles) {
+    const std::string dir = (std::filesystem::temp_directory_path() / ("diloco_llmc_" + std::to_string(getpid()))).string();
+    std::filesystem::create_directories(dir);
+    GPT m;
+    gpt_build(m, GPTConfig{130, 20, 2, 2, 16});  // vocab 130 pads to 256
+    Rng rng(3);
+    for (auto& p : m.params) p = (float)rng.normal();
+    write_llmc(dir + "/m.bin", m, m.params.data());
+    EXPECT_EQ(std::filesystem::file_size(dir + "/m.bin"), 1024 + 4 * (m.num_params + (256 - 130) * 16));
+    LlmcModel back = read_llmc(dir + "/m.bin");
+    EXPECT_EQ(back.config, m.config);
+    EXPECT_EQ(back.params, m.params);
+    EXPECT_TRUE(back.padding_was_zero);
+    // llm.c's layout is tensor-major: the file's qkvw of layer 1 follows layer 0's
+    std::vector<float> llmc = to_llmc_layout(m, m.params.data());
+    const size_t C = 16, qkvw0 = 256 * C + 20 * C + 2 * C * 2;  // after wte, wpe, ln1w, ln1b
+    EXPECT_EQ(llmc[qkvw0], m.params[m.blocks[0].qkvw]);
+    EXPECT_EQ(llmc[qkvw0 + 3 * C * C], m.params[m.blocks[1].qkvw]);
+
+    std::string bytes;
+    {
+        std::ifstream f(dir + "/m.bin", std::ios::binary);
+        bytes.assign(std::istreambuf_iterator<char>(f), {});
+    }
+    std::ofstream(dir + "/cut.bin", std::ios::binary) << bytes.substr(0, bytes.size() - 4);
+    EXPECT_THROW(read_llmc(dir + "/cut.bin"), Error);
+    std::string bad = bytes;
+    bad[0] = 7;
+    std::ofstream(dir + "/magic.bin", std::ios::binary) << bad;
+    EXPECT_THROW(read_llmc(dir + "/magic.bin"), Error);
+    std::filesystem::remove_all(dir);
+}
