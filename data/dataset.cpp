@@ -60,20 +60,36 @@ TokenStream::TokenStream(const std::string& dir, const std::string& split, int v
                                         " tokens, too few for one sequence of " +
                                         std::to_string(T + 1));
     DILOCO_CHECK(total_chunks_ < UINT32_MAX, "too many chunks in " + dir);
+    part_hi_ = total_chunks_;
+}
+
+void TokenStream::set_partition(int parts, int index, bool contiguous) {
+    DILOCO_CHECK(parts > 0 && index >= 0 && index < parts, "bad data partition");
+    parts_ = parts;
+    part_ = index;
+    contiguous_ = contiguous && parts > 1;
+    part_lo_ = contiguous_ ? total_chunks_ * index / parts : 0;
+    part_hi_ = contiguous_ ? total_chunks_ * (index + 1) / parts : total_chunks_;
+    DILOCO_CHECK(part_hi_ > part_lo_, "the training split has " + std::to_string(total_chunks_) +
+                                          " sequences, too few for " + std::to_string(parts) + " replicas");
+    perm_epoch_ = -1;
 }
 
 uint64_t TokenStream::chunk_of_row(uint64_t row) {
-    const uint64_t pos = row % total_chunks_;
-    if (!shuffle_) return pos;
-    const int64_t epoch = (int64_t)(row / total_chunks_);
+    if (!contiguous_) row = row * parts_ + part_;  // iid: every parts-th row of the shared order
+    const uint64_t n = part_hi_ - part_lo_;
+    const uint64_t pos = row % n;
+    if (!shuffle_) return part_lo_ + pos;
+    const int64_t epoch = (int64_t)(row / n);
     if (epoch != perm_epoch_) {
-        perm_.resize(total_chunks_);  // allocates once; later epochs reuse the storage
-        for (uint64_t i = 0; i < total_chunks_; i++) perm_[i] = (uint32_t)i;
-        Rng rng(seed_ * 0x9E3779B97F4A7C15ull + (uint64_t)epoch + 1);
-        for (uint64_t i = total_chunks_ - 1; i > 0; i--) std::swap(perm_[i], perm_[rng.below(i + 1)]);
+        perm_.resize(n);  // allocates once; later epochs reuse the storage
+        for (uint64_t i = 0; i < n; i++) perm_[i] = (uint32_t)i;
+        const uint64_t salt = contiguous_ ? (uint64_t)part_ << 40 : 0;
+        Rng rng(seed_ * 0x9E3779B97F4A7C15ull + (uint64_t)epoch + 1 + salt);
+        for (uint64_t i = n - 1; i > 0; i--) std::swap(perm_[i], perm_[rng.below(i + 1)]);
         perm_epoch_ = epoch;
     }
-    return perm_[pos];
+    return part_lo_ + perm_[pos];
 }
 
 void TokenStream::read_rows(uint64_t first_row, int nrows, int* tokens, int* targets) {

@@ -12,6 +12,14 @@
 // holding B of them takes rows s*G + r*B .. s*G + r*B + B-1. So the batch of a step does not depend
 // on how many ranks share it, and the data cursor of a checkpoint is just the next row index.
 // Validation rows are the chunks in order, unshuffled.
+//
+// DiLoCo replicas read disjoint parts of the training stream (set_partition):
+//   iid:    replica m of M reads rows m, M+m, 2M+m, ... of the shared shuffled order above;
+//   noniid: replica m reads the contiguous chunk range [m*n/M, (m+1)*n/M) in file order, shuffled
+//           within the range each epoch. With several corpora prepared together, replicas then
+//           see different kinds of text.
+// Within a replica the rule above applies to its own rows: a worker of G ranks holding B rows each
+// takes rows s*G*B .. s*G*B + G*B - 1 of its part at inner step s, rank g the g-th block of B.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -36,7 +44,11 @@ public:
     TokenStream(const std::string& dir, const std::string& split, int vocab, int T, bool shuffle,
                 uint64_t seed);
 
+    // Restricts this stream to part `index` of `parts` (see above). Call before reading.
+    void set_partition(int parts, int index, bool contiguous);
+
     uint64_t num_chunks() const { return total_chunks_; }
+    uint64_t part_chunks() const { return part_hi_ - part_lo_; }
     uint64_t num_tokens() const { return total_tokens_; }
 
     // tokens and targets (nrows, T) for rows first_row .. first_row + nrows - 1.
@@ -50,6 +62,9 @@ private:
     int T_;
     bool shuffle_;
     uint64_t seed_;
+    int parts_ = 1, part_ = 0;
+    bool contiguous_ = false;
+    uint64_t part_lo_ = 0, part_hi_ = 0;
     int64_t perm_epoch_ = -1;
     std::vector<uint32_t> perm_;
 };

@@ -16,6 +16,8 @@
 #include "kernels/common.h"
 #include "kernels/rng.h"
 #include "model/checkpoint.h"
+#include "comm/comm.h"
+#include "optim/diloco.h"
 #include "optim/inner.h"
 
 namespace fs = std::filesystem;
@@ -66,8 +68,17 @@ static void check_options(const TrainOptions& o) {
     DILOCO_CHECK(o.grad_clip >= 0, "--grad-clip must be >= 0 (0 disables clipping)");
     DILOCO_CHECK(o.inner_opt == "adamw" || o.inner_opt == "sgd",
                  "--inner-opt must be adamw or sgd, got '" + o.inner_opt + "'");
-    DILOCO_CHECK(o.shard == "iid", "--shard " + o.shard + " needs several workers; a single process "
-                                   "reads the one iid stream");
+    DILOCO_CHECK(o.algo == "dp" || o.algo == "diloco",
+                 "--algo must be dp or diloco, got '" + o.algo + "'");
+    DILOCO_CHECK(o.workers > 0, "--workers must be positive, got " + std::to_string(o.workers));
+    DILOCO_CHECK(o.inner_steps > 0, "--inner-steps must be positive, got " + std::to_string(o.inner_steps));
+    DILOCO_CHECK(o.outer_lr > 0, "--outer-lr must be positive");
+    DILOCO_CHECK(o.outer_momentum >= 0 && o.outer_momentum < 1, "--outer-momentum must be in [0, 1)");
+    DILOCO_CHECK(o.outer_opt == "nesterov" || o.outer_opt == "sgd",
+                 "--outer-opt must be nesterov or sgd, got '" + o.outer_opt + "'");
+    DILOCO_CHECK(o.drop_prob >= 0 && o.drop_prob < 1, "--drop-prob must be in [0, 1)");
+    DILOCO_CHECK(o.shard == "iid" || o.shard == "noniid",
+                 "--shard must be iid or noniid, got '" + o.shard + "'");
     DILOCO_CHECK(o.eval_batches > 0, "--eval-batches must be positive");
     DILOCO_CHECK(o.eval_every >= 0 && o.ckpt_every >= 0 && o.log_every >= 0,
                  "--eval-every, --ckpt-every and --log-every must be >= 0");
@@ -79,15 +90,45 @@ static void check_options(const TrainOptions& o) {
     DILOCO_CHECK(o.stop_at >= 0, "--stop-at must be >= 0");
 }
 
-double evaluate(GPT& m, const std::string& data_dir, int batch, int T, int batches) {
+// Every option that shapes the run, as text: ranks compare a hash of it at start.
+static std::string describe_options(const TrainOptions& o) {
+    std::ostringstream s;
+    s << o.data << '|' << o.out << '|' << o.model << '|' << o.n_layer << '|' << o.n_head << '|'
+      << o.d_model << '|' << o.seq_len << '|' << o.max_seq_len << '|' << o.batch << '|' << o.steps
+      << '|' << o.lr << '|' << o.min_lr_frac << '|' << o.weight_decay << '|' << o.beta1 << '|'
+      << o.beta2 << '|' << o.eps << '|' << o.grad_clip << '|' << o.warmup << '|' << o.inner_opt
+      << '|' << o.algo << '|' << o.workers << '|' << o.inner_steps << '|' << o.outer_lr << '|'
+      << o.outer_momentum << '|' << o.outer_opt << '|' << o.drop_prob << '|' << o.verify_sync
+      << '|' << o.shard << '|' << o.seed << '|' << o.eval_every << '|' << o.ckpt_every << '|'
+      << o.eval_batches << '|' << o.resume << '|' << o.stop_at << '|' << o.device;
+    return s.str();
+}
+
+static uint64_t fnv1a(const void* data, size_t n) {
+    uint64_t h = 1469598103934665603ull;
+    const uint8_t* p = static_cast<const uint8_t*>(data);
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+
+// Throws the same CollectiveError on every rank if `value` is not the same on all of them.
+static void require_same_on_all_ranks(Comm& comm, uint64_t value, const std::string& what) {
+    const std::vector<uint64_t> all = comm.allgather_u64(value);
+    for (size_t r = 1; r < all.size(); r++)
+        if (all[r] != all[0])
+            throw CollectiveError(what + " differs between rank 0 and rank " + std::to_string(r));
+}
+
+double evaluate(GPT& m, const std::string& data_dir, int T, long rows, int chunk) {
     TokenStream val(data_dir, "val", m.config.vocab, T, false, 0);
-    std::vector<int> tok((size_t)batch * T), tgt((size_t)batch * T);
+    std::vector<int> tok((size_t)chunk * T), tgt((size_t)chunk * T);
     double sum = 0.0;
-    for (int k = 0; k < batches; k++) {
-        val.read_rows((uint64_t)k * batch, batch, tok.data(), tgt.data());
-        sum += gpt_forward(m, tok.data(), tgt.data(), batch, T);
+    for (long r0 = 0; r0 < rows; r0 += chunk) {
+        const int n = (int)std::min<long>(chunk, rows - r0);
+        val.read_rows((uint64_t)r0, n, tok.data(), tgt.data());
+        sum += (double)gpt_forward(m, tok.data(), tgt.data(), n, T) * n;
     }
-    return sum / batches;
+    return sum / rows;
 }
 
 // Keeps the metrics lines a resumed run has already reproduced (step <= resumed step), drops the
@@ -123,24 +164,51 @@ static std::string fmt_duration(double s) {
     return buf;
 }
 
+namespace {
+// Per-step figures held until the next sync point, when rank 0 learns the global mean loss.
+struct PendingStep {
+    int64_t step;
+    double loss;
+    float lr;
+    double grad_norm;
+};
+}  // namespace
+
 double run_train(const TrainOptions& o) {
     check_options(o);
+    Comm comm(o.workers);
+    require_same_on_all_ranks(comm, fnv1a(describe_options(o).data(), describe_options(o).size()),
+                              "the configuration (some option)");
+    const bool root = comm.is_root();
+    const bool is_diloco = o.algo == "diloco";
+    DILOCO_CHECK(!(o.resume && comm.world_size() > 1),
+                 "--resume of a run with several ranks is not supported yet; resume runs in one process");
     const DatasetInfo info = read_dataset_info(o.data);
     const GPTConfig cfg = resolve_config(o, info.vocab);
-    const int B = o.batch, T = o.seq_len;
-    const long global_rows = B;  // one process holds the whole global batch
+    const int B = o.batch, T = o.seq_len, M = comm.workers(), G = comm.ranks_per_worker();
+    const long global_rows = (long)comm.world_size() * B;  // rows of one inner step, all replicas
+    // DP reads one stream of R*B rows per step; a DiLoCo worker reads its own part, G*B per step
+    const long stream_rows = is_diloco ? (long)G * B : global_rows;
+    const long my_row = is_diloco ? (long)comm.local() * B : (long)comm.world_rank() * B;
+    const long H = is_diloco ? o.inner_steps : 1;  // inner steps between syncs of the global model
 
     GPT m;
     gpt_build(m, cfg);
-    gpt_init(m, o.seed);
+    gpt_init(m, o.seed);  // the same seed on every rank: the replicas start equal
+    require_same_on_all_ranks(comm, crc32_update(0, m.params.data(), 4 * m.num_params),
+                              "the initial model (checksum)");
     InnerOptimizer inner;
     inner_init(inner, m, inner_hyper(o));
+    const OuterHyper outer_h{o.outer_lr, o.outer_momentum, o.outer_opt == "nesterov"};
+    OuterState outer;
     TrainState state;
     Rng rng(o.seed ^ 0xD110C0ull);
     std::copy(rng.s, rng.s + 4, state.rng);
 
-    fs::create_directories(o.out);
-    remove_stale_temporaries(o.out + "/ckpt");
+    if (root) {
+        fs::create_directories(o.out);
+        remove_stale_temporaries(o.out + "/ckpt");
+    }
     const std::string metrics_path = o.out + "/metrics.jsonl";
     if (o.resume) {
         const std::string ck_path = latest_checkpoint(o.out);
@@ -154,6 +222,8 @@ double run_train(const TrainOptions& o) {
             DILOCO_CHECK(ck.state.step <= o.steps, "checkpoint " + ck_path + " is at step " +
                                                        std::to_string(ck.state.step) +
                                                        ", beyond --steps " + std::to_string(o.steps));
+            DILOCO_CHECK(!is_diloco || ck.state.step % H == 0 || ck.state.step == o.steps,
+                         "checkpoint " + ck_path + " is not at an outer sync");
             m.params = std::move(ck.params);
             inner.m = std::move(ck.adam_m);
             inner.v = std::move(ck.adam_v);
@@ -162,80 +232,152 @@ double run_train(const TrainOptions& o) {
             std::fprintf(stderr, "resume: %s (step %lld)\n", ck_path.c_str(), (long long)state.step);
         }
     }
-    if (state.step > 0)
-        truncate_metrics(metrics_path, state.step);
-    else if (fs::exists(metrics_path))
-        fs::remove(metrics_path);
+    if (is_diloco) outer_init(outer, comm, m.params.data(), m.num_params);
+    if (root) {
+        if (state.step > 0)
+            truncate_metrics(metrics_path, state.step);
+        else if (fs::exists(metrics_path))
+            fs::remove(metrics_path);
+    }
 
     TokenStream train(o.data, "train", cfg.vocab, T, true, o.seed);
+    if (is_diloco) train.set_partition(M, comm.worker(), o.shard == "noniid");
     gpt_allocate(m, B, T);
     std::vector<int> tok((size_t)B * T), tgt((size_t)B * T);
 
-    std::FILE* metrics = std::fopen(metrics_path.c_str(), "a");
-    DILOCO_CHECK(metrics, "cannot open " + metrics_path + " for writing");
-    std::fprintf(stderr,
-                 "train: %s | %.2fM params | batch %d x %d tokens | %ld steps | %s | %d threads | "
-                 "train %.2fM tokens\n",
-                 cfg.describe().c_str(), m.num_params / 1e6, B, T, o.steps, o.inner_opt.c_str(),
-                 omp_get_max_threads(), train.num_tokens() / 1e6);
+    std::FILE* metrics = nullptr;
+    if (root) {
+        metrics = std::fopen(metrics_path.c_str(), "a");
+        DILOCO_CHECK(metrics, "cannot open " + metrics_path + " for writing");
+        std::fprintf(stderr, "train: %s | %.2fM params | %s", cfg.describe().c_str(), m.num_params / 1e6,
+                     o.algo.c_str());
+        if (is_diloco)
+            std::fprintf(stderr, " M=%d H=%ld outer %s lr %.2g mom %.2g", M, H, o.outer_opt.c_str(),
+                         o.outer_lr, o.outer_momentum);
+        std::fprintf(stderr, " | %d ranks (%d workers x %d) | batch %d x %d per rank | %ld steps | "
+                             "%d threads | train %.2fM tokens\n",
+                     comm.world_size(), M, G, B, T, o.steps, omp_get_max_threads(), train.num_tokens() / 1e6);
+    }
 
     const auto t0 = std::chrono::steady_clock::now();
     auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
     const int64_t first_step = state.step + 1;
     const int64_t end_step = o.stop_at > 0 ? std::min<int64_t>(o.stop_at, o.steps) : o.steps;
     double val_loss = NAN;
+    int64_t next_eval = o.eval_every > 0 ? (state.step / o.eval_every + 1) * o.eval_every : INT64_MAX;
+    int64_t next_ckpt = o.ckpt_every > 0 ? (state.step / o.ckpt_every + 1) * o.ckpt_every : INT64_MAX;
+    std::vector<PendingStep> pending;
+    pending.reserve(H);
+    std::vector<double> losses(H);
     for (int64_t step = first_step; step <= end_step; step++) {
-        train.read_rows(state.data_cursor, B, tok.data(), tgt.data());
-        state.data_cursor += global_rows;
+        // one inner step: this rank's rows of the step's batch, gradients averaged over the
+        // ranks that share them (all of them for DP, the worker's for DiLoCo)
+        train.read_rows(state.data_cursor + my_row, B, tok.data(), tgt.data());
+        state.data_cursor += stream_rows;
         const float loss = compute_gradients(m, tok.data(), tgt.data(), B, T);
         DILOCO_CHECK(std::isfinite(loss), "loss became " + std::to_string(loss) + " at step " +
-                                              std::to_string(step) + "; lower --lr");
-        const InnerStepInfo info = inner_update(inner, m, step);
-        const float lr = info.lr;
-        const double norm = info.grad_norm;
+                                              std::to_string(step) + " on rank " +
+                                              std::to_string(comm.world_rank()) + "; lower --lr");
+        if (is_diloco)
+            comm.average_worker(m.grads.data(), m.num_params);
+        else
+            comm.average_world(m.grads.data(), m.num_params);
+        const InnerStepInfo si = inner_update(inner, m, step);
         state.step = step;
-        const double wall = seconds();
-        const double tokens = (double)step * global_rows * T;
-        std::fprintf(metrics,
-                     "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.6g, \"grad_norm\": %.6g, "
-                     "\"tokens\": %.0f, \"wall_s\": %.3f, \"bytes_outer\": 0, \"bytes_inner\": 0}\n",
-                     (long long)step, loss, lr, norm, tokens, wall);
+        pending.push_back({step, loss, si.lr, si.grad_norm});
+
         const bool last = step == o.steps;
-        if (o.eval_every > 0 && (step % o.eval_every == 0 || last)) {
-            val_loss = evaluate(m, o.data, B, T, o.eval_batches);
+        const bool sync = !is_diloco || step % H == 0 || step == end_step;
+        if (!sync) continue;
+        if (is_diloco) {
+            // the last round always delivers, so that every run ends on the global model
+            const long round = (step + H - 1) / H;
+            int n_delivered = 0;
+            for (int r = 0; r < M; r++)
+                n_delivered += last || replica_delivers(o.seed, round, r, o.drop_prob);
+            const bool delivered = last || replica_delivers(o.seed, round, comm.worker(), o.drop_prob);
+            diloco_outer_sync(outer, comm, m.params.data(), m.num_params, outer_h, delivered, n_delivered);
+            if (o.verify_sync) {
+                const uint64_t crc = delivered ? crc32_update(0, m.params.data(), 4 * m.num_params) : 0;
+                const std::vector<uint64_t> all = comm.allgather_u64(crc);
+                for (size_t r = 0; r < all.size(); r++)
+                    if (all[r] != 0 && crc != 0 && all[r] != crc)
+                        throw CollectiveError("after the outer sync of step " + std::to_string(step) +
+                                              ", rank " + std::to_string(r) + " holds different weights");
+            }
+        }
+        // telemetry: the global mean loss of each pending step reaches rank 0 (one small message
+        // per sync, counted on the outer link)
+        for (size_t k = 0; k < pending.size(); k++) losses[k] = pending[k].loss;
+        comm.reduce_to_root(losses.data(), pending.size());
+        if (root) {
+            const double wall = seconds();
+            for (size_t k = 0; k < pending.size(); k++) {
+                const PendingStep& p = pending[k];
+                std::fprintf(metrics,
+                             "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.6g, \"grad_norm\": %.6g, "
+                             "\"tokens\": %.0f, \"wall_s\": %.3f, \"bytes_outer\": %llu, \"bytes_inner\": %llu}\n",
+                             (long long)p.step, losses[k] / comm.world_size(), p.lr, p.grad_norm,
+                             (double)p.step * global_rows * T, wall,
+                             (unsigned long long)comm.bytes_outer(), (unsigned long long)comm.bytes_inner());
+                const bool log_line = o.log_every > 0 && (p.step % o.log_every == 0 || p.step == first_step);
+                if (log_line || p.step == o.steps) {
+                    const double done = (double)(p.step - first_step + 1);
+                    std::fprintf(stderr, "step %lld/%ld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | ETA %s\n",
+                                 (long long)p.step, o.steps, losses[k] / comm.world_size(), p.lr, p.grad_norm,
+                                 done * global_rows * T / wall,
+                                 fmt_duration(wall / done * (o.steps - p.step)).c_str());
+                }
+            }
+        }
+        pending.clear();
+        // evaluation and checkpoints of the global model, by rank 0, at sync points
+        if (root && (step >= next_eval || last) && (o.eval_every > 0 || last)) {
+            val_loss = evaluate(m, o.data, T, o.eval_batches * global_rows, B);
             std::fprintf(metrics, "{\"step\": %lld, \"val_loss\": %.9g}\n", (long long)step, val_loss);
             std::fprintf(stderr, "step %lld | val_loss %.4f\n", (long long)step, val_loss);
+            while (next_eval <= step) next_eval += o.eval_every;
         }
-        std::fflush(metrics);
-        if ((o.log_every > 0 && (step % o.log_every == 0 || step == first_step)) || last) {
-            const double done = (double)(step - first_step + 1);
-            const double tps = done * global_rows * T / wall;
-            std::fprintf(stderr, "step %lld/%ld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | ETA %s\n",
-                         (long long)step, o.steps, loss, lr, norm, tps,
-                         fmt_duration(wall / done * (o.steps - step)).c_str());
-        }
-        if ((o.ckpt_every > 0 && (step % o.ckpt_every == 0 || last)) || (step == end_step && !last)) {
+        if (root) std::fflush(metrics);
+        if (root && (step >= next_ckpt || (o.ckpt_every > 0 && last) || (step == end_step && !last))) {
             std::copy(rng.s, rng.s + 4, state.rng);
             save_checkpoint(checkpoint_path(o.out, step), cfg, state, m.params.data(), inner.m.data(),
                             inner.v.data(), m.num_params);
+            while (next_ckpt <= step) next_ckpt += o.ckpt_every;
         }
     }
     if (end_step < o.steps) {
-        std::fclose(metrics);
-        std::fprintf(stderr, "train: stopped at step %lld of %ld as asked; --resume continues\n",
-                     (long long)end_step, o.steps);
+        if (root) std::fclose(metrics);
+        if (root)
+            std::fprintf(stderr, "train: stopped at step %lld of %ld as asked; --resume continues\n",
+                         (long long)end_step, o.steps);
         return NAN;
     }
-    if (std::isnan(val_loss)) val_loss = evaluate(m, o.data, B, T, o.eval_batches);
+    if (root && std::isnan(val_loss)) val_loss = evaluate(m, o.data, T, o.eval_batches * global_rows, B);
     const double wall = seconds();
     const long trained = std::max<long>(0, o.steps - first_step + 1);
-    std::fprintf(metrics,
-                 "{\"summary\": true, \"step\": %ld, \"final_val_loss\": %.9g, \"tokens\": %.0f, "
-                 "\"wall_s\": %.3f, \"tok_per_s\": %.1f, \"params\": %zu}\n",
-                 o.steps, val_loss, (double)o.steps * global_rows * T, wall,
-                 trained > 0 ? trained * (double)global_rows * T / wall : 0.0, m.num_params);
-    std::fclose(metrics);
-    std::fprintf(stderr, "train: done in %s | final val_loss %.4f\n", fmt_duration(wall).c_str(), val_loss);
+    // across-worker traffic of the whole job, and what data-parallel would have sent: every step,
+    // an allreduce of each rank's 1/G slice over the M workers
+    const double outer_total = comm.sum_world((double)comm.bytes_outer());
+    const double dp_outer_total = M > 1 ? (double)o.steps * comm.world_size() * 2.0 * (M - 1) / M *
+                                              4.0 * ((double)m.num_params / G)
+                                        : 0.0;
+    if (root) {
+        std::fprintf(metrics,
+                     "{\"summary\": true, \"step\": %ld, \"final_val_loss\": %.9g, \"tokens\": %.0f, "
+                     "\"wall_s\": %.3f, \"tok_per_s\": %.1f, \"params\": %zu, \"algo\": \"%s\", "
+                     "\"workers\": %d, \"ranks\": %d, \"inner_steps\": %ld, \"bytes_outer_total\": %.0f, "
+                     "\"bytes_outer_dp_equivalent\": %.0f}\n",
+                     o.steps, val_loss, (double)o.steps * global_rows * T, wall,
+                     trained > 0 ? trained * (double)global_rows * T / wall : 0.0, m.num_params,
+                     o.algo.c_str(), M, comm.world_size(), H, outer_total, dp_outer_total);
+        std::fclose(metrics);
+        std::fprintf(stderr, "train: done in %s | final val_loss %.4f\n", fmt_duration(wall).c_str(), val_loss);
+        if (M > 1)
+            std::fprintf(stderr, "train: across-worker bytes %.2f MB in total; data-parallel would have "
+                                 "sent %.2f MB for the same tokens (%.1fx)\n",
+                         outer_total / 1e6, dp_outer_total / 1e6, dp_outer_total / std::max(outer_total, 1.0));
+    }
     return val_loss;
 }
 

@@ -22,6 +22,14 @@ struct TrainOptions {
     float eps = 1e-8f, grad_clip = 1.0f;
     long warmup = 100;
     std::string inner_opt = "adamw";
+    // algorithm
+    std::string algo = "dp";  // dp | diloco
+    int workers = 1;          // M replicas; the ranks are split into M workers of R/M
+    long inner_steps = 50;    // H
+    float outer_lr = 0.7f, outer_momentum = 0.9f;
+    std::string outer_opt = "nesterov";  // nesterov | sgd
+    double drop_prob = 0.0;  // a replica fails to deliver its outer gradient with this probability
+    bool verify_sync = false;  // check after every outer sync that all replicas hold equal weights
     // data
     std::string shard = "iid";
     uint64_t seed = 1337;
@@ -42,8 +50,10 @@ InnerHyper inner_hyper(const TrainOptions& opt);
 // Runs training; returns the final validation loss.
 double run_train(const TrainOptions& opt);
 
-// Mean loss over `batches` batches of `batch` rows from the start of the validation split.
-double evaluate(GPT& m, const std::string& data_dir, int batch, int T, int batches);
+// Mean loss over the first `rows` sequences of the validation split, `chunk` rows per forward.
+// Training evaluates --eval-batches global batches (R * --batch rows), whatever the rank count,
+// so validation losses compare across algorithms and topologies.
+double evaluate(GPT& m, const std::string& data_dir, int T, long rows, int chunk);
 
 struct GenerateOptions {
     std::string ckpt, prompt = "\n";

@@ -15,6 +15,11 @@
 #ifdef DILOCO_HAVE_CUDA
 #include "kernels/cuda_info.h"
 #endif
+#ifdef DILOCO_HAVE_MPI
+#include <mpi.h>
+#endif
+#include "comm/comm.h"
+
 
 using namespace diloco;
 
@@ -46,8 +51,17 @@ static void add_train_options(CLI::App* t, TrainOptions& o) {
     t->add_option("--eps", o.eps, "AdamW epsilon")->capture_default_str();
     t->add_option("--grad-clip", o.grad_clip, "clip the global gradient norm (0: off)")->capture_default_str();
     t->add_option("--inner-opt", o.inner_opt, "adamw or sgd")->capture_default_str();
+    // algorithm
+    t->add_option("--algo", o.algo, "dp or diloco")->capture_default_str();
+    t->add_option("--workers", o.workers, "replicas M; the ranks form M workers of R/M ranks")->capture_default_str();
+    t->add_option("--inner-steps", o.inner_steps, "H: inner steps between outer syncs (diloco)")->capture_default_str();
+    t->add_option("--outer-lr", o.outer_lr, "outer learning rate")->capture_default_str();
+    t->add_option("--outer-momentum", o.outer_momentum, "outer momentum")->capture_default_str();
+    t->add_option("--outer-opt", o.outer_opt, "nesterov or sgd")->capture_default_str();
+    t->add_option("--drop-prob", o.drop_prob, "probability that a replica misses an outer round")->capture_default_str();
+    t->add_flag("--verify-sync", o.verify_sync, "check after every outer sync that the replicas agree");
     // data
-    t->add_option("--shard", o.shard, "iid or noniid")->capture_default_str();
+    t->add_option("--shard", o.shard, "iid or noniid (replicas' data)")->capture_default_str();
     t->add_option("--seed", o.seed, "initialisation and data-order seed")->capture_default_str();
     // evaluation, checkpoints
     t->add_option("--eval-every", o.eval_every, "steps between evaluations (0: at the end only)")->capture_default_str();
@@ -154,6 +168,26 @@ int main(int argc, char** argv) {
         return 2;
     }
 
+    // Under mpirun every rank runs this program; MPI is started only for training.
+    bool mpi_started = false;
+#ifdef DILOCO_HAVE_MPI
+    if (*t) {
+        int provided = 0;
+        MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+        mpi_started = true;
+    }
+#endif
+    auto finish = [&](int code) {
+#ifdef DILOCO_HAVE_MPI
+        if (mpi_started) MPI_Finalize();
+#endif
+        return code;
+    };
+    int world_rank = 0;
+#ifdef DILOCO_HAVE_MPI
+    if (mpi_started) MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+#endif
+
     try {
         if (*p) {
             prepare_dataset(prep);
@@ -170,7 +204,7 @@ int main(int argc, char** argv) {
             const int T = eval_seq > 0 ? eval_seq : ck.config.max_seq_len;
             DILOCO_CHECK(eval_batch > 0 && eval_batches > 0, "--batch and --batches must be positive");
             gpt_allocate(m, eval_batch, T);
-            std::printf("val_loss %.6f\n", evaluate(m, eval_data, eval_batch, T, eval_batches));
+            std::printf("val_loss %.6f\n", evaluate(m, eval_data, T, (long)eval_batch * eval_batches, eval_batch));
         } else if (*ex) {
             Checkpoint ck = load_checkpoint(export_ckpt);
             GPT m;
@@ -193,9 +227,20 @@ int main(int argc, char** argv) {
         } else {
             print_info();
         }
+    } catch (const CollectiveError& ex) {
+        // every rank detected it: rank 0 speaks for all, everyone leaves cleanly
+        if (world_rank == 0) std::fprintf(stderr, "error: %s\n", ex.what());
+        return finish(1);
     } catch (const std::exception& ex) {
+        if (mpi_active()) {
+            // one rank failed alone: say which, and take the job down rather than leave the
+            // others waiting in a collective
+            std::fprintf(stderr, "error: rank %d: %s\n", world_rank, ex.what());
+            std::fflush(stderr);
+            abort_job(1);
+        }
         std::fprintf(stderr, "error: %s\n", ex.what());
-        return 1;
+        return finish(1);
     }
-    return 0;
+    return finish(0);
 }

@@ -1,0 +1,178 @@
+#include "comm/comm.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels/common.h"
+
+#ifdef DILOCO_HAVE_MPI
+#include <mpi.h>
+#endif
+
+namespace diloco {
+
+Slice slice_of(size_t n, int G, int g) {
+    const size_t base = n / G, extra = n % G;
+    Slice s;
+    s.begin = g * base + std::min<size_t>(g, extra);
+    s.count = base + ((size_t)g < extra ? 1 : 0);
+    return s;
+}
+
+static uint64_t ring_allreduce(size_t bytes, int P) { return P > 1 ? 2 * (uint64_t)bytes * (P - 1) / P : 0; }
+static uint64_t ring_half(size_t bytes, int P) { return P > 1 ? (uint64_t)bytes * (P - 1) / P : 0; }
+
+#ifdef DILOCO_HAVE_MPI
+
+static MPI_Comm as_comm(void* p) { return *static_cast<MPI_Comm*>(p); }
+
+bool mpi_active() {
+    int init = 0, fin = 0, size = 1;
+    MPI_Initialized(&init);
+    MPI_Finalized(&fin);
+    if (!init || fin) return false;
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    return size > 1;
+}
+
+void abort_job(int code) {
+    int init = 0, fin = 0;
+    MPI_Initialized(&init);
+    MPI_Finalized(&fin);
+    if (init && !fin) MPI_Abort(MPI_COMM_WORLD, code);
+    std::exit(code);
+}
+
+Comm::Comm(int workers) {
+    DILOCO_CHECK(workers > 0, "--workers must be positive, got " + std::to_string(workers));
+    int init = 0;
+    MPI_Initialized(&init);
+    if (init) {
+        MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_);
+        MPI_Comm_size(MPI_COMM_WORLD, &world_size_);
+    }
+    DILOCO_CHECK(world_size_ % workers == 0,
+                 "the number of ranks (" + std::to_string(world_size_) + ") is not a multiple of --workers (" +
+                     std::to_string(workers) + ")");
+    M_ = workers;
+    G_ = world_size_ / workers;
+    m_ = world_rank_ / G_;
+    g_ = world_rank_ % G_;
+    if (init) {
+        auto* wc = new MPI_Comm;
+        auto* cc = new MPI_Comm;
+        MPI_Comm_split(MPI_COMM_WORLD, m_, g_, wc);
+        MPI_Comm_split(MPI_COMM_WORLD, g_, m_, cc);
+        worker_comm_ = wc;
+        cross_comm_ = cc;
+    }
+}
+
+Comm::~Comm() {
+    int fin = 0;
+    MPI_Finalized(&fin);
+    for (void* p : {worker_comm_, cross_comm_})
+        if (p) {
+            if (!fin) MPI_Comm_free(static_cast<MPI_Comm*>(p));
+            delete static_cast<MPI_Comm*>(p);
+        }
+}
+
+void Comm::average_worker(float* x, size_t n) {
+    if (G_ == 1) return;
+    MPI_Allreduce(MPI_IN_PLACE, x, (int)n, MPI_FLOAT, MPI_SUM, as_comm(worker_comm_));
+    bytes_inner_ += ring_allreduce(4 * n, G_);
+    const float inv = 1.0f / G_;
+    for (size_t i = 0; i < n; i++) x[i] *= inv;
+}
+
+void Comm::sum_across_workers(float* x, size_t n) {
+    if (M_ == 1) return;
+    MPI_Allreduce(MPI_IN_PLACE, x, (int)n, MPI_FLOAT, MPI_SUM, as_comm(cross_comm_));
+    bytes_outer_ += ring_allreduce(4 * n, M_);
+}
+
+void Comm::allgather_worker(float* x, size_t n) {
+    if (G_ == 1) return;
+    std::vector<int> counts(G_), displs(G_);
+    for (int g = 0; g < G_; g++) {
+        Slice s = slice_of(n, G_, g);
+        counts[g] = (int)s.count;
+        displs[g] = (int)s.begin;
+    }
+    MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x, counts.data(), displs.data(), MPI_FLOAT,
+                   as_comm(worker_comm_));
+    bytes_inner_ += ring_half(4 * n, G_);
+}
+
+void Comm::average_world(float* x, size_t n) {
+    if (world_size_ == 1) return;
+    const Slice mine = slice_of(n, G_, g_);
+    if (G_ > 1) {
+        std::vector<int> counts(G_);
+        for (int g = 0; g < G_; g++) counts[g] = (int)slice_of(n, G_, g).count;
+        // in place: the reduced slice lands at the start of x, then moves to its own place
+        MPI_Reduce_scatter(MPI_IN_PLACE, x, counts.data(), MPI_FLOAT, MPI_SUM, as_comm(worker_comm_));
+        bytes_inner_ += ring_half(4 * n, G_);
+        if (mine.begin) std::memmove(x + mine.begin, x, 4 * mine.count);
+    }
+    sum_across_workers(x + mine.begin, mine.count);
+    const float inv = 1.0f / world_size_;
+    for (size_t i = mine.begin; i < mine.begin + mine.count; i++) x[i] *= inv;
+    allgather_worker(x, n);
+}
+
+void Comm::reduce_to_root(double* x, size_t n) {
+    if (world_size_ == 1) return;
+    if (world_rank_ == 0)
+        MPI_Reduce(MPI_IN_PLACE, x, (int)n, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
+    else
+        MPI_Reduce(x, nullptr, (int)n, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
+    bytes_outer_ += 8 * n;  // a reduction tree sends each rank's buffer once
+}
+
+std::vector<uint64_t> Comm::allgather_u64(uint64_t v) {
+    std::vector<uint64_t> all(world_size_, v);
+    if (world_size_ > 1)
+        MPI_Allgather(&v, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD);
+    return all;
+}
+
+double Comm::max_world(double v) {
+    if (world_size_ > 1) MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    return v;
+}
+
+double Comm::sum_world(double v) {
+    if (world_size_ > 1) MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    return v;
+}
+
+void Comm::barrier() {
+    if (world_size_ > 1) MPI_Barrier(MPI_COMM_WORLD);
+}
+
+#else  // one process, no MPI
+
+bool mpi_active() { return false; }
+void abort_job(int code) { std::exit(code); }
+
+Comm::Comm(int workers) {
+    DILOCO_CHECK(workers == 1, "--workers " + std::to_string(workers) +
+                                   " needs MPI, and this build has none (one process = one worker)");
+}
+Comm::~Comm() = default;
+void Comm::average_world(float*, size_t) {}
+void Comm::average_worker(float*, size_t) {}
+void Comm::sum_across_workers(float*, size_t) {}
+void Comm::allgather_worker(float*, size_t) {}
+void Comm::reduce_to_root(double*, size_t) {}
+std::vector<uint64_t> Comm::allgather_u64(uint64_t v) { return {v}; }
+double Comm::max_world(double v) { return v; }
+double Comm::sum_world(double v) { return v; }
+void Comm::barrier() {}
+
+#endif
+
+}  // namespace diloco

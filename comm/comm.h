@@ -1,0 +1,79 @@
+// Process topology and the collectives the training algorithms use, with byte accounting.
+//
+// World ranks are grouped into M workers (replicas) of G consecutive ranks: rank = m*G + g.
+//   worker link ("inner"): the G ranks of one worker, every step (gradient averaging)
+//   cross link ("outer"):  the M ranks that share local index g, one per worker; in DiLoCo only at
+//                          outer syncs. Local rank g owns slice g of the flat parameter buffer
+//                          for the outer sync, so each cross communicator moves 1/G of it.
+// Without MPI (or with one rank) every communicator has size 1 and the collectives are no-ops.
+//
+// Byte accounting counts what this rank sends, from the real message sizes and the ring
+// algorithms' standard costs for P ranks and a buffer of S bytes:
+//   allreduce 2(P-1)/P * S;  reduce-scatter (P-1)/P * S;  all-gather (P-1)/P * S (S = whole result)
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace diloco {
+
+struct Slice {
+    size_t begin = 0, count = 0;
+};
+
+// Slice g of n elements split G ways: the first n % G slices hold one extra element.
+Slice slice_of(size_t n, int G, int g);
+
+class Comm {
+public:
+    // Initialises from MPI_COMM_WORLD (if MPI is compiled in and initialised) and splits it into
+    // M workers. Throws Error when the world size is not a multiple of M.
+    explicit Comm(int workers);
+    ~Comm();
+    Comm(const Comm&) = delete;
+    Comm& operator=(const Comm&) = delete;
+
+    int world_rank() const { return world_rank_; }
+    int world_size() const { return world_size_; }
+    int workers() const { return M_; }
+    int ranks_per_worker() const { return G_; }
+    int worker() const { return m_; }
+    int local() const { return g_; }
+    bool is_root() const { return world_rank_ == 0; }
+
+    // Averages x (n floats) over all R ranks hierarchically: reduce-scatter within the worker,
+    // allreduce of this rank's slice across workers, all-gather within the worker.
+    void average_world(float* x, size_t n);
+    // Averages x over the ranks of this worker (inner link only).
+    void average_worker(float* x, size_t n);
+    // Sums x (n floats, this rank's slice) over the cross communicator (outer link).
+    void sum_across_workers(float* x, size_t n);
+    // All-gather of the G slices of x (n floats in all) within the worker.
+    void allgather_worker(float* x, size_t n);
+
+    // Sum of x (n doubles) over all ranks, delivered to world rank 0 (telemetry; counted outer).
+    void reduce_to_root(double* x, size_t n);
+    // Values of one uint64 from every rank, in world-rank order.
+    std::vector<uint64_t> allgather_u64(uint64_t v);
+    // Maximum / sum of a value over all ranks (small control messages; not counted).
+    double max_world(double v);
+    double sum_world(double v);
+    void barrier();
+
+    uint64_t bytes_inner() const { return bytes_inner_; }
+    uint64_t bytes_outer() const { return bytes_outer_; }
+
+private:
+    int world_rank_ = 0, world_size_ = 1, M_ = 1, G_ = 1, m_ = 0, g_ = 0;
+    void* worker_comm_ = nullptr;  // MPI_Comm, opaque here so that this header needs no MPI
+    void* cross_comm_ = nullptr;
+    uint64_t bytes_inner_ = 0, bytes_outer_ = 0;
+};
+
+// True when this process runs under MPI with more than one rank.
+bool mpi_active();
+// Ends the whole job after a failure on one rank, so that no rank waits forever.
+[[noreturn]] void abort_job(int code);
+
+}  // namespace diloco

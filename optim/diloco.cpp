@@ -1,0 +1,40 @@
+#include "optim/diloco.h"
+
+#include <algorithm>
+
+#include "kernels/rng.h"
+
+namespace diloco {
+
+void outer_init(OuterState& s, const Comm& comm, const float* params, size_t n) {
+    s.slice = slice_of(n, comm.ranks_per_worker(), comm.local());
+    s.global.assign(params + s.slice.begin, params + s.slice.begin + s.slice.count);
+    s.momentum.assign(s.slice.count, 0.0f);
+    s.delta.assign(s.slice.count, 0.0f);
+}
+
+void diloco_outer_sync(OuterState& s, Comm& comm, float* params, size_t n, const OuterHyper& h,
+                       bool delivered, int n_delivered) {
+    const float* theta_m = params + s.slice.begin;
+    // 3: outer gradient of this replica, old minus new (zero if it does not deliver)
+    for (size_t i = 0; i < s.slice.count; i++) s.delta[i] = delivered ? s.global[i] - theta_m[i] : 0.0f;
+    // 4: average over the replicas that delivered
+    comm.sum_across_workers(s.delta.data(), s.slice.count);
+    if (n_delivered == 0) return;  // nobody delivered: theta stays theta(t-1)
+    const float inv = 1.0f / n_delivered;
+    for (float& d : s.delta) d *= inv;
+    // 5: the outer optimizer step on theta(t-1)
+    outer_step(s.global.data(), s.delta.data(), s.momentum.data(), s.slice.count, h);
+    // 1 of the next round: every delivering replica starts from theta(t)
+    if (!delivered) return;
+    std::copy(s.global.begin(), s.global.end(), params + s.slice.begin);
+    comm.allgather_worker(params, n);
+}
+
+bool replica_delivers(uint64_t seed, long round, int m, double p) {
+    if (p <= 0.0) return true;
+    Rng rng(seed * 0x9E3779B97F4A7C15ull ^ ((uint64_t)round << 20) ^ (uint64_t)m ^ 0xD209ull);
+    return rng.uniform() >= p;
+}
+
+}  // namespace diloco

@@ -1,0 +1,44 @@
+// The training algorithms' communication steps, written to be read next to the papers.
+//
+// Data-parallel: every inner step, gradients are averaged over all R ranks.
+//
+// DiLoCo (Douillard et al. 2023, Algorithm 1), per outer round t, for each replica m:
+//   1  start from the shared theta(t-1)            (inner AdamW state stays local)
+//   2  H inner AdamW steps on replica m's shard     (optim/inner.h, gradients averaged within the
+//                                                    worker only)
+//   3  outer gradient  delta_m = theta(t-1) - theta_m(t)       (old minus new)
+//   4  average over replicas  delta = (1/M) sum_m delta_m      (across-worker link, only here)
+//   5  theta(t) = OuterOpt(theta(t-1), delta)                  (optim/outer.h, Nesterov)
+// Local rank g of every worker keeps theta(t-1) and the outer momentum for slice g of the flat
+// buffer, reduces that slice across workers, and the worker all-gathers the slices.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "comm/comm.h"
+#include "optim/outer.h"
+
+namespace diloco {
+
+// theta(t-1) and the outer momentum for this rank's slice, kept in fp32.
+struct OuterState {
+    Slice slice;
+    std::vector<float> global;    // theta(t-1), slice only
+    std::vector<float> momentum;  // outer momentum, slice only
+    std::vector<float> delta;     // scratch for the outer gradient, slice only
+};
+
+void outer_init(OuterState& s, const Comm& comm, const float* params, size_t n);
+
+// Lines 3-5 and the broadcast of theta(t) for one outer round. `delivered` says whether this
+// rank's replica delivers its outer gradient this round (--drop-prob); `n_delivered` is how many
+// replicas do (the same on every rank). A replica that does not deliver keeps training from its
+// own parameters; every rank still updates its copy of theta.
+void diloco_outer_sync(OuterState& s, Comm& comm, float* params, size_t n, const OuterHyper& h,
+                       bool delivered, int n_delivered);
+
+// Whether replica m delivers its outer gradient in outer round `round`, with drop probability p.
+// A function of (seed, round, m) alone, so every rank computes the same answer.
+bool replica_delivers(uint64_t seed, long round, int m, double p);
+
+}  // namespace diloco
