@@ -52,9 +52,9 @@ Comm::Comm(int workers) {
         MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_);
         MPI_Comm_size(MPI_COMM_WORLD, &world_size_);
     }
-    DILOCO_CHECK(world_size_ % workers == 0,
-                 "the number of ranks (" + std::to_string(world_size_) + ") is not a multiple of --workers (" +
-                     std::to_string(workers) + ")");
+    if (world_size_ % workers != 0)  // every rank sees this: a clean exit, no abort
+        throw CollectiveError("the number of ranks (" + std::to_string(world_size_) +
+                              ") is not a multiple of --workers (" + std::to_string(workers) + ")");
     M_ = workers;
     G_ = world_size_ / workers;
     m_ = world_rank_ / G_;

@@ -16,6 +16,7 @@
 #include "kernels/common.h"
 #include "kernels/rng.h"
 #include "model/checkpoint.h"
+#include "model/llmc.h"
 #include "comm/comm.h"
 #include "optim/diloco.h"
 #include "optim/inner.h"
@@ -98,7 +99,7 @@ static std::string describe_options(const TrainOptions& o) {
       << '|' << o.lr << '|' << o.min_lr_frac << '|' << o.weight_decay << '|' << o.beta1 << '|'
       << o.beta2 << '|' << o.eps << '|' << o.grad_clip << '|' << o.warmup << '|' << o.inner_opt
       << '|' << o.algo << '|' << o.workers << '|' << o.inner_steps << '|' << o.outer_lr << '|'
-      << o.outer_momentum << '|' << o.outer_opt << '|' << o.drop_prob << '|' << o.verify_sync
+      << o.outer_momentum << '|' << o.outer_opt << '|' << o.drop_prob << '|' << o.verify_sync << '|' << o.dump_replicas
       << '|' << o.shard << '|' << o.seed << '|' << o.eval_every << '|' << o.ckpt_every << '|'
       << o.eval_batches << '|' << o.resume << '|' << o.stop_at << '|' << o.device;
     return s.str();
@@ -296,6 +297,12 @@ double run_train(const TrainOptions& o) {
             for (int r = 0; r < M; r++)
                 n_delivered += last || replica_delivers(o.seed, round, r, o.drop_prob);
             const bool delivered = last || replica_delivers(o.seed, round, comm.worker(), o.drop_prob);
+            if (o.dump_replicas && comm.local() == 0) {
+                char name[96];
+                std::snprintf(name, sizeof name, "/replicas/step_%08lld.replica_%03d.bin", (long long)step, comm.worker());
+                fs::create_directories(o.out + "/replicas");
+                write_llmc(o.out + name, m, m.params.data());
+            }
             diloco_outer_sync(outer, comm, m.params.data(), m.num_params, outer_h, delivered, n_delivered);
             if (o.verify_sync) {
                 const uint64_t crc = delivered ? crc32_update(0, m.params.data(), 4 * m.num_params) : 0;

@@ -30,6 +30,7 @@ struct TrainOptions {
     std::string outer_opt = "nesterov";  // nesterov | sgd
     double drop_prob = 0.0;  // a replica fails to deliver its outer gradient with this probability
     bool verify_sync = false;  // check after every outer sync that all replicas hold equal weights
+    bool dump_replicas = false;  // write each replica's weights before every outer sync
     // data
     std::string shard = "iid";
     uint64_t seed = 1337;

@@ -60,6 +60,7 @@ static void add_train_options(CLI::App* t, TrainOptions& o) {
     t->add_option("--outer-opt", o.outer_opt, "nesterov or sgd")->capture_default_str();
     t->add_option("--drop-prob", o.drop_prob, "probability that a replica misses an outer round")->capture_default_str();
     t->add_flag("--verify-sync", o.verify_sync, "check after every outer sync that the replicas agree");
+    t->add_flag("--dump-replicas", o.dump_replicas, "write each replica's weights (llm.c format) to RUNDIR/replicas/ before every outer sync");
     // data
     t->add_option("--shard", o.shard, "iid or noniid (replicas' data)")->capture_default_str();
     t->add_option("--seed", o.seed, "initialisation and data-order seed")->capture_default_str();

@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Distributed training under mpirun on the CPU: 4 ranks oversubscribed on 2 cores.
+
+    test_mpi.py --diloco build/diloco
+
+Each check prints one line; the last line is 'N passed, M failed'. Exits non-zero on failure.
+"""
+import argparse
+import glob
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+RESULTS = []
+ENV = dict(os.environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
+           OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1")
+SMALL = ["--n-layer", "2", "--n-head", "2", "--d-model", "32", "--seq-len", "32", "--warmup", "5",
+         "--lr", "3e-3", "--log-every", "0", "--eval-batches", "2"]
+
+
+def check(name, ok, detail):
+    RESULTS.append(bool(ok))
+    print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}", flush=True)
+
+
+def run(args, ranks=None, timeout=300, expect_ok=True):
+    cmd = (["mpirun", "--oversubscribe", "-np", str(ranks)] if ranks else []) + args
+    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    if expect_ok and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-2000:]}")
+    return p
+
+
+def metrics(rundir):
+    lines = [json.loads(l) for l in open(os.path.join(rundir, "metrics.jsonl"))]
+    losses = [l["loss"] for l in lines if "loss" in l]
+    summary = [l for l in lines if l.get("summary")][0]
+    return np.array(losses), summary
+
+
+def max_rel(a, b):
+    return float(np.max(np.abs(a - b) / np.abs(b)))
+
+
+def llmc_floats(path):
+    return np.fromfile(path, dtype=np.float32, offset=1024)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--diloco", required=True)
+    args = ap.parse_args()
+    bin_ = os.path.abspath(args.diloco)
+    work = tempfile.mkdtemp(prefix="diloco_mpi_")
+    try:
+        random.seed(1)
+        words = "the cat sat on a mat and dog ran far away home".split()
+        with open(os.path.join(work, "a.txt"), "w") as f:  # two corpora of different kinds of text
+            f.write(" ".join(random.choice(words) for _ in range(30000)))
+        with open(os.path.join(work, "b.txt"), "w") as f:
+            f.write(" ".join(str(random.randint(0, 999)) for _ in range(30000)))
+        data = os.path.join(work, "data")
+        run([bin_, "prepare", "--input", os.path.join(work, "a.txt"), os.path.join(work, "b.txt"), "--out", data])
+        D = lambda name: os.path.join(work, name)
+        base = [bin_, "train", "--data", data] + SMALL
+
+        # 1. DP over 4 ranks (2 workers x 2) = one process with 4x the batch
+        run(base + ["--out", D("dp4"), "--steps", "20", "--batch", "2", "--algo", "dp", "--workers", "2"], ranks=4)
+        run(base + ["--out", D("one"), "--steps", "20", "--batch", "8"])
+        a, _ = metrics(D("dp4"))
+        b, _ = metrics(D("one"))
+        check("DP over 4 ranks = 1 process with 4x batch, 20 steps", len(a) == 20 and max_rel(a, b) <= 1e-5,
+              f"max relative loss difference {max_rel(a, b):.1e} (tolerance 1e-5)")
+
+        # 2. DiLoCo M=1 (one worker of 2 ranks), outer SGD lr 1 = single-process training, H=5
+        run(base + ["--out", D("m1"), "--steps", "20", "--batch", "2", "--algo", "diloco", "--workers", "1",
+                    "--inner-steps", "5", "--outer-opt", "sgd", "--outer-lr", "1", "--outer-momentum", "0"], ranks=2)
+        run(base + ["--out", D("one4"), "--steps", "20", "--batch", "4"])
+        a, _ = metrics(D("m1"))
+        b, _ = metrics(D("one4"))
+        check("DiLoCo M=1, outer SGD lr 1, H=5 = single-process training", max_rel(a, b) <= 1e-5,
+              f"max relative loss difference {max_rel(a, b):.1e} (tolerance 1e-5)")
+
+        # 3. FedAvg: M=4, outer SGD lr 1, no momentum: the global model is the replicas' mean
+        run(base + ["--out", D("fedavg"), "--steps", "10", "--batch", "2", "--algo", "diloco", "--workers", "4",
+                    "--inner-steps", "5", "--outer-opt", "sgd", "--outer-lr", "1", "--outer-momentum", "0",
+                    "--dump-replicas", "--ckpt-every", "5"], ranks=4)
+        ok, worst = True, 0.0
+        for step in (5, 10):
+            reps = sorted(glob.glob(D(f"fedavg/replicas/step_{step:08d}.replica_*.bin")))
+            ok &= len(reps) == 4
+            mean = np.mean([llmc_floats(r).astype(np.float64) for r in reps], axis=0)
+            run([bin_, "export", "--ckpt", D(f"fedavg/ckpt/step_{step:08d}.ckpt"), "--out", D(f"g{step}.bin")])
+            g = llmc_floats(D(f"g{step}.bin"))
+            spread = np.max(np.abs(llmc_floats(reps[0]) - llmc_floats(reps[1])))
+            ok &= spread > 1e-4  # the replicas really differ before the average
+            worst = max(worst, float(np.max(np.abs(g - mean))))
+        # theta - (theta - mean) in fp32: a few ulp of the weights' size (|w| < 1)
+        check("FedAvg (M=4, outer SGD lr 1) gives the mean of the replicas", ok and worst <= 1e-6,
+              f"max |global - mean| {worst:.1e} over 2 rounds (tolerance 1e-6)")
+
+        # 4. 2 workers x 2 ranks trains, and all ranks agree after every outer sync
+        p = run(base + ["--out", D("w2"), "--steps", "30", "--batch", "2", "--algo", "diloco", "--workers", "2",
+                        "--inner-steps", "5", "--verify-sync", "--shard", "noniid"], ranks=4)
+        a, s = metrics(D("w2"))
+        check("2 workers x 2 ranks (noniid shards) train, replicas agree after each sync",
+              a[-1] < a[0] - 1.0 and s["final_val_loss"] < a[0] - 1.0,
+              f"loss {a[0]:.3f} -> {a[-1]:.3f}, val {s['final_val_loss']:.3f}; weights checked equal at 6 syncs")
+
+        # 5. outer bytes: DP / DiLoCo(H=10) over the same steps is about 10
+        run(base + ["--out", D("bdp"), "--steps", "20", "--batch", "2", "--algo", "dp", "--workers", "4"], ranks=4)
+        run(base + ["--out", D("bdl"), "--steps", "20", "--batch", "2", "--algo", "diloco", "--workers", "4",
+                    "--inner-steps", "10"], ranks=4)
+        _, sdp = metrics(D("bdp"))
+        _, sdl = metrics(D("bdl"))
+        ratio = sdp["bytes_outer_total"] / sdl["bytes_outer_total"]
+        check("DP's outer bytes / DiLoCo's with H=10 is about 10", 9.5 <= ratio <= 10.5,
+              f"{sdp['bytes_outer_total']:.0f} / {sdl['bytes_outer_total']:.0f} = {ratio:.3f}")
+
+        # 6. drop-out runs, is reproducible for a seed, and differs from no drop-out
+        for name, p in (("drop1", "0.5"), ("drop2", "0.5"), ("drop0", "0")):
+            run(base + ["--out", D(name), "--steps", "20", "--batch", "2", "--algo", "diloco", "--workers", "4",
+                        "--inner-steps", "2", "--drop-prob", p, "--verify-sync"], ranks=4)
+        a, _ = metrics(D("drop1"))
+        b, _ = metrics(D("drop2"))
+        c, _ = metrics(D("drop0"))
+        check("--drop-prob 0.5 is reproducible and changes the run", np.array_equal(a, b) and not np.array_equal(a, c),
+              f"two runs identical; final loss {a[-1]:.4f} with drops, {c[-1]:.4f} without")
+
+        # 7. a configuration that differs between ranks ends cleanly, under a timeout
+        cmd = ["mpirun", "--oversubscribe", "-np", "1"] + base + ["--out", D("mis"), "--steps", "5", "--batch", "2",
+               "--lr", "1e-3", ":", "-np", "1"] + base + ["--out", D("mis"), "--steps", "5", "--batch", "2", "--lr", "2e-3"]
+        try:
+            p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=60)
+            lines = [l for l in p.stderr.splitlines() if l.startswith("error:")]
+            check("mismatched config across ranks: clean error, non-zero exit", p.returncode != 0 and len(lines) == 1
+                  and "differs between rank 0 and rank 1" in lines[0], f"exit {p.returncode}: {lines}")
+        except subprocess.TimeoutExpired:
+            check("mismatched config across ranks: clean error, non-zero exit", False, "hung past 60 s")
+
+        # 8. ranks not divisible by workers
+        p = run(base + ["--out", D("div"), "--steps", "5", "--workers", "2"], ranks=3, expect_ok=False, timeout=60)
+        errs = [l for l in p.stderr.splitlines() if l.startswith("error")]
+        check("3 ranks with --workers 2: one clear error", p.returncode != 0 and len(errs) == 1 and "not a multiple of --workers" in errs[0],
+              p.stderr.strip().splitlines()[0] if p.stderr.strip() else "(no stderr)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    failed = RESULTS.count(False)
+    print(f"{len(RESULTS) - failed} passed, {failed} failed")
+    sys.exit(1 if failed or not RESULTS else 0)
+
+
+if __name__ == "__main__":
+    main()
