@@ -1,6 +1,5 @@
 // CUDA twin of residual_cpu.cpp: out = a + b, one thread per element.
-#include <cuda_runtime.h>
-
+#include "kernels/cuda_compat.h"
 #include "kernels/residual_cuda.h"
 
 namespace diloco {
@@ -15,7 +14,7 @@ cudaError_t residual_forward_cuda(float* out, const float* a, const float* b, lo
     if (n <= 0) return cudaSuccess;
     const int block = 256;
     const long grid = (n + block - 1) / block;
-    residual_forward_kernel<<<(unsigned)grid, block, 0, stream>>>(out, a, b, n);
+    DILOCO_LAUNCH(residual_forward_kernel, (unsigned)grid, block, 0, stream, out, a, b, n);
     return cudaGetLastError();
 }
 

@@ -1,7 +1,7 @@
 // CUDA entry points of the residual add (device pointers). Kept apart from residual.h so that the
-// CPU build never sees CUDA types.
+// CPU backend never sees CUDA types.
 #pragma once
-#include <cuda_runtime.h>
+#include "kernels/cuda_compat.h"
 
 namespace diloco {
 

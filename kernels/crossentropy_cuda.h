@@ -1,0 +1,13 @@
+// CUDA twins of crossentropy.h (device pointers; same shapes and semantics).
+#pragma once
+#include "kernels/cuda_compat.h"
+
+namespace diloco {
+
+cudaError_t crossentropy_forward_cuda(float* losses, float* lse, const float* logits, const int* targets,
+                                      int N, int V, cudaStream_t stream);
+
+cudaError_t crossentropy_backward_cuda(float* dlogits, const float* logits, const float* lse,
+                                       const int* targets, float dloss, int N, int V, cudaStream_t stream);
+
+}  // namespace diloco

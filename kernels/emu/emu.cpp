@@ -1,0 +1,287 @@
+// The fiber scheduler behind kernels/emu/emu.h.
+#include "kernels/emu/emu.h"
+
+#include <sys/mman.h>
+#include <ucontext.h>
+
+#include <cstdlib>
+#include <map>
+#include <vector>
+
+#include "kernels/common.h"
+#include "kernels/rng.h"
+
+namespace diloco::emu {
+
+thread_local dim3 t_threadIdx, t_blockIdx, t_blockDim, t_gridDim;
+thread_local char* t_dynamic_smem = nullptr;
+
+namespace {
+
+constexpr size_t kStackBytes = 256 * 1024;
+constexpr int kMaxThreads = 1024;
+
+enum class State { Runnable, AtBarrier, Done };
+
+struct Fiber {
+    ucontext_t ctx;
+    void* stack = nullptr;
+    dim3 tid;
+    int linear = 0;
+    State state = State::Runnable;
+    const char* barrier_file = nullptr;
+    int barrier_line = 0;
+};
+
+struct Warp {
+    uint64_t slot[32];
+    uint64_t snapshot[2][32];
+    unsigned arrived = 0;
+    unsigned mask = 0;
+    unsigned gen = 0;
+};
+
+struct Scheduler {
+    ucontext_t main_ctx;
+    std::vector<Fiber> fibers;
+    std::vector<Warp> warps;
+    std::vector<char> smem;
+    const std::function<void()>* body = nullptr;
+    Fiber* current = nullptr;
+    int live = 0, nthreads = 0;
+    bool progress = false;   // did the last run of a fiber change anything?
+    std::string error;       // set by a fiber; the launch throws it
+    Rng rng{1};
+};
+
+thread_local Scheduler* t_sched = nullptr;
+uint64_t g_seed = 1;
+
+void fail(const std::string& msg) {
+    Scheduler& s = *t_sched;
+    if (s.error.empty()) s.error = msg;
+    // back to the scheduler for good: this fiber is abandoned, its stack reused by the next launch
+    s.current->state = State::Done;
+    swapcontext(&s.current->ctx, &s.main_ctx);
+    std::abort();  // never resumed
+}
+
+// Gives control back to the scheduler. `made_progress` false means this fiber only re-checked a
+// condition that still holds it; a whole round of those is a deadlock.
+void yield(bool made_progress) {
+    Scheduler& s = *t_sched;
+    s.progress = made_progress;
+    swapcontext(&s.current->ctx, &s.main_ctx);
+    if (!s.error.empty()) fail(s.error);
+}
+
+void trampoline() {
+    Scheduler& s = *t_sched;
+    (*s.body)();
+    s.current->state = State::Done;
+    s.live--;
+    s.progress = true;
+    swapcontext(&s.current->ctx, &s.main_ctx);
+}
+
+std::string where(const Fiber& f) {
+    return "thread (" + std::to_string(f.tid.x) + "," + std::to_string(f.tid.y) + "," +
+           std::to_string(f.tid.z) + ") of block (" + std::to_string(t_blockIdx.x) + "," +
+           std::to_string(t_blockIdx.y) + "," + std::to_string(t_blockIdx.z) + ")";
+}
+
+void run_block(Scheduler& s) {
+    const size_t n = s.fibers.size();
+    for (auto& w : s.warps) w = Warp{};
+    std::fill(s.smem.begin(), s.smem.end(), (char)0xFF);  // poison: NaN floats, -1 ints
+    t_dynamic_smem = s.smem.data();
+    for (size_t i = 0; i < n; i++) {
+        Fiber& f = s.fibers[i];
+        f.state = State::Runnable;
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = f.stack;
+        f.ctx.uc_stack.ss_size = kStackBytes;
+        f.ctx.uc_link = &s.main_ctx;
+        makecontext(&f.ctx, trampoline, 0);
+    }
+    s.live = (int)n;
+    std::vector<int> runnable;
+    size_t idle_rounds = 0;
+    while (s.live > 0 && s.error.empty()) {
+        runnable.clear();
+        for (size_t i = 0; i < n; i++)
+            if (s.fibers[i].state == State::Runnable) runnable.push_back((int)i);
+        if (runnable.empty()) {
+            // everyone alive waits at a barrier: all must wait at the same one, and none may have left
+            const Fiber* first = nullptr;
+            for (auto& f : s.fibers)
+                if (f.state == State::AtBarrier) {
+                    if (!first) first = &f;
+                    if (f.barrier_line != first->barrier_line || f.barrier_file != first->barrier_file)
+                        throw Error("divergent __syncthreads: " + where(*first) + " waits at line " +
+                                    std::to_string(first->barrier_line) + ", " + where(f) + " at line " +
+                                    std::to_string(f.barrier_line));
+                }
+            if (s.live != (int)n)
+                throw Error("divergent __syncthreads: " + std::to_string(n - s.live) + " of " +
+                            std::to_string(n) + " threads exited while the others wait at line " +
+                            std::to_string(first->barrier_line) + " (" + where(*first) + ")");
+            for (auto& f : s.fibers) f.state = State::Runnable;
+            continue;
+        }
+        Fiber& f = s.fibers[runnable[s.rng.below(runnable.size())]];
+        s.current = &f;
+        t_threadIdx = f.tid;
+        s.progress = true;
+        swapcontext(&s.main_ctx, &f.ctx);
+        if (s.progress) {
+            idle_rounds = 0;
+        } else if (++idle_rounds > 64 * runnable.size() + 1024) {
+            throw Error("deadlock in a warp operation: no thread can proceed (a lane named in a mask "
+                        "never arrives?), e.g. " + where(f));
+        }
+    }
+    if (!s.error.empty()) throw Error(s.error);
+}
+
+}  // namespace
+
+void set_schedule_seed(uint64_t seed) { g_seed = seed; }
+
+int lane_id() { return t_sched->current->linear % 32; }
+
+void syncthreads(const char* file, int line) {
+    Scheduler& s = *t_sched;
+    s.current->state = State::AtBarrier;
+    s.current->barrier_file = file;
+    s.current->barrier_line = line;
+    yield(true);
+}
+
+static Warp& my_warp(int* lane) {
+    Scheduler& s = *t_sched;
+    *lane = s.current->linear % 32;
+    return s.warps[s.current->linear / 32];
+}
+
+uint64_t warp_exchange(unsigned mask, uint64_t value, int src, int* lane_out) {
+    Scheduler& s = *t_sched;
+    int lane;
+    Warp& w = my_warp(&lane);
+    if (lane_out) *lane_out = lane;
+    if (!(mask >> lane & 1)) fail("warp operation called by lane " + std::to_string(lane) + " outside its own mask, " + where(*s.current));
+    const int warp_base = s.current->linear / 32 * 32;
+    for (int l = 0; l < 32; l++)
+        if (mask >> l & 1) {
+            const int t = warp_base + l;
+            if (t >= s.nthreads || s.fibers[t].state == State::Done)
+                fail("warp operation with mask 0x" + [&] { char b[16]; std::snprintf(b, sizeof b, "%08x", mask); return std::string(b); }() +
+                     " names lane " + std::to_string(l) + (t >= s.nthreads ? ", which does not exist" : ", which has exited") +
+                     " (" + where(*s.current) + ")");
+        }
+    if (w.arrived == 0) w.mask = mask;
+    else if (w.mask != mask) fail("lanes of one warp use different masks in the same warp operation (" + where(*s.current) + ")");
+    const unsigned my_gen = w.gen;
+    w.slot[lane] = value;
+    w.arrived |= 1u << lane;
+    if ((w.arrived & mask) == mask) {  // the last to arrive publishes the values
+        std::memcpy(w.snapshot[my_gen & 1], w.slot, sizeof w.slot);
+        w.arrived = 0;
+        w.gen++;
+        yield(true);  // let the others run first: the schedule stays varied
+    } else {
+        yield(true);
+        while (w.gen == my_gen) yield(false);
+    }
+    if (src < 0 || src >= 32 || !(mask >> src & 1)) return value;  // CUDA: own value for outside lanes
+    return w.snapshot[my_gen & 1][src];
+}
+
+void syncwarp(unsigned mask) { (void)warp_exchange(mask, 0, -1, nullptr); }
+
+unsigned warp_ballot(unsigned mask, bool pred) {
+    Scheduler& s = *t_sched;
+    int lane;
+    Warp& w = my_warp(&lane);
+    const unsigned gen = w.gen;
+    (void)warp_exchange(mask, pred ? 1 : 0, -1, nullptr);
+    unsigned out = 0;
+    for (int l = 0; l < 32; l++)
+        if ((mask >> l & 1) && w.snapshot[gen & 1][l]) out |= 1u << l;
+    (void)s;
+    return out;
+}
+
+void run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void()>& body) {
+    const size_t nthreads = (size_t)block.x * block.y * block.z;
+    DILOCO_CHECK(nthreads > 0 && nthreads <= kMaxThreads,
+                 "launch with " + std::to_string(nthreads) + " threads per block (1..1024 allowed)");
+    DILOCO_CHECK(grid.x > 0 && grid.y > 0 && grid.z > 0, "launch with an empty grid");
+    DILOCO_CHECK(dynamic_smem <= 228 * 1024, "launch asks for " + std::to_string(dynamic_smem) +
+                                                 " bytes of dynamic shared memory (228 KiB at most)");
+    static thread_local Scheduler sched;
+    static thread_local std::vector<void*> stacks;
+    Scheduler& s = sched;
+    t_sched = &s;
+    while (stacks.size() < nthreads) {
+        void* p = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        DILOCO_CHECK(p != MAP_FAILED, "cannot map a fiber stack");
+        stacks.push_back(p);
+    }
+    s.fibers.assign(nthreads, Fiber{});
+    s.warps.assign((nthreads + 31) / 32, Warp{});
+    s.smem.assign(dynamic_smem, 0);
+    s.nthreads = (int)nthreads;
+    s.body = &body;
+    s.error.clear();
+    s.rng.reseed(g_seed);
+    for (unsigned z = 0, i = 0; z < block.z; z++)
+        for (unsigned y = 0; y < block.y; y++)
+            for (unsigned x = 0; x < block.x; x++, i++) {
+                s.fibers[i].tid = dim3(x, y, z);
+                s.fibers[i].linear = (int)i;
+                s.fibers[i].stack = stacks[i];
+            }
+    t_blockDim = block;
+    t_gridDim = grid;
+    // blocks in a seeded random order too: nothing may depend on the order of blocks
+    const size_t nblocks = (size_t)grid.x * grid.y * grid.z;
+    std::vector<size_t> order(nblocks);
+    for (size_t i = 0; i < nblocks; i++) order[i] = i;
+    for (size_t i = nblocks; i > 1; i--) std::swap(order[i - 1], order[s.rng.below(i)]);
+    for (size_t b : order) {
+        t_blockIdx = dim3((unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y), (unsigned)(b / ((size_t)grid.x * grid.y)));
+        run_block(s);
+    }
+    t_sched = nullptr;
+}
+
+// ---- runtime API: device memory is host memory -----------------------------------------------
+}  // namespace diloco::emu
+
+cudaError_t cudaMalloc(void** p, size_t bytes) {
+    *p = std::malloc(bytes ? bytes : 1);
+    if (!*p) return cudaErrorMemoryAllocation;
+    std::memset(*p, 0xFF, bytes);  // fresh device memory is garbage on a GPU too
+    return cudaSuccess;
+}
+cudaError_t cudaFree(void* p) {
+    std::free(p);
+    return cudaSuccess;
+}
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+    std::memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind k, cudaStream_t) {
+    return cudaMemcpy(dst, src, bytes, k);
+}
+cudaError_t cudaMemset(void* p, int value, size_t bytes) {
+    std::memset(p, value, bytes);
+    return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) { return cudaMemset(p, value, bytes); }
+cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaGetLastError() { return cudaSuccess; }
+const char* cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "emulated CUDA error"; }

@@ -1,0 +1,183 @@
+// CUDA emulation on the CPU: enough of CUDA C++ for the project's kernels to compile as host code
+// and run with CUDA's semantics, so that tests check the kernels' own source without a GPU.
+//
+// Each block runs alone; each of its threads is a fiber (ucontext) with its own stack. The
+// scheduler runs one fiber at a time, from one synchronisation point to the next, choosing the
+// next fiber at random from a seeded generator: a missing barrier shows up as a result that
+// changes with the seed. Checked, with a clear error (an exception from the launch):
+//   - __syncthreads reached by only part of the block (others exited, or wait at another call);
+//   - warp operations whose mask names a lane that has exited or does not exist;
+//   - deadlock (every live thread waits and nothing can release it).
+// Dynamic shared memory is per block and filled with 0xFF bytes (a NaN for every float) at the
+// start of each block, so reading what no thread wrote shows. Static __shared__ arrays are not
+// supported (they could not be poisoned per block); kernels use DILOCO_DYNAMIC_SHARED.
+//
+// Never include this directly: kernels include kernels/cuda_compat.h.
+#pragma once
+#include <atomic>
+#include <cmath>
+#include <math.h>  // expf, fmaxf, ... at global scope, as CUDA device code has them
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <string>
+
+// ---- language ----------------------------------------------------------------------------------
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__
+#define __launch_bounds__(...)
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+    constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+struct alignas(8) float2 {
+    float x, y;
+};
+
+namespace diloco::emu {
+
+extern thread_local dim3 t_threadIdx, t_blockIdx, t_blockDim, t_gridDim;
+extern thread_local char* t_dynamic_smem;
+
+void syncthreads(const char* file, int line);
+void syncwarp(unsigned mask);
+// Exchanges one 8-byte value among the lanes of `mask`; returns the value of lane `src`.
+uint64_t warp_exchange(unsigned mask, uint64_t value, int src_lane_of_caller, int* lane_out);
+unsigned warp_ballot(unsigned mask, bool pred);
+int lane_id();
+
+// Runs `body` once per thread of every block of the grid. Throws diloco::Error on any of the
+// faults listed above. The seed picks the thread schedule (see set_schedule_seed).
+void run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void()>& body);
+
+// The schedule seed used by later launches; tests run kernels under two seeds and compare.
+void set_schedule_seed(uint64_t seed);
+
+inline dim3 to_dim3(dim3 d) { return d; }
+inline dim3 to_dim3(unsigned x) { return dim3(x); }
+inline dim3 to_dim3(int x) { return dim3((unsigned)x); }
+inline dim3 to_dim3(long x) { return dim3((unsigned)x); }
+inline dim3 to_dim3(unsigned long x) { return dim3((unsigned)x); }
+
+template <typename T>
+uint64_t to_bits(T v) {
+    static_assert(sizeof(T) <= 8, "warp shuffles move at most 8 bytes");
+    uint64_t b = 0;
+    std::memcpy(&b, &v, sizeof(T));
+    return b;
+}
+template <typename T>
+T from_bits(uint64_t b) {
+    T v;
+    std::memcpy(&v, &b, sizeof(T));
+    return v;
+}
+
+}  // namespace diloco::emu
+
+#define threadIdx (::diloco::emu::t_threadIdx)
+#define blockIdx (::diloco::emu::t_blockIdx)
+#define blockDim (::diloco::emu::t_blockDim)
+#define gridDim (::diloco::emu::t_gridDim)
+constexpr int warpSize = 32;
+
+#define __syncthreads() ::diloco::emu::syncthreads(__FILE__, __LINE__)
+inline void __syncwarp(unsigned mask = 0xffffffffu) { ::diloco::emu::syncwarp(mask); }
+
+// ---- warp operations ---------------------------------------------------------------------------
+// width: lanes are split into segments of `width`; a source outside the caller's segment (or an
+// out-of-range one) returns the caller's own value, as CUDA defines.
+template <typename T>
+T __shfl_sync(unsigned mask, T v, int src, int width = warpSize) {
+    const int lane = ::diloco::emu::lane_id();
+    const int s = (lane & ~(width - 1)) + (src & (width - 1));
+    return ::diloco::emu::from_bits<T>(::diloco::emu::warp_exchange(mask, ::diloco::emu::to_bits(v), s, nullptr));
+}
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = warpSize) {
+    const int lane = ::diloco::emu::lane_id();
+    int s = lane ^ lane_mask;
+    if ((s & ~(width - 1)) != (lane & ~(width - 1))) s = lane;
+    return ::diloco::emu::from_bits<T>(::diloco::emu::warp_exchange(mask, ::diloco::emu::to_bits(v), s, nullptr));
+}
+template <typename T>
+T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = warpSize) {
+    const int lane = ::diloco::emu::lane_id();
+    int s = lane + (int)delta;
+    if ((s & ~(width - 1)) != (lane & ~(width - 1))) s = lane;
+    return ::diloco::emu::from_bits<T>(::diloco::emu::warp_exchange(mask, ::diloco::emu::to_bits(v), s, nullptr));
+}
+template <typename T>
+T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = warpSize) {
+    const int lane = ::diloco::emu::lane_id();
+    int s = lane - (int)delta;
+    if (s < (lane & ~(width - 1))) s = lane;
+    return ::diloco::emu::from_bits<T>(::diloco::emu::warp_exchange(mask, ::diloco::emu::to_bits(v), s, nullptr));
+}
+inline unsigned __ballot_sync(unsigned mask, int pred) { return ::diloco::emu::warp_ballot(mask, pred != 0); }
+inline int __any_sync(unsigned mask, int pred) { return ::diloco::emu::warp_ballot(mask, pred != 0) != 0; }
+inline int __all_sync(unsigned mask, int pred) { return ::diloco::emu::warp_ballot(mask, pred != 0) == mask; }
+
+// ---- atomics (blocks may one day run on several host threads: real atomics) ---------------------
+template <typename T>
+T atomicAdd(T* p, T v) { return std::atomic_ref<T>(*p).fetch_add(v); }
+inline int atomicMax(int* p, int v) {
+    std::atomic_ref<int> a(*p);
+    int old = a.load();
+    while (old < v && !a.compare_exchange_weak(old, v)) {}
+    return old;
+}
+inline unsigned atomicCAS(unsigned* p, unsigned cmp, unsigned v) {
+    std::atomic_ref<unsigned>(*p).compare_exchange_strong(cmp, v);
+    return cmp;
+}
+inline int atomicCAS(int* p, int cmp, int v) {
+    std::atomic_ref<int>(*p).compare_exchange_strong(cmp, v);
+    return cmp;
+}
+template <typename T>
+T atomicExch(T* p, T v) { return std::atomic_ref<T>(*p).exchange(v); }
+
+// ---- math intrinsics ----------------------------------------------------------------------------
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __frcp_rn(float x) { return 1.0f / x; }
+inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
+
+// ---- the runtime API subset the host wrappers use ----------------------------------------------
+using cudaError_t = int;
+constexpr cudaError_t cudaSuccess = 0;
+constexpr cudaError_t cudaErrorMemoryAllocation = 2;
+using cudaStream_t = struct CUstream_st*;
+using cudaEvent_t = struct CUevent_st*;
+enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice, cudaMemcpyDefault };
+
+cudaError_t cudaMalloc(void** p, size_t bytes);
+template <typename T>
+cudaError_t cudaMalloc(T** p, size_t bytes) { return cudaMalloc(reinterpret_cast<void**>(p), bytes); }
+cudaError_t cudaFree(void* p);
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind);
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t = nullptr);
+cudaError_t cudaMemset(void* p, int value, size_t bytes);
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t = nullptr);
+cudaError_t cudaDeviceSynchronize();
+cudaError_t cudaStreamSynchronize(cudaStream_t);
+cudaError_t cudaGetLastError();
+const char* cudaGetErrorString(cudaError_t);
+
+// ---- launch ------------------------------------------------------------------------------------
+#define DILOCO_LAUNCH(kernel, grid, block, smem, stream, ...)                                     \
+    ::diloco::emu::run_grid(::diloco::emu::to_dim3(grid), ::diloco::emu::to_dim3(block), (smem), \
+                            [&] { kernel(__VA_ARGS__); })
+#define DILOCO_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(::diloco::emu::t_dynamic_smem)
