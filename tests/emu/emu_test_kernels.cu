@@ -71,6 +71,16 @@ __global__ void partial_warp_shuffle_kernel(float* out) {
     out[threadIdx.x] = v;
 }
 
+// Broken: the last thread reads one element past the end of `in`.
+__global__ void out_of_bounds_kernel(float* out, const float* in, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = in[i + 1];
+}
+
+void out_of_bounds(float* out, const float* in, int n) {
+    DILOCO_LAUNCH(out_of_bounds_kernel, (n + 63) / 64, 64, 0, nullptr, out, in, n);
+}
+
 void block_sum(float* out, const float* in, int n, int block, bool with_barriers) {
     DILOCO_LAUNCH(block_sum_kernel, (n + block - 1) / block, block, block * sizeof(float), nullptr, out, in, n, with_barriers);
 }

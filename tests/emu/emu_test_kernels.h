@@ -10,5 +10,6 @@ void divergent_barrier(float* out, int block);
 void early_exit_barrier(float* out, int block, int n);
 void uninitialised_shared(float* out, int block);
 void partial_warp_shuffle(float* out);
+void out_of_bounds(float* out, const float* in, int n);
 
 }  // namespace diloco::emutest

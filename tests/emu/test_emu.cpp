@@ -106,3 +106,22 @@ TEST(Emulator, ShuffleNamingAMissingLaneIsReported) {
     std::vector<float> out(48, 0.0f);
     expect_error([&] { emutest::partial_warp_shuffle(out.data()); }, "does not exist");
 }
+
+#if defined(__SANITIZE_ADDRESS__)
+static void read_past_the_end() {
+    float *in, *out;
+    cudaMalloc(&in, 100 * sizeof(float));  // emulated device memory is heap memory
+    cudaMalloc(&out, 100 * sizeof(float));
+    cudaMemset(in, 0, 100 * sizeof(float));
+    emutest::out_of_bounds(out, in, 100);
+}
+
+TEST(EmulatorDeathTest, OutOfBoundsGlobalReadIsCaughtByAddressSanitizer) {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    EXPECT_DEATH(read_past_the_end(), "heap-buffer-overflow");
+}
+#else
+TEST(EmulatorDeathTest, OutOfBoundsGlobalReadIsCaughtByAddressSanitizer) {
+    GTEST_SKIP() << "needs the AddressSanitizer build of the emulated tests (build-asan, run by tools/test.sh)";
+}
+#endif
