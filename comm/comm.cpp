@@ -153,6 +153,18 @@ void Comm::barrier() {
     if (world_size_ > 1) MPI_Barrier(MPI_COMM_WORLD);
 }
 
+int Comm::node_local_rank() const {
+    int init = 0;
+    MPI_Initialized(&init);
+    if (!init) return 0;
+    MPI_Comm node;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, world_rank_, MPI_INFO_NULL, &node);
+    int r = 0;
+    MPI_Comm_rank(node, &r);
+    MPI_Comm_free(&node);
+    return r;
+}
+
 #else  // one process, no MPI
 
 bool mpi_active() { return false; }
@@ -172,6 +184,7 @@ std::vector<uint64_t> Comm::allgather_u64(uint64_t v) { return {v}; }
 double Comm::max_world(double v) { return v; }
 double Comm::sum_world(double v) { return v; }
 void Comm::barrier() {}
+int Comm::node_local_rank() const { return 0; }
 
 #endif
 

@@ -61,6 +61,13 @@ public:
     double sum_world(double v);
     void barrier();
 
+    // This rank's index among the ranks on its node (MPI_COMM_TYPE_SHARED): its GPU.
+    int node_local_rank() const;
+    // The worker's MPI communicator (an MPI_Comm*), for the NCCL set-up; null without MPI.
+    void* worker_mpi_comm() const { return worker_comm_; }
+    // Bytes another transport (NCCL) sent on the worker link on this Comm's behalf.
+    void count_inner(uint64_t bytes) { bytes_inner_ += bytes; }
+
     uint64_t bytes_inner() const { return bytes_inner_; }
     uint64_t bytes_outer() const { return bytes_outer_; }
 

@@ -172,6 +172,7 @@ struct PendingStep {
     double loss;
     float lr;
     double grad_norm;
+    double wall;  // seconds since start when the step finished
 };
 }  // namespace
 
@@ -285,7 +286,7 @@ double run_train(const TrainOptions& o) {
             comm.average_world(m.grads.data(), m.num_params);
         const InnerStepInfo si = inner_update(inner, m, step);
         state.step = step;
-        pending.push_back({step, loss, si.lr, si.grad_norm});
+        pending.push_back({step, loss, si.lr, si.grad_norm, seconds()});
 
         const bool last = step == o.steps;
         const bool sync = !is_diloco || step % H == 0 || step == end_step;
@@ -318,9 +319,9 @@ double run_train(const TrainOptions& o) {
         for (size_t k = 0; k < pending.size(); k++) losses[k] = pending[k].loss;
         comm.reduce_to_root(losses.data(), pending.size());
         if (root) {
-            const double wall = seconds();
             for (size_t k = 0; k < pending.size(); k++) {
                 const PendingStep& p = pending[k];
+                const double wall = p.wall;
                 std::fprintf(metrics,
                              "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.6g, \"grad_norm\": %.6g, "
                              "\"tokens\": %.0f, \"wall_s\": %.3f, \"bytes_outer\": %llu, \"bytes_inner\": %llu}\n",

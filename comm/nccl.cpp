@@ -1,0 +1,63 @@
+#include "comm/nccl.h"
+
+#include <mpi.h>
+#include <nccl.h>
+
+#include "kernels/common.h"
+
+namespace diloco {
+
+#define NCCL_CHECK(call)                                                                       \
+    do {                                                                                       \
+        ncclResult_t r_ = (call);                                                              \
+        DILOCO_CHECK(r_ == ncclSuccess, std::string("NCCL: ") + #call + ": " + ncclGetErrorString(r_)); \
+    } while (0)
+#define CUDA_CHECK(call)                                                                       \
+    do {                                                                                       \
+        cudaError_t e_ = (call);                                                               \
+        DILOCO_CHECK(e_ == cudaSuccess, std::string("CUDA: ") + #call + ": " + cudaGetErrorString(e_)); \
+    } while (0)
+
+NcclWorkerComm::NcclWorkerComm(Comm& comm) : comm_(comm) {
+    int ndev = 0;
+    CUDA_CHECK(cudaGetDeviceCount(&ndev));
+    const int local = comm.node_local_rank();
+    DILOCO_CHECK(local < ndev, "rank " + std::to_string(comm.world_rank()) + " is local rank " +
+                                   std::to_string(local) + " on its node, which has only " +
+                                   std::to_string(ndev) + " GPUs");
+    device_ = local;
+    CUDA_CHECK(cudaSetDevice(device_));
+    ncclUniqueId id;
+    if (comm.local() == 0) NCCL_CHECK(ncclGetUniqueId(&id));
+    MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, *static_cast<MPI_Comm*>(comm.worker_mpi_comm()));
+    ncclComm_t c;
+    NCCL_CHECK(ncclCommInitRank(&c, comm.ranks_per_worker(), id, comm.local()));
+    nccl_ = c;
+}
+
+NcclWorkerComm::~NcclWorkerComm() {
+    if (nccl_) ncclCommDestroy(static_cast<ncclComm_t>(nccl_));
+}
+
+void NcclWorkerComm::average(float* x, size_t n, cudaStream_t stream) {
+    const int G = comm_.ranks_per_worker();
+    if (G == 1) return;
+    NCCL_CHECK(ncclAllReduce(x, x, n, ncclFloat32, ncclAvg, static_cast<ncclComm_t>(nccl_), stream));
+    comm_.count_inner(2 * 4 * (uint64_t)n * (G - 1) / G);  // ring allreduce
+}
+
+void NcclWorkerComm::allgather_slices(float* x, size_t n, cudaStream_t stream) {
+    const int G = comm_.ranks_per_worker();
+    if (G == 1) return;
+    // NCCL's all-gather takes equal pieces: broadcast each rank's slice in turn inside one group
+    NCCL_CHECK(ncclGroupStart());
+    for (int g = 0; g < G; g++) {
+        const Slice s = slice_of(n, G, g);
+        NCCL_CHECK(ncclBroadcast(x + s.begin, x + s.begin, s.count, ncclFloat32, g,
+                                 static_cast<ncclComm_t>(nccl_), stream));
+    }
+    NCCL_CHECK(ncclGroupEnd());
+    comm_.count_inner(4 * (uint64_t)n * (G - 1) / G);
+}
+
+}  // namespace diloco
