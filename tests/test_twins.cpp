@@ -8,8 +8,18 @@
 
 #include <cstring>
 
+#include "kernels/adamw.h"
+#include "kernels/adamw_cuda.h"
+#include "kernels/attention.h"
+#include "kernels/attention_cuda.h"
 #include "kernels/crossentropy.h"
 #include "kernels/crossentropy_cuda.h"
+#include "kernels/embedding.h"
+#include "kernels/embedding_cuda.h"
+#include "kernels/gelu.h"
+#include "kernels/gelu_cuda.h"
+#include "kernels/gradnorm.h"
+#include "kernels/gradnorm_cuda.h"
 #include "kernels/layernorm.h"
 #include "kernels/layernorm_cuda.h"
 #include "kernels/residual.h"
@@ -140,5 +150,135 @@ TEST(Twin, CrossEntropyMatchesCpu) {
         EXPECT_TRUE(close_rel("lse", got[0][1], to_double(lse), 4 * kU32, tol));
         EXPECT_TRUE(close_rel("losses", got[0][0], to_double(losses), 4 * kU32, tol + 100 * kU32));
         EXPECT_TRUE(close_rel("dlogits", got[0][2], to_double(d), tol + 8 * kU32, 4 * kU32 / s.N));
+    }
+}
+
+TEST(Twin, GeluMatchesCpu) {
+    REQUIRE_DEVICE();
+    Rng rng(34);
+    for (long n : {1L, 1000L, 70001L}) {
+        auto x = randn(n, rng, 3.0), d = randn(n, rng);
+        std::vector<float> out(n), din(n);
+        gelu_forward_cpu(out.data(), x.data(), n);
+        gelu_backward_cpu(din.data(), x.data(), d.data(), n);
+        Dev<float> dX(x), dD(d), dOut(n), dIn(n);
+        CUDA_OK(gelu_forward_cuda(dOut.p, dX.p, n, nullptr));
+        CUDA_OK(gelu_backward_cuda(dIn.p, dX.p, dD.p, n, nullptr));
+        // the same formula; only tanhf implementations differ (a few ulp of |tanh| <= 1)
+        EXPECT_TRUE(all_close("gelu forward", dOut.get().data(), to_double(out).data(), n,
+                              [&](size_t i) { return 8 * kU32 * (std::fabs(out[i]) + std::fabs(x[i])); }));
+        EXPECT_TRUE(all_close("gelu backward", dIn.get().data(), to_double(din).data(), n, [&](size_t i) {
+            return 16 * kU32 * std::fabs(d[i]) * (1.0 + x[i] * x[i] * std::fabs(x[i]));
+        }));
+    }
+}
+
+TEST(Twin, EmbeddingMatchesCpuBitForBit) {
+    REQUIRE_DEVICE();
+    struct Shape { int B, T, C, V; };
+    Rng rng(35);
+    for (Shape s : {Shape{1, 1, 8, 5}, Shape{2, 7, 24, 3}, Shape{3, 33, 130, 50}}) {
+        const int N = s.B * s.T;
+        std::vector<int> tok(N);
+        for (auto& t : tok) t = (int)rng.below(s.V);  // small vocabularies: many repeated tokens
+        auto wte = randn((size_t)s.V * s.C, rng), wpe = randn((size_t)s.T * s.C, rng), dout = randn((size_t)N * s.C, rng);
+        auto dwte0 = randn(wte.size(), rng), dwpe0 = randn(wpe.size(), rng);
+        std::vector<float> out((size_t)N * s.C), dwte = dwte0, dwpe = dwpe0;
+        embedding_forward_cpu(out.data(), tok.data(), wte.data(), wpe.data(), s.B, s.T, s.C);
+        embedding_backward_cpu(dwte.data(), dwpe.data(), dout.data(), tok.data(), s.B, s.T, s.C);
+        for (int run = 0; run < 2; run++) {
+            use_schedule(300 + run);
+            Dev<int> dTok(tok), work(embedding_backward_workspace(s.B, s.T));
+            Dev<float> dWte(wte), dWpe(wpe), dOut((size_t)N * s.C), dD(dout), gWte(dwte0), gWpe(dwpe0);
+            CUDA_OK(embedding_forward_cuda(dOut.p, dTok.p, dWte.p, dWpe.p, s.B, s.T, s.C, nullptr));
+            CUDA_OK(embedding_backward_cuda(gWte.p, gWpe.p, dD.p, tok.data(), s.B, s.T, s.C, work.p, nullptr));
+            // the same additions in the same order as the CPU twin (position order): bit for bit
+            EXPECT_TRUE(same_bits(dOut.get(), out));
+            EXPECT_TRUE(same_bits(gWpe.get(), dwpe));
+            EXPECT_TRUE(same_bits(gWte.get(), dwte));
+        }
+    }
+}
+
+TEST(Twin, AdamWMatchesCpu) {
+    REQUIRE_DEVICE();
+    Rng rng(36);
+    // odd sizes: segment boundaries that are not multiples of 4 exercise the scalar path
+    std::vector<AdamWSegment> segs = {{0, 301, true}, {301, 3, false}, {304, 1000, true}, {1304, 7, false}};
+    const size_t n = 1311;
+    auto p = randn(n, rng), m0 = randn(n, rng, 0.01), v0 = std::vector<float>(n);
+    for (auto& x : v0) x = (float)std::fabs(rng.normal() * 0.01);
+    const AdamWHyper h{1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f};
+    std::vector<float> P = p, M = m0, Vv = v0;
+    AdamWSegmentsDevice dsegs;
+    CUDA_OK(adamw_upload_segments(dsegs, segs.data(), (int)segs.size()));
+    Dev<float> dp(p), dm(m0), dv(v0), dg(n);
+    for (long t = 1; t <= 3; t++) {
+        auto g = randn(n, rng);
+        adamw_update_cpu(P.data(), M.data(), Vv.data(), g.data(), segs.data(), (int)segs.size(), h, t, 0.5f);
+        dg.upload(g);
+        CUDA_OK(adamw_update_cuda(dp.p, dm.p, dv.p, dg.p, dsegs, h, t, 0.5f, nullptr));
+    }
+    adamw_free_segments(dsegs);
+    // the same per-element formula: differences come from sqrtf / division rounding only
+    EXPECT_TRUE(close_rel("adamw params", dp.get(), to_double(P), 3 * 8 * kU32, 3 * 8 * kU32 * 1e-2));
+    EXPECT_TRUE(close_rel("adamw m", dm.get(), to_double(M), 3 * 8 * kU32, 1e-9));
+    EXPECT_TRUE(close_rel("adamw v", dv.get(), to_double(Vv), 3 * 8 * kU32, 1e-12));
+}
+
+TEST(Twin, GradNormMatchesCpu) {
+    REQUIRE_DEVICE();
+    Rng rng(37);
+#if defined(__SANITIZE_ADDRESS__)
+    // every size launches the same fixed 1024 x 256 grid, slow to emulate under ASan: one size
+    const std::vector<size_t> sizes = {300001};
+#else
+    const std::vector<size_t> sizes = {1, 1000, 300001};
+#endif
+    for (size_t n : sizes) {
+        auto g = randn(n, rng, 0.1);
+        const double want = global_norm_cpu(g.data(), n);
+        double got[2];
+        for (int run = 0; run < 2; run++) {
+            use_schedule(400 + run);
+            Dev<float> dg(g), work(kGradNormBlocks);
+            Dev<double> out(1);
+            CUDA_OK(global_norm_squared_cuda(out.p, dg.p, n, work.p, nullptr));
+            got[run] = std::sqrt(out.get()[0]);
+        }
+        EXPECT_EQ(got[0], got[1]) << "the norm depends on the schedule";
+        // float32 partial sums of n / (1024 * 256) squares each: relative error ~ that count * u
+        EXPECT_NEAR(got[0], want, want * (8.0 * (n / (kGradNormBlocks * 256.0) + 16) * kU32)) << "n = " << n;
+    }
+}
+
+TEST(Twin, AttentionMatchesCpu) {
+    REQUIRE_DEVICE();
+    struct Shape { int B, T, C, NH; };
+    Rng rng(38);
+    for (Shape s : {Shape{1, 1, 32, 1}, Shape{2, 17, 64, 2}, Shape{1, 45, 128, 2}, Shape{1, 70, 128, 1},
+                    Shape{2, 33, 96, 3}}) {
+        const int hs = s.C / s.NH;
+        const size_t BT = (size_t)s.B * s.T;
+        auto qkv = randn(BT * 3 * s.C, rng), dout = randn(BT * s.C, rng);
+        std::vector<float> out(BT * s.C), lse(BT * s.NH), dqkv(BT * 3 * s.C);
+        attention_forward_cpu(out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH);
+        attention_backward_cpu(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T, s.C, s.NH);
+        std::vector<float> got[2][3];
+        for (int run = 0; run < 2; run++) {
+            use_schedule(500 + run);
+            Dev<float> dQkv(qkv), dOut(BT * s.C), dLse(BT * s.NH), dD(dout), dG(BT * 3 * s.C),
+                work(attention_backward_workspace(s.B, s.T, s.NH));
+            CUDA_OK(attention_forward_cuda(dOut.p, dLse.p, dQkv.p, s.B, s.T, s.C, s.NH, nullptr));
+            CUDA_OK(attention_backward_cuda(dG.p, dD.p, dQkv.p, dOut.p, dLse.p, s.B, s.T, s.C, s.NH, work.p, nullptr));
+            got[run][0] = dOut.get(), got[run][1] = dLse.get(), got[run][2] = dG.get();
+        }
+        for (int k = 0; k < 3; k++) EXPECT_TRUE(same_bits(got[0][k], got[1][k])) << "output " << k << " depends on the schedule";
+        // the same algorithm with other tile sizes and summation orders: the CPU kernel tests'
+        // tolerance (dot products of hs terms, sums over T keys)
+        const double tol = (hs + s.T + 32) * kU32 * 8;
+        EXPECT_TRUE(close_rel("attention out", got[0][0], to_double(out), tol, tol));
+        EXPECT_TRUE(close_rel("attention lse", got[0][1], to_double(lse), tol, tol));
+        EXPECT_TRUE(close_max("attention dqkv", got[0][2], to_double(dqkv), 4 * tol));
     }
 }

@@ -1,6 +1,8 @@
 // The fiber scheduler behind kernels/emu/emu.h.
 #include "kernels/emu/emu.h"
 
+#undef _FORTIFY_SOURCE  // its longjmp check refuses jumps between stacks, which fibers are
+#include <setjmp.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 
@@ -21,11 +23,21 @@ namespace {
 constexpr size_t kStackBytes = 256 * 1024;
 constexpr int kMaxThreads = 1024;
 
-enum class State { Runnable, AtBarrier, Done };
+enum class State { Runnable, AtBarrier, AtWarp, Done };
+
+// A thread slot: a stack with a fiber living on it. The fiber runs the kernel body once per block
+// and then parks at the top of its loop, so later blocks start it again with a plain jump.
+struct Slot {
+    void* stack = nullptr;
+    ucontext_t ctx;  // used only to start the fiber on its stack the first time
+    jmp_buf park;
+    bool parked = false;
+};
 
 struct Fiber {
-    ucontext_t ctx;
-    void* stack = nullptr;
+    jmp_buf jump;  // switches use _setjmp/_longjmp: no signal mask saved, no system call
+    bool started = false;
+    Slot* slot = nullptr;
     dim3 tid;
     int linear = 0;
     State state = State::Runnable;
@@ -43,45 +55,71 @@ struct Warp {
 
 struct Scheduler {
     ucontext_t main_ctx;
+    jmp_buf main_jump;
     std::vector<Fiber> fibers;
     std::vector<Warp> warps;
     std::vector<char> smem;
     const std::function<void()>* body = nullptr;
     Fiber* current = nullptr;
     int live = 0, nthreads = 0;
-    bool progress = false;   // did the last run of a fiber change anything?
     std::string error;       // set by a fiber; the launch throws it
     Rng rng{1};
+    std::vector<int> runnable;
 };
 
 thread_local Scheduler* t_sched = nullptr;
 uint64_t g_seed = 1;
+
+// Control passes between the scheduler and the fibers only through these two.
+[[noreturn]] void to_scheduler(Scheduler& s) { _longjmp(s.main_jump, 1); }
+
+void trampoline();
+
+void run_fiber(Scheduler& s, Fiber& f) {
+    if (_setjmp(s.main_jump)) return;  // the fiber yielded, waits, or ended
+    if (f.started) _longjmp(f.jump, 1);
+    f.started = true;
+    if (f.slot->parked) {
+        f.slot->parked = false;
+        _longjmp(f.slot->park, 1);
+    }
+    getcontext(&f.slot->ctx);  // a fresh fiber on this slot's stack
+    f.slot->ctx.uc_stack.ss_sp = f.slot->stack;
+    f.slot->ctx.uc_stack.ss_size = kStackBytes;
+    f.slot->ctx.uc_link = nullptr;
+    makecontext(&f.slot->ctx, trampoline, 0);
+    setcontext(&f.slot->ctx);
+}
 
 void fail(const std::string& msg) {
     Scheduler& s = *t_sched;
     if (s.error.empty()) s.error = msg;
     // back to the scheduler for good: this fiber is abandoned, its stack reused by the next launch
     s.current->state = State::Done;
-    swapcontext(&s.current->ctx, &s.main_ctx);
+    to_scheduler(s);
     std::abort();  // never resumed
 }
 
-// Gives control back to the scheduler. `made_progress` false means this fiber only re-checked a
-// condition that still holds it; a whole round of those is a deadlock.
-void yield(bool made_progress) {
+// Gives control back to the scheduler; the fiber resumes here when it is picked again.
+void yield() {
     Scheduler& s = *t_sched;
-    s.progress = made_progress;
-    swapcontext(&s.current->ctx, &s.main_ctx);
+    if (!_setjmp(s.current->jump)) to_scheduler(s);
     if (!s.error.empty()) fail(s.error);
 }
 
 void trampoline() {
-    Scheduler& s = *t_sched;
-    (*s.body)();
-    s.current->state = State::Done;
-    s.live--;
-    s.progress = true;
-    swapcontext(&s.current->ctx, &s.main_ctx);
+    for (;;) {
+        Scheduler& s = *t_sched;
+        (*s.body)();
+        Fiber& f = *s.current;
+        f.state = State::Done;
+        s.live--;
+        if (!_setjmp(f.slot->park)) {
+            f.slot->parked = true;
+            to_scheduler(s);
+        }
+        // resumed here for the next block
+    }
 }
 
 std::string where(const Fiber& f) {
@@ -96,23 +134,21 @@ void run_block(Scheduler& s) {
     std::fill(s.smem.begin(), s.smem.end(), (char)0xFF);  // poison: NaN floats, -1 ints
     t_dynamic_smem = s.smem.data();
     for (size_t i = 0; i < n; i++) {
-        Fiber& f = s.fibers[i];
-        f.state = State::Runnable;
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = f.stack;
-        f.ctx.uc_stack.ss_size = kStackBytes;
-        f.ctx.uc_link = &s.main_ctx;
-        makecontext(&f.ctx, trampoline, 0);
+        s.fibers[i].state = State::Runnable;
+        s.fibers[i].started = false;
     }
     s.live = (int)n;
-    std::vector<int> runnable;
-    size_t idle_rounds = 0;
+    // the runnable fibers, kept incrementally: a fiber leaves when it waits at a barrier or ends
+    std::vector<int>& runnable = s.runnable;
+    runnable.resize(n);
+    for (size_t i = 0; i < n; i++) runnable[i] = (int)i;
     while (s.live > 0 && s.error.empty()) {
-        runnable.clear();
-        for (size_t i = 0; i < n; i++)
-            if (s.fibers[i].state == State::Runnable) runnable.push_back((int)i);
         if (runnable.empty()) {
-            // everyone alive waits at a barrier: all must wait at the same one, and none may have left
+            // nobody can run: either every live thread waits at one barrier, or this is a fault
+            for (auto& f : s.fibers)
+                if (f.state == State::AtWarp)
+                    throw Error("deadlock in a warp operation: " + where(f) + " waits for lanes that never "
+                                "arrive (they wait at a barrier, or at another warp operation)");
             const Fiber* first = nullptr;
             for (auto& f : s.fibers)
                 if (f.state == State::AtBarrier) {
@@ -126,22 +162,32 @@ void run_block(Scheduler& s) {
                 throw Error("divergent __syncthreads: " + std::to_string(n - s.live) + " of " +
                             std::to_string(n) + " threads exited while the others wait at line " +
                             std::to_string(first->barrier_line) + " (" + where(*first) + ")");
-            for (auto& f : s.fibers) f.state = State::Runnable;
+            for (size_t i = 0; i < n; i++) {
+                s.fibers[i].state = State::Runnable;
+                runnable.push_back((int)i);
+            }
             continue;
         }
-        Fiber& f = s.fibers[runnable[s.rng.below(runnable.size())]];
+        const size_t k = s.rng.below(runnable.size());
+        Fiber& f = s.fibers[runnable[k]];
         s.current = &f;
         t_threadIdx = f.tid;
-        s.progress = true;
-        swapcontext(&s.main_ctx, &f.ctx);
-        if (s.progress) {
-            idle_rounds = 0;
-        } else if (++idle_rounds > 64 * runnable.size() + 1024) {
-            throw Error("deadlock in a warp operation: no thread can proceed (a lane named in a mask "
-                        "never arrives?), e.g. " + where(f));
+        const int id = runnable[k];
+        run_fiber(s, f);
+        // the fiber may have woken others (appended); find it again before removing it
+        if (f.state != State::Runnable) {
+            size_t at = k < runnable.size() && runnable[k] == id ? k : std::find(runnable.begin(), runnable.end(), id) - runnable.begin();
+            runnable[at] = runnable.back();
+            runnable.pop_back();
         }
     }
     if (!s.error.empty()) throw Error(s.error);
+}
+
+// After a fault, fibers stopped mid-body cannot be resumed: their slots start fresh next time.
+void unpark_abandoned(Scheduler& s) {
+    for (auto& f : s.fibers)
+        if (f.state != State::Done || !f.slot->parked) f.slot->parked = false;
 }
 
 }  // namespace
@@ -155,7 +201,7 @@ void syncthreads(const char* file, int line) {
     s.current->state = State::AtBarrier;
     s.current->barrier_file = file;
     s.current->barrier_line = line;
-    yield(true);
+    yield();
 }
 
 static Warp& my_warp(int* lane) {
@@ -184,14 +230,19 @@ uint64_t warp_exchange(unsigned mask, uint64_t value, int src, int* lane_out) {
     const unsigned my_gen = w.gen;
     w.slot[lane] = value;
     w.arrived |= 1u << lane;
-    if ((w.arrived & mask) == mask) {  // the last to arrive publishes the values
+    if ((w.arrived & mask) == mask) {  // the last to arrive publishes the values, wakes the others
         std::memcpy(w.snapshot[my_gen & 1], w.slot, sizeof w.slot);
         w.arrived = 0;
         w.gen++;
-        yield(true);  // let the others run first: the schedule stays varied
+        for (int l = 0; l < 32; l++)
+            if ((mask >> l & 1) && l != lane) {
+                Fiber& other = s.fibers[warp_base + l];
+                other.state = State::Runnable;
+                s.runnable.push_back(warp_base + l);
+            }
     } else {
-        yield(true);
-        while (w.gen == my_gen) yield(false);
+        s.current->state = State::AtWarp;
+        yield();
     }
     if (src < 0 || src >= 32 || !(mask >> src & 1)) return value;  // CUDA: own value for outside lanes
     return w.snapshot[my_gen & 1][src];
@@ -220,14 +271,15 @@ void run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<vo
     DILOCO_CHECK(dynamic_smem <= 228 * 1024, "launch asks for " + std::to_string(dynamic_smem) +
                                                  " bytes of dynamic shared memory (228 KiB at most)");
     static thread_local Scheduler sched;
-    static thread_local std::vector<void*> stacks;
+    static thread_local std::vector<Slot> slots(kMaxThreads);
     Scheduler& s = sched;
     t_sched = &s;
-    while (stacks.size() < nthreads) {
-        void* p = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        DILOCO_CHECK(p != MAP_FAILED, "cannot map a fiber stack");
-        stacks.push_back(p);
-    }
+    for (size_t i = 0; i < nthreads; i++)
+        if (!slots[i].stack) {
+            void* p = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            DILOCO_CHECK(p != MAP_FAILED, "cannot map a fiber stack");
+            slots[i].stack = p;
+        }
     s.fibers.assign(nthreads, Fiber{});
     s.warps.assign((nthreads + 31) / 32, Warp{});
     s.smem.assign(dynamic_smem, 0);
@@ -240,7 +292,7 @@ void run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<vo
             for (unsigned x = 0; x < block.x; x++, i++) {
                 s.fibers[i].tid = dim3(x, y, z);
                 s.fibers[i].linear = (int)i;
-                s.fibers[i].stack = stacks[i];
+                s.fibers[i].slot = &slots[i];
             }
     t_blockDim = block;
     t_gridDim = grid;
@@ -251,7 +303,13 @@ void run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<vo
     for (size_t i = nblocks; i > 1; i--) std::swap(order[i - 1], order[s.rng.below(i)]);
     for (size_t b : order) {
         t_blockIdx = dim3((unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y), (unsigned)(b / ((size_t)grid.x * grid.y)));
-        run_block(s);
+        try {
+            run_block(s);
+        } catch (...) {
+            unpark_abandoned(s);
+            t_sched = nullptr;
+            throw;
+        }
     }
     t_sched = nullptr;
 }

@@ -1,0 +1,24 @@
+// CUDA twin of adamw.h: fused AdamW over the flat buffer, one launch (device pointers).
+#pragma once
+#include "kernels/adamw.h"
+#include "kernels/cuda_compat.h"
+
+namespace diloco {
+
+// Segment tables live on the device: upload once with adamw_upload_segments.
+struct AdamWSegmentsDevice {
+    unsigned long long* offsets = nullptr;  // nsegments + 1 boundaries, ascending
+    unsigned char* decay = nullptr;         // nsegments flags
+    int nsegments = 0;
+    size_t total = 0;  // offsets[nsegments]: the elements covered, from offsets[0]
+};
+
+// The segments must be sorted and contiguous (no gaps), as gpt_adamw_segments returns them.
+cudaError_t adamw_upload_segments(AdamWSegmentsDevice& dev, const AdamWSegment* segments, int nsegments);
+void adamw_free_segments(AdamWSegmentsDevice& dev);
+
+cudaError_t adamw_update_cuda(float* params, float* m, float* v, const float* grads,
+                              const AdamWSegmentsDevice& segments, const AdamWHyper& h, long t,
+                              float grad_scale, cudaStream_t stream);
+
+}  // namespace diloco
