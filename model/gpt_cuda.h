@@ -1,0 +1,43 @@
+// The GPT of model/gpt.h on a CUDA device: the same parameter layout, activation layout and order
+// of operations, over the CUDA kernels (kernels/*.cu) and cuBLAS. Built natively with CUDA, and
+// built emulated (DILOCO_EMULATE) so that CI runs a whole training step through the kernels' own
+// source, with the CPU BLAS in place of cuBLAS.
+#pragma once
+#include <vector>
+
+#include "kernels/adamw_cuda.h"
+#include "kernels/matmul_cuda.h"
+#include "model/gpt.h"
+#include "model/gpt_acts.h"
+
+namespace diloco {
+
+struct GPTCuda {
+    GPT layout;  // config and tensor table (its host buffers stay empty)
+    float* params = nullptr;  // device, flat, block-major as on the host
+    float* grads = nullptr;
+    float* acts = nullptr;
+    int B = 0, T = 0, cur_B = 0, cur_T = 0;
+    int* tokens = nullptr;   // device
+    int* targets = nullptr;  // device
+    std::vector<int> tokens_host;  // the last forward's tokens (the embedding backward buckets them)
+    float* att_workspace = nullptr;
+    int* emb_workspace = nullptr;
+    BlasHandle blas;
+    cudaStream_t stream = nullptr;
+};
+
+// Allocates everything for batches of up to B x T and copies the host model's parameters.
+void gpt_cuda_create(GPTCuda& m, const GPT& host, int B, int T);
+void gpt_cuda_destroy(GPTCuda& m);
+
+// Forward on host tokens/targets (B,T); returns the mean loss (NaN without targets).
+float gpt_cuda_forward(GPTCuda& m, const int* tokens, const int* targets, int B, int T);
+// Backward of the last forward's mean loss; accumulates into m.grads.
+void gpt_cuda_backward(GPTCuda& m);
+void gpt_cuda_zero_grad(GPTCuda& m);
+
+// Copies a device buffer of the model (params or grads) to the host.
+std::vector<float> gpt_cuda_download(const GPTCuda& m, const float* device_buffer);
+
+}  // namespace diloco
