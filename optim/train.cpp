@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <regex>
 #include <sstream>
 
@@ -18,6 +19,7 @@
 #include "model/checkpoint.h"
 #include "model/llmc.h"
 #include "comm/comm.h"
+#include "optim/device.h"
 #include "optim/diloco.h"
 #include "optim/inner.h"
 
@@ -85,8 +87,6 @@ static void check_options(const TrainOptions& o) {
                  "--eval-every, --ckpt-every and --log-every must be >= 0");
     DILOCO_CHECK(o.device == "auto" || o.device == "cpu" || o.device == "cuda",
                  "--device must be auto, cpu or cuda, got '" + o.device + "'");
-    DILOCO_CHECK(o.device != "cuda", "--device cuda: this build trains on the CPU only; the CUDA "
-                                     "training backend is not part of it yet");
     DILOCO_CHECK(!o.data.empty() && !o.out.empty(), "train needs --data and --out");
     DILOCO_CHECK(o.stop_at >= 0, "--stop-at must be >= 0");
 }
@@ -120,16 +120,35 @@ static void require_same_on_all_ranks(Comm& comm, uint64_t value, const std::str
             throw CollectiveError(what + " differs between rank 0 and rank " + std::to_string(r));
 }
 
-double evaluate(GPT& m, const std::string& data_dir, int T, long rows, int chunk) {
-    TokenStream val(data_dir, "val", m.config.vocab, T, false, 0);
+double evaluate_with(const std::function<float(const int*, const int*, int, int)>& forward, int vocab,
+                     const std::string& data_dir, int T, long rows, int chunk) {
+    TokenStream val(data_dir, "val", vocab, T, false, 0);
     std::vector<int> tok((size_t)chunk * T), tgt((size_t)chunk * T);
     double sum = 0.0;
     for (long r0 = 0; r0 < rows; r0 += chunk) {
         const int n = (int)std::min<long>(chunk, rows - r0);
         val.read_rows((uint64_t)r0, n, tok.data(), tgt.data());
-        sum += (double)gpt_forward(m, tok.data(), tgt.data(), n, T) * n;
+        sum += (double)forward(tok.data(), tgt.data(), n, T) * n;
     }
     return sum / rows;
+}
+
+double evaluate(GPT& m, const std::string& data_dir, int T, long rows, int chunk) {
+    return evaluate_with([&](const int* tok, const int* tgt, int n, int t) { return gpt_forward(m, tok, tgt, n, t); },
+                         m.config.vocab, data_dir, T, rows, chunk);
+}
+
+// Whether this run trains on the registered accelerator backend; throws if it was asked for and
+// is not there.
+static bool use_device(const TrainOptions& o) {
+    const DeviceBackend& be = device_backend();
+    const int n = be.device_count ? be.device_count() : 0;
+    if (o.device == "cuda") {
+        DILOCO_CHECK(be.create, "--device cuda: this build has no CUDA backend (CUDA was not found at build time)");
+        DILOCO_CHECK(n > 0, "--device cuda: no CUDA device is visible (see `diloco info`)");
+        return true;
+    }
+    return o.device == "auto" && be.create && n > 0;
 }
 
 // Keeps the metrics lines a resumed run has already reproduced (step <= resumed step), drops the
@@ -235,6 +254,18 @@ double run_train(const TrainOptions& o) {
         }
     }
     if (is_diloco) outer_init(outer, comm, m.params.data(), m.num_params);
+    // on an accelerator, the model, gradients and AdamW state live there from here on
+    std::unique_ptr<DeviceTrainer> dev;
+    if (use_device(o)) {
+        dev = device_backend().create(m, inner_hyper(o), B, T);
+        if (state.step > 0) dev->moments_from_host(inner.m.data(), inner.v.data());
+    }
+    const bool stage_grads = dev && (is_diloco ? G > 1 : comm.world_size() > 1);
+    auto eval_now = [&] {
+        if (!dev) return evaluate(m, o.data, T, o.eval_batches * global_rows, B);
+        return evaluate_with([&](const int* tk, const int* tg, int n, int t) { return dev->forward_loss(tk, tg, n, t); },
+                             cfg.vocab, o.data, T, o.eval_batches * global_rows, B);
+    };
     if (root) {
         if (state.step > 0)
             truncate_metrics(metrics_path, state.step);
@@ -256,9 +287,11 @@ double run_train(const TrainOptions& o) {
         if (is_diloco)
             std::fprintf(stderr, " M=%d H=%ld outer %s lr %.2g mom %.2g", M, H, o.outer_opt.c_str(),
                          o.outer_lr, o.outer_momentum);
-        std::fprintf(stderr, " | %d ranks (%d workers x %d) | batch %d x %d per rank | %ld steps | "
-                             "%d threads | train %.2fM tokens\n",
-                     comm.world_size(), M, G, B, T, o.steps, omp_get_max_threads(), train.num_tokens() / 1e6);
+        std::fprintf(stderr, " | %d ranks (%d workers x %d) | batch %d x %d per rank | %ld steps | %s | "
+                             "train %.2fM tokens\n",
+                     comm.world_size(), M, G, B, T, o.steps,
+                     dev ? device_backend().name.c_str() : ("cpu, " + std::to_string(omp_get_max_threads()) + " threads").c_str(),
+                     train.num_tokens() / 1e6);
     }
 
     const auto t0 = std::chrono::steady_clock::now();
@@ -276,15 +309,18 @@ double run_train(const TrainOptions& o) {
         // ranks that share them (all of them for DP, the worker's for DiLoCo)
         train.read_rows(state.data_cursor + my_row, B, tok.data(), tgt.data());
         state.data_cursor += stream_rows;
-        const float loss = compute_gradients(m, tok.data(), tgt.data(), B, T);
+        const float loss = dev ? dev->compute_gradients(tok.data(), tgt.data(), B, T)
+                               : compute_gradients(m, tok.data(), tgt.data(), B, T);
         DILOCO_CHECK(std::isfinite(loss), "loss became " + std::to_string(loss) + " at step " +
                                               std::to_string(step) + " on rank " +
                                               std::to_string(comm.world_rank()) + "; lower --lr");
+        if (stage_grads) dev->grads_to_host(m.grads.data());  // (NCCL would keep them on the device)
         if (is_diloco)
             comm.average_worker(m.grads.data(), m.num_params);
         else
             comm.average_world(m.grads.data(), m.num_params);
-        const InnerStepInfo si = inner_update(inner, m, step);
+        if (stage_grads) dev->grads_from_host(m.grads.data());
+        const InnerStepInfo si = dev ? dev->inner_update(step) : inner_update(inner, m, step);
         state.step = step;
         pending.push_back({step, loss, si.lr, si.grad_norm, seconds()});
 
@@ -298,6 +334,7 @@ double run_train(const TrainOptions& o) {
             for (int r = 0; r < M; r++)
                 n_delivered += last || replica_delivers(o.seed, round, r, o.drop_prob);
             const bool delivered = last || replica_delivers(o.seed, round, comm.worker(), o.drop_prob);
+            if (dev) dev->params_to_host(m.params.data());
             if (o.dump_replicas && comm.local() == 0) {
                 char name[96];
                 std::snprintf(name, sizeof name, "/replicas/step_%08lld.replica_%03d.bin", (long long)step, comm.worker());
@@ -305,6 +342,7 @@ double run_train(const TrainOptions& o) {
                 write_llmc(o.out + name, m, m.params.data());
             }
             diloco_outer_sync(outer, comm, m.params.data(), m.num_params, outer_h, delivered, n_delivered);
+            if (dev) dev->params_from_host(m.params.data());
             if (o.verify_sync) {
                 const uint64_t crc = delivered ? crc32_update(0, m.params.data(), 4 * m.num_params) : 0;
                 const std::vector<uint64_t> all = comm.allgather_u64(crc);
@@ -341,7 +379,7 @@ double run_train(const TrainOptions& o) {
         pending.clear();
         // evaluation and checkpoints of the global model, by rank 0, at sync points
         if (root && (step >= next_eval || last) && (o.eval_every > 0 || last)) {
-            val_loss = evaluate(m, o.data, T, o.eval_batches * global_rows, B);
+            val_loss = eval_now();
             std::fprintf(metrics, "{\"step\": %lld, \"val_loss\": %.9g}\n", (long long)step, val_loss);
             std::fprintf(stderr, "step %lld | val_loss %.4f\n", (long long)step, val_loss);
             while (next_eval <= step) next_eval += o.eval_every;
@@ -349,6 +387,10 @@ double run_train(const TrainOptions& o) {
         if (root) std::fflush(metrics);
         if (root && (step >= next_ckpt || (o.ckpt_every > 0 && last) || (step == end_step && !last))) {
             std::copy(rng.s, rng.s + 4, state.rng);
+            if (dev) {
+                dev->params_to_host(m.params.data());
+                dev->moments_to_host(inner.m.data(), inner.v.data());
+            }
             save_checkpoint(checkpoint_path(o.out, step), cfg, state, m.params.data(), inner.m.data(),
                             inner.v.data(), m.num_params);
             while (next_ckpt <= step) next_ckpt += o.ckpt_every;
@@ -361,7 +403,7 @@ double run_train(const TrainOptions& o) {
                          (long long)end_step, o.steps);
         return NAN;
     }
-    if (root && std::isnan(val_loss)) val_loss = evaluate(m, o.data, T, o.eval_batches * global_rows, B);
+    if (root && std::isnan(val_loss)) val_loss = eval_now();
     const double wall = seconds();
     const long trained = std::max<long>(0, o.steps - first_step + 1);
     // across-worker traffic of the whole job, and what data-parallel would have sent: every step,

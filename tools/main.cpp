@@ -19,6 +19,9 @@
 #include <mpi.h>
 #endif
 #include "comm/comm.h"
+#if defined(DILOCO_HAVE_CUDA) || defined(DILOCO_EMULATE)
+#include "optim/train_cuda.h"
+#endif
 
 
 using namespace diloco;
@@ -90,14 +93,19 @@ static void print_info() {
 #else
     std::printf("MPI: not compiled in\n");
 #endif
-#ifdef DILOCO_HAVE_CUDA
+#if defined(DILOCO_HAVE_CUDA)
     std::printf("CUDA: compiled in; %s\n", cuda_summary().c_str());
+#elif defined(DILOCO_EMULATE)
+    std::printf("CUDA: emulated on the CPU (a test build: --device cuda runs the kernels' source in the emulator)\n");
 #else
     std::printf("CUDA: not compiled in\n");
 #endif
 }
 
 int main(int argc, char** argv) {
+#if defined(DILOCO_HAVE_CUDA) || defined(DILOCO_EMULATE)
+    register_cuda_backend();
+#endif
     CLI::App app{"diloco: train decoder-only language models with DiLoCo, from scratch"};
     app.require_subcommand(1);
     // a repeated option takes its last value, so a script can append overrides to a command line

@@ -55,6 +55,7 @@ def llmc_floats(path):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--diloco", required=True)
+    ap.add_argument("--diloco-emu", help="the build whose --device cuda is the CUDA emulator")
     args = ap.parse_args()
     bin_ = os.path.abspath(args.diloco)
     work = tempfile.mkdtemp(prefix="diloco_mpi_")
@@ -149,6 +150,25 @@ def main():
         errs = [l for l in p.stderr.splitlines() if l.startswith("error")]
         check("3 ranks with --workers 2: one clear error", p.returncode != 0 and len(errs) == 1 and "not a multiple of --workers" in errs[0],
               p.stderr.strip().splitlines()[0] if p.stderr.strip() else "(no stderr)")
+
+        # 9. --device cuda through the kernels' own source (emulated) = CPU training, 1 and 2 ranks
+        if args.diloco_emu:
+            emu = [os.path.abspath(args.diloco_emu), "train", "--data", data] + SMALL + ["--device", "cuda"]
+            run(emu + ["--out", D("emu1"), "--steps", "8", "--batch", "4"])
+            run(base + ["--out", D("cpu1"), "--steps", "8", "--batch", "4", "--device", "cpu"])
+            a, sa = metrics(D("emu1"))
+            b, sb = metrics(D("cpu1"))
+            check("--device cuda (emulated kernels) = CPU training, 8 steps", max_rel(a, b) <= 1e-5 and
+                  abs(sa["final_val_loss"] - sb["final_val_loss"]) <= 1e-5 * sb["final_val_loss"],
+                  f"max relative loss difference {max_rel(a, b):.1e}, val {sa['final_val_loss']:.6f} vs {sb['final_val_loss']:.6f}")
+            run(emu + ["--out", D("emu2"), "--steps", "6", "--batch", "2", "--algo", "diloco", "--workers", "2",
+                       "--inner-steps", "3", "--verify-sync"], ranks=2)
+            run(base + ["--out", D("cpu2"), "--steps", "6", "--batch", "2", "--algo", "diloco", "--workers", "2",
+                        "--inner-steps", "3", "--device", "cpu"], ranks=2)
+            a, _ = metrics(D("emu2"))
+            b, _ = metrics(D("cpu2"))
+            check("DiLoCo M=2 with --device cuda (emulated) = on the CPU", max_rel(a, b) <= 1e-5,
+                  f"max relative loss difference {max_rel(a, b):.1e}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     failed = RESULTS.count(False)

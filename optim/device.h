@@ -1,0 +1,41 @@
+// Training on an accelerator. The training loop (optim/train.cpp) keeps the host model as the
+// place where communication, checkpoints and the outer optimizer see the weights; a DeviceTrainer
+// holds the model, its gradients and the inner optimizer state on the device, and copies to and
+// from the host only where the loop asks (at outer syncs, checkpoints, and — with several ranks —
+// for the gradient average). The CUDA implementation registers itself from main(); the core
+// library has no CUDA dependency.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "model/gpt.h"
+#include "optim/inner.h"
+
+namespace diloco {
+
+class DeviceTrainer {
+public:
+    virtual ~DeviceTrainer() = default;
+    virtual float compute_gradients(const int* tokens, const int* targets, int B, int T) = 0;
+    virtual InnerStepInfo inner_update(long step) = 0;
+    // mean loss of a forward pass (evaluation), no gradients
+    virtual float forward_loss(const int* tokens, const int* targets, int B, int T) = 0;
+    virtual void grads_to_host(float* host) = 0;
+    virtual void grads_from_host(const float* host) = 0;
+    virtual void params_to_host(float* host) = 0;
+    virtual void params_from_host(const float* host) = 0;
+    virtual void moments_to_host(float* m, float* v) = 0;
+    virtual void moments_from_host(const float* m, const float* v) = 0;
+};
+
+struct DeviceBackend {
+    std::string name;  // "cuda", or "cuda (emulated)"
+    int (*device_count)() = nullptr;
+    std::unique_ptr<DeviceTrainer> (*create)(const GPT& host, const InnerHyper& h, int B, int T) = nullptr;
+};
+
+void register_device_backend(const DeviceBackend& backend);
+// The registered backend, or one with null functions when the build has none.
+const DeviceBackend& device_backend();
+
+}  // namespace diloco
