@@ -77,8 +77,10 @@ void report(const char* what, double seconds, double flops, double bytes, const 
 }  // namespace
 
 int run_bench(const BenchOptions& o) {
-    DILOCO_CHECK(o.device == "cpu", "bench --device " + o.device +
-                                        ": this build benchmarks the CPU kernels only");
+#ifdef DILOCO_HAVE_CUDA
+    if (o.device == "cuda") return run_bench_cuda(o);
+#endif
+    DILOCO_CHECK(o.device == "cpu", "bench --device " + o.device + ": this build benchmarks the CPU kernels only");
     DILOCO_CHECK(o.variant == 0, "the CPU kernels have one variant (0)");
     DILOCO_CHECK(o.B > 0 && o.T > 0 && o.C > 0 && o.NH > 0 && o.V > 0 && o.M > 0 && o.N > 0 &&
                      o.K > 0 && o.repeats > 0 && o.warmup >= 0,

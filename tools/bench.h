@@ -17,5 +17,7 @@ struct BenchOptions {
 };
 
 int run_bench(const BenchOptions& opt);
+// The CUDA side (tools/bench_cuda.cpp), in CUDA builds.
+int run_bench_cuda(const BenchOptions& opt);
 
 }  // namespace diloco

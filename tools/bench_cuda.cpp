@@ -1,0 +1,201 @@
+// `diloco bench KERNEL --device cuda`: each CUDA kernel checked against its CPU twin, then timed
+// with CUDA events after warm-up, the median of repeats with the L2 cache flushed between them,
+// next to the device's measured ceilings (a large device-to-device copy, a cuBLAS SGEMM).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "kernels/adamw_cuda.h"
+#include "kernels/attention.h"
+#include "kernels/attention_cuda.h"
+#include "kernels/common.h"
+#include "kernels/crossentropy.h"
+#include "kernels/crossentropy_cuda.h"
+#include "kernels/gelu.h"
+#include "kernels/gelu_cuda.h"
+#include "kernels/layernorm.h"
+#include "kernels/layernorm_cuda.h"
+#include "kernels/matmul_cuda.h"
+#include "kernels/rng.h"
+#include "tools/bench.h"
+
+namespace diloco {
+
+namespace {
+
+void ck(cudaError_t e, const char* what) {
+    DILOCO_CHECK(e == cudaSuccess, std::string("CUDA: ") + what + ": " + cudaGetErrorString(e));
+}
+
+struct DevBuf {
+    float* p = nullptr;
+    size_t n = 0;
+    explicit DevBuf(const std::vector<float>& v) : n(v.size()) {
+        ck(cudaMalloc(&p, std::max<size_t>(n, 1) * 4), "cudaMalloc");
+        ck(cudaMemcpy(p, v.data(), n * 4, cudaMemcpyHostToDevice), "cudaMemcpy");
+    }
+    explicit DevBuf(size_t count) : n(count) { ck(cudaMalloc(&p, std::max<size_t>(n, 1) * 4), "cudaMalloc"); }
+    ~DevBuf() { cudaFree(p); }
+    std::vector<float> get() const {
+        std::vector<float> v(n);
+        ck(cudaMemcpy(v.data(), p, n * 4, cudaMemcpyDeviceToHost), "cudaMemcpy");
+        return v;
+    }
+};
+
+std::vector<float> randn(size_t n, Rng& rng, double s = 1.0) {
+    std::vector<float> v(n);
+    for (auto& x : v) x = (float)(rng.normal() * s);
+    return v;
+}
+
+double max_rel_err(const std::vector<float>& got, const std::vector<float>& want) {
+    double mx = 0, scale = 1e-30;
+    for (size_t i = 0; i < want.size(); i++) scale = std::max(scale, (double)std::fabs(want[i]));
+    for (size_t i = 0; i < want.size(); i++) mx = std::max(mx, std::fabs((double)got[i] - want[i]) / scale);
+    return mx;
+}
+
+// Median milliseconds of `fn` over repeats, after warm-up, flushing L2 before each timed call.
+double time_ms(const std::function<void()>& fn, int warmup, int repeats) {
+    static DevBuf flush((size_t)64 << 20);  // 256 MiB, larger than any L2
+    cudaEvent_t a, b;
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    for (int i = 0; i < warmup; i++) fn();
+    std::vector<float> t;
+    for (int i = 0; i < repeats; i++) {
+        cudaMemsetAsync(flush.p, i & 0xFF, flush.n * 4);
+        cudaEventRecord(a);
+        fn();
+        cudaEventRecord(b);
+        cudaEventSynchronize(b);
+        float ms = 0;
+        cudaEventElapsedTime(&ms, a, b);
+        t.push_back(ms);
+    }
+    ck(cudaGetLastError(), "kernel");
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+}
+
+struct Ceilings {
+    double copy_gbs, sgemm_tflops;
+};
+
+void report(const char* what, double ms, double flops, double bytes, const Ceilings& c, double err) {
+    std::printf("%-24s %9.3f ms", what, ms);
+    if (flops > 0) std::printf(" %8.2f TFLOP/s (%5.1f%% of SGEMM)", flops / ms / 1e9, 100 * flops / ms / 1e9 / c.sgemm_tflops);
+    if (bytes > 0) std::printf(" %8.1f GB/s (%5.1f%% of copy)", bytes / ms / 1e6, 100 * bytes / ms / 1e6 / c.copy_gbs);
+    if (err >= 0) std::printf("  max rel err vs CPU twin %.1e", err);
+    std::printf("\n");
+}
+
+}  // namespace
+
+int run_bench_cuda(const BenchOptions& o) {
+    int ndev = 0;
+    DILOCO_CHECK(cudaGetDeviceCount(&ndev) == cudaSuccess && ndev > 0, "bench --device cuda: no CUDA device");
+    DILOCO_CHECK(o.variant == 0 || o.variant == 1, "the CUDA kernels have one variant so far (1)");
+    cudaDeviceProp prop{};
+    cudaGetDeviceProperties(&prop, 0);
+    BlasHandle blas;
+    ck(blas_create(blas), "cublasCreate");
+    Ceilings c{};
+    {
+        const size_t n = (size_t)256 << 20;  // 1 GiB each way
+        DevBuf src(n), dst(n);
+        const double ms = time_ms([&] { cudaMemcpyAsync(dst.p, src.p, n * 4, cudaMemcpyDeviceToDevice); }, 2, 10);
+        c.copy_gbs = 2.0 * n * 4 / ms / 1e6;
+        const int g = 8192;
+        DevBuf A((size_t)g * g), B((size_t)g * g), C((size_t)g * g);
+        cudaMemset(A.p, 0, A.n * 4);
+        cudaMemset(B.p, 0, B.n * 4);
+        const double gms = time_ms([&] { matmul_forward_cuda(C.p, A.p, B.p, nullptr, g, g, g, blas, nullptr); }, 2, 5);
+        c.sgemm_tflops = 2.0 * g * g * (double)g / gms / 1e9;
+    }
+    std::printf("device %s (sm_%d%d) | ceilings: device copy %.0f GB/s (read + write), cuBLAS SGEMM 8192^3 %.1f TFLOP/s (fp32, no TF32)\n",
+                prop.name, prop.major, prop.minor, c.copy_gbs, c.sgemm_tflops);
+    Rng rng(1);
+    const std::string& k = o.kernel;
+    const long N = (long)o.B * o.T;
+    if (k == "layernorm") {
+        auto x = randn(N * o.C, rng), w = randn(o.C, rng), b = randn(o.C, rng);
+        std::vector<float> out(N * o.C), mean(N), rstd(N);
+        layernorm_forward_cpu(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), (int)N, o.C);
+        DevBuf dx(x), dw(w), db(b), dout(N * o.C), dm(N), dr(N);
+        auto run = [&] { layernorm_forward_cuda(dout.p, dm.p, dr.p, dx.p, dw.p, db.p, (int)N, o.C, nullptr); };
+        run();
+        std::printf("layernorm forward N=%ld C=%d | bytes = 4 (2 N C + 2 N)\n", N, o.C);
+        report("layernorm forward v1", time_ms(run, o.warmup, o.repeats), 0, 4.0 * (2.0 * N * o.C + 2.0 * N), c,
+               max_rel_err(dout.get(), out));
+    } else if (k == "attention") {
+        auto qkv = randn(N * 3 * o.C, rng);
+        std::vector<float> out(N * o.C), lse(N * o.NH);
+        attention_forward_cpu(out.data(), lse.data(), qkv.data(), o.B, o.T, o.C, o.NH);
+        DevBuf dq(qkv), dout(N * o.C), dl(N * o.NH);
+        auto run = [&] { attention_forward_cuda(dout.p, dl.p, dq.p, o.B, o.T, o.C, o.NH, nullptr); };
+        run();
+        const double flops = 4.0 * o.B * o.NH * (o.T * (o.T + 1) / 2.0) * (o.C / o.NH);
+        std::printf("attention forward B=%d T=%d C=%d NH=%d | flops = 4 B NH T(T+1)/2 hs (causal)\n", o.B, o.T, o.C, o.NH);
+        report("attention forward v1", time_ms(run, o.warmup, o.repeats), flops, 0, c, max_rel_err(dout.get(), out));
+        std::printf("(cuDNN's fused attention at this shape is not benchmarked yet)\n");
+    } else if (k == "gelu") {
+        const long n = N * 4 * o.C;
+        auto x = randn(n, rng);
+        std::vector<float> out(n);
+        gelu_forward_cpu(out.data(), x.data(), n);
+        DevBuf dx(x), dout(n);
+        auto run = [&] { gelu_forward_cuda(dout.p, dx.p, n, nullptr); };
+        run();
+        report("gelu forward v1", time_ms(run, o.warmup, o.repeats), 0, 8.0 * n, c, max_rel_err(dout.get(), out));
+    } else if (k == "crossentropy") {
+        auto logits = randn(N * o.V, rng);
+        std::vector<int> tg(N);
+        for (auto& t : tg) t = (int)rng.below(o.V);
+        std::vector<float> losses(N), lse(N);
+        crossentropy_forward_cpu(losses.data(), lse.data(), logits.data(), tg.data(), (int)N, o.V);
+        DevBuf dl(logits), dloss(N), dlse(N);
+        int* dt;
+        ck(cudaMalloc(&dt, N * sizeof(int)), "cudaMalloc");
+        cudaMemcpy(dt, tg.data(), N * sizeof(int), cudaMemcpyHostToDevice);
+        auto run = [&] { crossentropy_forward_cuda(dloss.p, dlse.p, dl.p, dt, (int)N, o.V, nullptr); };
+        run();
+        report("crossentropy forward v1", time_ms(run, o.warmup, o.repeats), 0, 4.0 * N * o.V, c,
+               max_rel_err(dloss.get(), losses));
+        cudaFree(dt);
+    } else if (k == "adamw") {
+        const size_t n = (size_t)o.M * o.N * 8;
+        auto p = randn(n, rng), g = randn(n, rng);
+        std::vector<float> zeros(n, 0.0f);
+        DevBuf dp(p), dg(g), dm(zeros), dv(zeros);
+        AdamWSegment seg{0, n, true};
+        AdamWSegmentsDevice segs;
+        ck(adamw_upload_segments(segs, &seg, 1), "segments");
+        const AdamWHyper h{1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f};
+        long t = 1;
+        auto run = [&] { adamw_update_cuda(dp.p, dm.p, dv.p, dg.p, segs, h, t++, 1.0f, nullptr); };
+        std::printf("adamw n=%zu | bytes = 4 n (4 reads + 3 writes)\n", n);
+        report("adamw v1", time_ms(run, o.warmup, o.repeats), 0, 28.0 * n, c, -1);
+        adamw_free_segments(segs);
+    } else if (k == "gemm") {
+        DevBuf A((size_t)o.M * o.K), B((size_t)o.N * o.K), C((size_t)o.M * o.N);
+        cudaMemset(A.p, 0, A.n * 4);
+        cudaMemset(B.p, 0, B.n * 4);
+        auto run = [&] { matmul_forward_cuda(C.p, A.p, B.p, nullptr, o.M, o.K, o.N, blas, nullptr); };
+        report("cuBLAS SGEMM", time_ms(run, o.warmup, o.repeats), 2.0 * o.M * o.N * (double)o.K, 0, c, -1);
+    } else {
+        throw Error("bench --device cuda: unknown kernel '" + k + "' (known: gemm, layernorm, attention, adamw, gelu, crossentropy)");
+    }
+    blas_destroy(blas);
+    return 0;
+}
+
+}  // namespace diloco
