@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <limits>
 
 #include "kernels/adamw.h"
 #include "kernels/adamw_cuda.h"
@@ -21,6 +22,8 @@
 #include "kernels/gradnorm.h"
 #include "kernels/gradnorm_cuda.h"
 #include "kernels/layernorm.h"
+#include "kernels/quantize.h"
+#include "kernels/quantize_cuda.h"
 #include "kernels/layernorm_cuda.h"
 #include "kernels/residual.h"
 #include "kernels/residual_cuda.h"
@@ -280,5 +283,31 @@ TEST(Twin, AttentionMatchesCpu) {
         EXPECT_TRUE(close_rel("attention out", got[0][0], to_double(out), tol, tol));
         EXPECT_TRUE(close_rel("attention lse", got[0][1], to_double(lse), tol, tol));
         EXPECT_TRUE(close_max("attention dqkv", got[0][2], to_double(dqkv), 4 * tol));
+    }
+}
+
+TEST(Twin, QuantizeProducesTheCpuCodecsBits) {
+    REQUIRE_DEVICE();
+    Rng rng(39);
+    for (QuantFormat f : {QuantFormat::fp32, QuantFormat::bf16, QuantFormat::int8, QuantFormat::e2m1, QuantFormat::e3m0}) {
+        for (size_t n : {size_t(1), size_t(33), size_t(1000)}) {
+            auto x = randn(n, rng);
+            if (n > 40) x[37] = std::numeric_limits<float>::quiet_NaN();  // a poisoned block travels too
+            std::vector<uint8_t> want(quant_bytes(f, n));
+            quantize_cpu(want.data(), x.data(), n, f);
+            auto acc0 = randn(n, rng);
+            std::vector<float> acc = acc0;
+            dequantize_add_cpu(acc.data(), want.data(), n, f);
+            Dev<float> dx(x), dacc(acc0);
+            Dev<uint8_t> payload(want.size());
+            CUDA_OK(quantize_cuda(payload.p, dx.p, n, f, nullptr));
+            CUDA_OK(dequantize_add_cuda(dacc.p, payload.p, n, f, nullptr));
+            EXPECT_EQ(payload.get(), want) << quant_format_name(f) << " n=" << n;
+            const auto got = dacc.get();
+            size_t differ = 0;  // the same bits, except that NaNs may carry another payload on a GPU
+            for (size_t i = 0; i < n; i++)
+                differ += !(std::memcmp(&got[i], &acc[i], 4) == 0 || (std::isnan(got[i]) && std::isnan(acc[i])));
+            EXPECT_EQ(differ, 0u) << quant_format_name(f) << " n=" << n;
+        }
     }
 }

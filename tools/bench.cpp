@@ -18,6 +18,7 @@
 #include "kernels/gradnorm.h"
 #include "kernels/layernorm.h"
 #include "kernels/matmul.h"
+#include "kernels/quantize.h"
 #include "kernels/rng.h"
 #include "model/gpt.h"
 
@@ -162,6 +163,19 @@ int run_bench(const BenchOptions& o) {
         report("crossentropy backward", time_median([&] {
             crossentropy_backward_cpu(d.data(), logits.data(), lse.data(), tg.data(), 1.0f / BT, (int)BT, o.V);
         }, o.warmup, o.repeats), 0, 8.0 * BT * o.V, ceil);
+    } else if (k == "quantize") {
+        const size_t n = (size_t)o.M * o.N * 4;
+        auto x = random_vec(n, rng);
+        std::vector<float> acc(n, 0.0f);
+        std::printf("quantize n=%zu | bytes: encode 4n + payload, decode-add payload + 8n\n", n);
+        for (QuantFormat f : {QuantFormat::bf16, QuantFormat::int8, QuantFormat::e2m1, QuantFormat::e3m0}) {
+            std::vector<uint8_t> p(quant_bytes(f, n));
+            const std::string name = std::string(quant_format_name(f));
+            report((name + " encode").c_str(), time_median([&] { quantize_cpu(p.data(), x.data(), n, f); }, o.warmup, o.repeats),
+                   0, 4.0 * n + p.size(), ceil);
+            report((name + " decode+add").c_str(), time_median([&] { dequantize_add_cpu(acc.data(), p.data(), n, f); }, o.warmup, o.repeats),
+                   0, 8.0 * n + p.size(), ceil);
+        }
     } else if (k == "train") {
         GPT m;
         gpt_build(m, gpt_preset(o.model, o.V));
@@ -189,7 +203,7 @@ int run_bench(const BenchOptions& o) {
         std::printf("tokens/s %.1f\n", BT / t);
     } else {
         throw Error("unknown bench kernel '" + k +
-                    "' (known: gemm, layernorm, attention, adamw, gelu, crossentropy, train)");
+                    "' (known: gemm, layernorm, attention, adamw, gelu, crossentropy, quantize, train)");
     }
     return 0;
 }

@@ -141,7 +141,7 @@ int main(int argc, char** argv) {
 
     BenchOptions bench;
     auto* b = app.add_subcommand("bench", "time one kernel in isolation");
-    b->add_option("kernel", bench.kernel, "gemm, layernorm, attention, adamw, gelu, crossentropy, train")->required();
+    b->add_option("kernel", bench.kernel, "gemm, layernorm, attention, adamw, gelu, crossentropy, quantize, train")->required();
     b->add_option("--variant", bench.variant, "kernel variant")->capture_default_str();
     b->add_option("--device", bench.device, "cpu or cuda")->capture_default_str();
     b->add_option("--B", bench.B, "batch")->capture_default_str();

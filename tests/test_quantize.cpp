@@ -1,0 +1,146 @@
+// The exchange formats of kernels/quantize.h: round trips within each format's spacing, the
+// defined edge cases, sizes, and fp32 accumulation of decoded payloads.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "kernels/common.h"
+#include "kernels/quantize.h"
+#include "tests/compare.h"
+
+using namespace diloco;
+using namespace diloco::test;
+
+namespace {
+
+std::vector<float> round_trip(const std::vector<float>& x, QuantFormat f) {
+    std::vector<uint8_t> p(quant_bytes(f, x.size()));
+    quantize_cpu(p.data(), x.data(), x.size(), f);
+    std::vector<float> out(x.size(), std::numeric_limits<float>::quiet_NaN());
+    dequantize_cpu(out.data(), p.data(), x.size(), f);
+    return out;
+}
+
+// Values spanning many magnitudes, blocks of different scales, n not a multiple of the block.
+std::vector<float> mixed_values(size_t n, Rng& rng) {
+    std::vector<float> x(n);
+    for (size_t i = 0; i < n; i++) x[i] = (float)(rng.normal() * std::pow(10.0, (double)((i / 32) % 9) - 4.0));
+    return x;
+}
+
+float block_absmax(const std::vector<float>& x, size_t i) {
+    float m = 0;
+    const size_t b0 = i / kQuantBlock * kQuantBlock;
+    for (size_t k = b0; k < std::min(x.size(), b0 + kQuantBlock); k++) m = std::max(m, std::fabs(x[k]));
+    return m;
+}
+
+// |decoded| must be the representable magnitude nearest to |x| / s (up to float rounding of x / s)
+void expect_nearest(const std::vector<float>& x, const std::vector<float>& y, const std::vector<float>& grid, float top,
+                    const char* what) {
+    size_t bad = 0;
+    for (size_t i = 0; i < x.size(); i++) {
+        const float s = block_absmax(x, i) / top;
+        if (s == 0.0f) {
+            bad += y[i] != 0.0f;
+            continue;
+        }
+        const double want = std::fabs((double)x[i]) / s, got = std::fabs((double)y[i]) / s;
+        double best = 1e300;
+        for (float g : grid) best = std::min(best, std::fabs(want - g));
+        bad += !(std::fabs(want - got) <= best + 1e-5 * (1 + want)) || (y[i] != 0 && (y[i] < 0) != (x[i] < 0));
+    }
+    EXPECT_EQ(bad, 0u) << what << ": values not rounded to the nearest representable one";
+}
+
+}  // namespace
+
+TEST(Quantize, RoundTripsStayWithinEachFormatsSpacing) {
+    Rng rng(41);
+    const auto x = mixed_values(1000, rng);
+    EXPECT_EQ(round_trip(x, QuantFormat::fp32), x);
+    const auto b = round_trip(x, QuantFormat::bf16);
+    // 7 stored mantissa bits: half an ulp is 2^(e-8) for |x| in [2^e, 2^(e+1)), at most 2^-8 |x|
+    for (size_t i = 0; i < x.size(); i++) ASSERT_LE(std::fabs(b[i] - x[i]), std::ldexp(std::fabs(x[i]), -8)) << i;
+    const auto q = round_trip(x, QuantFormat::int8);
+    for (size_t i = 0; i < x.size(); i++) {  // half a step of absmax / 127, plus the float rounding of x / s
+        const float s = block_absmax(x, i) / 127.0f;
+        ASSERT_LE(std::fabs(q[i] - x[i]), 0.5f * s * (1 + 1e-5f) + 1e-6f * std::fabs(x[i])) << i;
+    }
+    expect_nearest(x, round_trip(x, QuantFormat::e2m1), {0, 0.5f, 1, 1.5f, 2, 3, 4, 6}, 6.0f, "e2m1");
+    std::vector<float> e3 = {0};
+    for (int e = -6; e <= 0; e++) e3.push_back(std::ldexp(1.0f, e));
+    expect_nearest(x, round_trip(x, QuantFormat::e3m0), e3, 1.0f, "e3m0");
+    // and each block's largest value comes back exactly (it defines the scale)
+    for (QuantFormat f : {QuantFormat::int8, QuantFormat::e2m1, QuantFormat::e3m0}) {
+        const auto y = round_trip(x, f);
+        for (size_t b0 = 0; b0 < x.size(); b0 += kQuantBlock) {
+            size_t arg = b0;
+            for (size_t i = b0; i < std::min(x.size(), b0 + kQuantBlock); i++)
+                if (std::fabs(x[i]) > std::fabs(x[arg])) arg = i;
+            EXPECT_NEAR(y[arg], x[arg], 1e-6 * std::fabs(x[arg])) << quant_format_name(f) << " block " << b0 / kQuantBlock;
+        }
+    }
+}
+
+TEST(Quantize, EdgeCasesAreDefined) {
+    const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+    for (QuantFormat f : {QuantFormat::int8, QuantFormat::e2m1, QuantFormat::e3m0}) {
+        const char* name = quant_format_name(f);
+        // an all-zero block: scale 0, exact zeros back
+        std::vector<float> zeros(40, 0.0f);
+        for (float v : round_trip(zeros, f)) EXPECT_EQ(v, 0.0f) << name;
+        // subnormals only: finite, no NaN, within the block's own spacing
+        std::vector<float> sub(32);
+        for (int i = 0; i < 32; i++) sub[i] = (i % 2 ? -1.0f : 1.0f) * 1e-40f * (float)(i + 1) / 32.0f;
+        for (float v : round_trip(sub, f)) EXPECT_TRUE(std::isfinite(v) && std::fabs(v) <= 1.01e-40f) << name;
+        // huge values: no overflow
+        std::vector<float> big = {3e38f, -3e38f, 1e38f, 1.0f};
+        const auto y = round_trip(big, f);
+        EXPECT_FLOAT_EQ(y[0], 3e38f) << name;
+        EXPECT_FLOAT_EQ(y[1], -3e38f) << name;
+        EXPECT_TRUE(std::isfinite(y[2])) << name;
+        // a NaN or an infinity poisons its own block, and only it
+        for (float bad : {nan, inf, -inf}) {
+            std::vector<float> v(64, 1.0f);
+            v[5] = bad;
+            const auto r = round_trip(v, f);
+            for (int i = 0; i < 32; i++) EXPECT_TRUE(std::isnan(r[i])) << name << " value " << i;
+            for (int i = 32; i < 64; i++) EXPECT_EQ(r[i], 1.0f) << name << " value " << i;
+        }
+    }
+    // bf16: round to nearest even, NaN and infinities kept
+    const auto b = round_trip({1.00390625f, 1.01171875f, nan, inf, -inf, 0.0f, -0.0f}, QuantFormat::bf16);
+    EXPECT_EQ(b[0], 1.0f);         // 1 + 2^-8: a tie, to the even 1.0
+    EXPECT_EQ(b[1], 1.015625f);    // 1 + 3 * 2^-8: a tie, to the even 1 + 2^-6
+    EXPECT_TRUE(std::isnan(b[2]));
+    EXPECT_EQ(b[3], inf);
+    EXPECT_EQ(b[4], -inf);
+    EXPECT_EQ(b[5], 0.0f);
+    EXPECT_TRUE(std::signbit(b[6]));
+    EXPECT_THROW(parse_quant_format("fp8"), Error);
+}
+
+TEST(Quantize, SizesAndAccumulation) {
+    const size_t n = 32 * 1024;
+    EXPECT_EQ(quant_bytes(QuantFormat::fp32, n), 4 * n);
+    EXPECT_EQ(quant_bytes(QuantFormat::bf16, n), 2 * n);
+    EXPECT_EQ(quant_bytes(QuantFormat::int8, n), n + n / 8);
+    EXPECT_LE(quant_bytes(QuantFormat::e3m0, n) * 6, quant_bytes(QuantFormat::fp32, n));  // at most 1/6 of fp32
+    EXPECT_EQ(quant_bytes(QuantFormat::e2m1, 33), 2 * 4 + 17u);
+    // the sum of several replicas' payloads is taken in fp32, value by value
+    Rng rng(42);
+    std::vector<float> acc(1000, 0.5f);
+    std::vector<double> want(1000, 0.5);
+    for (int r = 0; r < 3; r++) {
+        auto x = randn(1000, rng);
+        std::vector<uint8_t> p(quant_bytes(QuantFormat::e3m0, x.size()));
+        quantize_cpu(p.data(), x.data(), x.size(), QuantFormat::e3m0);
+        std::vector<float> d(x.size());
+        dequantize_cpu(d.data(), p.data(), x.size(), QuantFormat::e3m0);
+        dequantize_add_cpu(acc.data(), p.data(), x.size(), QuantFormat::e3m0);
+        for (size_t i = 0; i < x.size(); i++) want[i] += d[i];
+    }
+    EXPECT_TRUE(close_rel("accumulated", acc, want, 4 * kU32, 4 * kU32));
+}
