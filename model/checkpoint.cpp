@@ -14,7 +14,7 @@ namespace fs = std::filesystem;
 namespace diloco {
 
 static const char kMagic[8] = {'D', 'I', 'L', 'O', 'C', 'O', 'C', 'K'};
-static const uint32_t kVersion = 1;
+static const uint32_t kVersion = 1, kVersionExtra = 2;
 static const size_t kHeaderBytes = 24;
 static const size_t kFixedPayload = 5 * 4 + 8 + 8 + 8 + 4 * 8;
 
@@ -48,11 +48,12 @@ struct Reader {
 }  // namespace
 
 void save_checkpoint(const std::string& path, const GPTConfig& c, const TrainState& s,
-                     const float* params, const float* adam_m, const float* adam_v, size_t n) {
+                     const float* params, const float* adam_m, const float* adam_v, size_t n,
+                     const std::vector<std::vector<float>>& extra) {
     Writer w;
     w.buf.reserve(kHeaderBytes + kFixedPayload + 12 * n);
     w.put_bytes(kMagic, 8);
-    w.put(kVersion);
+    w.put(extra.empty() ? kVersion : kVersionExtra);
     w.put(uint32_t(0));  // crc, filled below
     w.put(uint64_t(0));  // payload bytes, filled below
     for (int v : {c.vocab, c.max_seq_len, c.n_layer, c.n_head, c.d_model}) w.put(int32_t(v));
@@ -63,6 +64,13 @@ void save_checkpoint(const std::string& path, const GPTConfig& c, const TrainSta
     w.put_bytes(params, 4 * n);
     w.put_bytes(adam_m, 4 * n);
     w.put_bytes(adam_v, 4 * n);
+    if (!extra.empty()) {
+        w.put(uint64_t(extra.size()));
+        for (const auto& e : extra) {
+            w.put(uint64_t(e.size()));
+            w.put_bytes(e.data(), 4 * e.size());
+        }
+    }
     const uint64_t payload = w.buf.size() - kHeaderBytes;
     const uint32_t crc = crc32_update(0, w.buf.data() + kHeaderBytes, payload);
     std::memcpy(w.buf.data() + 12, &crc, 4);
@@ -87,8 +95,8 @@ Checkpoint load_checkpoint(const std::string& path) {
     std::memcpy(&version, buf.data() + 8, 4);
     std::memcpy(&crc, buf.data() + 12, 4);
     std::memcpy(&payload, buf.data() + 16, 8);
-    DILOCO_CHECK(version == kVersion, "checkpoint " + path + " has version " +
-                                          std::to_string(version) + "; this build reads version 1");
+    DILOCO_CHECK(version == kVersion || version == kVersionExtra,
+                 "checkpoint " + path + " has version " + std::to_string(version) + "; this build reads versions 1 and 2");
     DILOCO_CHECK(payload == bytes - kHeaderBytes,
                  "checkpoint " + path + " is truncated: header says " + std::to_string(payload) +
                      " payload bytes, file holds " + std::to_string(bytes - kHeaderBytes));
@@ -113,7 +121,8 @@ Checkpoint load_checkpoint(const std::string& path) {
     DILOCO_CHECK(n == shape.num_params, "checkpoint " + path + " holds " + std::to_string(n) +
                                             " parameters but its config implies " +
                                             std::to_string(shape.num_params));
-    DILOCO_CHECK(payload == kFixedPayload + 12 * n, "checkpoint " + path + " has a bad size");
+    DILOCO_CHECK(version == kVersionExtra ? payload >= kFixedPayload + 12 * n + 8 : payload == kFixedPayload + 12 * n,
+                 "checkpoint " + path + " has a bad size");
     ck.state.step = r.get<int64_t>();
     ck.state.data_cursor = r.get<uint64_t>();
     for (auto& x : ck.state.rng) x = r.get<uint64_t>();
@@ -123,6 +132,17 @@ Checkpoint load_checkpoint(const std::string& path) {
     r.get_bytes(ck.params.data(), 4 * n);
     r.get_bytes(ck.adam_m.data(), 4 * n);
     r.get_bytes(ck.adam_v.data(), 4 * n);
+    if (version == kVersionExtra) {
+        const uint64_t count = r.get<uint64_t>();
+        DILOCO_CHECK(count <= r.left / 8, "checkpoint " + path + " lists more extra arrays than it holds");
+        for (uint64_t k = 0; k < count; k++) {
+            const uint64_t len = r.get<uint64_t>();
+            DILOCO_CHECK(len <= r.left / 4, "checkpoint " + path + " has an extra array longer than the file");
+            ck.extra.emplace_back(len);
+            r.get_bytes(ck.extra.back().data(), 4 * len);
+        }
+    }
+    DILOCO_CHECK(r.left == 0, "checkpoint " + path + " has " + std::to_string(r.left) + " unread bytes");
     return ck;
 }
 
@@ -147,6 +167,31 @@ std::string latest_checkpoint(const std::string& rundir) {
             best_step = s;
             best = e.path().string();
         }
+    }
+    return best;
+}
+
+}  // namespace diloco
+
+namespace diloco {
+
+std::string rank_checkpoint_path(const std::string& rundir, int64_t step, int rank) {
+    char name[64];
+    std::snprintf(name, sizeof name, "step_%08lld.rank_%05d.ckpt", (long long)step, rank);
+    return rundir + "/ckpt/" + name;
+}
+
+int64_t latest_rank_checkpoint_step(const std::string& rundir, int rank) {
+    const std::string dir = rundir + "/ckpt";
+    if (!fs::is_directory(dir)) return -1;
+    char suffix[32];
+    std::snprintf(suffix, sizeof suffix, "\\.rank_%05d\\.ckpt", rank);
+    const std::regex name(std::string("step_(\\d{8})") + suffix);
+    int64_t best = -1;
+    for (const auto& e : fs::directory_iterator(dir)) {
+        std::smatch mt;
+        const std::string fn = e.path().filename().string();
+        if (std::regex_match(fn, mt, name)) best = std::max<int64_t>(best, std::stoll(mt[1]));
     }
     return best;
 }

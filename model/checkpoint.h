@@ -1,11 +1,14 @@
 // Checkpoints: the model config, parameters, AdamW moments and the position in training.
 //
 // File layout (little-endian), documented in docs/formats.md:
-//   header (24 bytes): char magic[8] = "DILOCOCK", u32 version = 1, u32 crc32 of the payload,
-//                      u64 payload bytes
+//   header (24 bytes): char magic[8] = "DILOCOCK", u32 version (1, or 2 with extra arrays),
+//                      u32 crc32 of the payload, u64 payload bytes
 //   payload: i32 vocab, max_seq_len, n_layer, n_head, d_model; u64 num_params;
 //            i64 step; u64 data_cursor; u64 rng_state[4];
 //            f32 params[num_params], f32 adam_m[num_params], f32 adam_v[num_params]
+//            version 2 only: u64 count, then count x (u64 length, f32 values[length])
+// A distributed run also writes one file per rank (rank_checkpoint_path): that rank's replica, its
+// AdamW moments and, for DiLoCo, its slice of the global model and outer momentum as the extras.
 // Files are written atomically, so a killed run leaves no half-written checkpoint.
 #pragma once
 #include <cstdint>
@@ -26,10 +29,12 @@ struct Checkpoint {
     GPTConfig config;
     TrainState state;
     std::vector<float> params, adam_m, adam_v;
+    std::vector<std::vector<float>> extra;  // version 2
 };
 
 void save_checkpoint(const std::string& path, const GPTConfig& config, const TrainState& state,
-                     const float* params, const float* adam_m, const float* adam_v, size_t n);
+                     const float* params, const float* adam_m, const float* adam_v, size_t n,
+                     const std::vector<std::vector<float>>& extra = {});
 
 // Reads and validates everything (size, CRC, config, parameter count); throws Error otherwise.
 Checkpoint load_checkpoint(const std::string& path);
@@ -40,5 +45,9 @@ std::string checkpoint_path(const std::string& rundir, int64_t step);
 // The checkpoint of the highest step in RUNDIR/ckpt, or "" if there is none. Temporary files of
 // an interrupted write are never taken.
 std::string latest_checkpoint(const std::string& rundir);
+
+// RUNDIR/ckpt/step_NNNNNNNN.rank_RRRRR.ckpt, and the highest step that `rank` has one for (-1: none)
+std::string rank_checkpoint_path(const std::string& rundir, int64_t step, int rank);
+int64_t latest_rank_checkpoint_step(const std::string& rundir, int rank);
 
 }  // namespace diloco

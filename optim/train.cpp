@@ -202,8 +202,6 @@ double run_train(const TrainOptions& o) {
                               "the configuration (some option)");
     const bool root = comm.is_root();
     const bool is_diloco = o.algo == "diloco";
-    DILOCO_CHECK(!(o.resume && comm.world_size() > 1),
-                 "--resume of a run with several ranks is not supported yet; resume runs in one process");
     const DatasetInfo info = read_dataset_info(o.data);
     const GPTConfig cfg = resolve_config(o, info.vocab);
     const int B = o.batch, T = o.seq_len, M = comm.workers(), G = comm.ranks_per_worker();
@@ -231,10 +229,24 @@ double run_train(const TrainOptions& o) {
         remove_stale_temporaries(o.out + "/ckpt");
     }
     const std::string metrics_path = o.out + "/metrics.jsonl";
+    const bool distributed = comm.world_size() > 1;
+    std::vector<std::vector<float>> resumed_outer;  // DiLoCo: this rank's slices of theta and momentum
     if (o.resume) {
-        const std::string ck_path = latest_checkpoint(o.out);
+        // one process: the newest checkpoint; several ranks: the newest step every rank has a file for
+        std::string ck_path = distributed ? "" : latest_checkpoint(o.out);
+        if (distributed) {
+            const int64_t mine = latest_rank_checkpoint_step(o.out, comm.world_rank());
+            const int64_t common = (int64_t)-comm.max_world(-(double)mine);
+            const int64_t newest = (int64_t)comm.max_world((double)mine);
+            if (common < 0 && newest >= 0)
+                throw CollectiveError("--resume: some ranks have checkpoints in " + o.out + "/ckpt and others none");
+            const bool have = common >= 0 && fs::exists(rank_checkpoint_path(o.out, common, comm.world_rank()));
+            if (comm.sum_world(have ? 1.0 : 0.0) < comm.world_size() && common >= 0)
+                throw CollectiveError("--resume: not every rank has a checkpoint for step " + std::to_string(common));
+            if (common >= 0) ck_path = rank_checkpoint_path(o.out, common, comm.world_rank());
+        }
         if (ck_path.empty()) {
-            std::fprintf(stderr, "resume: no checkpoint in %s/ckpt, starting from scratch\n", o.out.c_str());
+            if (root) std::fprintf(stderr, "resume: no checkpoint in %s/ckpt, starting from scratch\n", o.out.c_str());
         } else {
             Checkpoint ck = load_checkpoint(ck_path);
             DILOCO_CHECK(ck.config == cfg, "checkpoint " + ck_path + " was written for a different "
@@ -245,15 +257,26 @@ double run_train(const TrainOptions& o) {
                                                        ", beyond --steps " + std::to_string(o.steps));
             DILOCO_CHECK(!is_diloco || ck.state.step % H == 0 || ck.state.step == o.steps,
                          "checkpoint " + ck_path + " is not at an outer sync");
+            DILOCO_CHECK(!(distributed && is_diloco) || ck.extra.size() == 2,
+                         "checkpoint " + ck_path + " holds no DiLoCo outer state");
             m.params = std::move(ck.params);
             inner.m = std::move(ck.adam_m);
             inner.v = std::move(ck.adam_v);
+            resumed_outer = std::move(ck.extra);
             state = ck.state;
             std::copy(state.rng, state.rng + 4, rng.s);
-            std::fprintf(stderr, "resume: %s (step %lld)\n", ck_path.c_str(), (long long)state.step);
+            if (root) std::fprintf(stderr, "resume: %s (step %lld)\n", ck_path.c_str(), (long long)state.step);
         }
     }
-    if (is_diloco) outer_init(outer, comm, m.params.data(), m.num_params);
+    if (is_diloco) {
+        outer_init(outer, comm, m.params.data(), m.num_params);
+        if (!resumed_outer.empty()) {
+            DILOCO_CHECK(resumed_outer[0].size() == outer.slice.count && resumed_outer[1].size() == outer.slice.count,
+                         "the checkpoint's outer state was written with another rank layout");
+            outer.global = std::move(resumed_outer[0]);
+            outer.momentum = std::move(resumed_outer[1]);
+        }
+    }
     // on an accelerator, the model, gradients and AdamW state live there from here on
     std::unique_ptr<DeviceTrainer> dev;
     if (use_device(o)) {
@@ -385,14 +408,23 @@ double run_train(const TrainOptions& o) {
             while (next_eval <= step) next_eval += o.eval_every;
         }
         if (root) std::fflush(metrics);
-        if (root && (step >= next_ckpt || (o.ckpt_every > 0 && last) || (step == end_step && !last))) {
+        if (step >= next_ckpt || (o.ckpt_every > 0 && last) || (step == end_step && !last)) {
             std::copy(rng.s, rng.s + 4, state.rng);
             if (dev) {
                 dev->params_to_host(m.params.data());
                 dev->moments_to_host(inner.m.data(), inner.v.data());
             }
-            save_checkpoint(checkpoint_path(o.out, step), cfg, state, m.params.data(), inner.m.data(),
-                            inner.v.data(), m.num_params);
+            // every rank keeps what it alone holds; rank 0 also writes the global model for
+            // eval, generate and export
+            if (distributed) {
+                std::vector<std::vector<float>> extra;
+                if (is_diloco) extra = {outer.global, outer.momentum};
+                save_checkpoint(rank_checkpoint_path(o.out, step, comm.world_rank()), cfg, state, m.params.data(),
+                                inner.m.data(), inner.v.data(), m.num_params, extra);
+            }
+            if (root)
+                save_checkpoint(checkpoint_path(o.out, step), cfg, state, m.params.data(), inner.m.data(),
+                                inner.v.data(), m.num_params);
             while (next_ckpt <= step) next_ckpt += o.ckpt_every;
         }
     }

@@ -151,7 +151,20 @@ def main():
         check("3 ranks with --workers 2: one clear error", p.returncode != 0 and len(errs) == 1 and "not a multiple of --workers" in errs[0],
               p.stderr.strip().splitlines()[0] if p.stderr.strip() else "(no stderr)")
 
-        # 9. --device cuda through the kernels' own source (emulated) = CPU training, 1 and 2 ranks
+        # 9. resume of a distributed run: 20 steps straight = 10, stop, resume 10 (bit for bit)
+        for algo, extra in (("diloco", ["--workers", "2", "--inner-steps", "5", "--drop-prob", "0.3"]),
+                            ("dp", ["--workers", "2"])):
+            common = base + ["--steps", "20", "--batch", "2", "--algo", algo, "--eval-every", "7"] + extra
+            run(common + ["--out", D(f"{algo}-straight")], ranks=4)
+            run(common + ["--out", D(f"{algo}-split"), "--stop-at", "10"], ranks=4)
+            run(common + ["--out", D(f"{algo}-split"), "--resume"], ranks=4)
+            a, sa = metrics(D(f"{algo}-straight"))
+            b, sb = metrics(D(f"{algo}-split"))
+            check(f"{algo} on 4 ranks: stop at 10 + --resume = 20 straight, bit for bit",
+                  len(a) == 20 and np.array_equal(a, b) and sa["final_val_loss"] == sb["final_val_loss"],
+                  f"final loss {a[-1]:.6f} vs {b[-1]:.6f}, val {sa['final_val_loss']:.6f} vs {sb['final_val_loss']:.6f}")
+
+        # 10. --device cuda through the kernels' own source (emulated) = CPU training, 1 and 2 ranks
         if args.diloco_emu:
             emu = [os.path.abspath(args.diloco_emu), "train", "--data", data] + SMALL + ["--device", "cuda"]
             run(emu + ["--out", D("emu1"), "--steps", "8", "--batch", "4"])
