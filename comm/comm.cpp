@@ -123,6 +123,37 @@ void Comm::average_world(float* x, size_t n) {
     allgather_worker(x, n);
 }
 
+Comm::Request Comm::iallgather_across_workers(const void* in, size_t bytes, void* out) {
+    Request r;
+    if (M_ == 1) {
+        std::memcpy(out, in, bytes);
+        return r;
+    }
+    auto* req = new MPI_Request;
+    MPI_Iallgather(in, (int)bytes, MPI_BYTE, out, (int)bytes, MPI_BYTE, as_comm(cross_comm_), req);
+    bytes_outer_ += (uint64_t)bytes * (M_ - 1);
+    r.handle = req;
+    return r;
+}
+
+bool Comm::test(Request& r) {
+    if (!r.handle) return true;
+    int done = 0;
+    MPI_Test(static_cast<MPI_Request*>(r.handle), &done, MPI_STATUS_IGNORE);
+    if (done) {
+        delete static_cast<MPI_Request*>(r.handle);
+        r.handle = nullptr;
+    }
+    return done != 0;
+}
+
+void Comm::wait(Request& r) {
+    if (!r.handle) return;
+    MPI_Wait(static_cast<MPI_Request*>(r.handle), MPI_STATUS_IGNORE);
+    delete static_cast<MPI_Request*>(r.handle);
+    r.handle = nullptr;
+}
+
 void Comm::reduce_to_root(double* x, size_t n) {
     if (world_size_ == 1) return;
     if (world_rank_ == 0)
@@ -180,6 +211,12 @@ void Comm::average_worker(float*, size_t) {}
 void Comm::sum_across_workers(float*, size_t) {}
 void Comm::allgather_worker(float*, size_t) {}
 void Comm::reduce_to_root(double*, size_t) {}
+Comm::Request Comm::iallgather_across_workers(const void* in, size_t bytes, void* out) {
+    std::memcpy(out, in, bytes);
+    return {};
+}
+bool Comm::test(Request&) { return true; }
+void Comm::wait(Request&) {}
 std::vector<uint64_t> Comm::allgather_u64(uint64_t v) { return {v}; }
 double Comm::max_world(double v) { return v; }
 double Comm::sum_world(double v) { return v; }

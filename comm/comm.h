@@ -52,6 +52,16 @@ public:
     // All-gather of the G slices of x (n floats in all) within the worker.
     void allgather_worker(float* x, size_t n);
 
+    // Non-blocking all-gather across workers: each rank of the cross communicator contributes
+    // `bytes` from `in`; `out` (M * bytes) receives them in worker order. Counted outer:
+    // (M - 1) * bytes. Drive it with test() (progress, while compute goes on) and wait().
+    struct Request {
+        void* handle = nullptr;  // MPI_Request*
+    };
+    Request iallgather_across_workers(const void* in, size_t bytes, void* out);
+    bool test(Request& r);
+    void wait(Request& r);
+
     // Sum of x (n doubles) over all ranks, delivered to world rank 0 (telemetry; counted outer).
     void reduce_to_root(double* x, size_t n);
     // Values of one uint64 from every rank, in world-rank order.

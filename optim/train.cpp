@@ -22,6 +22,7 @@
 #include "optim/device.h"
 #include "optim/diloco.h"
 #include "optim/inner.h"
+#include "optim/streaming.h"
 
 namespace fs = std::filesystem;
 
@@ -71,8 +72,15 @@ static void check_options(const TrainOptions& o) {
     DILOCO_CHECK(o.grad_clip >= 0, "--grad-clip must be >= 0 (0 disables clipping)");
     DILOCO_CHECK(o.inner_opt == "adamw" || o.inner_opt == "sgd",
                  "--inner-opt must be adamw or sgd, got '" + o.inner_opt + "'");
-    DILOCO_CHECK(o.algo == "dp" || o.algo == "diloco",
-                 "--algo must be dp or diloco, got '" + o.algo + "'");
+    DILOCO_CHECK(o.algo == "dp" || o.algo == "diloco" || o.algo == "streaming",
+                 "--algo must be dp, diloco or streaming, got '" + o.algo + "'");
+    DILOCO_CHECK(o.fragment_pattern == "strided" || o.fragment_pattern == "sequential",
+                 "--fragment-pattern must be strided or sequential, got '" + o.fragment_pattern + "'");
+    (void)parse_quant_format(o.quant);
+    DILOCO_CHECK(o.overlap >= 0 && o.overlap < o.inner_steps, "--overlap must be in [0, --inner-steps)");
+    DILOCO_CHECK(o.alpha >= 0 && o.alpha <= 1, "--alpha must be in [0, 1]");
+    DILOCO_CHECK(!(o.algo == "streaming" && o.resume), "--resume of a Streaming DiLoCo run is not supported yet");
+    DILOCO_CHECK(!(o.algo == "streaming" && o.drop_prob > 0), "--drop-prob applies to --algo diloco");
     DILOCO_CHECK(o.workers > 0, "--workers must be positive, got " + std::to_string(o.workers));
     DILOCO_CHECK(o.inner_steps > 0, "--inner-steps must be positive, got " + std::to_string(o.inner_steps));
     DILOCO_CHECK(o.outer_lr > 0, "--outer-lr must be positive");
@@ -99,7 +107,8 @@ static std::string describe_options(const TrainOptions& o) {
       << '|' << o.lr << '|' << o.min_lr_frac << '|' << o.weight_decay << '|' << o.beta1 << '|'
       << o.beta2 << '|' << o.eps << '|' << o.grad_clip << '|' << o.warmup << '|' << o.inner_opt
       << '|' << o.algo << '|' << o.workers << '|' << o.inner_steps << '|' << o.outer_lr << '|'
-      << o.outer_momentum << '|' << o.outer_opt << '|' << o.drop_prob << '|' << o.verify_sync << '|' << o.dump_replicas
+      << o.outer_momentum << '|' << o.outer_opt << '|' << o.drop_prob << '|' << o.verify_sync << '|' << o.dump_replicas << '|' << o.fragments << '|'
+      << o.fragment_pattern << '|' << o.overlap << '|' << o.alpha << '|' << o.quant
       << '|' << o.shard << '|' << o.seed << '|' << o.eval_every << '|' << o.ckpt_every << '|'
       << o.eval_batches << '|' << o.resume << '|' << o.stop_at << '|' << o.device;
     return s.str();
@@ -202,14 +211,16 @@ double run_train(const TrainOptions& o) {
                               "the configuration (some option)");
     const bool root = comm.is_root();
     const bool is_diloco = o.algo == "diloco";
+    const bool is_streaming = o.algo == "streaming";
+    const bool replicas = is_diloco || is_streaming;  // each worker trains its own replica
     const DatasetInfo info = read_dataset_info(o.data);
     const GPTConfig cfg = resolve_config(o, info.vocab);
     const int B = o.batch, T = o.seq_len, M = comm.workers(), G = comm.ranks_per_worker();
     const long global_rows = (long)comm.world_size() * B;  // rows of one inner step, all replicas
     // DP reads one stream of R*B rows per step; a DiLoCo worker reads its own part, G*B per step
-    const long stream_rows = is_diloco ? (long)G * B : global_rows;
-    const long my_row = is_diloco ? (long)comm.local() * B : (long)comm.world_rank() * B;
-    const long H = is_diloco ? o.inner_steps : 1;  // inner steps between syncs of the global model
+    const long stream_rows = replicas ? (long)G * B : global_rows;
+    const long my_row = replicas ? (long)comm.local() * B : (long)comm.world_rank() * B;
+    const long H = replicas ? o.inner_steps : 1;  // inner steps between syncs of the global model
 
     GPT m;
     gpt_build(m, cfg);
@@ -283,7 +294,7 @@ double run_train(const TrainOptions& o) {
         dev = device_backend().create(m, inner_hyper(o), B, T);
         if (state.step > 0) dev->moments_from_host(inner.m.data(), inner.v.data());
     }
-    const bool stage_grads = dev && (is_diloco ? G > 1 : comm.world_size() > 1);
+    const bool stage_grads = dev && (replicas ? G > 1 : comm.world_size() > 1);
     auto eval_now = [&] {
         if (!dev) return evaluate(m, o.data, T, o.eval_batches * global_rows, B);
         return evaluate_with([&](const int* tk, const int* tg, int n, int t) { return dev->forward_loss(tk, tg, n, t); },
@@ -297,7 +308,19 @@ double run_train(const TrainOptions& o) {
     }
 
     TokenStream train(o.data, "train", cfg.vocab, T, true, o.seed);
-    if (is_diloco) train.set_partition(M, comm.worker(), o.shard == "noniid");
+    if (replicas) train.set_partition(M, comm.worker(), o.shard == "noniid");
+    std::unique_ptr<Streaming> streaming;
+    if (is_streaming) {
+        StreamingOptions so;
+        so.fragments = o.fragments;
+        so.strided = o.fragment_pattern == "strided";
+        so.H = H;
+        so.tau = o.overlap;
+        so.alpha = o.alpha;
+        so.quant = parse_quant_format(o.quant);
+        so.outer = outer_h;
+        streaming = std::make_unique<Streaming>(so, comm, m);
+    }
     gpt_allocate(m, B, T);
     std::vector<int> tok((size_t)B * T), tgt((size_t)B * T);
 
@@ -307,9 +330,12 @@ double run_train(const TrainOptions& o) {
         DILOCO_CHECK(metrics, "cannot open " + metrics_path + " for writing");
         std::fprintf(stderr, "train: %s | %.2fM params | %s", cfg.describe().c_str(), m.num_params / 1e6,
                      o.algo.c_str());
-        if (is_diloco)
+        if (replicas)
             std::fprintf(stderr, " M=%d H=%ld outer %s lr %.2g mom %.2g", M, H, o.outer_opt.c_str(),
                          o.outer_lr, o.outer_momentum);
+        if (is_streaming)
+            std::fprintf(stderr, " P=%d %s tau=%ld alpha=%.2g %s", o.fragments, o.fragment_pattern.c_str(), o.overlap,
+                         o.alpha, o.quant.c_str());
         std::fprintf(stderr, " | %d ranks (%d workers x %d) | batch %d x %d per rank | %ld steps | %s | "
                              "train %.2fM tokens\n",
                      comm.world_size(), M, G, B, T, o.steps,
@@ -324,6 +350,9 @@ double run_train(const TrainOptions& o) {
     double val_loss = NAN;
     int64_t next_eval = o.eval_every > 0 ? (state.step / o.eval_every + 1) * o.eval_every : INT64_MAX;
     int64_t next_ckpt = o.ckpt_every > 0 ? (state.step / o.ckpt_every + 1) * o.ckpt_every : INT64_MAX;
+    // the most bytes this rank sent across workers in one inner step; the final step, where every
+    // Streaming DiLoCo fragment syncs at once so that the run ends on one model, is left out
+    uint64_t peak_bytes_step = 0;
     std::vector<PendingStep> pending;
     pending.reserve(H);
     std::vector<double> losses(H);
@@ -338,7 +367,8 @@ double run_train(const TrainOptions& o) {
                                               std::to_string(step) + " on rank " +
                                               std::to_string(comm.world_rank()) + "; lower --lr");
         if (stage_grads) dev->grads_to_host(m.grads.data());  // (NCCL would keep them on the device)
-        if (is_diloco)
+        const uint64_t outer_before = comm.bytes_outer();
+        if (replicas)
             comm.average_worker(m.grads.data(), m.num_params);
         else
             comm.average_world(m.grads.data(), m.num_params);
@@ -348,8 +378,16 @@ double run_train(const TrainOptions& o) {
         pending.push_back({step, loss, si.lr, si.grad_norm, seconds()});
 
         const bool last = step == o.steps;
-        const bool sync = !is_diloco || step % H == 0 || step == end_step;
-        if (!sync) continue;
+        if (is_streaming) {
+            if (dev) dev->params_to_host(m.params.data());
+            streaming->after_step(comm, m.params.data(), step, step == end_step);
+            if (dev) dev->params_from_host(m.params.data());
+        }
+        const bool sync = !replicas || step % H == 0 || step == end_step;
+        if (!sync) {
+            peak_bytes_step = std::max(peak_bytes_step, comm.bytes_outer() - outer_before);
+            continue;
+        }
         if (is_diloco) {
             // the last round always delivers, so that every run ends on the global model
             const long round = (step + H - 1) / H;
@@ -400,6 +438,7 @@ double run_train(const TrainOptions& o) {
             }
         }
         pending.clear();
+        if (step != end_step) peak_bytes_step = std::max(peak_bytes_step, comm.bytes_outer() - outer_before);
         // evaluation and checkpoints of the global model, by rank 0, at sync points
         if (root && (step >= next_eval || last) && (o.eval_every > 0 || last)) {
             val_loss = eval_now();
@@ -449,10 +488,11 @@ double run_train(const TrainOptions& o) {
                      "{\"summary\": true, \"step\": %ld, \"final_val_loss\": %.9g, \"tokens\": %.0f, "
                      "\"wall_s\": %.3f, \"tok_per_s\": %.1f, \"params\": %zu, \"algo\": \"%s\", "
                      "\"workers\": %d, \"ranks\": %d, \"inner_steps\": %ld, \"bytes_outer_total\": %.0f, "
-                     "\"bytes_outer_dp_equivalent\": %.0f}\n",
+                     "\"bytes_outer_dp_equivalent\": %.0f, \"peak_bytes_step\": %llu}\n",
                      o.steps, val_loss, (double)o.steps * global_rows * T, wall,
                      trained > 0 ? trained * (double)global_rows * T / wall : 0.0, m.num_params,
-                     o.algo.c_str(), M, comm.world_size(), H, outer_total, dp_outer_total);
+                     o.algo.c_str(), M, comm.world_size(), H, outer_total, dp_outer_total,
+                     (unsigned long long)peak_bytes_step);
         std::fclose(metrics);
         std::fprintf(stderr, "train: done in %s | final val_loss %.4f\n", fmt_duration(wall).c_str(), val_loss);
         if (M > 1)

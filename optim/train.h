@@ -23,7 +23,7 @@ struct TrainOptions {
     long warmup = 100;
     std::string inner_opt = "adamw";
     // algorithm
-    std::string algo = "dp";  // dp | diloco
+    std::string algo = "dp";  // dp | diloco | streaming
     int workers = 1;          // M replicas; the ranks are split into M workers of R/M
     long inner_steps = 50;    // H
     float outer_lr = 0.7f, outer_momentum = 0.9f;
@@ -31,6 +31,12 @@ struct TrainOptions {
     double drop_prob = 0.0;  // a replica fails to deliver its outer gradient with this probability
     bool verify_sync = false;  // check after every outer sync that all replicas hold equal weights
     bool dump_replicas = false;  // write each replica's weights before every outer sync
+    // Streaming DiLoCo
+    int fragments = 1;
+    std::string fragment_pattern = "strided";  // strided | sequential
+    long overlap = 0;  // tau
+    float alpha = 0.5f;
+    std::string quant = "fp32";
     // data
     std::string shard = "iid";
     uint64_t seed = 1337;

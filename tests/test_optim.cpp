@@ -3,11 +3,14 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <algorithm>
+#include <cmath>
 #include <fstream>
 
 #include "kernels/common.h"
 #include "model/llmc.h"
 #include "optim/outer.h"
+#include "optim/streaming.h"
 #include "tests/compare.h"
 #include "tests/reference.h"
 
@@ -85,4 +88,44 @@ TEST(Llmc, WriteReadRoundTripsAndRejectsBadFiles) {
     std::ofstream(dir + "/magic.bin", std::ios::binary) << bad;
     EXPECT_THROW(read_llmc(dir + "/magic.bin"), Error);
     std::filesystem::remove_all(dir);
+}
+
+TEST(Streaming, FragmentsCoverEveryParameterExactlyOnce) {
+    GPT m;
+    gpt_build(m, GPTConfig{50, 16, 5, 2, 8});
+    for (bool strided : {true, false})
+        for (int P = 1; P <= 5; P++) {
+            const auto frags = make_fragments(m, P, strided, 30);
+            std::vector<int> seen(m.num_params, 0);
+            size_t total = 0;
+            for (const auto& f : frags) {
+                size_t count = 0;
+                for (const auto& r : f.ranges) {
+                    for (size_t i = r.begin; i < r.begin + r.count; i++) seen[i]++;
+                    count += r.count;
+                }
+                EXPECT_EQ(count, f.count);
+                EXPECT_GT(f.count, 0u);
+                total += f.count;
+            }
+            EXPECT_EQ(total, m.num_params);
+            EXPECT_TRUE(std::all_of(seen.begin(), seen.end(), [](int c) { return c == 1; })) << P << (strided ? " strided" : " sequential");
+            for (int p = 0; p < P; p++) EXPECT_EQ(frags[p].offset, std::lround(30.0 * p / P));
+        }
+    // strided: block i goes to fragment i mod 2; sequential: to fragment floor(i * 2 / 5), so
+    // blocks 0-2 to fragment 0 and blocks 3-4 to fragment 1
+    const auto s2 = make_fragments(m, 2, true, 30), q2 = make_fragments(m, 2, false, 30);
+    auto holds = [](const Fragment& f, size_t off) {
+        for (const auto& r : f.ranges)
+            if (off >= r.begin && off < r.begin + r.count) return true;
+        return false;
+    };
+    EXPECT_TRUE(holds(s2[1], m.blocks[3].qkvw));
+    EXPECT_TRUE(holds(s2[0], m.blocks[2].qkvw));
+    EXPECT_TRUE(holds(q2[0], m.blocks[2].qkvw));
+    EXPECT_TRUE(holds(q2[1], m.blocks[3].qkvw));
+    EXPECT_TRUE(holds(s2[0], m.wte));             // embeddings with block 0's fragment
+    EXPECT_TRUE(holds(s2[0], m.lnfw));            // final norm with block 4's (4 mod 2 = 0)
+    EXPECT_TRUE(holds(q2[1], m.lnfw));
+    EXPECT_THROW(make_fragments(m, 6, true, 30), Error);  // more fragments than blocks
 }

@@ -55,7 +55,7 @@ static void add_train_options(CLI::App* t, TrainOptions& o) {
     t->add_option("--grad-clip", o.grad_clip, "clip the global gradient norm (0: off)")->capture_default_str();
     t->add_option("--inner-opt", o.inner_opt, "adamw or sgd")->capture_default_str();
     // algorithm
-    t->add_option("--algo", o.algo, "dp or diloco")->capture_default_str();
+    t->add_option("--algo", o.algo, "dp, diloco or streaming")->capture_default_str();
     t->add_option("--workers", o.workers, "replicas M; the ranks form M workers of R/M ranks")->capture_default_str();
     t->add_option("--inner-steps", o.inner_steps, "H: inner steps between outer syncs (diloco)")->capture_default_str();
     t->add_option("--outer-lr", o.outer_lr, "outer learning rate")->capture_default_str();
@@ -64,6 +64,12 @@ static void add_train_options(CLI::App* t, TrainOptions& o) {
     t->add_option("--drop-prob", o.drop_prob, "probability that a replica misses an outer round")->capture_default_str();
     t->add_flag("--verify-sync", o.verify_sync, "check after every outer sync that the replicas agree");
     t->add_flag("--dump-replicas", o.dump_replicas, "write each replica's weights (llm.c format) to RUNDIR/replicas/ before every outer sync");
+    // Streaming DiLoCo
+    t->add_option("--fragments", o.fragments, "P: fragments of the blocks (streaming)")->capture_default_str();
+    t->add_option("--fragment-pattern", o.fragment_pattern, "strided or sequential")->capture_default_str();
+    t->add_option("--overlap", o.overlap, "tau: inner steps an exchange may take")->capture_default_str();
+    t->add_option("--alpha", o.alpha, "mix of local progress when an overlapped exchange lands")->capture_default_str();
+    t->add_option("--quant", o.quant, "exchange format: fp32, bf16, int8, e2m1, e3m0")->capture_default_str();
     // data
     t->add_option("--shard", o.shard, "iid or noniid (replicas' data)")->capture_default_str();
     t->add_option("--seed", o.seed, "initialisation and data-order seed")->capture_default_str();

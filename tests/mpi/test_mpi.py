@@ -164,7 +164,29 @@ def main():
                   len(a) == 20 and np.array_equal(a, b) and sa["final_val_loss"] == sb["final_val_loss"],
                   f"final loss {a[-1]:.6f} vs {b[-1]:.6f}, val {sa['final_val_loss']:.6f} vs {sb['final_val_loss']:.6f}")
 
-        # 10. --device cuda through the kernels' own source (emulated) = CPU training, 1 and 2 ranks
+        # 10. Streaming DiLoCo
+        sbase = [bin_, "train", "--data", data, "--n-layer", "4", "--n-head", "2", "--d-model", "32", "--seq-len", "32",
+                 "--warmup", "5", "--lr", "3e-3", "--log-every", "0", "--eval-batches", "2", "--steps", "20",
+                 "--batch", "2", "--workers", "2", "--inner-steps", "10"]
+        run(sbase + ["--out", D("s-diloco"), "--algo", "diloco"], ranks=4)
+        run(sbase + ["--out", D("s-p1"), "--algo", "streaming", "--fragments", "1", "--overlap", "0", "--quant", "fp32"], ranks=4)
+        a, _ = metrics(D("s-diloco"))
+        b, s1 = metrics(D("s-p1"))
+        check("streaming P=1, overlap 0, fp32 = diloco, loss for loss", np.array_equal(a, b), f"final loss {a[-1]:.6f} vs {b[-1]:.6f}")
+        run(sbase + ["--out", D("s-p2"), "--algo", "streaming", "--fragments", "2"], ranks=4)
+        _, s2 = metrics(D("s-p2"))
+        ratio = s2["peak_bytes_step"] / s1["peak_bytes_step"]
+        check("peak bytes per sync with P=2 are about half of P=1's", 0.4 <= ratio <= 0.6,
+              f"{s2['peak_bytes_step']} / {s1['peak_bytes_step']} = {ratio:.3f}")
+        run(sbase + ["--out", D("s-e3m0"), "--algo", "streaming", "--fragments", "1", "--quant", "e3m0", "--overlap", "1"], ranks=4)
+        run(sbase + ["--out", D("s-fp32"), "--algo", "streaming", "--fragments", "1", "--quant", "fp32", "--overlap", "1"], ranks=4)
+        _, se = metrics(D("s-e3m0"))
+        _, sf = metrics(D("s-fp32"))
+        ratio = se["bytes_outer_total"] / sf["bytes_outer_total"]
+        check("e3m0 moves at most 1/6 of fp32's bytes", ratio <= 1 / 6 and np.isfinite(se["final_val_loss"]),
+              f"{se['bytes_outer_total']:.0f} / {sf['bytes_outer_total']:.0f} = {ratio:.4f}")
+
+        # 11. --device cuda through the kernels' own source (emulated) = CPU training, 1 and 2 ranks
         if args.diloco_emu:
             emu = [os.path.abspath(args.diloco_emu), "train", "--data", data] + SMALL + ["--device", "cuda"]
             run(emu + ["--out", D("emu1"), "--steps", "8", "--batch", "4"])

@@ -1,0 +1,73 @@
+// Streaming DiLoCo (Douillard et al. 2025), on top of DiLoCo (optim/diloco.h):
+//   1. fragments: the blocks are split into P fragments that sync on staggered schedules;
+//      fragment p syncs at inner steps t with (t - t_p) mod H = 0, t_p = round(p H / P);
+//   2. overlap: fragment p's exchange starts at its sync step and is needed tau steps later; then
+//      theta~_p = OuterOpt(theta_p(t), Delta_p) and theta_p <- alpha theta_p(local) + (1-alpha) theta~_p
+//      (with tau = 0 the replica simply takes theta~_p, which is DiLoCo for P = 1);
+//   3. compressed exchange: each replica's own outer gradient travels in --quant format (an
+//      all-gather of payloads across workers); the receiver decodes and sums them in fp32.
+// Fragment homes of the parts outside the blocks: the embeddings (wte, wpe) go with the fragment
+// of block 0, the final LayerNorm with the fragment of the last block.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "comm/comm.h"
+#include "kernels/quantize.h"
+#include "model/gpt.h"
+#include "optim/outer.h"
+
+namespace diloco {
+
+struct Fragment {
+    std::vector<Slice> ranges;  // of the flat parameter buffer, ascending
+    size_t count = 0;           // elements in all
+    long offset = 0;            // t_p
+};
+
+// P fragments of the model's blocks, strided (block i in fragment i mod P) or sequential.
+std::vector<Fragment> make_fragments(const GPT& model, int P, bool strided, long H);
+
+struct StreamingOptions {
+    int fragments = 1;
+    bool strided = true;
+    long H = 50;
+    long tau = 0;
+    float alpha = 0.5f;
+    QuantFormat quant = QuantFormat::fp32;
+    OuterHyper outer;
+};
+
+class Streaming {
+public:
+    Streaming(const StreamingOptions& opt, const Comm& comm, const GPT& model);
+
+    // After inner step `step` (from 1): start the exchanges of the fragments due now, let MPI
+    // progress those in flight, finish the ones started tau steps ago. With `last`, every fragment
+    // syncs and finishes now, so that the run ends on one global model.
+    void after_step(Comm& comm, float* params, long step, bool last);
+
+    const std::vector<Fragment>& fragments() const { return frags_; }
+
+private:
+    struct State {
+        Slice mine;  // this rank's part of the packed fragment (slice local_rank of G)
+        std::vector<float> global, momentum, delta, packed;
+        std::vector<uint8_t> send, recv;
+        Comm::Request request;
+        bool in_flight = false;
+        long started = 0;
+    };
+    void start(Comm& comm, int p, const float* params, long step);
+    void finish(Comm& comm, int p, float* params, bool mix);
+    // copies between the flat buffer and the packed fragment, for packed indices [lo, lo + n)
+    void gather(int p, const float* params, float* out, size_t lo, size_t n) const;
+    void scatter(int p, float* params, const float* in, size_t lo, size_t n) const;
+
+    StreamingOptions opt_;
+    std::vector<Fragment> frags_;
+    std::vector<State> st_;
+    int M_ = 1, G_ = 1;
+};
+
+}  // namespace diloco
