@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "kernels/common.h"
 
@@ -18,6 +20,20 @@ Slice slice_of(size_t n, int G, int g) {
     s.begin = g * base + std::min<size_t>(g, extra);
     s.count = base + ((size_t)g < extra ? 1 : 0);
     return s;
+}
+
+static double now_seconds() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+static void sleep_until(double t) {
+    const double d = t - now_seconds();
+    if (d > 0) std::this_thread::sleep_for(std::chrono::duration<double>(d));
+}
+
+double Comm::link_seconds(uint64_t bytes) const {
+    if (link_gbps_ <= 0.0 && link_latency_ms_ <= 0.0) return 0.0;
+    return (link_gbps_ > 0.0 ? (double)bytes * 8.0 / (link_gbps_ * 1e9) : 0.0) + link_latency_ms_ / 1000.0;
 }
 
 static uint64_t ring_allreduce(size_t bytes, int P) { return P > 1 ? 2 * (uint64_t)bytes * (P - 1) / P : 0; }
@@ -89,8 +105,10 @@ void Comm::average_worker(float* x, size_t n) {
 
 void Comm::sum_across_workers(float* x, size_t n) {
     if (M_ == 1) return;
+    const double t0 = now_seconds();
     MPI_Allreduce(MPI_IN_PLACE, x, (int)n, MPI_FLOAT, MPI_SUM, as_comm(cross_comm_));
     bytes_outer_ += ring_allreduce(4 * n, M_);
+    sleep_until(t0 + link_seconds(ring_allreduce(4 * n, M_)));
 }
 
 void Comm::allgather_worker(float* x, size_t n) {
@@ -133,25 +151,30 @@ Comm::Request Comm::iallgather_across_workers(const void* in, size_t bytes, void
     MPI_Iallgather(in, (int)bytes, MPI_BYTE, out, (int)bytes, MPI_BYTE, as_comm(cross_comm_), req);
     bytes_outer_ += (uint64_t)bytes * (M_ - 1);
     r.handle = req;
+    r.ready_at = now_seconds() + link_seconds((uint64_t)bytes * (M_ - 1));
     return r;
 }
 
 bool Comm::test(Request& r) {
-    if (!r.handle) return true;
-    int done = 0;
-    MPI_Test(static_cast<MPI_Request*>(r.handle), &done, MPI_STATUS_IGNORE);
-    if (done) {
-        delete static_cast<MPI_Request*>(r.handle);
-        r.handle = nullptr;
+    if (r.handle) {  // let MPI progress; the emulated link may still be busy afterwards
+        int done = 0;
+        MPI_Test(static_cast<MPI_Request*>(r.handle), &done, MPI_STATUS_IGNORE);
+        if (done) {
+            delete static_cast<MPI_Request*>(r.handle);
+            r.handle = nullptr;
+        }
     }
-    return done != 0;
+    return !r.handle && now_seconds() >= r.ready_at;
 }
 
 void Comm::wait(Request& r) {
-    if (!r.handle) return;
-    MPI_Wait(static_cast<MPI_Request*>(r.handle), MPI_STATUS_IGNORE);
-    delete static_cast<MPI_Request*>(r.handle);
-    r.handle = nullptr;
+    if (r.handle) {
+        MPI_Wait(static_cast<MPI_Request*>(r.handle), MPI_STATUS_IGNORE);
+        delete static_cast<MPI_Request*>(r.handle);
+        r.handle = nullptr;
+    }
+    sleep_until(r.ready_at);
+    r.ready_at = 0.0;
 }
 
 void Comm::reduce_to_root(double* x, size_t n) {

@@ -57,6 +57,7 @@ public:
     // (M - 1) * bytes. Drive it with test() (progress, while compute goes on) and wait().
     struct Request {
         void* handle = nullptr;  // MPI_Request*
+        double ready_at = 0.0;   // link emulation: when the emulated transfer ends (seconds)
     };
     Request iallgather_across_workers(const void* in, size_t bytes, void* out);
     bool test(Request& r);
@@ -78,6 +79,14 @@ public:
     // Bytes another transport (NCCL) sent on the worker link on this Comm's behalf.
     void count_inner(uint64_t bytes) { bytes_inner_ += bytes; }
 
+    // Link emulation for the cross link: every across-worker message also costs
+    // bytes / (gbps * 1e9 / 8) + latency_ms / 1000 seconds of waiting in the communication path
+    // (blocking calls sleep; a non-blocking exchange is not complete before that time). 0 = off.
+    void emulate_outer_link(double gbps, double latency_ms) {
+        link_gbps_ = gbps;
+        link_latency_ms_ = latency_ms;
+    }
+
     uint64_t bytes_inner() const { return bytes_inner_; }
     uint64_t bytes_outer() const { return bytes_outer_; }
 
@@ -86,6 +95,8 @@ private:
     void* worker_comm_ = nullptr;  // MPI_Comm, opaque here so that this header needs no MPI
     void* cross_comm_ = nullptr;
     uint64_t bytes_inner_ = 0, bytes_outer_ = 0;
+    double link_gbps_ = 0.0, link_latency_ms_ = 0.0;
+    double link_seconds(uint64_t bytes) const;
 };
 
 // True when this process runs under MPI with more than one rank.

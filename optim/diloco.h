@@ -37,6 +37,25 @@ void outer_init(OuterState& s, const Comm& comm, const float* params, size_t n);
 void diloco_outer_sync(OuterState& s, Comm& comm, float* params, size_t n, const OuterHyper& h,
                        bool delivered, int n_delivered);
 
+// Eager updates (Kale, Douillard, Donchev 2025): the exchange of round t's outer gradients overlaps
+// the whole next round. A replica does not wait for the average; it steps with
+//   delta~_m(t) = (1/M) [ delta_m(t) + sum_{m' != m} delta_m'(t-1) ]
+// its own fresh outer gradient and the others' from the previous round, which have arrived by
+// then. In round 1, with no previous round, its own gradient stands in for the others' (so the
+// step is delta_m(1)). Replicas may then differ slightly; the last round waits for the fresh
+// average and then averages the replicas' copies of theta, so that every run ends on one global
+// model. With M = 1 this is DiLoCo.
+struct EagerState {
+    std::vector<float> send;     // delta_m(t), slice
+    std::vector<float> recv[2];  // M x slice: the round in flight, and the previous one
+    int current = 0;             // recv[current] is being filled
+    Comm::Request request;
+    bool in_flight = false;
+};
+
+void diloco_eager_sync(OuterState& s, EagerState& e, Comm& comm, float* params, size_t n, const OuterHyper& h,
+                       bool last);
+
 // Whether replica m delivers its outer gradient in outer round `round`, with drop probability p.
 // A function of (seed, round, m) alone, so every rank computes the same answer.
 bool replica_delivers(uint64_t seed, long round, int m, double p);

@@ -81,6 +81,10 @@ static void check_options(const TrainOptions& o) {
     DILOCO_CHECK(o.alpha >= 0 && o.alpha <= 1, "--alpha must be in [0, 1]");
     DILOCO_CHECK(!(o.algo == "streaming" && o.resume), "--resume of a Streaming DiLoCo run is not supported yet");
     DILOCO_CHECK(!(o.algo == "streaming" && o.drop_prob > 0), "--drop-prob applies to --algo diloco");
+    DILOCO_CHECK(!o.eager || o.algo == "diloco", "--eager is implemented for --algo diloco (not yet for streaming)");
+    DILOCO_CHECK(!(o.eager && o.drop_prob > 0), "--eager and --drop-prob do not combine");
+    DILOCO_CHECK(!(o.eager && o.resume), "--resume of an --eager run is not supported yet");
+    DILOCO_CHECK(o.outer_gbps >= 0 && o.outer_latency_ms >= 0, "--outer-gbps and --outer-latency-ms must be >= 0");
     DILOCO_CHECK(o.workers > 0, "--workers must be positive, got " + std::to_string(o.workers));
     DILOCO_CHECK(o.inner_steps > 0, "--inner-steps must be positive, got " + std::to_string(o.inner_steps));
     DILOCO_CHECK(o.outer_lr > 0, "--outer-lr must be positive");
@@ -108,7 +112,8 @@ static std::string describe_options(const TrainOptions& o) {
       << o.beta2 << '|' << o.eps << '|' << o.grad_clip << '|' << o.warmup << '|' << o.inner_opt
       << '|' << o.algo << '|' << o.workers << '|' << o.inner_steps << '|' << o.outer_lr << '|'
       << o.outer_momentum << '|' << o.outer_opt << '|' << o.drop_prob << '|' << o.verify_sync << '|' << o.dump_replicas << '|' << o.fragments << '|'
-      << o.fragment_pattern << '|' << o.overlap << '|' << o.alpha << '|' << o.quant
+      << o.fragment_pattern << '|' << o.overlap << '|' << o.alpha << '|' << o.quant << '|' << o.eager << '|'
+      << o.outer_gbps << '|' << o.outer_latency_ms
       << '|' << o.shard << '|' << o.seed << '|' << o.eval_every << '|' << o.ckpt_every << '|'
       << o.eval_batches << '|' << o.resume << '|' << o.stop_at << '|' << o.device;
     return s.str();
@@ -200,13 +205,15 @@ struct PendingStep {
     double loss;
     float lr;
     double grad_norm;
-    double wall;  // seconds since start when the step finished
+    double wall;     // seconds since start when the step finished
+    double compute;  // seconds of those spent computing (forward, backward, optimizer)
 };
 }  // namespace
 
 double run_train(const TrainOptions& o) {
     check_options(o);
     Comm comm(o.workers);
+    comm.emulate_outer_link(o.outer_gbps, o.outer_latency_ms);
     require_same_on_all_ranks(comm, fnv1a(describe_options(o).data(), describe_options(o).size()),
                               "the configuration (some option)");
     const bool root = comm.is_root();
@@ -231,6 +238,7 @@ double run_train(const TrainOptions& o) {
     inner_init(inner, m, inner_hyper(o));
     const OuterHyper outer_h{o.outer_lr, o.outer_momentum, o.outer_opt == "nesterov"};
     OuterState outer;
+    EagerState eager;
     TrainState state;
     Rng rng(o.seed ^ 0xD110C0ull);
     std::copy(rng.s, rng.s + 4, state.rng);
@@ -353,6 +361,7 @@ double run_train(const TrainOptions& o) {
     // the most bytes this rank sent across workers in one inner step; the final step, where every
     // Streaming DiLoCo fragment syncs at once so that the run ends on one model, is left out
     uint64_t peak_bytes_step = 0;
+    double compute_s = 0.0;
     std::vector<PendingStep> pending;
     pending.reserve(H);
     std::vector<double> losses(H);
@@ -361,8 +370,10 @@ double run_train(const TrainOptions& o) {
         // ranks that share them (all of them for DP, the worker's for DiLoCo)
         train.read_rows(state.data_cursor + my_row, B, tok.data(), tgt.data());
         state.data_cursor += stream_rows;
+        const double c0 = seconds();
         const float loss = dev ? dev->compute_gradients(tok.data(), tgt.data(), B, T)
                                : compute_gradients(m, tok.data(), tgt.data(), B, T);
+        compute_s += seconds() - c0;
         DILOCO_CHECK(std::isfinite(loss), "loss became " + std::to_string(loss) + " at step " +
                                               std::to_string(step) + " on rank " +
                                               std::to_string(comm.world_rank()) + "; lower --lr");
@@ -373,9 +384,11 @@ double run_train(const TrainOptions& o) {
         else
             comm.average_world(m.grads.data(), m.num_params);
         if (stage_grads) dev->grads_from_host(m.grads.data());
+        const double c1 = seconds();
         const InnerStepInfo si = dev ? dev->inner_update(step) : inner_update(inner, m, step);
+        compute_s += seconds() - c1;
         state.step = step;
-        pending.push_back({step, loss, si.lr, si.grad_norm, seconds()});
+        pending.push_back({step, loss, si.lr, si.grad_norm, seconds(), compute_s});
 
         const bool last = step == o.steps;
         if (is_streaming) {
@@ -402,9 +415,12 @@ double run_train(const TrainOptions& o) {
                 fs::create_directories(o.out + "/replicas");
                 write_llmc(o.out + name, m, m.params.data());
             }
-            diloco_outer_sync(outer, comm, m.params.data(), m.num_params, outer_h, delivered, n_delivered);
+            if (o.eager)
+                diloco_eager_sync(outer, eager, comm, m.params.data(), m.num_params, outer_h, step == end_step);
+            else
+                diloco_outer_sync(outer, comm, m.params.data(), m.num_params, outer_h, delivered, n_delivered);
             if (dev) dev->params_from_host(m.params.data());
-            if (o.verify_sync) {
+            if (o.verify_sync && (!o.eager || step == end_step)) {  // eager replicas may differ until the end
                 const uint64_t crc = delivered ? crc32_update(0, m.params.data(), 4 * m.num_params) : 0;
                 const std::vector<uint64_t> all = comm.allgather_u64(crc);
                 for (size_t r = 0; r < all.size(); r++)
@@ -423,9 +439,10 @@ double run_train(const TrainOptions& o) {
                 const double wall = p.wall;
                 std::fprintf(metrics,
                              "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.6g, \"grad_norm\": %.6g, "
-                             "\"tokens\": %.0f, \"wall_s\": %.3f, \"bytes_outer\": %llu, \"bytes_inner\": %llu}\n",
+                             "\"tokens\": %.0f, \"wall_s\": %.3f, \"compute_util\": %.4f, \"bytes_outer\": %llu, "
+                             "\"bytes_inner\": %llu}\n",
                              (long long)p.step, losses[k] / comm.world_size(), p.lr, p.grad_norm,
-                             (double)p.step * global_rows * T, wall,
+                             (double)p.step * global_rows * T, wall, wall > 0 ? p.compute / wall : 0.0,
                              (unsigned long long)comm.bytes_outer(), (unsigned long long)comm.bytes_inner());
                 const bool log_line = o.log_every > 0 && (p.step % o.log_every == 0 || p.step == first_step);
                 if (log_line || p.step == o.steps) {
@@ -488,11 +505,11 @@ double run_train(const TrainOptions& o) {
                      "{\"summary\": true, \"step\": %ld, \"final_val_loss\": %.9g, \"tokens\": %.0f, "
                      "\"wall_s\": %.3f, \"tok_per_s\": %.1f, \"params\": %zu, \"algo\": \"%s\", "
                      "\"workers\": %d, \"ranks\": %d, \"inner_steps\": %ld, \"bytes_outer_total\": %.0f, "
-                     "\"bytes_outer_dp_equivalent\": %.0f, \"peak_bytes_step\": %llu}\n",
+                     "\"bytes_outer_dp_equivalent\": %.0f, \"peak_bytes_step\": %llu, \"compute_util\": %.4f}\n",
                      o.steps, val_loss, (double)o.steps * global_rows * T, wall,
                      trained > 0 ? trained * (double)global_rows * T / wall : 0.0, m.num_params,
                      o.algo.c_str(), M, comm.world_size(), H, outer_total, dp_outer_total,
-                     (unsigned long long)peak_bytes_step);
+                     (unsigned long long)peak_bytes_step, wall > 0 ? compute_s / wall : 0.0);
         std::fclose(metrics);
         std::fprintf(stderr, "train: done in %s | final val_loss %.4f\n", fmt_duration(wall).c_str(), val_loss);
         if (M > 1)

@@ -37,6 +37,9 @@ struct TrainOptions {
     long overlap = 0;  // tau
     float alpha = 0.5f;
     std::string quant = "fp32";
+    bool eager = false;  // one-round-overlapped outer sync with the eager formula (diloco)
+    // link emulation of the across-worker link
+    double outer_gbps = 0.0, outer_latency_ms = 0.0;
     // data
     std::string shard = "iid";
     uint64_t seed = 1337;
