@@ -4,6 +4,7 @@
 #include <nccl.h>
 
 #include "kernels/common.h"
+#include "kernels/cuda_check.h"
 
 namespace diloco {
 
@@ -12,21 +13,16 @@ namespace diloco {
         ncclResult_t r_ = (call);                                                              \
         DILOCO_CHECK(r_ == ncclSuccess, std::string("NCCL: ") + #call + ": " + ncclGetErrorString(r_)); \
     } while (0)
-#define CUDA_CHECK(call)                                                                       \
-    do {                                                                                       \
-        cudaError_t e_ = (call);                                                               \
-        DILOCO_CHECK(e_ == cudaSuccess, std::string("CUDA: ") + #call + ": " + cudaGetErrorString(e_)); \
-    } while (0)
 
 NcclWorkerComm::NcclWorkerComm(Comm& comm) : comm_(comm) {
     int ndev = 0;
-    CUDA_CHECK(cudaGetDeviceCount(&ndev));
+    DILOCO_CUDA_CHECK(cudaGetDeviceCount(&ndev));
     const int local = comm.node_local_rank();
     DILOCO_CHECK(local < ndev, "rank " + std::to_string(comm.world_rank()) + " is local rank " +
                                    std::to_string(local) + " on its node, which has only " +
                                    std::to_string(ndev) + " GPUs");
     device_ = local;
-    CUDA_CHECK(cudaSetDevice(device_));
+    DILOCO_CUDA_CHECK(cudaSetDevice(device_));
     ncclUniqueId id;
     if (comm.local() == 0) NCCL_CHECK(ncclGetUniqueId(&id));
     MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, *static_cast<MPI_Comm*>(comm.worker_mpi_comm()));

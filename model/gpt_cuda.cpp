@@ -5,6 +5,7 @@
 
 #include "kernels/attention_cuda.h"
 #include "kernels/common.h"
+#include "kernels/cuda_check.h"
 #include "kernels/crossentropy_cuda.h"
 #include "kernels/embedding_cuda.h"
 #include "kernels/gelu_cuda.h"
@@ -12,12 +13,6 @@
 #include "kernels/residual_cuda.h"
 
 namespace diloco {
-
-#define CUDA_TRY(call)                                                                          \
-    do {                                                                                        \
-        cudaError_t e_ = (call);                                                                \
-        DILOCO_CHECK(e_ == cudaSuccess, std::string("CUDA: ") + #call + ": " + cudaGetErrorString(e_)); \
-    } while (0)
 
 void gpt_cuda_create(GPTCuda& m, const GPT& host, int B, int T) {
     gpt_build(m.layout, host.config);
@@ -33,16 +28,16 @@ void gpt_cuda_create(GPTCuda& m, const GPT& host, int B, int T) {
     const size_t n = host.num_params;
     Acts a;
     const size_t nacts = layout_acts(a, nullptr, host.config, B, T);
-    CUDA_TRY(cudaMalloc(&m.params, n * sizeof(float)));
-    CUDA_TRY(cudaMalloc(&m.grads, n * sizeof(float)));
-    CUDA_TRY(cudaMalloc(&m.acts, nacts * sizeof(float)));
-    CUDA_TRY(cudaMalloc(&m.tokens, (size_t)B * T * sizeof(int)));
-    CUDA_TRY(cudaMalloc(&m.targets, (size_t)B * T * sizeof(int)));
-    CUDA_TRY(cudaMalloc(&m.att_workspace, attention_backward_workspace(B, T, host.config.n_head) * sizeof(float)));
-    CUDA_TRY(cudaMalloc(&m.emb_workspace, embedding_backward_workspace(B, T) * sizeof(int)));
-    CUDA_TRY(cudaMemcpy(m.params, host.params.data(), n * sizeof(float), cudaMemcpyHostToDevice));
-    CUDA_TRY(cudaMemset(m.grads, 0, n * sizeof(float)));
-    CUDA_TRY(blas_create(m.blas));
+    DILOCO_CUDA_CHECK(cudaMalloc(&m.params, n * sizeof(float)));
+    DILOCO_CUDA_CHECK(cudaMalloc(&m.grads, n * sizeof(float)));
+    DILOCO_CUDA_CHECK(cudaMalloc(&m.acts, nacts * sizeof(float)));
+    DILOCO_CUDA_CHECK(cudaMalloc(&m.tokens, (size_t)B * T * sizeof(int)));
+    DILOCO_CUDA_CHECK(cudaMalloc(&m.targets, (size_t)B * T * sizeof(int)));
+    DILOCO_CUDA_CHECK(cudaMalloc(&m.att_workspace, attention_backward_workspace(B, T, host.config.n_head) * sizeof(float)));
+    DILOCO_CUDA_CHECK(cudaMalloc(&m.emb_workspace, embedding_backward_workspace(B, T) * sizeof(int)));
+    DILOCO_CUDA_CHECK(cudaMemcpy(m.params, host.params.data(), n * sizeof(float), cudaMemcpyHostToDevice));
+    DILOCO_CUDA_CHECK(cudaMemset(m.grads, 0, n * sizeof(float)));
+    DILOCO_CUDA_CHECK(blas_create(m.blas));
 }
 
 void gpt_cuda_destroy(GPTCuda& m) {
@@ -69,32 +64,32 @@ float gpt_cuda_forward(GPTCuda& m, const int* tokens, const int* targets, int B,
     m.tokens_host.assign(tokens, tokens + N);
     m.cur_B = B;
     m.cur_T = T;
-    CUDA_TRY(cudaMemcpy(m.tokens, tokens, N * sizeof(int), cudaMemcpyHostToDevice));
-    if (targets) CUDA_TRY(cudaMemcpy(m.targets, targets, N * sizeof(int), cudaMemcpyHostToDevice));
+    DILOCO_CUDA_CHECK(cudaMemcpy(m.tokens, tokens, N * sizeof(int), cudaMemcpyHostToDevice));
+    if (targets) DILOCO_CUDA_CHECK(cudaMemcpy(m.targets, targets, N * sizeof(int), cudaMemcpyHostToDevice));
 
-    CUDA_TRY(embedding_forward_cuda(a.x0, m.tokens, P + m.layout.wte, P + m.layout.wpe, B, T, C, st));
+    DILOCO_CUDA_CHECK(embedding_forward_cuda(a.x0, m.tokens, P + m.layout.wte, P + m.layout.wpe, B, T, C, st));
     const float* x = a.x0;
     for (int l = 0; l < c.n_layer; l++) {
         const BlockParams& w = m.layout.blocks[l];
         LayerActs& L = a.layers[l];
-        CUDA_TRY(layernorm_forward_cuda(L.ln1, L.ln1_mean, L.ln1_rstd, x, P + w.ln1w, P + w.ln1b, N, C, st));
-        CUDA_TRY(matmul_forward_cuda(L.qkv, L.ln1, P + w.qkvw, P + w.qkvb, N, C, 3 * C, m.blas, st));
-        CUDA_TRY(attention_forward_cuda(L.att, L.att_lse, L.qkv, B, T, C, NH, st));
-        CUDA_TRY(matmul_forward_cuda(a.proj, L.att, P + w.attprojw, P + w.attprojb, N, C, C, m.blas, st));
-        CUDA_TRY(residual_forward_cuda(L.x_mid, x, a.proj, (long)N * C, st));
-        CUDA_TRY(layernorm_forward_cuda(L.ln2, L.ln2_mean, L.ln2_rstd, L.x_mid, P + w.ln2w, P + w.ln2b, N, C, st));
-        CUDA_TRY(matmul_forward_cuda(L.fch, L.ln2, P + w.fcw, P + w.fcb, N, C, 4 * C, m.blas, st));
-        CUDA_TRY(gelu_forward_cuda(L.fch_gelu, L.fch, (long)N * 4 * C, st));
-        CUDA_TRY(matmul_forward_cuda(a.proj, L.fch_gelu, P + w.fcprojw, P + w.fcprojb, N, 4 * C, C, m.blas, st));
-        CUDA_TRY(residual_forward_cuda(L.x_out, L.x_mid, a.proj, (long)N * C, st));
+        DILOCO_CUDA_CHECK(layernorm_forward_cuda(L.ln1, L.ln1_mean, L.ln1_rstd, x, P + w.ln1w, P + w.ln1b, N, C, st));
+        DILOCO_CUDA_CHECK(matmul_forward_cuda(L.qkv, L.ln1, P + w.qkvw, P + w.qkvb, N, C, 3 * C, m.blas, st));
+        DILOCO_CUDA_CHECK(attention_forward_cuda(L.att, L.att_lse, L.qkv, B, T, C, NH, st));
+        DILOCO_CUDA_CHECK(matmul_forward_cuda(a.proj, L.att, P + w.attprojw, P + w.attprojb, N, C, C, m.blas, st));
+        DILOCO_CUDA_CHECK(residual_forward_cuda(L.x_mid, x, a.proj, (long)N * C, st));
+        DILOCO_CUDA_CHECK(layernorm_forward_cuda(L.ln2, L.ln2_mean, L.ln2_rstd, L.x_mid, P + w.ln2w, P + w.ln2b, N, C, st));
+        DILOCO_CUDA_CHECK(matmul_forward_cuda(L.fch, L.ln2, P + w.fcw, P + w.fcb, N, C, 4 * C, m.blas, st));
+        DILOCO_CUDA_CHECK(gelu_forward_cuda(L.fch_gelu, L.fch, (long)N * 4 * C, st));
+        DILOCO_CUDA_CHECK(matmul_forward_cuda(a.proj, L.fch_gelu, P + w.fcprojw, P + w.fcprojb, N, 4 * C, C, m.blas, st));
+        DILOCO_CUDA_CHECK(residual_forward_cuda(L.x_out, L.x_mid, a.proj, (long)N * C, st));
         x = L.x_out;
     }
-    CUDA_TRY(layernorm_forward_cuda(a.lnf, a.lnf_mean, a.lnf_rstd, x, P + m.layout.lnfw, P + m.layout.lnfb, N, C, st));
-    CUDA_TRY(matmul_forward_cuda(a.logits, a.lnf, P + m.layout.wte, nullptr, N, C, V, m.blas, st));
+    DILOCO_CUDA_CHECK(layernorm_forward_cuda(a.lnf, a.lnf_mean, a.lnf_rstd, x, P + m.layout.lnfw, P + m.layout.lnfb, N, C, st));
+    DILOCO_CUDA_CHECK(matmul_forward_cuda(a.logits, a.lnf, P + m.layout.wte, nullptr, N, C, V, m.blas, st));
     if (!targets) return NAN;
-    CUDA_TRY(crossentropy_forward_cuda(a.losses, a.lse, a.logits, m.targets, N, V, st));
+    DILOCO_CUDA_CHECK(crossentropy_forward_cuda(a.losses, a.lse, a.logits, m.targets, N, V, st));
     std::vector<float> losses(N);
-    CUDA_TRY(cudaMemcpy(losses.data(), a.losses, N * sizeof(float), cudaMemcpyDeviceToHost));
+    DILOCO_CUDA_CHECK(cudaMemcpy(losses.data(), a.losses, N * sizeof(float), cudaMemcpyDeviceToHost));
     double sum = 0.0;
     for (float l : losses) sum += l;
     return (float)(sum / N);
@@ -107,40 +102,40 @@ void gpt_cuda_backward(GPTCuda& m) {
     float* G = m.grads;
     Acts a = device_acts(m);
     cudaStream_t st = m.stream;
-    CUDA_TRY(crossentropy_backward_cuda(a.logits, a.logits, a.lse, m.targets, 1.0f / N, N, V, st));
+    DILOCO_CUDA_CHECK(crossentropy_backward_cuda(a.logits, a.logits, a.lse, m.targets, 1.0f / N, N, V, st));
     const float* x_last = c.n_layer ? a.layers.back().x_out : a.x0;
-    CUDA_TRY(matmul_backward_cuda(a.dtmp, G + m.layout.wte, nullptr, a.logits, a.lnf, P + m.layout.wte, N, C, V, m.blas, st));
-    CUDA_TRY(cudaMemsetAsync(a.dres, 0, (size_t)N * C * sizeof(float), st));
-    CUDA_TRY(layernorm_backward_cuda(a.dres, G + m.layout.lnfw, G + m.layout.lnfb, a.dtmp, x_last, P + m.layout.lnfw,
+    DILOCO_CUDA_CHECK(matmul_backward_cuda(a.dtmp, G + m.layout.wte, nullptr, a.logits, a.lnf, P + m.layout.wte, N, C, V, m.blas, st));
+    DILOCO_CUDA_CHECK(cudaMemsetAsync(a.dres, 0, (size_t)N * C * sizeof(float), st));
+    DILOCO_CUDA_CHECK(layernorm_backward_cuda(a.dres, G + m.layout.lnfw, G + m.layout.lnfb, a.dtmp, x_last, P + m.layout.lnfw,
                                      a.lnf_mean, a.lnf_rstd, N, C, st));
     for (int l = c.n_layer - 1; l >= 0; l--) {
         const BlockParams& w = m.layout.blocks[l];
         LayerActs& L = a.layers[l];
         const float* x_in = l ? a.layers[l - 1].x_out : a.x0;
-        CUDA_TRY(matmul_backward_cuda(a.dfch, G + w.fcprojw, G + w.fcprojb, a.dres, L.fch_gelu, P + w.fcprojw, N, 4 * C, C,
+        DILOCO_CUDA_CHECK(matmul_backward_cuda(a.dfch, G + w.fcprojw, G + w.fcprojb, a.dres, L.fch_gelu, P + w.fcprojw, N, 4 * C, C,
                                       m.blas, st));
-        CUDA_TRY(gelu_backward_cuda(a.dfch, L.fch, a.dfch, (long)N * 4 * C, st));
-        CUDA_TRY(matmul_backward_cuda(a.dtmp, G + w.fcw, G + w.fcb, a.dfch, L.ln2, P + w.fcw, N, C, 4 * C, m.blas, st));
-        CUDA_TRY(layernorm_backward_cuda(a.dres, G + w.ln2w, G + w.ln2b, a.dtmp, L.x_mid, P + w.ln2w, L.ln2_mean,
+        DILOCO_CUDA_CHECK(gelu_backward_cuda(a.dfch, L.fch, a.dfch, (long)N * 4 * C, st));
+        DILOCO_CUDA_CHECK(matmul_backward_cuda(a.dtmp, G + w.fcw, G + w.fcb, a.dfch, L.ln2, P + w.fcw, N, C, 4 * C, m.blas, st));
+        DILOCO_CUDA_CHECK(layernorm_backward_cuda(a.dres, G + w.ln2w, G + w.ln2b, a.dtmp, L.x_mid, P + w.ln2w, L.ln2_mean,
                                          L.ln2_rstd, N, C, st));
-        CUDA_TRY(matmul_backward_cuda(a.dtmp, G + w.attprojw, G + w.attprojb, a.dres, L.att, P + w.attprojw, N, C, C,
+        DILOCO_CUDA_CHECK(matmul_backward_cuda(a.dtmp, G + w.attprojw, G + w.attprojb, a.dres, L.att, P + w.attprojw, N, C, C,
                                       m.blas, st));
-        CUDA_TRY(attention_backward_cuda(a.dqkv, a.dtmp, L.qkv, L.att, L.att_lse, B, T, C, NH, m.att_workspace, st));
-        CUDA_TRY(matmul_backward_cuda(a.dtmp, G + w.qkvw, G + w.qkvb, a.dqkv, L.ln1, P + w.qkvw, N, C, 3 * C, m.blas, st));
-        CUDA_TRY(layernorm_backward_cuda(a.dres, G + w.ln1w, G + w.ln1b, a.dtmp, x_in, P + w.ln1w, L.ln1_mean,
+        DILOCO_CUDA_CHECK(attention_backward_cuda(a.dqkv, a.dtmp, L.qkv, L.att, L.att_lse, B, T, C, NH, m.att_workspace, st));
+        DILOCO_CUDA_CHECK(matmul_backward_cuda(a.dtmp, G + w.qkvw, G + w.qkvb, a.dqkv, L.ln1, P + w.qkvw, N, C, 3 * C, m.blas, st));
+        DILOCO_CUDA_CHECK(layernorm_backward_cuda(a.dres, G + w.ln1w, G + w.ln1b, a.dtmp, x_in, P + w.ln1w, L.ln1_mean,
                                          L.ln1_rstd, N, C, st));
     }
-    CUDA_TRY(embedding_backward_cuda(G + m.layout.wte, G + m.layout.wpe, a.dres, m.tokens_host.data(), B, T, C,
+    DILOCO_CUDA_CHECK(embedding_backward_cuda(G + m.layout.wte, G + m.layout.wpe, a.dres, m.tokens_host.data(), B, T, C,
                                      m.emb_workspace, st));
 }
 
 void gpt_cuda_zero_grad(GPTCuda& m) {
-    CUDA_TRY(cudaMemsetAsync(m.grads, 0, m.layout.num_params * sizeof(float), m.stream));
+    DILOCO_CUDA_CHECK(cudaMemsetAsync(m.grads, 0, m.layout.num_params * sizeof(float), m.stream));
 }
 
 std::vector<float> gpt_cuda_download(const GPTCuda& m, const float* device_buffer) {
     std::vector<float> out(m.layout.num_params);
-    CUDA_TRY(cudaMemcpy(out.data(), device_buffer, out.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    DILOCO_CUDA_CHECK(cudaMemcpy(out.data(), device_buffer, out.size() * sizeof(float), cudaMemcpyDeviceToHost));
     return out;
 }
 

@@ -4,30 +4,25 @@
 #include <string>
 
 #include "kernels/common.h"
+#include "kernels/cuda_check.h"
 #include "kernels/gradnorm.h"
 #include "kernels/gradnorm_cuda.h"
 #include "optim/schedule.h"
 
 namespace diloco {
 
-#define CUDA_TRY(call)                                                                          \
-    do {                                                                                        \
-        cudaError_t e_ = (call);                                                                \
-        DILOCO_CHECK(e_ == cudaSuccess, std::string("CUDA: ") + #call + ": " + cudaGetErrorString(e_)); \
-    } while (0)
-
 void inner_cuda_create(InnerOptimizerCuda& opt, const GPTCuda& model, const InnerHyper& h) {
     DILOCO_CHECK(h.opt == "adamw", "the CUDA inner optimizer is AdamW (--inner-opt sgd runs on the CPU)");
     opt.h = h;
     const size_t n = model.layout.num_params;
-    CUDA_TRY(cudaMalloc(&opt.m, n * sizeof(float)));
-    CUDA_TRY(cudaMalloc(&opt.v, n * sizeof(float)));
-    CUDA_TRY(cudaMemset(opt.m, 0, n * sizeof(float)));
-    CUDA_TRY(cudaMemset(opt.v, 0, n * sizeof(float)));
+    DILOCO_CUDA_CHECK(cudaMalloc(&opt.m, n * sizeof(float)));
+    DILOCO_CUDA_CHECK(cudaMalloc(&opt.v, n * sizeof(float)));
+    DILOCO_CUDA_CHECK(cudaMemset(opt.m, 0, n * sizeof(float)));
+    DILOCO_CUDA_CHECK(cudaMemset(opt.v, 0, n * sizeof(float)));
     const std::vector<AdamWSegment> segs = gpt_adamw_segments(model.layout);
-    CUDA_TRY(adamw_upload_segments(opt.segments, segs.data(), (int)segs.size()));
-    CUDA_TRY(cudaMalloc(&opt.norm_workspace, kGradNormBlocks * sizeof(float)));
-    CUDA_TRY(cudaMalloc(&opt.norm_out, sizeof(double)));
+    DILOCO_CUDA_CHECK(adamw_upload_segments(opt.segments, segs.data(), (int)segs.size()));
+    DILOCO_CUDA_CHECK(cudaMalloc(&opt.norm_workspace, kGradNormBlocks * sizeof(float)));
+    DILOCO_CUDA_CHECK(cudaMalloc(&opt.norm_out, sizeof(double)));
 }
 
 void inner_cuda_destroy(InnerOptimizerCuda& opt) {
@@ -39,14 +34,14 @@ void inner_cuda_destroy(InnerOptimizerCuda& opt) {
 
 InnerStepInfo inner_update_cuda(InnerOptimizerCuda& opt, GPTCuda& model, long step) {
     const InnerHyper& h = opt.h;
-    CUDA_TRY(global_norm_squared_cuda(opt.norm_out, model.grads, model.layout.num_params, opt.norm_workspace,
+    DILOCO_CUDA_CHECK(global_norm_squared_cuda(opt.norm_out, model.grads, model.layout.num_params, opt.norm_workspace,
                                       model.stream));
     double sq = 0.0;
-    CUDA_TRY(cudaMemcpy(&sq, opt.norm_out, sizeof(double), cudaMemcpyDeviceToHost));
+    DILOCO_CUDA_CHECK(cudaMemcpy(&sq, opt.norm_out, sizeof(double), cudaMemcpyDeviceToHost));
     const double norm = std::sqrt(sq);
     const float lr = lr_at(step, h.total_steps, h.warmup, h.lr, h.min_lr_frac);
     const AdamWHyper ah{lr, h.beta1, h.beta2, h.eps, h.weight_decay};
-    CUDA_TRY(adamw_update_cuda(model.params, opt.m, opt.v, model.grads, opt.segments, ah, step,
+    DILOCO_CUDA_CHECK(adamw_update_cuda(model.params, opt.m, opt.v, model.grads, opt.segments, ah, step,
                                clip_scale(norm, h.grad_clip), model.stream));
     return {lr, norm};
 }

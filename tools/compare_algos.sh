@@ -37,7 +37,7 @@ for name in sys.argv[2:]:
     s = [json.loads(l) for l in open(os.path.join(out, name, "metrics.jsonl")) if "summary" in l][0]
     b, d = s["bytes_outer_total"], s["bytes_outer_dp_equivalent"]
     red = f"{d / b:.0f}x" if b > 0 and d > 0 else "–"
-    print(f"| {name} | {s['workers']} | {s['ranks'] // s['workers']} | {s['inner_steps'] if s['algo'] == 'diloco' else 1} "
+    print(f"| {name} | {s['workers']} | {s['ranks'] // s['workers']} | {s['inner_steps'] if s['algo'] != 'dp' else 1} "
           f"| {s['final_val_loss']:.4f} | {b / 1e6:.1f} MB | {d / 1e6:.1f} MB | {red} | "
           f"{s.get('peak_bytes_step', 0) / 1e6:.2f} MB | {s.get('compute_util', 0):.3f} |")
 PY
