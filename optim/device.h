@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "comm/comm.h"
 #include "model/gpt.h"
 #include "optim/inner.h"
 
@@ -26,12 +27,17 @@ public:
     virtual void params_from_host(const float* host) = 0;
     virtual void moments_to_host(float* m, float* v) = 0;
     virtual void moments_from_host(const float* m, const float* v) = 0;
+    // Averages the gradients over the ranks of this worker on the device (NCCL) and returns true,
+    // or returns false when it cannot, and the loop averages them through the host instead.
+    virtual bool average_grads_in_worker() { return false; }
 };
 
 struct DeviceBackend {
     std::string name;  // "cuda", or "cuda (emulated)"
     int (*device_count)() = nullptr;
-    std::unique_ptr<DeviceTrainer> (*create)(const GPT& host, const InnerHyper& h, int B, int T) = nullptr;
+    // comm: the run's topology; the trainer picks its device (the rank's index on its node) and,
+    // with NCCL, joins the worker's NCCL communicator
+    std::unique_ptr<DeviceTrainer> (*create)(const GPT& host, const InnerHyper& h, int B, int T, Comm& comm) = nullptr;
 };
 
 void register_device_backend(const DeviceBackend& backend);

@@ -299,7 +299,7 @@ double run_train(const TrainOptions& o) {
     // on an accelerator, the model, gradients and AdamW state live there from here on
     std::unique_ptr<DeviceTrainer> dev;
     if (use_device(o)) {
-        dev = device_backend().create(m, inner_hyper(o), B, T);
+        dev = device_backend().create(m, inner_hyper(o), B, T, comm);
         if (state.step > 0) dev->moments_from_host(inner.m.data(), inner.v.data());
     }
     const bool stage_grads = dev && (replicas ? G > 1 : comm.world_size() > 1);

@@ -9,6 +9,9 @@
 #ifndef DILOCO_EMULATE
 #include "kernels/cuda_info.h"
 #endif
+#ifdef DILOCO_HAVE_NCCL
+#include "comm/nccl.h"
+#endif
 
 namespace diloco {
 
@@ -20,7 +23,18 @@ void check(cudaError_t e, const char* what) {
 
 class CudaTrainer : public DeviceTrainer {
 public:
-    CudaTrainer(const GPT& host, const InnerHyper& h, int B, int T) {
+    CudaTrainer(const GPT& host, const InnerHyper& h, int B, int T, Comm& comm) {
+        // the device first: everything below allocates on it
+#ifdef DILOCO_HAVE_NCCL
+        if (comm.ranks_per_worker() > 1) nccl_ = std::make_unique<NcclWorkerComm>(comm);  // sets the device
+#endif
+#ifndef DILOCO_EMULATE
+        int ndev = 0;
+        check(cudaGetDeviceCount(&ndev), "cudaGetDeviceCount");
+        if (ndev > 0) check(cudaSetDevice(comm.node_local_rank() % ndev), "cudaSetDevice");
+#else
+        (void)comm;
+#endif
         gpt_cuda_create(model_, host, B, T);
         inner_cuda_create(opt_, model_, h);
     }
@@ -50,11 +64,23 @@ public:
         copy(opt_.m, m, cudaMemcpyHostToDevice);
         copy(opt_.v, v, cudaMemcpyHostToDevice);
     }
+    bool average_grads_in_worker() override {
+#ifdef DILOCO_HAVE_NCCL
+        if (nccl_) {
+            nccl_->average(model_.grads, model_.layout.num_params, model_.stream);
+            return true;
+        }
+#endif
+        return false;
+    }
 
 private:
     void copy(void* dst, const void* src, cudaMemcpyKind kind) {
         check(cudaMemcpy(dst, src, model_.layout.num_params * sizeof(float), kind), "cudaMemcpy");
     }
+#ifdef DILOCO_HAVE_NCCL
+    std::unique_ptr<NcclWorkerComm> nccl_;  // declared first of the device state: destroyed last
+#endif
     GPTCuda model_;
     InnerOptimizerCuda opt_;
 };
@@ -67,8 +93,8 @@ int count_devices() {
 #endif
 }
 
-std::unique_ptr<DeviceTrainer> create(const GPT& host, const InnerHyper& h, int B, int T) {
-    return std::make_unique<CudaTrainer>(host, h, B, T);
+std::unique_ptr<DeviceTrainer> create(const GPT& host, const InnerHyper& h, int B, int T, Comm& comm) {
+    return std::make_unique<CudaTrainer>(host, h, B, T, comm);
 }
 
 }  // namespace
