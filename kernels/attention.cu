@@ -15,6 +15,15 @@ namespace diloco {
 
 #define ATT_TILE 32
 
+// Stages rows r0 .. r0 + ATT_TILE - 1 of a row-major source (row stride `stride`, the hs columns
+// starting at `src`) into `tile` (ATT_TILE x hs), zeros past row T. All threads of the block help.
+__device__ __forceinline__ void stage_rows(float* tile, const float* src, long stride, int r0, int T, int hs) {
+    for (int idx = threadIdx.x; idx < ATT_TILE * hs; idx += blockDim.x) {
+        const int row = idx / hs, d = idx % hs;
+        tile[idx] = r0 + row < T ? src[(long)(r0 + row) * stride + d] : 0.0f;
+    }
+}
+
 __global__ void attention_forward_kernel(float* out, float* lse, const float* qkv, int T, int C, int NH) {
     DILOCO_DYNAMIC_SHARED(float, smem);  // Q tile, K tile, V tile: 3 x ATT_TILE x hs
     const int hs = C / NH, h = blockIdx.y, b = blockIdx.z, q0 = blockIdx.x * ATT_TILE;
@@ -25,10 +34,7 @@ __global__ void attention_forward_kernel(float* out, float* lse, const float* qk
     float* Qs = smem;
     float* Ks = smem + ATT_TILE * hs;
     float* Vs = smem + 2 * ATT_TILE * hs;
-    for (int idx = threadIdx.x; idx < ATT_TILE * hs; idx += blockDim.x) {
-        const int row = idx / hs, d = idx % hs;
-        Qs[idx] = q0 + row < T ? base[(long)(q0 + row) * C3 + d] : 0.0f;
-    }
+    stage_rows(Qs, base, C3, q0, T, hs);
     const float scale = rsqrtf((float)hs);
     float acc[kAttnCudaMaxHead];
     for (int d = 0; d < hs; d++) acc[d] = 0.0f;
@@ -36,12 +42,8 @@ __global__ void attention_forward_kernel(float* out, float* lse, const float* qk
     const int kend = min(T, q0 + ATT_TILE);
     for (int k0 = 0; k0 < kend; k0 += ATT_TILE) {
         __syncthreads();  // the previous tile is no longer read
-        for (int idx = threadIdx.x; idx < ATT_TILE * hs; idx += blockDim.x) {
-            const int row = idx / hs, d = idx % hs;
-            const bool in = k0 + row < T;
-            Ks[idx] = in ? base[(long)(k0 + row) * C3 + C + d] : 0.0f;
-            Vs[idx] = in ? base[(long)(k0 + row) * C3 + 2L * C + d] : 0.0f;
-        }
+        stage_rows(Ks, base + C, C3, k0, T, hs);
+        stage_rows(Vs, base + 2L * C, C3, k0, T, hs);
         __syncthreads();
         if (!active) continue;
         const int nk = min(ATT_TILE, i - k0 + 1);  // causal: keys k0 .. i
@@ -107,12 +109,8 @@ __global__ void attention_backward_kv_kernel(float* dqkv, const float* dout, con
     }
     for (int q0 = k0; q0 < T; q0 += ATT_TILE) {  // query tiles at or after this key tile
         __syncthreads();
-        for (int idx = threadIdx.x; idx < ATT_TILE * hs; idx += blockDim.x) {
-            const int row = idx / hs, d = idx % hs;
-            const bool in = q0 + row < T;
-            Qs[idx] = in ? base[(long)(q0 + row) * C3 + d] : 0.0f;
-            dOs[idx] = in ? dout[((long)b * T + q0 + row) * C + (long)h * hs + d] : 0.0f;
-        }
+        stage_rows(Qs, base, C3, q0, T, hs);
+        stage_rows(dOs, dout + (long)b * T * C + (long)h * hs, C, q0, T, hs);
         for (int row = threadIdx.x; row < ATT_TILE; row += blockDim.x) {
             lses[row] = q0 + row < T ? row_lse[q0 + row] : 0.0f;
             Ds[row] = q0 + row < T ? row_D[q0 + row] : 0.0f;
@@ -165,12 +163,8 @@ __global__ void attention_backward_q_kernel(float* dqkv, const float* dout, cons
     const int kend = min(T, q0 + ATT_TILE);
     for (int k0 = 0; k0 < kend; k0 += ATT_TILE) {
         __syncthreads();
-        for (int idx = threadIdx.x; idx < ATT_TILE * hs; idx += blockDim.x) {
-            const int row = idx / hs, d = idx % hs;
-            const bool in = k0 + row < T;
-            Ks[idx] = in ? base[(long)(k0 + row) * C3 + C + d] : 0.0f;
-            Vs[idx] = in ? base[(long)(k0 + row) * C3 + 2L * C + d] : 0.0f;
-        }
+        stage_rows(Ks, base + C, C3, k0, T, hs);
+        stage_rows(Vs, base + 2L * C, C3, k0, T, hs);
         __syncthreads();
         if (!active) continue;
         const int nk = min(ATT_TILE, i - k0 + 1);
