@@ -214,7 +214,8 @@ double run_train(const TrainOptions& o) {
     check_options(o);
     Comm comm(o.workers);
     comm.emulate_outer_link(o.outer_gbps, o.outer_latency_ms);
-    require_same_on_all_ranks(comm, fnv1a(describe_options(o).data(), describe_options(o).size()),
+    const std::string options_text = describe_options(o);
+    require_same_on_all_ranks(comm, fnv1a(options_text.data(), options_text.size()),
                               "the configuration (some option)");
     const bool root = comm.is_root();
     const bool is_diloco = o.algo == "diloco";

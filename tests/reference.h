@@ -16,17 +16,23 @@ inline void embedding_forward(Vec& out, const int* tok, const Vec& wte, const Ve
                 out[((size_t)b * T + t) * C + c] = wte[(size_t)tok[b * T + t] * C + c] + wpe[(size_t)t * C + c];
 }
 
+// Mean and 1/sqrt(variance + 1e-5) of one row of C values, two-pass.
+inline void row_stats(const double* x, int C, double& mean, double& rstd) {
+    double m = 0, v = 0;
+    for (int c = 0; c < C; c++) m += x[c];
+    m /= C;
+    for (int c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
+    mean = m;
+    rstd = 1.0 / std::sqrt(v / C + 1e-5);
+}
+
 inline void layernorm_forward(Vec& out, Vec& mean, Vec& rstd, const Vec& x, const Vec& w, const Vec& b, int N, int C) {
     out.assign((size_t)N * C, 0.0);
     mean.assign(N, 0.0);
     rstd.assign(N, 0.0);
     for (int n = 0; n < N; n++) {
-        double m = 0, v = 0;
-        for (int c = 0; c < C; c++) m += x[(size_t)n * C + c];
-        m /= C;
-        for (int c = 0; c < C; c++) v += (x[(size_t)n * C + c] - m) * (x[(size_t)n * C + c] - m);
-        v /= C;
-        const double s = 1.0 / std::sqrt(v + 1e-5);
+        double m, s;
+        row_stats(&x[(size_t)n * C], C, m, s);
         for (int c = 0; c < C; c++) out[(size_t)n * C + c] = (x[(size_t)n * C + c] - m) * s * w[c] + b[c];
         mean[n] = m;
         rstd[n] = s;
@@ -39,12 +45,8 @@ inline void layernorm_backward(Vec& dx, Vec& dw, Vec& db, const Vec& dout, const
     dw.assign(C, 0.0);
     db.assign(C, 0.0);
     for (int n = 0; n < N; n++) {
-        double m = 0, v = 0;
-        for (int c = 0; c < C; c++) m += x[(size_t)n * C + c];
-        m /= C;
-        for (int c = 0; c < C; c++) v += (x[(size_t)n * C + c] - m) * (x[(size_t)n * C + c] - m);
-        v /= C;
-        const double s = 1.0 / std::sqrt(v + 1e-5);
+        double m, s;
+        row_stats(&x[(size_t)n * C], C, m, s);
         Vec xhat(C), g(C);
         double gsum = 0, gxsum = 0;
         for (int c = 0; c < C; c++) {
