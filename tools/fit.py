@@ -1,0 +1,280 @@
+#!/usr/bin/env python3
+"""Fits the DiLoCo scaling laws to a sweep's results and draws its plots.
+
+    python tools/fit.py RESULTS.csv [MORE.csv ...] [--out DIR] [--no-plots]
+
+Reads the tidy rows tools/sweep.py writes (results.csv; curves.csv beside it for the loss curves),
+and writes into DIR (default: the first CSV's folder):
+  fit.json   every number below, for scripts;
+  fit.md     the same as markdown tables (docs/scaling.md quotes them);
+  loss_vs_n.png, curves.png, outer_lr.png.
+
+The fits, as in Charles et al. 2025:
+  * for each method, the best final validation loss over all hyperparameters at each size N;
+  * L(N) = A * N^alpha per method, least squares on log L against log N;
+  * L(N, M) = A * N^alpha * M^beta jointly over the DiLoCo methods;
+  * residuals of every fit, and a held-out check: fit without the largest N, predict it;
+  * the best outer learning rate and global batch at each (M, N).
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from collections import defaultdict
+
+import numpy as np
+
+
+def read_rows(paths):
+    rows = []
+    for path in paths:
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                for k in ("M", "H", "global_batch", "seq_len", "steps", "tokens", "params",
+                          "non_embedding_params"):
+                    r[k] = int(float(r[k]))
+                for k in ("outer_lr", "inner_lr", "final_val_loss", "wall_s", "bytes_outer_total"):
+                    r[k] = float(r[k])
+                if math.isfinite(r["final_val_loss"]):
+                    rows.append(r)
+    seen, unique = set(), []
+    for r in rows:  # two sweeps may share points
+        if r["point"] not in seen:
+            seen.add(r["point"])
+            unique.append(r)
+    return unique
+
+
+def fit_power_law(n, loss):
+    """L = A * n^alpha by least squares in log space. Returns (A, alpha)."""
+    n, loss = np.asarray(n, float), np.asarray(loss, float)
+    if len(n) < 2 or len(set(n)) < 2:
+        raise ValueError("a power law needs at least two distinct sizes")
+    alpha, log_a = np.polyfit(np.log(n), np.log(loss), 1)
+    return float(math.exp(log_a)), float(alpha)
+
+
+def fit_joint(n, m, loss):
+    """L = A * n^alpha * m^beta by least squares in log space. Returns (A, alpha, beta)."""
+    X = np.column_stack([np.ones(len(n)), np.log(n), np.log(m)])
+    coef, *_ = np.linalg.lstsq(X, np.log(loss), rcond=None)
+    return float(math.exp(coef[0])), float(coef[1]), float(coef[2])
+
+
+def best_per_size(rows, batch=None):
+    """{method: {N: best row}} over every hyperparameter (or at one global batch)."""
+    best = defaultdict(dict)
+    for r in rows:
+        if batch is not None and r["global_batch"] != batch:
+            continue
+        cur = best[r["method"]].get(r["params"])
+        if cur is None or r["final_val_loss"] < cur["final_val_loss"]:
+            best[r["method"]][r["params"]] = r
+    return best
+
+
+def method_order(name):
+    return (0, 0) if name == "dp" else (1, int(name.split("-m")[1]))
+
+
+def analyse(rows):
+    best = best_per_size(rows)
+    out = {"methods": {}, "joint": None, "best_outer_lr": [], "best_batch": []}
+    for meth in sorted(best, key=method_order):
+        pts = sorted(best[meth].items())
+        ns = [n for n, _ in pts]
+        ls = [r["final_val_loss"] for _, r in pts]
+        entry = {"N": ns, "loss": ls, "best_point": [r["point"] for _, r in pts]}
+        if len(set(ns)) >= 2:
+            A, alpha = fit_power_law(ns, ls)
+            pred = [A * n ** alpha for n in ns]
+            entry.update(A=A, alpha=alpha, residual_pct=[100 * (l / p - 1) for l, p in zip(ls, pred)])
+        if len(set(ns)) >= 3:  # held out: fit without the largest size, predict it
+            A2, a2 = fit_power_law(ns[:-1], ls[:-1])
+            p = A2 * ns[-1] ** a2
+            entry["held_out"] = {"N": ns[-1], "predicted": p, "measured": ls[-1],
+                                 "error_pct": 100 * (ls[-1] / p - 1), "A": A2, "alpha": a2}
+        out["methods"][meth] = entry
+    dil = [(n, int(meth.split("-m")[1]), r["final_val_loss"])
+           for meth in best if meth != "dp" for n, r in best[meth].items()]
+    if len({d[0] for d in dil}) >= 2 and len({d[1] for d in dil}) >= 2:
+        A, alpha, beta = fit_joint(*zip(*dil))
+        res = [100 * (l / (A * n ** alpha * m ** beta) - 1) for n, m, l in dil]
+        out["joint"] = {"A": A, "alpha": alpha, "beta": beta,
+                        "rms_residual_pct": float(np.sqrt(np.mean(np.square(res))))}
+    # Best outer lr per (M, N), at the batch and inner lr of that (M, N)'s best point.
+    for meth in sorted(best, key=method_order):
+        if meth == "dp":
+            continue
+        for n, b in sorted(best[meth].items()):
+            grid = sorted((r["outer_lr"], r["final_val_loss"]) for r in rows
+                          if r["method"] == meth and r["params"] == n and r["global_batch"] == b["global_batch"]
+                          and r["inner_lr"] == b["inner_lr"] and r["H"] == b["H"])
+            out["best_outer_lr"].append({"method": meth, "M": b["M"], "N": n, "best": b["outer_lr"],
+                                         "batch": b["global_batch"], "grid": grid})
+    # Best global batch per (method, N), where more than one batch was run.
+    for meth in sorted(best, key=method_order):
+        for n in sorted(best[meth]):
+            per_batch = {}
+            for r in rows:
+                if r["method"] == meth and r["params"] == n:
+                    b = r["global_batch"]
+                    if b not in per_batch or r["final_val_loss"] < per_batch[b]:
+                        per_batch[b] = r["final_val_loss"]
+            if len(per_batch) > 1:
+                out["best_batch"].append({"method": meth, "N": n, "best": min(per_batch, key=per_batch.get),
+                                          "loss_by_batch": sorted(per_batch.items())})
+    return out
+
+
+def trend(values, keys):
+    """Slope of log(value) against log(key), for 'how does the optimum move'."""
+    if len(set(keys)) < 2:
+        return None
+    return float(np.polyfit(np.log(keys), np.log(values), 1)[0])
+
+
+def markdown(fit):
+    lines = ["| method | A | alpha | residuals (%) | held out: N, predicted, measured, error |",
+             "|---|---|---|---|---|"]
+    for meth, e in fit["methods"].items():
+        if "A" not in e:
+            continue
+        h = e.get("held_out")
+        ho = f"{h['N']:,}, {h['predicted']:.4f}, {h['measured']:.4f}, {h['error_pct']:+.2f}%" if h else "–"
+        lines.append(f"| {meth} | {e['A']:.3f} | {e['alpha']:.4f} | "
+                     f"{' '.join(f'{x:+.1f}' for x in e['residual_pct'])} | {ho} |")
+    if fit["joint"]:
+        j = fit["joint"]
+        lines += ["", f"Joint fit over DiLoCo: L = {j['A']:.3f} * N^{j['alpha']:.4f} * M^{j['beta']:.4f} "
+                      f"(rms residual {j['rms_residual_pct']:.2f}%)"]
+    sizes = sorted({n for e in fit["methods"].values() for n in e["N"]})
+    lines += ["", "Best final validation loss over the grid:", "",
+              "| N | " + " | ".join(fit["methods"]) + " |", "|---" * (len(fit["methods"]) + 1) + "|"]
+    for n in sizes:
+        cells = []
+        for e in fit["methods"].values():
+            cells.append(f"{e['loss'][e['N'].index(n)]:.4f}" if n in e["N"] else "–")
+        lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
+    if fit["best_outer_lr"]:
+        lines += ["", "Outer learning rate: final loss over the grid (best in bold):", "",
+                  "| method | N | " + " | ".join(f"{lr:g}" for lr, _ in fit["best_outer_lr"][0]["grid"]) + " |",
+                  "|---|---|" + "---|" * len(fit["best_outer_lr"][0]["grid"])]
+        for e in fit["best_outer_lr"]:
+            cells = [f"**{l:.4f}**" if lr == e["best"] else f"{l:.4f}" for lr, l in e["grid"]]
+            lines.append(f"| {e['method']} | {e['N']:,} | " + " | ".join(cells) + " |")
+    if fit["best_batch"]:
+        lines += ["", "Global batch (sequences): best final loss at each batch (best in bold):", "",
+                  "| method | N | losses by batch |", "|---|---|---|"]
+        for e in fit["best_batch"]:
+            cells = [f"**{b}: {l:.4f}**" if b == e["best"] else f"{b}: {l:.4f}" for b, l in e["loss_by_batch"]]
+            lines.append(f"| {e['method']} | {e['N']:,} | " + ", ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def read_curves(paths):
+    curves = defaultdict(list)
+    for path in paths:
+        cpath = os.path.join(os.path.dirname(path), "curves.csv")
+        if os.path.exists(cpath):
+            with open(cpath, newline="") as f:
+                for r in csv.DictReader(f):
+                    curves[r["point"]].append((int(r["tokens"]), float(r["val_loss"])))
+    return curves
+
+
+def plots(rows, fit, curves, out_dir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    colors = {m: plt.cm.viridis(i / max(1, len(fit["methods"]) - 1)) for i, m in enumerate(fit["methods"])}
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for meth, e in fit["methods"].items():
+        ax.scatter(e["N"], e["loss"], color=colors[meth], zorder=3)
+        if "A" in e:
+            xs = np.geomspace(min(e["N"]), max(e["N"]), 50)
+            ax.plot(xs, e["A"] * xs ** e["alpha"], color=colors[meth],
+                    label=f"{meth}: {e['A']:.2f}·N^{e['alpha']:.3f}")
+    ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="final validation loss (nats/byte)",
+           title="Best loss over the grid against model size")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "loss_vs_n.png"), dpi=120)
+    plt.close(fig)
+
+    if curves:
+        sizes = sorted({n for e in fit["methods"].values() for n in e["N"]})
+        fig, axes = plt.subplots(1, len(sizes), figsize=(3.2 * len(sizes), 3.4), squeeze=False)
+        for ax, n in zip(axes[0], sizes):
+            for meth, e in fit["methods"].items():
+                if n in e["N"]:
+                    pt = e["best_point"][e["N"].index(n)]
+                    if pt in curves:
+                        xs, ys = zip(*sorted(curves[pt]))
+                        ax.plot(xs, ys, color=colors[meth], label=meth)
+            ax.set(title=f"N = {n:,}", xlabel="tokens", xscale="log")
+            ax.grid(True, alpha=0.3)
+        axes[0][0].set_ylabel("validation loss")
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle("Loss curves of the best run of each method and size", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "curves.png"), dpi=110)
+        plt.close(fig)
+
+    if fit["best_outer_lr"]:
+        meths = [m for m in fit["methods"] if m != "dp"]
+        fig, axes = plt.subplots(1, len(meths), figsize=(3.4 * len(meths), 3.4), squeeze=False, sharey=True)
+        for ax, meth in zip(axes[0], meths):
+            for e in fit["best_outer_lr"]:
+                if e["method"] == meth:
+                    lrs, ls = zip(*e["grid"])
+                    dp = fit["methods"].get("dp")
+                    ref = dp["loss"][dp["N"].index(e["N"])] if dp and e["N"] in dp["N"] else 1.0
+                    ax.plot(lrs, [l / ref for l in ls], marker="o", label=f"N={e['N']:,}")
+            ax.set(title=meth, xlabel="outer learning rate")
+            ax.grid(True, alpha=0.3)
+        axes[0][0].set_ylabel("final loss / DP loss at the same N")
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "outer_lr.png"), dpi=110)
+        plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("csv", nargs="+", help="results.csv files written by tools/sweep.py")
+    ap.add_argument("--out", help="folder for fit.json, fit.md and the plots (default: the first CSV's)")
+    ap.add_argument("--no-plots", action="store_true")
+    a = ap.parse_args()
+    for p in a.csv:
+        if not os.path.exists(p):
+            sys.exit(f"fit: no such file {p}")
+    rows = read_rows(a.csv)
+    if not rows:
+        sys.exit("fit: no finished runs in " + ", ".join(a.csv))
+    out_dir = a.out or os.path.dirname(os.path.abspath(a.csv[0]))
+    os.makedirs(out_dir, exist_ok=True)
+    fit = analyse(rows)
+    lr_pts = [(e["best"], e["N"], e["M"]) for e in fit["best_outer_lr"]]
+    if lr_pts:
+        fit["outer_lr_trend"] = {
+            "slope_in_N": trend([p[0] for p in lr_pts], [p[1] for p in lr_pts]),
+            "slope_in_M": trend([p[0] for p in lr_pts], [p[2] for p in lr_pts])}
+    for name, text in (("fit.json", json.dumps(fit, indent=1) + "\n"), ("fit.md", markdown(fit))):
+        tmp = os.path.join(out_dir, name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, os.path.join(out_dir, name))
+    print(markdown(fit))
+    if not a.no_plots:
+        plots(rows, fit, read_curves(a.csv), out_dir)
+        print(f"fit: wrote fit.json, fit.md and plots to {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

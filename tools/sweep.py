@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""Runs a scaling-law sweep: every (model size x method x hyperparameter) point of a grid.
+
+    python tools/sweep.py SWEEP.toml [--dry-run] [--parallel K] [--only SUBSTRING]
+
+The sweep file (TOML or JSON; docs/scaling.md lists every key) names the model sizes, the methods
+(dp, diloco-m1, diloco-m2, ...), the H / outer lr / inner lr / global batch grids, the token budget
+as a multiple of the parameter count, and the launcher. Each point trains in its own run directory
+under `out`; a point whose metrics.jsonl already holds a summary line is skipped, so an interrupted
+sweep continues where it stopped. After every finished point the tidy table `out/results.csv` is
+rewritten (atomically) from all finished points.
+
+The launcher is a command template: `{ranks}` becomes the point's rank count (the replica count M
+for DiLoCo, `dp_ranks` for data-parallel). `mpirun -np {ranks}`, `srun -n {ranks}` or
+`mpirun --hostfile hosts -np {ranks}` all work without code changes.
+"""
+import argparse
+import concurrent.futures as futures
+import csv
+import itertools
+import json
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    tomllib = None
+
+DEFAULTS = {
+    "binary": "build/diloco",
+    "launcher": "mpirun --oversubscribe -np {ranks}",
+    "parallel": 1,            # points trained at once
+    "threads": 0,             # OpenMP threads per point, split over its ranks (0: cores / parallel)
+    "tokens_per_param": 20.0,  # token budget D = tokens_per_param * N (N: total parameters)
+    "seq_len": 64,
+    "methods": ["dp", "diloco-m1", "diloco-m2", "diloco-m4"],
+    "H": [30],
+    "outer_lr": [0.7],
+    "inner_lr": [1e-3],
+    "global_batch": [32],      # sequences per inner step, summed over all replicas
+    "dp_ranks": 1,
+    "warmup_frac": 0.05,       # warmup steps as a fraction of the run
+    "min_lr_frac": 0.05,       # cosine floor
+    "eval_every_frac": 0.1,    # evaluations along the run, for the loss curves
+    "eval_rows": 512,          # validation sequences per evaluation, the same for every point
+    "extra_args": "",          # passed to every `diloco train`
+    "env": {},
+}
+CSV_FIELDS = ["point", "model", "method", "algo", "M", "H", "outer_lr", "inner_lr", "global_batch",
+              "seq_len", "steps", "tokens", "params", "non_embedding_params", "n_layer", "d_model",
+              "n_head", "final_val_loss", "wall_s", "bytes_outer_total", "ranks"]
+
+
+def load_sweep(path):
+    with open(path, "rb") as f:
+        raw = f.read()
+    if path.endswith(".json"):
+        cfg = json.loads(raw)
+    else:
+        if tomllib is None:
+            sys.exit("sweep: TOML needs Python 3.11 (tomllib); use a .json sweep file instead")
+        cfg = tomllib.loads(raw.decode())
+    unknown = set(cfg) - set(DEFAULTS) - {"name", "data", "out", "models"}
+    if unknown:
+        sys.exit(f"sweep: unknown keys in {path}: {', '.join(sorted(unknown))}")
+    for key in ("data", "out", "models"):
+        if key not in cfg:
+            sys.exit(f"sweep: {path} lacks '{key}'")
+    out = dict(DEFAULTS, **cfg)
+    base = os.path.dirname(os.path.abspath(path))
+    for key in ("data", "out", "binary"):  # relative paths are relative to the sweep file
+        if not os.path.isabs(out[key]):
+            out[key] = os.path.normpath(os.path.join(base, out[key]))
+    for m in out["models"]:
+        for k in ("name", "n_layer", "d_model", "n_head"):
+            if k not in m:
+                sys.exit(f"sweep: a model lacks '{k}': {m}")
+        if m["d_model"] % m["n_head"]:
+            sys.exit(f"sweep: model {m['name']}: d_model {m['d_model']} is not a multiple of n_head")
+    for meth in out["methods"]:
+        if meth != "dp" and not (meth.startswith("diloco-m") and meth[8:].isdigit()):
+            sys.exit(f"sweep: unknown method '{meth}' (dp or diloco-mM)")
+    return out
+
+
+def param_counts(m, seq_len, vocab=256):
+    """Total and non-embedding parameters of the GPT (model/gpt.cpp), tied LM head."""
+    C, L = m["d_model"], m["n_layer"]
+    embedding = vocab * C + seq_len * C
+    blocks = L * (12 * C * C + 13 * C) + 2 * C
+    return embedding + blocks, blocks
+
+
+def points(cfg):
+    """Every run of the grid, as dicts; DP ignores H and the outer learning rate."""
+    seen = set()
+    for m, meth, H, olr, ilr, gb in itertools.product(cfg["models"], cfg["methods"], cfg["H"],
+                                                       cfg["outer_lr"], cfg["inner_lr"],
+                                                       cfg["global_batch"]):
+        M = 0 if meth == "dp" else int(meth[8:])
+        if meth == "dp":
+            H, olr = 1, 0.0
+        name = f"{m['name']}-{meth}-b{gb}-lr{ilr:g}" + ("" if meth == "dp" else f"-H{H}-olr{olr:g}")
+        if name in seen:
+            continue
+        seen.add(name)
+        ranks = cfg["dp_ranks"] if meth == "dp" else M
+        if gb % ranks or cfg["eval_rows"] % gb:
+            sys.exit(f"sweep: global batch {gb} must split over {ranks} ranks and divide "
+                     f"eval_rows {cfg['eval_rows']} ({name})")
+        params, non_emb = param_counts(m, cfg["seq_len"])
+        # Whole outer rounds: a last partial round would end DiLoCo on a short, momentum-driven
+        # outer step. Every method gets the same steps, hence the same tokens.
+        steps = max(1, math.ceil(cfg["tokens_per_param"] * params / (gb * cfg["seq_len"])))
+        steps = math.ceil(steps / max(cfg["H"])) * max(cfg["H"])
+        yield dict(point=name, model=m["name"], method=meth, algo="dp" if meth == "dp" else "diloco",
+                   M=M or 1, H=H, outer_lr=olr, inner_lr=ilr, global_batch=gb, seq_len=cfg["seq_len"],
+                   steps=steps, tokens=steps * gb * cfg["seq_len"], params=params,
+                   non_embedding_params=non_emb, n_layer=m["n_layer"], d_model=m["d_model"],
+                   n_head=m["n_head"], ranks=ranks)
+
+
+def command(cfg, p, run_dir):
+    warmup = max(1, round(cfg["warmup_frac"] * p["steps"]))
+    eval_every = max(1, round(cfg["eval_every_frac"] * p["steps"]))
+    args = [cfg["binary"], "train", "--data", cfg["data"], "--out", run_dir,
+            "--n-layer", p["n_layer"], "--d-model", p["d_model"], "--n-head", p["n_head"],
+            "--seq-len", p["seq_len"], "--batch", p["global_batch"] // p["ranks"],
+            "--steps", p["steps"], "--warmup", warmup, "--lr", p["inner_lr"],
+            "--min-lr-frac", cfg["min_lr_frac"], "--eval-every", eval_every,
+            "--eval-batches", cfg["eval_rows"] // p["global_batch"],
+            "--log-every", max(1, p["steps"] // 10), "--algo", p["algo"]]
+    if p["algo"] == "dp":
+        args += ["--workers", 1]
+    else:
+        args += ["--workers", p["M"], "--inner-steps", p["H"], "--outer-lr", p["outer_lr"]]
+    launcher = shlex.split(cfg["launcher"].format(ranks=p["ranks"]))
+    return launcher + [str(a) for a in args] + shlex.split(cfg["extra_args"])
+
+
+def summary_of(run_dir):
+    """The summary line of a finished run, or None."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        for line in f:
+            if '"summary"' in line:
+                try:
+                    return json.loads(line)
+                except json.JSONDecodeError:
+                    return None
+    return None
+
+
+def val_curve(run_dir, p):
+    """(step, tokens, val_loss) of every evaluation of a run."""
+    out = []
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        for line in f:
+            if '"val_loss"' in line and '"summary"' not in line:
+                e = json.loads(line)
+                out.append((e["step"], e["step"] * p["global_batch"] * p["seq_len"], e["val_loss"]))
+    return out
+
+
+def write_atomic_csv(path, fields, rows):
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def write_csv(cfg, pts):
+    """results.csv, one row per finished point, and curves.csv, its validation losses along the run."""
+    rows, curves = [], []
+    for p in pts:
+        run_dir = os.path.join(cfg["out"], p["point"])
+        s = summary_of(run_dir)
+        if s is None:
+            continue
+        rows.append(dict(p, final_val_loss=s["final_val_loss"], wall_s=s["wall_s"],
+                         bytes_outer_total=s["bytes_outer_total"], tokens=s["tokens"],
+                         params=s.get("params", p["params"])))
+        curves += [dict(point=p["point"], step=st, tokens=tok, val_loss=v) for st, tok, v in val_curve(run_dir, p)]
+    write_atomic_csv(os.path.join(cfg["out"], "results.csv"), CSV_FIELDS, rows)
+    write_atomic_csv(os.path.join(cfg["out"], "curves.csv"), ["point", "step", "tokens", "val_loss"], curves)
+    return len(rows)
+
+
+def run_point(cfg, p, threads):
+    run_dir = os.path.join(cfg["out"], p["point"])
+    if os.path.exists(run_dir):  # an unfinished run: start it again from scratch
+        shutil.rmtree(run_dir)
+    os.makedirs(run_dir)
+    env = dict(os.environ, **{k: str(v) for k, v in cfg["env"].items()})
+    env["OMP_NUM_THREADS"] = str(max(1, threads // p["ranks"]))
+    cmd = command(cfg, p, run_dir)
+    t0 = time.time()
+    with open(os.path.join(run_dir, "log.txt"), "w") as log:
+        log.write(" ".join(shlex.quote(c) for c in cmd) + "\n")
+        log.flush()
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return rc, time.time() - t0, summary_of(run_dir)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("sweep", help="sweep file (.toml or .json)")
+    ap.add_argument("--dry-run", action="store_true", help="print the points and commands only")
+    ap.add_argument("--parallel", type=int, help="points at once (overrides the file)")
+    ap.add_argument("--only", default="", help="run only points whose name contains this")
+    a = ap.parse_args()
+
+    cfg = load_sweep(a.sweep)
+    if a.parallel:
+        cfg["parallel"] = a.parallel
+    pts = list(points(cfg))
+    todo = [p for p in pts if a.only in p["point"]
+            and summary_of(os.path.join(cfg["out"], p["point"])) is None]
+    done_before = sum(1 for p in pts if a.only in p["point"]) - len(todo)
+    threads = cfg["threads"] or max(1, (os.cpu_count() or 1) // cfg["parallel"])
+    print(f"sweep: {len(pts)} points, {done_before} finished already, {len(todo)} to run, "
+          f"{cfg['parallel']} at once, {threads} threads each; results in {cfg['out']}", flush=True)
+    if a.dry_run:
+        for p in todo:
+            print(p["point"], " ".join(shlex.quote(c) for c in command(cfg, p, os.path.join(cfg["out"], p["point"]))))
+        return 0
+    if not os.path.exists(cfg["binary"]):
+        sys.exit(f"sweep: no binary at {cfg['binary']} (build with tools/build.sh)")
+    if not os.path.exists(os.path.join(cfg["data"], "meta.json")):
+        sys.exit(f"sweep: no prepared data at {cfg['data']} (diloco prepare --input FILE --out DIR)")
+    os.makedirs(cfg["out"], exist_ok=True)
+    # Cheapest points first: early results, and the sizes' trend is visible sooner.
+    todo.sort(key=lambda p: p["params"] * p["tokens"])
+    lock = threading.Lock()
+    failed = []
+    start = time.time()
+    with futures.ThreadPoolExecutor(max_workers=cfg["parallel"]) as pool:
+        jobs = {pool.submit(run_point, cfg, p, threads): p for p in todo}
+        for k, job in enumerate(futures.as_completed(jobs), 1):
+            p = jobs[job]
+            rc, secs, s = job.result()
+            with lock:
+                if s is None:
+                    failed.append(p["point"])
+                    status = f"FAILED (exit {rc}; see {os.path.join(cfg['out'], p['point'], 'log.txt')})"
+                else:
+                    status = f"val_loss {s['final_val_loss']:.4f}"
+                n = write_csv(cfg, pts)
+                elapsed = time.time() - start
+                print(f"[{k}/{len(todo)}] {p['point']}: {status} in {secs:.0f} s "
+                      f"({n} rows in results.csv, {elapsed / 60:.1f} min so far)", flush=True)
+    write_csv(cfg, pts)
+    if failed:
+        print(f"sweep: {len(failed)} points failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print("sweep: done", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
