@@ -23,6 +23,7 @@
 #include "kernels/matmul_cuda.h"
 #include "kernels/rng.h"
 #include "tools/bench.h"
+#include "tools/bench_cudnn.h"
 
 namespace diloco {
 
@@ -146,7 +147,16 @@ int run_bench_cuda(const BenchOptions& o) {
         const double flops = 4.0 * o.B * o.NH * (o.T * (o.T + 1) / 2.0) * (o.C / o.NH);
         std::printf("attention forward B=%d T=%d C=%d NH=%d | flops = 4 B NH T(T+1)/2 hs (causal)\n", o.B, o.T, o.C, o.NH);
         report("attention forward v1", time_ms(run, o.warmup, o.repeats), flops, 0, c, max_rel_err(dout.get(), out));
-        std::printf("(cuDNN's fused attention at this shape is not benchmarked yet)\n");
+        std::printf("  (ours: fp32 inputs, fp32 arithmetic on CUDA cores)\n");
+        const CudnnAttention peer = cudnn_attention_forward(
+            qkv, o.B, o.T, o.C, o.NH, [&](const std::function<void()>& fn) { return time_ms(fn, o.warmup, o.repeats); });
+        if (peer.available) {
+            report("cuDNN SDPA (fused)", peer.ms, flops, 0, c, max_rel_err(peer.out, out));
+            std::printf("  (cuDNN: %s; bf16 keeps 8 significant bits, so expect errors of order 1e-2 against the fp32 twin)\n",
+                        peer.precision.c_str());
+        } else {
+            std::printf("cuDNN SDPA: not run: %s\n", peer.why_not.c_str());
+        }
     } else if (k == "gelu") {
         const long n = N * 4 * o.C;
         auto x = randn(n, rng);

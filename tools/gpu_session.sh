@@ -6,7 +6,8 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUTDIR=${OUT:-$ROOT/gpu-out}
 mkdir -p "$OUTDIR"
-export LD_LIBRARY_PATH="$ROOT/.gpu/lib:${LD_LIBRARY_PATH:-}"
+# the toolkit's folders too: cudnn-frontend dlopens libcudart.so.13 and the bench libcudnn.so.9
+export LD_LIBRARY_PATH="$ROOT/.gpu/lib:/usr/local/cuda/lib64:/usr/local/cuda/lib:${LD_LIBRARY_PATH:-}"
 log() { tee -a "$OUTDIR/session.log"; }
 { date; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; } 2>&1 | log
 cmake -S "$ROOT" -B "$ROOT/build-gpu" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDILOCO_WITH_MPI=OFF \

@@ -219,11 +219,14 @@ def main():
     ap.add_argument("--dry-run", action="store_true", help="print the points and commands only")
     ap.add_argument("--parallel", type=int, help="points at once (overrides the file)")
     ap.add_argument("--only", default="", help="run only points whose name contains this")
+    ap.add_argument("--binary", help="the diloco program (overrides the file; e.g. a copy that a rebuild cannot touch)")
     a = ap.parse_args()
 
     cfg = load_sweep(a.sweep)
     if a.parallel:
         cfg["parallel"] = a.parallel
+    if a.binary:
+        cfg["binary"] = os.path.abspath(a.binary)
     pts = list(points(cfg))
     todo = [p for p in pts if a.only in p["point"]
             and summary_of(os.path.join(cfg["out"], p["point"])) is None]
