@@ -155,6 +155,17 @@ Comm::Request Comm::iallgather_across_workers(const void* in, size_t bytes, void
     return r;
 }
 
+Comm::Request Comm::isum_across_workers(float* x, size_t n) {
+    Request r;
+    if (M_ == 1) return r;
+    auto* req = new MPI_Request;
+    MPI_Iallreduce(MPI_IN_PLACE, x, (int)n, MPI_FLOAT, MPI_SUM, as_comm(cross_comm_), req);
+    bytes_outer_ += ring_allreduce(4 * n, M_);
+    r.handle = req;
+    r.ready_at = now_seconds() + link_seconds(ring_allreduce(4 * n, M_));
+    return r;
+}
+
 bool Comm::test(Request& r) {
     if (r.handle) {  // let MPI progress; the emulated link may still be busy afterwards
         int done = 0;
@@ -238,6 +249,7 @@ Comm::Request Comm::iallgather_across_workers(const void* in, size_t bytes, void
     std::memcpy(out, in, bytes);
     return {};
 }
+Comm::Request Comm::isum_across_workers(float*, size_t) { return {}; }
 bool Comm::test(Request&) { return true; }
 void Comm::wait(Request&) {}
 std::vector<uint64_t> Comm::allgather_u64(uint64_t v) { return {v}; }

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "kernels/common.h"
+#include "optim/diloco.h"
 
 namespace diloco {
 
@@ -28,9 +29,11 @@ std::vector<Fragment> make_fragments(const GPT& m, int P, bool strided, long H) 
 }
 
 Streaming::Streaming(const StreamingOptions& opt, const Comm& comm, const GPT& model)
-    : opt_(opt), M_(comm.workers()), G_(comm.ranks_per_worker()) {
+    : opt_(opt), M_(comm.workers()), G_(comm.ranks_per_worker()), me_(comm.worker()) {
     DILOCO_CHECK(opt.tau >= 0 && opt.tau < opt.H, "--overlap must be in [0, H), got " + std::to_string(opt.tau));
     DILOCO_CHECK(opt.alpha >= 0 && opt.alpha <= 1, "--alpha must be in [0, 1]");
+    DILOCO_CHECK(!opt.eager || opt.tau == 0, "--eager overlaps a whole round by itself: leave --overlap at 0");
+    DILOCO_CHECK(!(opt.eager && opt.drop_prob > 0), "--eager and --drop-prob do not combine");
     frags_ = make_fragments(model, opt.fragments, opt.strided, opt.H);
     st_.resize(frags_.size());
     for (size_t p = 0; p < frags_.size(); p++) {
@@ -40,9 +43,13 @@ Streaming::Streaming(const StreamingOptions& opt, const Comm& comm, const GPT& m
         gather((int)p, model.params.data(), s.global.data(), s.mine.begin, s.mine.count);
         s.momentum.assign(s.mine.count, 0.0f);
         s.delta.resize(s.mine.count);
+        s.sum.assign(s.mine.count, 0.0f);
+        if (opt.eager) s.own.assign(s.mine.count, 0.0f);
         s.packed.resize(G_ > 1 ? frags_[p].count : 0);
-        s.send.resize(quant_bytes(opt.quant, s.mine.count));
-        s.recv.resize(s.send.size() * M_);
+        if (!by_allreduce()) {
+            s.send.resize(quant_bytes(opt.quant, s.mine.count));
+            s.recv.resize(s.send.size() * M_);
+        }
     }
 }
 
@@ -64,27 +71,61 @@ void Streaming::scatter(int p, float* params, const float* in, size_t lo, size_t
     }
 }
 
-void Streaming::start(Comm& comm, int p, const float* params, long step) {
+// Sends this replica's outer gradient for its part of fragment p (zero if it misses the round).
+void Streaming::start(Comm& comm, int p, const float* outer_gradient, long step, bool last) {
     State& s = st_[p];
-    // this replica's outer gradient for its part of the fragment: old global minus new local
-    gather(p, params, s.delta.data(), s.mine.begin, s.mine.count);
-    for (size_t i = 0; i < s.mine.count; i++) s.delta[i] = s.global[i] - s.delta[i];
-    quantize_cpu(s.send.data(), s.delta.data(), s.mine.count, opt_.quant);
-    s.request = comm.iallgather_across_workers(s.send.data(), s.send.size(), s.recv.data());
-    s.in_flight = true;
+    // drop-out draws per (fragment, round); the last sync always delivers, so runs end on one model
+    const long round = (long)frags_.size() * ((step - frags_[p].offset) / opt_.H) + p;
+    s.n_delivered = 0;
+    for (int m = 0; m < M_; m++) s.n_delivered += last || replica_delivers(opt_.seed, round, m, opt_.drop_prob);
+    s.delivered = last || replica_delivers(opt_.seed, round, me_, opt_.drop_prob);
+    const size_t k = s.mine.count;
+    if (by_allreduce()) {
+        for (size_t i = 0; i < k; i++) s.sum[i] = s.delivered ? outer_gradient[i] : 0.0f;
+        s.request = comm.isum_across_workers(s.sum.data(), k);
+    } else {
+        const std::vector<float> zeros(s.delivered ? 0 : k, 0.0f);
+        quantize_cpu(s.send.data(), s.delivered ? outer_gradient : zeros.data(), k, opt_.quant);
+        s.request = comm.iallgather_across_workers(s.send.data(), s.send.size(), s.recv.data());
+    }
+    s.pending = true;
+    s.received = false;
     s.started = step;
+}
+
+// Waits for fragment p's exchange and forms the fp32 sum of the replicas' outer gradients.
+void Streaming::complete(Comm& comm, int p) {
+    State& s = st_[p];
+    if (!s.pending || s.received) return;
+    comm.wait(s.request);
+    if (!by_allreduce()) {
+        std::fill(s.sum.begin(), s.sum.end(), 0.0f);
+        for (int m = 0; m < M_; m++) dequantize_add_cpu(s.sum.data(), s.recv.data() + m * s.send.size(), s.mine.count, opt_.quant);
+    }
+    s.received = true;
+}
+
+// Writes `values` (this rank's part of fragment p) into the replica's parameters.
+void Streaming::set_fragment(Comm& comm, int p, float* params, const std::vector<float>& values) {
+    State& s = st_[p];
+    if (G_ == 1) {
+        scatter(p, params, values.data(), s.mine.begin, s.mine.count);
+        return;
+    }
+    std::copy(values.begin(), values.end(), s.packed.begin() + s.mine.begin);
+    comm.allgather_worker(s.packed.data(), s.packed.size());
+    scatter(p, params, s.packed.data(), 0, s.packed.size());
 }
 
 void Streaming::finish(Comm& comm, int p, float* params, bool mix) {
     State& s = st_[p];
-    comm.wait(s.request);
-    s.in_flight = false;
-    // the average of the replicas' outer gradients, summed in fp32 after decoding
-    std::fill(s.delta.begin(), s.delta.end(), 0.0f);
-    for (int m = 0; m < M_; m++) dequantize_add_cpu(s.delta.data(), s.recv.data() + m * s.send.size(), s.mine.count, opt_.quant);
-    const float inv = 1.0f / M_;
-    for (float& d : s.delta) d *= inv;
+    complete(comm, p);
+    s.pending = s.received = false;
+    if (s.n_delivered == 0) return;  // nobody delivered: theta stays
+    const float inv = 1.0f / s.n_delivered;
+    for (size_t i = 0; i < s.mine.count; i++) s.delta[i] = s.sum[i] * inv;
     outer_step(s.global.data(), s.delta.data(), s.momentum.data(), s.mine.count, opt_.outer);
+    if (!s.delivered) return;  // a replica that missed the round keeps its own values
     // the replica's new fragment: theta~ itself, or mixed with the tau steps of local progress
     std::vector<float>& out = s.delta;  // reuse as the new values of this rank's part
     if (mix) {
@@ -93,25 +134,101 @@ void Streaming::finish(Comm& comm, int p, float* params, bool mix) {
     } else {
         std::copy(s.global.begin(), s.global.end(), out.begin());
     }
-    if (G_ == 1) {
-        scatter(p, params, out.data(), s.mine.begin, s.mine.count);
-        return;
+    set_fragment(comm, p, params, out);
+}
+
+// Eager, for fragment p at its sync: step with delta~ = (1/M)[own fresh + others' previous].
+void Streaming::eager_sync(Comm& comm, int p, float* params, long step, bool last) {
+    State& s = st_[p];
+    const size_t k = s.mine.count;
+    std::vector<float> fresh(k);
+    gather(p, params, fresh.data(), s.mine.begin, k);
+    for (size_t i = 0; i < k; i++) fresh[i] = s.global[i] - fresh[i];
+    const float inv = 1.0f / M_;
+    if (last) {  // the fresh average, as in DiLoCo's last round
+        complete(comm, p);
+        start(comm, p, fresh.data(), step, true);
+        complete(comm, p);
+        for (size_t i = 0; i < k; i++) s.delta[i] = s.sum[i] * inv;
+    } else {
+        const bool have_previous = s.pending;
+        complete(comm, p);  // the previous round's exchange, started H steps ago
+        for (size_t i = 0; i < k; i++) {
+            const float others = have_previous ? s.sum[i] - s.own[i] : (M_ - 1) * fresh[i];
+            s.delta[i] = (fresh[i] + others) * inv;
+        }
+        start(comm, p, fresh.data(), step, false);
+        // what the others will decode of this replica's gradient, to subtract from next round's sum
+        if (by_allreduce())
+            s.own = fresh;
+        else
+            dequantize_cpu(s.own.data(), s.send.data(), k, opt_.quant);
     }
-    std::copy(out.begin(), out.end(), s.packed.begin() + s.mine.begin);
-    comm.allgather_worker(s.packed.data(), s.packed.size());
-    scatter(p, params, s.packed.data(), 0, s.packed.size());
+    outer_step(s.global.data(), s.delta.data(), s.momentum.data(), k, opt_.outer);
+    if (last) {  // the replicas' copies of theta drifted apart: end on their mean
+        s.pending = s.received = false;
+        comm.sum_across_workers(s.global.data(), k);
+        for (float& g : s.global) g *= inv;
+    }
+    set_fragment(comm, p, params, s.global);
 }
 
 void Streaming::after_step(Comm& comm, float* params, long step, bool last) {
     for (size_t p = 0; p < frags_.size(); p++) {
         State& s = st_[p];
-        if (s.in_flight && (last || step - s.started >= opt_.tau)) finish(comm, (int)p, params, step > s.started);
         const bool due = step >= frags_[p].offset && (step - frags_[p].offset) % opt_.H == 0 && step > 0;
-        if (due || last) {
-            start(comm, (int)p, params, step);
-            if (opt_.tau == 0 || last) finish(comm, (int)p, params, false);
+        if (opt_.eager) {
+            if (due || last) eager_sync(comm, (int)p, params, step, last);
+        } else {
+            if (s.pending && (last || step - s.started >= opt_.tau)) finish(comm, (int)p, params, step > s.started);
+            if (due || last) {
+                std::vector<float> delta(s.mine.count);  // outer gradient: old global minus new local
+                gather((int)p, params, delta.data(), s.mine.begin, s.mine.count);
+                for (size_t i = 0; i < s.mine.count; i++) delta[i] = s.global[i] - delta[i];
+                start(comm, (int)p, delta.data(), step, last);
+                if (opt_.tau == 0 || last) finish(comm, (int)p, params, false);
+            }
         }
-        if (s.in_flight) comm.test(s.request);  // progress while compute goes on
+        if (s.pending && !s.received) comm.test(s.request);  // progress while compute goes on
+    }
+}
+
+std::vector<std::vector<float>> Streaming::save_state(Comm& comm) {
+    std::vector<std::vector<float>> out;
+    for (size_t p = 0; p < frags_.size(); p++) {
+        State& s = st_[p];
+        complete(comm, (int)p);
+        // step numbers split in 16-bit halves: exact in floats
+        const std::vector<float> meta = {(float)s.pending, (float)(s.started >> 16), (float)(s.started & 0xFFFF),
+                                         (float)s.delivered, (float)s.n_delivered};
+        out.push_back(s.global);
+        out.push_back(s.momentum);
+        out.push_back(s.sum);
+        out.push_back(s.own);
+        out.push_back(meta);
+    }
+    return out;
+}
+
+void Streaming::load_state(std::vector<std::vector<float>> a) {
+    DILOCO_CHECK(a.size() == 5 * frags_.size(), "the checkpoint's streaming state has " + std::to_string(a.size()) +
+                                                    " arrays, this run needs " + std::to_string(5 * frags_.size()) +
+                                                    " (different --fragments?)");
+    for (size_t p = 0; p < frags_.size(); p++) {
+        State& s = st_[p];
+        auto* f = &a[5 * p];
+        DILOCO_CHECK(f[0].size() == s.mine.count && f[1].size() == s.mine.count && f[2].size() == s.mine.count &&
+                         f[3].size() == s.own.size() && f[4].size() == 5,
+                     "the checkpoint's streaming state was written with another rank layout or options");
+        s.global = std::move(f[0]);
+        s.momentum = std::move(f[1]);
+        s.sum = std::move(f[2]);
+        s.own = std::move(f[3]);
+        s.pending = s.received = f[4][0] != 0.0f;
+        s.started = ((long)f[4][1] << 16) | (long)f[4][2];
+        s.delivered = f[4][3] != 0.0f;
+        s.n_delivered = (int)f[4][4];
+        DILOCO_CHECK(s.n_delivered >= 0 && s.n_delivered <= M_, "the checkpoint's streaming state is damaged");
     }
 }
 

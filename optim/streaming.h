@@ -5,7 +5,15 @@
 //      theta~_p = OuterOpt(theta_p(t), Delta_p) and theta_p <- alpha theta_p(local) + (1-alpha) theta~_p
 //      (with tau = 0 the replica simply takes theta~_p, which is DiLoCo for P = 1);
 //   3. compressed exchange: each replica's own outer gradient travels in --quant format (an
-//      all-gather of payloads across workers); the receiver decodes and sums them in fp32.
+//      all-gather of payloads across workers); the receiver decodes and sums them in fp32. fp32
+//      payloads need no decoding, so they go through an allreduce, which moves 2(M-1)/M of the
+//      fragment instead of the all-gather's M-1 (docs/distributed.md);
+//   4. eager (--eager, with tau = 0): a fragment's exchange overlaps its whole next round; the
+//      replica steps with its own fresh outer gradient and the others' from the previous round
+//      (optim/diloco.h, Eager updates), fragment by fragment;
+//   5. drop-out (--drop-prob): a replica that misses a fragment's round sends a zero outer
+//      gradient, keeps its own values of the fragment, and the others average over those that
+//      delivered, as in DiLoCo.
 // Fragment homes of the parts outside the blocks: the embeddings (wte, wpe) go with the fragment
 // of block 0, the final LayerNorm with the fragment of the last block.
 #pragma once
@@ -36,6 +44,9 @@ struct StreamingOptions {
     float alpha = 0.5f;
     QuantFormat quant = QuantFormat::fp32;
     OuterHyper outer;
+    bool eager = false;
+    double drop_prob = 0.0;
+    uint64_t seed = 0;  // of the drop-out draws
 };
 
 class Streaming {
@@ -49,17 +60,31 @@ public:
 
     const std::vector<Fragment>& fragments() const { return frags_; }
 
+    // For checkpoints: this rank's outer state, 5 arrays per fragment. Exchanges in flight are
+    // completed first (waiting early changes no number), so a resumed run continues bit for bit.
+    std::vector<std::vector<float>> save_state(Comm& comm);
+    void load_state(std::vector<std::vector<float>> arrays);
+
 private:
     struct State {
         Slice mine;  // this rank's part of the packed fragment (slice local_rank of G)
         std::vector<float> global, momentum, delta, packed;
+        std::vector<float> sum;  // sum over replicas of the exchanged outer gradients (fp32: the allreduce buffer)
+        std::vector<float> own;  // eager: this replica's last sent outer gradient, as the others decode it
         std::vector<uint8_t> send, recv;
         Comm::Request request;
-        bool in_flight = false;
+        bool pending = false;   // an exchange was started and its result not yet applied
+        bool received = false;  // ... and it has arrived: `sum` holds it
         long started = 0;
+        bool delivered = true;  // this replica's part of the pending round (drop-out)
+        int n_delivered = 1;
     };
-    void start(Comm& comm, int p, const float* params, long step);
+    bool by_allreduce() const { return opt_.quant == QuantFormat::fp32; }
+    void start(Comm& comm, int p, const float* outer_gradient, long step, bool last);
+    void complete(Comm& comm, int p);
     void finish(Comm& comm, int p, float* params, bool mix);
+    void eager_sync(Comm& comm, int p, float* params, long step, bool last);
+    void set_fragment(Comm& comm, int p, float* params, const std::vector<float>& values);
     // copies between the flat buffer and the packed fragment, for packed indices [lo, lo + n)
     void gather(int p, const float* params, float* out, size_t lo, size_t n) const;
     void scatter(int p, float* params, const float* in, size_t lo, size_t n) const;
@@ -67,7 +92,7 @@ private:
     StreamingOptions opt_;
     std::vector<Fragment> frags_;
     std::vector<State> st_;
-    int M_ = 1, G_ = 1;
+    int M_ = 1, G_ = 1, me_ = 0;
 };
 
 }  // namespace diloco

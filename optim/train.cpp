@@ -79,11 +79,10 @@ static void check_options(const TrainOptions& o) {
     (void)parse_quant_format(o.quant);
     DILOCO_CHECK(o.overlap >= 0 && o.overlap < o.inner_steps, "--overlap must be in [0, --inner-steps)");
     DILOCO_CHECK(o.alpha >= 0 && o.alpha <= 1, "--alpha must be in [0, 1]");
-    DILOCO_CHECK(!(o.algo == "streaming" && o.resume), "--resume of a Streaming DiLoCo run is not supported yet");
-    DILOCO_CHECK(!(o.algo == "streaming" && o.drop_prob > 0), "--drop-prob applies to --algo diloco");
-    DILOCO_CHECK(!o.eager || o.algo == "diloco", "--eager is implemented for --algo diloco (not yet for streaming)");
+    DILOCO_CHECK(!(o.algo == "dp" && o.drop_prob > 0), "--drop-prob applies to --algo diloco and streaming");
+    DILOCO_CHECK(!o.eager || o.algo != "dp", "--eager applies to --algo diloco and streaming");
     DILOCO_CHECK(!(o.eager && o.drop_prob > 0), "--eager and --drop-prob do not combine");
-    DILOCO_CHECK(!(o.eager && o.resume), "--resume of an --eager run is not supported yet");
+    DILOCO_CHECK(!(o.eager && o.overlap > 0), "--eager overlaps a whole round by itself: leave --overlap at 0");
     DILOCO_CHECK(o.outer_gbps >= 0 && o.outer_latency_ms >= 0, "--outer-gbps and --outer-latency-ms must be >= 0");
     DILOCO_CHECK(o.workers > 0, "--workers must be positive, got " + std::to_string(o.workers));
     DILOCO_CHECK(o.inner_steps > 0, "--inner-steps must be positive, got " + std::to_string(o.inner_steps));
@@ -277,8 +276,10 @@ double run_train(const TrainOptions& o) {
                                                        ", beyond --steps " + std::to_string(o.steps));
             DILOCO_CHECK(!is_diloco || ck.state.step % H == 0 || ck.state.step == o.steps,
                          "checkpoint " + ck_path + " is not at an outer sync");
-            DILOCO_CHECK(!(distributed && is_diloco) || ck.extra.size() == 2,
-                         "checkpoint " + ck_path + " holds no DiLoCo outer state");
+            DILOCO_CHECK(!is_diloco || ck.extra.size() == (o.eager ? 4u : 2u),
+                         "checkpoint " + ck_path + " holds no DiLoCo outer state (or was written by another --eager)");
+            DILOCO_CHECK(!is_streaming || !ck.extra.empty(),
+                         "checkpoint " + ck_path + " holds no Streaming DiLoCo state");
             m.params = std::move(ck.params);
             inner.m = std::move(ck.adam_m);
             inner.v = std::move(ck.adam_v);
@@ -295,6 +296,15 @@ double run_train(const TrainOptions& o) {
                          "the checkpoint's outer state was written with another rank layout");
             outer.global = std::move(resumed_outer[0]);
             outer.momentum = std::move(resumed_outer[1]);
+            if (o.eager) {  // the exchange that was in flight, completed before the checkpoint
+                DILOCO_CHECK(resumed_outer[2].size() == (size_t)M * outer.slice.count && resumed_outer[3].size() == 1,
+                             "the checkpoint's eager state was written with another rank layout");
+                eager.send.assign(outer.slice.count, 0.0f);
+                eager.recv[0] = std::move(resumed_outer[2]);
+                eager.recv[1].assign((size_t)M * outer.slice.count, 0.0f);
+                eager.current = 0;
+                eager.in_flight = resumed_outer[3][0] != 0.0f;
+            }
         }
     }
     // on an accelerator, the model, gradients and AdamW state live there from here on
@@ -328,7 +338,11 @@ double run_train(const TrainOptions& o) {
         so.alpha = o.alpha;
         so.quant = parse_quant_format(o.quant);
         so.outer = outer_h;
+        so.eager = o.eager;
+        so.drop_prob = o.drop_prob;
+        so.seed = o.seed;
         streaming = std::make_unique<Streaming>(so, comm, m);
+        if (!resumed_outer.empty()) streaming->load_state(std::move(resumed_outer));
     }
     gpt_allocate(m, B, T);
     std::vector<int> tok((size_t)B * T), tgt((size_t)B * T);
@@ -394,7 +408,8 @@ double run_train(const TrainOptions& o) {
         const bool last = step == o.steps;
         if (is_streaming) {
             if (dev) dev->params_to_host(m.params.data());
-            streaming->after_step(comm, m.params.data(), step, step == end_step);
+            // the last step of the run (not of a --stop-at slot) ends on one global model
+            streaming->after_step(comm, m.params.data(), step, last);
             if (dev) dev->params_from_host(m.params.data());
         }
         const bool sync = !replicas || step % H == 0 || step == end_step;
@@ -417,11 +432,11 @@ double run_train(const TrainOptions& o) {
                 write_llmc(o.out + name, m, m.params.data());
             }
             if (o.eager)
-                diloco_eager_sync(outer, eager, comm, m.params.data(), m.num_params, outer_h, step == end_step);
+                diloco_eager_sync(outer, eager, comm, m.params.data(), m.num_params, outer_h, last);
             else
                 diloco_outer_sync(outer, comm, m.params.data(), m.num_params, outer_h, delivered, n_delivered);
             if (dev) dev->params_from_host(m.params.data());
-            if (o.verify_sync && (!o.eager || step == end_step)) {  // eager replicas may differ until the end
+            if (o.verify_sync && (!o.eager || last)) {  // eager replicas may differ until the end
                 const uint64_t crc = delivered ? crc32_update(0, m.params.data(), 4 * m.num_params) : 0;
                 const std::vector<uint64_t> all = comm.allgather_u64(crc);
                 for (size_t r = 0; r < all.size(); r++)
@@ -473,15 +488,21 @@ double run_train(const TrainOptions& o) {
             }
             // every rank keeps what it alone holds; rank 0 also writes the global model for
             // eval, generate and export
-            if (distributed) {
-                std::vector<std::vector<float>> extra;
-                if (is_diloco) extra = {outer.global, outer.momentum};
+            std::vector<std::vector<float>> extra;
+            if (is_diloco) extra = {outer.global, outer.momentum};
+            if (is_diloco && o.eager) {  // complete the exchange in flight; its data is the state
+                if (eager.in_flight) comm.wait(eager.request);
+                extra.push_back(eager.recv[eager.current]);
+                extra.push_back({eager.in_flight ? 1.0f : 0.0f});
+            }
+            if (is_streaming) extra = streaming->save_state(comm);
+            if (distributed)
                 save_checkpoint(rank_checkpoint_path(o.out, step, comm.world_rank()), cfg, state, m.params.data(),
                                 inner.m.data(), inner.v.data(), m.num_params, extra);
-            }
+            // one process: this file is also the one --resume reads, so it carries the outer state
             if (root)
                 save_checkpoint(checkpoint_path(o.out, step), cfg, state, m.params.data(), inner.m.data(),
-                                inner.v.data(), m.num_params);
+                                inner.v.data(), m.num_params, distributed ? std::vector<std::vector<float>>{} : extra);
             while (next_ckpt <= step) next_ckpt += o.ckpt_every;
         }
     }

@@ -152,15 +152,23 @@ def main():
               p.stderr.strip().splitlines()[0] if p.stderr.strip() else "(no stderr)")
 
         # 9. resume of a distributed run: 20 steps straight = 10, stop, resume 10 (bit for bit)
-        for algo, extra in (("diloco", ["--workers", "2", "--inner-steps", "5", "--drop-prob", "0.3"]),
-                            ("dp", ["--workers", "2"])):
+        # Streaming with P=2, H=10, tau=1 has fragment 0's exchange in flight at the checkpoint.
+        streaming_resume = ["--algo", "streaming", "--workers", "2", "--inner-steps", "10", "--fragments", "2"]
+        for name, algo, extra, ranks in (
+                ("diloco", "diloco", ["--workers", "2", "--inner-steps", "5", "--drop-prob", "0.3"], 4),
+                ("dp", "dp", ["--workers", "2"], 4),
+                ("diloco-eager", "diloco", ["--workers", "2", "--inner-steps", "5", "--eager"], 4),
+                ("streaming-e3m0-drop", "streaming", streaming_resume[2:] + ["--overlap", "1", "--quant", "e3m0",
+                                                                           "--drop-prob", "0.3"], 4),
+                ("streaming-eager", "streaming", streaming_resume[2:] + ["--eager"], 4),
+                ("streaming-1proc", "streaming", ["--inner-steps", "10", "--fragments", "2", "--overlap", "1"], None)):
             common = base + ["--steps", "20", "--batch", "2", "--algo", algo, "--eval-every", "7"] + extra
-            run(common + ["--out", D(f"{algo}-straight")], ranks=4)
-            run(common + ["--out", D(f"{algo}-split"), "--stop-at", "10"], ranks=4)
-            run(common + ["--out", D(f"{algo}-split"), "--resume"], ranks=4)
-            a, sa = metrics(D(f"{algo}-straight"))
-            b, sb = metrics(D(f"{algo}-split"))
-            check(f"{algo} on 4 ranks: stop at 10 + --resume = 20 straight, bit for bit",
+            run(common + ["--out", D(f"{name}-straight")], ranks=ranks)
+            run(common + ["--out", D(f"{name}-split"), "--stop-at", "10"], ranks=ranks)
+            run(common + ["--out", D(f"{name}-split"), "--resume"], ranks=ranks)
+            a, sa = metrics(D(f"{name}-straight"))
+            b, sb = metrics(D(f"{name}-split"))
+            check(f"{name} on {ranks or 1} rank(s): stop at 10 + --resume = 20 straight, bit for bit",
                   len(a) == 20 and np.array_equal(a, b) and sa["final_val_loss"] == sb["final_val_loss"],
                   f"final loss {a[-1]:.6f} vs {b[-1]:.6f}, val {sa['final_val_loss']:.6f} vs {sb['final_val_loss']:.6f}")
 
@@ -173,11 +181,29 @@ def main():
         a, _ = metrics(D("s-diloco"))
         b, s1 = metrics(D("s-p1"))
         check("streaming P=1, overlap 0, fp32 = diloco, loss for loss", np.array_equal(a, b), f"final loss {a[-1]:.6f} vs {b[-1]:.6f}")
+        _, sd = metrics(D("s-diloco"))
+        check("streaming fp32 goes through an allreduce: the same bytes as DiLoCo",
+              sd["bytes_outer_total"] == s1["bytes_outer_total"], f"{s1['bytes_outer_total']} vs {sd['bytes_outer_total']}")
+        # eager streaming: with M=1 it is plain streaming; with drop-out, replicas miss rounds
+        one = sbase[:-6] + ["--batch", "2", "--workers", "1", "--inner-steps", "10", "--algo", "streaming", "--fragments", "2"]
+        run(one + ["--out", D("s-eager-m1"), "--eager"], ranks=2)
+        run(one + ["--out", D("s-plain-m1")], ranks=2)
+        a, _ = metrics(D("s-eager-m1"))
+        b, _ = metrics(D("s-plain-m1"))
+        check("streaming eager with M=1 = streaming, loss for loss", np.array_equal(a, b), f"final loss {a[-1]:.6f} vs {b[-1]:.6f}")
         run(sbase + ["--out", D("s-p2"), "--algo", "streaming", "--fragments", "2"], ranks=4)
         _, s2 = metrics(D("s-p2"))
         ratio = s2["peak_bytes_step"] / s1["peak_bytes_step"]
         check("peak bytes per sync with P=2 are about half of P=1's", 0.4 <= ratio <= 0.6,
               f"{s2['peak_bytes_step']} / {s1['peak_bytes_step']} = {ratio:.3f}")
+        run(sbase + ["--out", D("s-eager"), "--algo", "streaming", "--fragments", "2", "--eager"], ranks=4)
+        run(sbase + ["--out", D("s-drop"), "--algo", "streaming", "--fragments", "2", "--drop-prob", "0.5"], ranks=4)
+        a, se = metrics(D("s-eager"))
+        b, sdr = metrics(D("s-drop"))
+        c, _ = metrics(D("s-p2"))
+        check("streaming eager (M=2) and streaming with drop-out train and differ from plain streaming",
+              a[-1] < a[0] - 1.0 and b[-1] < b[0] - 1.0 and not np.array_equal(a, c) and not np.array_equal(b, c),
+              f"val eager {se['final_val_loss']:.4f}, drop 0.5 {sdr['final_val_loss']:.4f}")
         run(sbase + ["--out", D("s-e3m0"), "--algo", "streaming", "--fragments", "1", "--quant", "e3m0", "--overlap", "1"], ranks=4)
         run(sbase + ["--out", D("s-fp32"), "--algo", "streaming", "--fragments", "1", "--quant", "fp32", "--overlap", "1"], ranks=4)
         _, se = metrics(D("s-e3m0"))
