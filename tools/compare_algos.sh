@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # DP against DiLoCo with M = 1, 2, 4 replicas at equal tokens, on 4 ranks, on the prepared KJV.
 # Prints a markdown table (docs/results.md). Usage: tools/compare_algos.sh [STEPS] [H] [OUTDIR]
-# RUNS="dp diloco-m4" picks a subset; also diloco-m4-eager and streaming-pP-FORMAT (M=4, tau=1).
+# RUNS="dp diloco-m4" picks a subset; also diloco-m4-eager, streaming-pP-FORMAT (M=4, tau=1) and
+# streaming-eager-pP-FORMAT (M=4, eager). BIN= another diloco program (default build/diloco).
 # LINK="--outer-gbps 1 --outer-latency-ms 10" emulates a slow across-worker link.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STEPS=${1:-600}
 H=${2:-50}
 OUT=${3:-$ROOT/runs/compare}
-BIN="$ROOT/build/diloco"
+BIN=${BIN:-$ROOT/build/diloco}
 DATA="$ROOT/runs/data-kjv"
 [ -f "$DATA/meta.json" ] || { bible -f "Gen1:1-Rev22:21" > "$ROOT/runs/kjv.txt"; "$BIN" prepare --input "$ROOT/runs/kjv.txt" --out "$DATA"; }
 export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -23,6 +24,8 @@ for name in ${RUNS:-dp diloco-m1 diloco-m2 diloco-m4}; do
         dp) run dp --algo dp --workers 4 ;;
         diloco-m4-eager) run "$name" --algo diloco --workers 4 --inner-steps "$H" --eager ;;
         diloco-m*) run "$name" --algo diloco --workers "${name#diloco-m}" --inner-steps "$H" ;;
+        streaming-eager-p*) p=${name#streaming-eager-p}; run "$name" --algo streaming --workers 4 --inner-steps "$H" \
+                          --fragments "${p%%-*}" --quant "${p#*-}" --eager ;;
         streaming-p*) p=${name#streaming-p}; run "$name" --algo streaming --workers 4 --inner-steps "$H" \
                           --fragments "${p%%-*}" --quant "${p#*-}" --overlap 1 ;;
         *) echo "unknown run $name" >&2; exit 2 ;;

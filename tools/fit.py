@@ -126,6 +126,22 @@ def analyse(rows):
             if len(per_batch) > 1:
                 out["best_batch"].append({"method": meth, "N": n, "best": min(per_batch, key=per_batch.get),
                                           "loss_by_batch": sorted(per_batch.items())})
+    # How the optima move: per M, the geometric mean of the best outer lr over N, and the slopes of
+    # log(best) against log N and log M (a grid of a few values makes these coarse).
+    lr_pts = [(e["best"], e["N"], e["M"]) for e in out["best_outer_lr"]]
+    if lr_pts:
+        by_m = defaultdict(list)
+        for lr, _, M in lr_pts:
+            by_m[M].append(lr)
+        out["outer_lr_summary"] = {
+            "geomean_by_M": {str(M): float(np.exp(np.mean(np.log(v)))) for M, v in sorted(by_m.items())},
+            "slope_in_N": trend([p[0] for p in lr_pts], [p[1] for p in lr_pts]),
+            "slope_in_M": trend([p[0] for p in lr_pts], [p[2] for p in lr_pts])}
+    if out["best_batch"]:
+        by_m = defaultdict(list)
+        for e in out["best_batch"]:
+            by_m[e["method"]].append(e["best"])
+        out["batch_summary"] = {m: float(np.exp(np.mean(np.log(v)))) for m, v in by_m.items()}
     return out
 
 
@@ -159,18 +175,28 @@ def markdown(fit):
             cells.append(f"{e['loss'][e['N'].index(n)]:.4f}" if n in e["N"] else "–")
         lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
     if fit["best_outer_lr"]:
+        lrs = sorted({lr for e in fit["best_outer_lr"] for lr, _ in e["grid"]})
         lines += ["", "Outer learning rate: final loss over the grid (best in bold):", "",
-                  "| method | N | " + " | ".join(f"{lr:g}" for lr, _ in fit["best_outer_lr"][0]["grid"]) + " |",
-                  "|---|---|" + "---|" * len(fit["best_outer_lr"][0]["grid"])]
+                  "| method | N | " + " | ".join(f"{lr:g}" for lr in lrs) + " |", "|---|---|" + "---|" * len(lrs)]
         for e in fit["best_outer_lr"]:
-            cells = [f"**{l:.4f}**" if lr == e["best"] else f"{l:.4f}" for lr, l in e["grid"]]
+            got = dict(e["grid"])
+            cells = [("–" if lr not in got else f"**{got[lr]:.4f}**" if lr == e["best"] else f"{got[lr]:.4f}")
+                     for lr in lrs]
             lines.append(f"| {e['method']} | {e['N']:,} | " + " | ".join(cells) + " |")
+    if fit.get("outer_lr_summary"):
+        o = fit["outer_lr_summary"]
+        fmt = lambda x: "–" if x is None else f"{x:+.3f}"
+        lines += ["", "Best outer learning rate, geometric mean over N: " +
+                  ", ".join(f"M={M}: {v:.2f}" for M, v in o["geomean_by_M"].items()) +
+                  f"; slope of log(best) in log N {fmt(o['slope_in_N'])}, in log M {fmt(o['slope_in_M'])}."]
     if fit["best_batch"]:
         lines += ["", "Global batch (sequences): best final loss at each batch (best in bold):", "",
                   "| method | N | losses by batch |", "|---|---|---|"]
         for e in fit["best_batch"]:
             cells = [f"**{b}: {l:.4f}**" if b == e["best"] else f"{b}: {l:.4f}" for b, l in e["loss_by_batch"]]
             lines.append(f"| {e['method']} | {e['N']:,} | " + ", ".join(cells) + " |")
+        lines += ["", "Best global batch, geometric mean over N: " +
+                  ", ".join(f"{m}: {v:.1f}" for m, v in fit["batch_summary"].items()) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -259,11 +285,6 @@ def main():
     out_dir = a.out or os.path.dirname(os.path.abspath(a.csv[0]))
     os.makedirs(out_dir, exist_ok=True)
     fit = analyse(rows)
-    lr_pts = [(e["best"], e["N"], e["M"]) for e in fit["best_outer_lr"]]
-    if lr_pts:
-        fit["outer_lr_trend"] = {
-            "slope_in_N": trend([p[0] for p in lr_pts], [p[1] for p in lr_pts]),
-            "slope_in_M": trend([p[0] for p in lr_pts], [p[2] for p in lr_pts])}
     for name, text in (("fit.json", json.dumps(fit, indent=1) + "\n"), ("fit.md", markdown(fit))):
         tmp = os.path.join(out_dir, name + ".tmp")
         with open(tmp, "w") as f:
