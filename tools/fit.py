@@ -3,7 +3,7 @@
 
     python tools/fit.py RESULTS.csv [MORE.csv ...] [--out DIR] [--no-plots]
 
-Reads the tidy rows tools/sweep.py writes (results.csv; curves.csv beside it for the loss curves),
+Reads the tidy rows tools/sweep.py writes (results.csv; curves.csv beside it, same name with results -> curves, for the loss curves),
 and writes into DIR (default: the first CSV's folder):
   fit.json   every number below, for scripts;
   fit.md     the same as markdown tables (docs/scaling.md quotes them);
@@ -203,7 +203,9 @@ def markdown(fit):
 def read_curves(paths):
     curves = defaultdict(list)
     for path in paths:
-        cpath = os.path.join(os.path.dirname(path), "curves.csv")
+        base = os.path.basename(path)
+        cpath = os.path.join(os.path.dirname(path), base.replace("results", "curves") if "results" in base
+                             else "curves-" + base)
         if os.path.exists(cpath):
             with open(cpath, newline="") as f:
                 for r in csv.DictReader(f):
@@ -242,7 +244,8 @@ def plots(rows, fit, curves, out_dir):
                     if pt in curves:
                         xs, ys = zip(*sorted(curves[pt]))
                         ax.plot(xs, ys, color=colors[meth], label=meth)
-            ax.set(title=f"N = {n:,}", xlabel="tokens", xscale="log")
+            ax.set(title=f"N = {n:,}", xlabel="tokens")
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
             ax.grid(True, alpha=0.3)
         axes[0][0].set_ylabel("validation loss")
         axes[0][0].legend(fontsize=7)

@@ -7,8 +7,8 @@ The sweep file (TOML or JSON; docs/scaling.md lists every key) names the model s
 (dp, diloco-m1, diloco-m2, ...), the H / outer lr / inner lr / global batch grids, the token budget
 as a multiple of the parameter count, and the launcher. Each point trains in its own run directory
 under `out`; a point whose metrics.jsonl already holds a summary line is skipped, so an interrupted
-sweep continues where it stopped. After every finished point the tidy table `out/results.csv` is
-rewritten (atomically) from all finished points.
+sweep continues where it stopped. After every finished point the tidy table `out/results.csv` (key
+`results_csv`) is rewritten (atomically) from all finished points, with `curves.csv` beside it.
 
 The launcher is a command template: `{ranks}` becomes the point's rank count (the replica count M
 for DiLoCo, `dp_ranks` for data-parallel). `mpirun -np {ranks}`, `srun -n {ranks}` or
@@ -51,6 +51,7 @@ DEFAULTS = {
     "eval_every_frac": 0.1,    # evaluations along the run, for the loss curves
     "eval_rows": 512,          # validation sequences per evaluation, the same for every point
     "extra_args": "",          # passed to every `diloco train`
+    "results_csv": "results.csv",  # in `out`; curves go to the same name with results -> curves
     "env": {},
 }
 CSV_FIELDS = ["point", "model", "method", "algo", "M", "H", "outer_lr", "inner_lr", "global_batch",
@@ -171,6 +172,10 @@ def val_curve(run_dir, p):
     return out
 
 
+def curves_name(results_name):
+    return results_name.replace("results", "curves") if "results" in results_name else "curves-" + results_name
+
+
 def write_atomic_csv(path, fields, rows):
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
@@ -192,8 +197,8 @@ def write_csv(cfg, pts):
                          bytes_outer_total=s["bytes_outer_total"], tokens=s["tokens"],
                          params=s.get("params", p["params"])))
         curves += [dict(point=p["point"], step=st, tokens=tok, val_loss=v) for st, tok, v in val_curve(run_dir, p)]
-    write_atomic_csv(os.path.join(cfg["out"], "results.csv"), CSV_FIELDS, rows)
-    write_atomic_csv(os.path.join(cfg["out"], "curves.csv"), ["point", "step", "tokens", "val_loss"], curves)
+    write_atomic_csv(os.path.join(cfg["out"], cfg["results_csv"]), CSV_FIELDS, rows)
+    write_atomic_csv(os.path.join(cfg["out"], curves_name(cfg["results_csv"])), ["point", "step", "tokens", "val_loss"], curves)
     return len(rows)
 
 
@@ -262,7 +267,7 @@ def main():
                 n = write_csv(cfg, pts)
                 elapsed = time.time() - start
                 print(f"[{k}/{len(todo)}] {p['point']}: {status} in {secs:.0f} s "
-                      f"({n} rows in results.csv, {elapsed / 60:.1f} min so far)", flush=True)
+                      f"({n} rows in {cfg['results_csv']}, {elapsed / 60:.1f} min so far)", flush=True)
     write_csv(cfg, pts)
     if failed:
         print(f"sweep: {len(failed)} points failed: {', '.join(failed)}", file=sys.stderr)
