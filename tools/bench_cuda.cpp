@@ -21,6 +21,7 @@
 #include "kernels/layernorm.h"
 #include "kernels/layernorm_cuda.h"
 #include "kernels/matmul_cuda.h"
+#include "kernels/quantize_cuda.h"
 #include "kernels/rng.h"
 #include "tools/bench.h"
 #include "tools/bench_cudnn.h"
@@ -195,6 +196,30 @@ int run_bench_cuda(const BenchOptions& o) {
         std::printf("adamw n=%zu | bytes = 4 n (4 reads + 3 writes)\n", n);
         report("adamw v1", time_ms(run, o.warmup, o.repeats), 0, 28.0 * n, c, -1);
         adamw_free_segments(segs);
+    } else if (k == "quantize") {
+        const size_t n = (size_t)o.M * o.N * 4;
+        auto x = randn(n, rng);
+        DevBuf dx(x), dacc(n);
+        std::printf("quantize n=%zu | bytes: encode 4n + payload, decode-add payload + 8n | "
+                    "check: payload bytes equal to the CPU codec's\n", n);
+        for (QuantFormat f : {QuantFormat::bf16, QuantFormat::int8, QuantFormat::e2m1, QuantFormat::e3m0}) {
+            const size_t pb = quant_bytes(f, n);
+            std::vector<uint8_t> want(pb), got(pb);
+            quantize_cpu(want.data(), x.data(), n, f);
+            uint8_t* dp;
+            ck(cudaMalloc(&dp, pb), "cudaMalloc");
+            auto enc = [&] { quantize_cuda(dp, dx.p, n, f, nullptr); };
+            enc();
+            ck(cudaMemcpy(got.data(), dp, pb, cudaMemcpyDeviceToHost), "cudaMemcpy");
+            size_t differ = 0;
+            for (size_t i = 0; i < pb; i++) differ += got[i] != want[i];
+            const std::string name = quant_format_name(f);
+            report((name + " encode").c_str(), time_ms(enc, o.warmup, o.repeats), 0, 4.0 * n + pb, c, -1);
+            std::printf("  %zu of %zu payload bytes differ from the CPU codec%s\n", differ, pb, differ ? "  <-- MISMATCH" : "");
+            auto dec = [&] { dequantize_add_cuda(dacc.p, dp, n, f, nullptr); };
+            report((name + " decode+add").c_str(), time_ms(dec, o.warmup, o.repeats), 0, 8.0 * n + pb, c, -1);
+            cudaFree(dp);
+        }
     } else if (k == "gemm") {
         DevBuf A((size_t)o.M * o.K), B((size_t)o.N * o.K), C((size_t)o.M * o.N);
         cudaMemset(A.p, 0, A.n * 4);
@@ -202,7 +227,7 @@ int run_bench_cuda(const BenchOptions& o) {
         auto run = [&] { matmul_forward_cuda(C.p, A.p, B.p, nullptr, o.M, o.K, o.N, blas, nullptr); };
         report("cuBLAS SGEMM", time_ms(run, o.warmup, o.repeats), 2.0 * o.M * o.N * (double)o.K, 0, c, -1);
     } else {
-        throw Error("bench --device cuda: unknown kernel '" + k + "' (known: gemm, layernorm, attention, adamw, gelu, crossentropy)");
+        throw Error("bench --device cuda: unknown kernel '" + k + "' (known: gemm, layernorm, attention, adamw, gelu, crossentropy, quantize)");
     }
     blas_destroy(blas);
     return 0;
