@@ -51,6 +51,7 @@ DEFAULTS = {
     "eval_every_frac": 0.1,    # evaluations along the run, for the loss curves
     "eval_rows": 512,          # validation sequences per evaluation, the same for every point
     "extra_args": "",          # passed to every `diloco train`
+    "prepare": "",             # shell command that makes `data` when it is missing ({data}, {binary})
     "results_csv": "results.csv",  # in `out`; curves go to the same name with results -> curves
     "env": {},
 }
@@ -245,6 +246,12 @@ def main():
         return 0
     if not os.path.exists(cfg["binary"]):
         sys.exit(f"sweep: no binary at {cfg['binary']} (build with tools/build.sh)")
+    if not os.path.exists(os.path.join(cfg["data"], "meta.json")) and cfg["prepare"]:
+        cmd = cfg["prepare"].format(data=shlex.quote(cfg["data"]), binary=shlex.quote(cfg["binary"]))
+        print(f"sweep: preparing the data: {cmd}", flush=True)
+        os.makedirs(os.path.dirname(cfg["data"]), exist_ok=True)
+        if subprocess.call(cmd, shell=True) != 0:
+            sys.exit("sweep: the prepare command failed")
     if not os.path.exists(os.path.join(cfg["data"], "meta.json")):
         sys.exit(f"sweep: no prepared data at {cfg['data']} (diloco prepare --input FILE --out DIR)")
     os.makedirs(cfg["out"], exist_ok=True)
