@@ -4,10 +4,12 @@
     python tools/fit.py RESULTS.csv [MORE.csv ...] [--out DIR] [--no-plots]
 
 Reads the tidy rows tools/sweep.py writes (results.csv; curves.csv beside it, same name with results -> curves, for the loss curves),
-and writes into DIR (default: the first CSV's folder):
+and writes into DIR (default: the first CSV's folder), with the first CSV's name after "results"
+as a suffix (results-batch.csv: fit-batch.json, ...):
   fit.json   every number below, for scripts;
   fit.md     the same as markdown tables (docs/scaling.md quotes them);
-  loss_vs_n.png, curves.png, outer_lr.png.
+  loss_vs_n.png, curves.png, outer_lr.png, and loss_vs_batch.png where several batches
+  were run.
 
 The fits, as in Charles et al. 2025:
   * for each method, the best final validation loss over all hyperparameters at each size N;
@@ -213,7 +215,7 @@ def read_curves(paths):
     return curves
 
 
-def plots(rows, fit, curves, out_dir):
+def plots(rows, fit, curves, out_dir, suffix=""):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -231,7 +233,7 @@ def plots(rows, fit, curves, out_dir):
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "loss_vs_n.png"), dpi=120)
+    fig.savefig(os.path.join(out_dir, f"loss_vs_n{suffix}.png"), dpi=120)
     plt.close(fig)
 
     if curves:
@@ -251,7 +253,7 @@ def plots(rows, fit, curves, out_dir):
         axes[0][0].legend(fontsize=7)
         fig.suptitle("Loss curves of the best run of each method and size", fontsize=10)
         fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "curves.png"), dpi=110)
+        fig.savefig(os.path.join(out_dir, f"curves{suffix}.png"), dpi=110)
         plt.close(fig)
 
     if fit["best_outer_lr"]:
@@ -269,8 +271,34 @@ def plots(rows, fit, curves, out_dir):
         axes[0][0].set_ylabel("final loss / DP loss at the same N")
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "outer_lr.png"), dpi=110)
+        fig.savefig(os.path.join(out_dir, f"outer_lr{suffix}.png"), dpi=110)
         plt.close(fig)
+
+
+def batch_plot(fit, out_dir, suffix):
+    """Best loss against the global batch, one panel per size, one line per method."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sizes = sorted({e["N"] for e in fit["best_batch"]})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(3.4 * len(sizes), 3.4), squeeze=False)
+    methods = list(fit["methods"])
+    for ax, n in zip(axes[0], sizes):
+        for i, meth in enumerate(methods):
+            for e in fit["best_batch"]:
+                if e["method"] == meth and e["N"] == n:
+                    bs, ls = zip(*e["loss_by_batch"])
+                    ax.plot(bs, ls, marker="o", color=plt.cm.viridis(i / max(1, len(methods) - 1)), label=meth)
+        ax.set(title=f"N = {n:,}", xlabel="global batch (sequences)", xscale="log")
+        batches = sorted({b for e in fit["best_batch"] for b, _ in e["loss_by_batch"]})
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.minorticks_off()
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("best final validation loss")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, f"loss_vs_batch{suffix}.png"), dpi=110)
+    plt.close(fig)
 
 
 def main():
@@ -288,15 +316,20 @@ def main():
     out_dir = a.out or os.path.dirname(os.path.abspath(a.csv[0]))
     os.makedirs(out_dir, exist_ok=True)
     fit = analyse(rows)
-    for name, text in (("fit.json", json.dumps(fit, indent=1) + "\n"), ("fit.md", markdown(fit))):
+    # results-batch.csv gives fit-batch.json, fit-batch.md, loss_vs_n-batch.png, ...
+    base = os.path.splitext(os.path.basename(a.csv[0]))[0]
+    suffix = base[len("results"):] if base.startswith("results") else "-" + base
+    for name, text in ((f"fit{suffix}.json", json.dumps(fit, indent=1) + "\n"), (f"fit{suffix}.md", markdown(fit))):
         tmp = os.path.join(out_dir, name + ".tmp")
         with open(tmp, "w") as f:
             f.write(text)
         os.replace(tmp, os.path.join(out_dir, name))
     print(markdown(fit))
     if not a.no_plots:
-        plots(rows, fit, read_curves(a.csv), out_dir)
-        print(f"fit: wrote fit.json, fit.md and plots to {out_dir}")
+        plots(rows, fit, read_curves(a.csv), out_dir, suffix)
+        if fit["best_batch"]:
+            batch_plot(fit, out_dir, suffix)
+        print(f"fit: wrote fit{suffix}.json, fit{suffix}.md and plots to {out_dir}")
     return 0
 
 
