@@ -237,6 +237,12 @@ def main():
     todo = [p for p in pts if a.only in p["point"]
             and summary_of(os.path.join(cfg["out"], p["point"])) is None]
     done_before = sum(1 for p in pts if a.only in p["point"]) - len(todo)
+    for p in pts:  # a finished run under this name must be this point (two sweeps may share `out`)
+        s = summary_of(os.path.join(cfg["out"], p["point"]))
+        if s is not None and (s["step"] != p["steps"] or s.get("params", p["params"]) != p["params"]):
+            sys.exit(f"sweep: {p['point']} in {cfg['out']} finished with {s['step']} steps and "
+                     f"{s.get('params')} parameters, but this sweep wants {p['steps']} and {p['params']}: "
+                     f"give this sweep its own `out`")
     threads = cfg["threads"] or max(1, (os.cpu_count() or 1) // cfg["parallel"])
     print(f"sweep: {len(pts)} points, {done_before} finished already, {len(todo)} to run, "
           f"{cfg['parallel']} at once, {threads} threads each; results in {cfg['out']}", flush=True)

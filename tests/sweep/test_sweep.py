@@ -6,7 +6,7 @@
   * a 2-point micro grid (DP and DiLoCo M=2) runs end to end through the launcher and leaves one
     tidy CSV row per point whose numbers match the runs' own summaries;
   * a second call skips both finished points without touching them, and a point whose run was cut
-    short (no summary line) is run again;
+    short (no summary line) is run again; a finished run of another token budget is refused;
   * the fitter recovers known A and alpha (and the joint M exponent) from noisy synthetic losses,
     and its held-out prediction is accurate when the data follow the law.
 """
@@ -117,7 +117,20 @@ class MicroSweep(unittest.TestCase):
         self.assertEqual(os.stat(dp).st_mtime_ns, before)
         self.assertEqual(len(self.rows()), 2)
 
-    def test_3_bad_sweep_files_are_refused(self):
+    def test_3_a_finished_point_of_another_budget_is_refused(self):
+        # same point names and `out`, twice the token budget: the finished runs do not fit it
+        with open(self.sweep_file) as f:
+            body = json.load(f)
+        body["tokens_per_param"] = 4
+        other = os.path.join(self.tmp.name, "other.json")
+        with open(other, "w") as f:
+            json.dump(body, f)
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "sweep.py"), other],
+                           capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("give this sweep its own `out`", r.stderr)
+
+    def test_4_bad_sweep_files_are_refused(self):
         bad = os.path.join(self.tmp.name, "bad.json")
         for body, msg in (({"data": "d", "out": "o", "models": [], "methods": ["fedavg"]}, "unknown method"),
                           ({"data": "d", "out": "o", "models": [], "outer_lrr": [1]}, "unknown keys"),
