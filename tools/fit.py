@@ -215,6 +215,16 @@ def read_curves(paths):
     return curves
 
 
+def save_panels(fig, axes, ylabel, path):
+    """The common ending of a row of panels: y label and legend on the first, then write."""
+    import matplotlib.pyplot as plt
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plots(rows, fit, curves, out_dir, suffix=""):
     import matplotlib
     matplotlib.use("Agg")
@@ -249,12 +259,8 @@ def plots(rows, fit, curves, out_dir, suffix=""):
             ax.set(title=f"N = {n:,}", xlabel="tokens")
             ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
             ax.grid(True, alpha=0.3)
-        axes[0][0].set_ylabel("validation loss")
-        axes[0][0].legend(fontsize=7)
         fig.suptitle("Loss curves of the best run of each method and size", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, f"curves{suffix}.png"), dpi=110)
-        plt.close(fig)
+        save_panels(fig, axes, "validation loss", os.path.join(out_dir, f"curves{suffix}.png"))
 
     if fit["best_outer_lr"]:
         meths = [m for m in fit["methods"] if m != "dp"]
@@ -268,11 +274,7 @@ def plots(rows, fit, curves, out_dir, suffix=""):
                     ax.plot(lrs, [l / ref for l in ls], marker="o", label=f"N={e['N']:,}")
             ax.set(title=meth, xlabel="outer learning rate")
             ax.grid(True, alpha=0.3)
-        axes[0][0].set_ylabel("final loss / DP loss at the same N")
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, f"outer_lr{suffix}.png"), dpi=110)
-        plt.close(fig)
+        save_panels(fig, axes, "final loss / DP loss at the same N", os.path.join(out_dir, f"outer_lr{suffix}.png"))
 
 
 def batch_plot(fit, out_dir, suffix):
@@ -294,11 +296,7 @@ def batch_plot(fit, out_dir, suffix):
         ax.set_xticks(batches, [str(b) for b in batches])
         ax.minorticks_off()
         ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel("best final validation loss")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, f"loss_vs_batch{suffix}.png"), dpi=110)
-    plt.close(fig)
+    save_panels(fig, axes, "best final validation loss", os.path.join(out_dir, f"loss_vs_batch{suffix}.png"))
 
 
 def main():
