@@ -187,6 +187,35 @@ class Fitter(unittest.TestCase):
         self.assertTrue(all(e["best"] == 0.6 for e in out["best_outer_lr"]))
         self.assertAlmostEqual(out["joint"]["beta"], math.log(18.5 / 17.8) / math.log(2), places=6)
 
+    def test_command_line_writes_fits_and_plots(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "results.csv")
+            curves = []
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=sweep.CSV_FIELDS)
+                w.writeheader()
+                for meth, M in (("dp", 1), ("diloco-m1", 1), ("diloco-m2", 2)):
+                    for N in (1e4, 4e4, 1.6e5):
+                        for olr, b in ((0.3, 16), (0.6, 16), (0.6, 32)):
+                            name = f"{meth}-{N:g}-{olr}-{b}"
+                            loss = 20 * M ** 0.02 * N ** -0.2 * (1.03 if olr == 0.3 else 1.0) * (1.01 if b == 32 else 1.0)
+                            w.writerow(dict(point=name, model="m", method=meth, algo="x", M=M, H=30, outer_lr=olr,
+                                            inner_lr=1e-3, global_batch=b, seq_len=64, steps=100, tokens=6400,
+                                            params=int(N), non_embedding_params=int(N), n_layer=1, d_model=8,
+                                            n_head=2, final_val_loss=loss, wall_s=1, bytes_outer_total=0, ranks=M))
+                            curves += [dict(point=name, step=s, tokens=s * 64, val_loss=loss + 1 / s) for s in (10, 50, 100)]
+            sweep.write_atomic_csv(os.path.join(d, "curves.csv"), ["point", "step", "tokens", "val_loss"], curves)
+            r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "fit.py"), path],
+                               capture_output=True, text=True, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            for name in ("fit.json", "fit.md", "loss_vs_n.png", "curves.png", "outer_lr.png", "loss_vs_batch.png"):
+                self.assertGreater(os.path.getsize(os.path.join(d, name)), 100, name)
+            with open(os.path.join(d, "fit.json")) as f:
+                out = json.load(f)
+            self.assertAlmostEqual(out["methods"]["dp"]["alpha"], -0.2, places=6)
+            self.assertAlmostEqual(out["joint"]["beta"], 0.02, places=6)
+            self.assertTrue(all(e["best"] == 16 for e in out["best_batch"]))
+
     def test_needs_two_sizes(self):
         with self.assertRaises(ValueError):
             fit.fit_power_law([1e4, 1e4], [3.0, 3.1])
