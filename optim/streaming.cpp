@@ -32,8 +32,6 @@ Streaming::Streaming(const StreamingOptions& opt, const Comm& comm, const GPT& m
     : opt_(opt), M_(comm.workers()), G_(comm.ranks_per_worker()), me_(comm.worker()) {
     DILOCO_CHECK(opt.tau >= 0 && opt.tau < opt.H, "--overlap must be in [0, H), got " + std::to_string(opt.tau));
     DILOCO_CHECK(opt.alpha >= 0 && opt.alpha <= 1, "--alpha must be in [0, 1]");
-    DILOCO_CHECK(!opt.eager || opt.tau == 0, "--eager overlaps a whole round by itself: leave --overlap at 0");
-    DILOCO_CHECK(!(opt.eager && opt.drop_prob > 0), "--eager and --drop-prob do not combine");
     frags_ = make_fragments(model, opt.fragments, opt.strided, opt.H);
     st_.resize(frags_.size());
     for (size_t p = 0; p < frags_.size(); p++) {
@@ -182,10 +180,10 @@ void Streaming::after_step(Comm& comm, float* params, long step, bool last) {
         } else {
             if (s.pending && (last || step - s.started >= opt_.tau)) finish(comm, (int)p, params, step > s.started);
             if (due || last) {
-                std::vector<float> delta(s.mine.count);  // outer gradient: old global minus new local
-                gather((int)p, params, delta.data(), s.mine.begin, s.mine.count);
-                for (size_t i = 0; i < s.mine.count; i++) delta[i] = s.global[i] - delta[i];
-                start(comm, (int)p, delta.data(), step, last);
+                // outer gradient: old global minus new local (start() copies or encodes it at once)
+                gather((int)p, params, s.delta.data(), s.mine.begin, s.mine.count);
+                for (size_t i = 0; i < s.mine.count; i++) s.delta[i] = s.global[i] - s.delta[i];
+                start(comm, (int)p, s.delta.data(), step, last);
                 if (opt_.tau == 0 || last) finish(comm, (int)p, params, false);
             }
         }

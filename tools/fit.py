@@ -65,12 +65,10 @@ def fit_joint(n, m, loss):
     return float(math.exp(coef[0])), float(coef[1]), float(coef[2])
 
 
-def best_per_size(rows, batch=None):
-    """{method: {N: best row}} over every hyperparameter (or at one global batch)."""
+def best_per_size(rows):
+    """{method: {N: best row}} over every hyperparameter."""
     best = defaultdict(dict)
     for r in rows:
-        if batch is not None and r["global_batch"] != batch:
-            continue
         cur = best[r["method"]].get(r["params"])
         if cur is None or r["final_val_loss"] < cur["final_val_loss"]:
             best[r["method"]][r["params"]] = r
@@ -225,7 +223,7 @@ def save_panels(fig, axes, ylabel, path):
     plt.close(fig)
 
 
-def plots(rows, fit, curves, out_dir, suffix=""):
+def plots(fit, curves, out_dir, suffix=""):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -324,7 +322,7 @@ def main():
         os.replace(tmp, os.path.join(out_dir, name))
     print(markdown(fit))
     if not a.no_plots:
-        plots(rows, fit, read_curves(a.csv), out_dir, suffix)
+        plots(fit, read_curves(a.csv), out_dir, suffix)
         if fit["best_batch"]:
             batch_plot(fit, out_dir, suffix)
         print(f"fit: wrote fit{suffix}.json, fit{suffix}.md and plots to {out_dir}")

@@ -70,7 +70,7 @@ static void add_train_options(CLI::App* t, TrainOptions& o) {
     t->add_option("--overlap", o.overlap, "tau: inner steps an exchange may take")->capture_default_str();
     t->add_option("--alpha", o.alpha, "mix of local progress when an overlapped exchange lands")->capture_default_str();
     t->add_option("--quant", o.quant, "exchange format: fp32, bf16, int8, e2m1, e3m0")->capture_default_str();
-    t->add_flag("--eager", o.eager, "eager outer updates: overlap a whole round, own fresh outer gradient (diloco)");
+    t->add_flag("--eager", o.eager, "eager outer updates: overlap a whole round, own fresh outer gradient (diloco, streaming)");
     t->add_option("--outer-gbps", o.outer_gbps, "emulate an across-worker link of this many Gbit/s (0: off)")->capture_default_str();
     t->add_option("--outer-latency-ms", o.outer_latency_ms, "emulated latency per across-worker message")->capture_default_str();
     // data

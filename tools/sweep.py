@@ -25,7 +25,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
 import time
 
 try:
@@ -186,18 +185,24 @@ def write_atomic_csv(path, fields, rows):
     os.replace(tmp, path)
 
 
-def write_csv(cfg, pts):
-    """results.csv, one row per finished point, and curves.csv, its validation losses along the run."""
+def write_csv(cfg, pts, finished):
+    """results.csv, one row per finished point, and curves.csv, its validation losses along the run.
+    `finished` maps a point to its (row, curve rows), read from the run directory once: a finished
+    run never changes."""
     rows, curves = [], []
     for p in pts:
-        run_dir = os.path.join(cfg["out"], p["point"])
-        s = summary_of(run_dir)
-        if s is None:
-            continue
-        rows.append(dict(p, final_val_loss=s["final_val_loss"], wall_s=s["wall_s"],
-                         bytes_outer_total=s["bytes_outer_total"], tokens=s["tokens"],
-                         params=s.get("params", p["params"])))
-        curves += [dict(point=p["point"], step=st, tokens=tok, val_loss=v) for st, tok, v in val_curve(run_dir, p)]
+        if p["point"] not in finished:
+            run_dir = os.path.join(cfg["out"], p["point"])
+            s = summary_of(run_dir)
+            if s is None:
+                continue
+            finished[p["point"]] = (
+                dict(p, final_val_loss=s["final_val_loss"], wall_s=s["wall_s"],
+                     bytes_outer_total=s["bytes_outer_total"], tokens=s["tokens"], params=s.get("params", p["params"])),
+                [dict(point=p["point"], step=st, tokens=tok, val_loss=v) for st, tok, v in val_curve(run_dir, p)])
+        row, curve = finished[p["point"]]
+        rows.append(row)
+        curves += curve
     write_atomic_csv(os.path.join(cfg["out"], cfg["results_csv"]), CSV_FIELDS, rows)
     write_atomic_csv(os.path.join(cfg["out"], curves_name(cfg["results_csv"])), ["point", "step", "tokens", "val_loss"], curves)
     return len(rows)
@@ -234,11 +239,11 @@ def main():
     if a.binary:
         cfg["binary"] = os.path.abspath(a.binary)
     pts = list(points(cfg))
-    todo = [p for p in pts if a.only in p["point"]
-            and summary_of(os.path.join(cfg["out"], p["point"])) is None]
+    summaries = {p["point"]: summary_of(os.path.join(cfg["out"], p["point"])) for p in pts}
+    todo = [p for p in pts if a.only in p["point"] and summaries[p["point"]] is None]
     done_before = sum(1 for p in pts if a.only in p["point"]) - len(todo)
     for p in pts:  # a finished run under this name must be this point (two sweeps may share `out`)
-        s = summary_of(os.path.join(cfg["out"], p["point"]))
+        s = summaries[p["point"]]
         if s is not None and (s["step"] != p["steps"] or s.get("params", p["params"]) != p["params"]):
             sys.exit(f"sweep: {p['point']} in {cfg['out']} finished with {s['step']} steps and "
                      f"{s.get('params')} parameters, but this sweep wants {p['steps']} and {p['params']}: "
@@ -263,25 +268,25 @@ def main():
     os.makedirs(cfg["out"], exist_ok=True)
     # Cheapest points first: early results, and the sizes' trend is visible sooner.
     todo.sort(key=lambda p: p["params"] * p["tokens"])
-    lock = threading.Lock()
     failed = []
+    finished = {}
     start = time.time()
     with futures.ThreadPoolExecutor(max_workers=cfg["parallel"]) as pool:
         jobs = {pool.submit(run_point, cfg, p, threads): p for p in todo}
+        # results are taken here, in the main thread, one at a time
         for k, job in enumerate(futures.as_completed(jobs), 1):
             p = jobs[job]
             rc, secs, s = job.result()
-            with lock:
-                if s is None:
-                    failed.append(p["point"])
-                    status = f"FAILED (exit {rc}; see {os.path.join(cfg['out'], p['point'], 'log.txt')})"
-                else:
-                    status = f"val_loss {s['final_val_loss']:.4f}"
-                n = write_csv(cfg, pts)
-                elapsed = time.time() - start
-                print(f"[{k}/{len(todo)}] {p['point']}: {status} in {secs:.0f} s "
-                      f"({n} rows in {cfg['results_csv']}, {elapsed / 60:.1f} min so far)", flush=True)
-    write_csv(cfg, pts)
+            if s is None:
+                failed.append(p["point"])
+                status = f"FAILED (exit {rc}; see {os.path.join(cfg['out'], p['point'], 'log.txt')})"
+            else:
+                status = f"val_loss {s['final_val_loss']:.4f}"
+            n = write_csv(cfg, pts, finished)
+            elapsed = time.time() - start
+            print(f"[{k}/{len(todo)}] {p['point']}: {status} in {secs:.0f} s "
+                  f"({n} rows in {cfg['results_csv']}, {elapsed / 60:.1f} min so far)", flush=True)
+    write_csv(cfg, pts, finished)
     if failed:
         print(f"sweep: {len(failed)} points failed: {', '.join(failed)}", file=sys.stderr)
         return 1
