@@ -1,8 +1,15 @@
 #include "optim/diloco.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
 
+#include "data/io.h"
+#include "kernels/common.h"
 #include "kernels/rng.h"
+#include "model/llmc.h"
+#include "optim/algorithm.h"
 
 namespace diloco {
 
@@ -80,5 +87,110 @@ bool replica_delivers(uint64_t seed, long round, int m, double p) {
     Rng rng(seed * 0x9E3779B97F4A7C15ull ^ ((uint64_t)round << 20) ^ (uint64_t)m ^ 0xD209ull);
     return rng.uniform() >= p;
 }
+
+std::string outer_description(const TrainOptions& o, int M) {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, " M=%d H=%ld outer %s lr %.2g mom %.2g", M, o.inner_steps, o.outer_opt.c_str(),
+                  o.outer_lr, o.outer_momentum);
+    return buf;
+}
+
+namespace {
+
+// DiLoCo as a training algorithm: the inner steps run in the loop; at the end of every round of
+// H steps, lines 3-5 above (or their eager form), with the drop-out draw, the optional replica
+// dump before the sync and the optional check after it.
+class DiLoCo final : public TrainingAlgorithm {
+public:
+    DiLoCo(const TrainOptions& o, Comm& comm, const GPT& model)
+        : o_(o), comm_(comm), hyper_{o.outer_lr, o.outer_momentum, o.outer_opt == "nesterov"} {
+        outer_init(outer_, comm, model.params.data(), model.num_params);  // 1: theta(0)
+    }
+    std::string describe() const override { return outer_description(o_, comm_.workers()); }
+    bool replica_per_worker() const override { return true; }
+    long steps_per_round() const override { return o_.inner_steps; }
+
+    void after_inner_step(ReplicaWeights& w, const StepEnd& at) override {
+        if (!at.round_ends) return;
+        // the last round always delivers, so that every run ends on the global model
+        const long round = (at.step + o_.inner_steps - 1) / o_.inner_steps;
+        int n_delivered = 0;
+        for (int m = 0; m < comm_.workers(); m++)
+            n_delivered += at.run_ends || replica_delivers(o_.seed, round, m, o_.drop_prob);
+        const bool delivered = at.run_ends || replica_delivers(o_.seed, round, comm_.worker(), o_.drop_prob);
+        float* params = w.fetch();
+        if (o_.dump_replicas && comm_.local() == 0) dump_replica(at.step, w.model(), params);
+        if (o_.eager)
+            diloco_eager_sync(outer_, eager_, comm_, params, w.count(), hyper_, at.run_ends);
+        else
+            diloco_outer_sync(outer_, comm_, params, w.count(), hyper_, delivered, n_delivered);
+        w.store();
+        if (o_.verify_sync && (!o_.eager || at.run_ends))  // eager replicas may differ until the end
+            verify_replicas_agree(at.step, delivered ? crc32_update(0, params, 4 * w.count()) : 0);
+    }
+
+    // theta(t-1) and the momentum of this rank's slice; eager adds the exchange in flight,
+    // completed first (its data is the state), and whether there was one
+    std::vector<std::vector<float>> save_state() override {
+        std::vector<std::vector<float>> arrays = {outer_.global, outer_.momentum};
+        if (o_.eager) {
+            if (eager_.in_flight) comm_.wait(eager_.request);
+            arrays.push_back(eager_.recv[eager_.current]);
+            arrays.push_back({eager_.in_flight ? 1.0f : 0.0f});
+        }
+        return arrays;
+    }
+
+    void load_state(std::vector<std::vector<float>> a, long step) override {
+        const size_t k = outer_.slice.count;
+        DILOCO_CHECK(step % o_.inner_steps == 0 || step == o_.steps,
+                     "step " + std::to_string(step) + " is not at an outer sync");
+        DILOCO_CHECK(a.size() == (o_.eager ? 4u : 2u), "it holds no DiLoCo outer state (or was written by another --eager)");
+        DILOCO_CHECK(a[0].size() == k && a[1].size() == k, "its outer state was written with another rank layout");
+        outer_.global = std::move(a[0]);
+        outer_.momentum = std::move(a[1]);
+        if (!o_.eager) return;
+        const size_t M = comm_.workers();
+        DILOCO_CHECK(a[2].size() == M * k && a[3].size() == 1, "its eager state was written with another rank layout");
+        eager_.send.assign(k, 0.0f);
+        eager_.recv[0] = std::move(a[2]);
+        eager_.recv[1].assign(M * k, 0.0f);
+        eager_.current = 0;
+        eager_.in_flight = a[3][0] != 0.0f;
+    }
+
+private:
+    void dump_replica(long step, const GPT& model, const float* params) const {
+        char name[64];
+        std::snprintf(name, sizeof name, "step_%08lld.replica_%03d.bin", (long long)step, comm_.worker());
+        std::filesystem::create_directories(o_.out + "/replicas");
+        write_llmc(o_.out + "/replicas/" + name, model, params);
+    }
+
+    // Every replica that delivered this round holds the same weights (crc 0: did not deliver).
+    void verify_replicas_agree(long step, uint64_t crc) {
+        const std::vector<uint64_t> all = comm_.allgather_u64(crc);
+        for (size_t r = 0; r < all.size(); r++)
+            if (all[r] != 0 && crc != 0 && all[r] != crc)
+                throw CollectiveError("after the outer sync of step " + std::to_string(step) + ", rank " +
+                                      std::to_string(r) + " holds different weights");
+    }
+
+    const TrainOptions o_;
+    Comm& comm_;
+    const OuterHyper hyper_;
+    OuterState outer_;
+    EagerState eager_;
+};
+
+void check(const TrainOptions&) {}
+
+std::unique_ptr<TrainingAlgorithm> create(const TrainOptions& o, Comm& comm, const GPT& model) {
+    return std::make_unique<DiLoCo>(o, comm, model);
+}
+
+}  // namespace
+
+const AlgorithmEntry diloco_algorithm{"diloco", check, create};
 
 }  // namespace diloco

@@ -11,11 +11,16 @@
 //   5  theta(t) = OuterOpt(theta(t-1), delta)                  (optim/outer.h, Nesterov)
 // Local rank g of every worker keeps theta(t-1) and the outer momentum for slice g of the flat
 // buffer, reduces that slice across workers, and the worker all-gathers the slices.
+//
+// The algorithm behind optim/algorithm.h (`--algo diloco`, diloco_algorithm) is at the end of
+// diloco.cpp: lines 1 and 3-5 run after the last inner step of every round.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "comm/comm.h"
+#include "optim/options.h"
 #include "optim/outer.h"
 
 namespace diloco {
@@ -59,5 +64,8 @@ void diloco_eager_sync(OuterState& s, EagerState& e, Comm& comm, float* params, 
 // Whether replica m delivers its outer gradient in outer round `round`, with drop probability p.
 // A function of (seed, round, m) alone, so every rank computes the same answer.
 bool replica_delivers(uint64_t seed, long round, int m, double p);
+
+// " M=4 H=50 outer nesterov lr 0.7 mom 0.9": the outer loop's settings for a run's header line.
+std::string outer_description(const TrainOptions& o, int M);
 
 }  // namespace diloco

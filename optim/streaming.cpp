@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <memory>
 
 #include "kernels/common.h"
 #include "optim/diloco.h"
@@ -28,8 +30,8 @@ std::vector<Fragment> make_fragments(const GPT& m, int P, bool strided, long H) 
     return frags;
 }
 
-Streaming::Streaming(const StreamingOptions& opt, const Comm& comm, const GPT& model)
-    : opt_(opt), M_(comm.workers()), G_(comm.ranks_per_worker()), me_(comm.worker()) {
+Streaming::Streaming(const StreamingOptions& opt, Comm& comm, const GPT& model, std::string description)
+    : opt_(opt), comm_(comm), description_(std::move(description)), M_(comm.workers()), G_(comm.ranks_per_worker()), me_(comm.worker()) {
     DILOCO_CHECK(opt.tau >= 0 && opt.tau < opt.H, "--overlap must be in [0, H), got " + std::to_string(opt.tau));
     DILOCO_CHECK(opt.alpha >= 0 && opt.alpha <= 1, "--alpha must be in [0, 1]");
     frags_ = make_fragments(model, opt.fragments, opt.strided, opt.H);
@@ -171,7 +173,11 @@ void Streaming::eager_sync(Comm& comm, int p, float* params, long step, bool las
     set_fragment(comm, p, params, s.global);
 }
 
-void Streaming::after_step(Comm& comm, float* params, long step, bool last) {
+void Streaming::after_inner_step(ReplicaWeights& weights, const StepEnd& at) {
+    Comm& comm = comm_;
+    const long step = at.step;
+    const bool last = at.run_ends;
+    float* params = weights.fetch();
     for (size_t p = 0; p < frags_.size(); p++) {
         State& s = st_[p];
         const bool due = step >= frags_[p].offset && (step - frags_[p].offset) % opt_.H == 0 && step > 0;
@@ -189,9 +195,11 @@ void Streaming::after_step(Comm& comm, float* params, long step, bool last) {
         }
         if (s.pending && !s.received) comm.test(s.request);  // progress while compute goes on
     }
+    weights.store();
 }
 
-std::vector<std::vector<float>> Streaming::save_state(Comm& comm) {
+std::vector<std::vector<float>> Streaming::save_state() {
+    Comm& comm = comm_;
     std::vector<std::vector<float>> out;
     for (size_t p = 0; p < frags_.size(); p++) {
         State& s = st_[p];
@@ -208,8 +216,8 @@ std::vector<std::vector<float>> Streaming::save_state(Comm& comm) {
     return out;
 }
 
-void Streaming::load_state(std::vector<std::vector<float>> a) {
-    DILOCO_CHECK(a.size() == 5 * frags_.size(), "the checkpoint's streaming state has " + std::to_string(a.size()) +
+void Streaming::load_state(std::vector<std::vector<float>> a, long /*step: any; the state holds every round*/) {
+    DILOCO_CHECK(a.size() == 5 * frags_.size(), "its streaming state has " + std::to_string(a.size()) +
                                                     " arrays, this run needs " + std::to_string(5 * frags_.size()) +
                                                     " (different --fragments?)");
     for (size_t p = 0; p < frags_.size(); p++) {
@@ -217,7 +225,7 @@ void Streaming::load_state(std::vector<std::vector<float>> a) {
         auto* f = &a[5 * p];
         DILOCO_CHECK(f[0].size() == s.mine.count && f[1].size() == s.mine.count && f[2].size() == s.mine.count &&
                          f[3].size() == s.own.size() && f[4].size() == 5,
-                     "the checkpoint's streaming state was written with another rank layout or options");
+                     "its streaming state was written with another rank layout or options");
         s.global = std::move(f[0]);
         s.momentum = std::move(f[1]);
         s.sum = std::move(f[2]);
@@ -226,8 +234,35 @@ void Streaming::load_state(std::vector<std::vector<float>> a) {
         s.started = ((long)f[4][1] << 16) | (long)f[4][2];
         s.delivered = f[4][3] != 0.0f;
         s.n_delivered = (int)f[4][4];
-        DILOCO_CHECK(s.n_delivered >= 0 && s.n_delivered <= M_, "the checkpoint's streaming state is damaged");
+        DILOCO_CHECK(s.n_delivered >= 0 && s.n_delivered <= M_, "its streaming state is damaged");
     }
 }
+
+namespace {
+
+void check(const TrainOptions&) {}  // the streaming options are checked for every run (optim/train.cpp)
+
+std::unique_ptr<TrainingAlgorithm> create(const TrainOptions& o, Comm& comm, const GPT& model) {
+    StreamingOptions so;
+    so.fragments = o.fragments;
+    so.strided = o.fragment_pattern == "strided";
+    so.H = o.inner_steps;
+    so.tau = o.overlap;
+    so.alpha = o.alpha;
+    so.quant = parse_quant_format(o.quant);
+    so.outer = OuterHyper{o.outer_lr, o.outer_momentum, o.outer_opt == "nesterov"};
+    so.eager = o.eager;
+    so.drop_prob = o.drop_prob;
+    so.seed = o.seed;
+    char buf[96];
+    std::snprintf(buf, sizeof buf, " P=%d %s tau=%ld alpha=%.2g %s", o.fragments, o.fragment_pattern.c_str(),
+                  o.overlap, o.alpha, o.quant.c_str());
+    return std::make_unique<Streaming>(so, comm, model, outer_description(o, comm.workers()) + buf);
+}
+
+}  // namespace
+
+const AlgorithmEntry streaming_algorithm{"streaming", check, create};
+
 
 }  // namespace diloco

@@ -23,6 +23,7 @@
 #include "comm/comm.h"
 #include "kernels/quantize.h"
 #include "model/gpt.h"
+#include "optim/algorithm.h"
 #include "optim/outer.h"
 
 namespace diloco {
@@ -49,21 +50,26 @@ struct StreamingOptions {
     uint64_t seed = 0;  // of the drop-out draws
 };
 
-class Streaming {
+// `--algo streaming` (streaming_algorithm) behind the interface of optim/algorithm.h.
+class Streaming final : public TrainingAlgorithm {
 public:
-    Streaming(const StreamingOptions& opt, const Comm& comm, const GPT& model);
+    // `description`: the run's header text for these options (see describe())
+    Streaming(const StreamingOptions& opt, Comm& comm, const GPT& model, std::string description);
 
-    // After inner step `step` (from 1): start the exchanges of the fragments due now, let MPI
-    // progress those in flight, finish the ones started tau steps ago. With `last`, every fragment
-    // syncs and finishes now, so that the run ends on one global model.
-    void after_step(Comm& comm, float* params, long step, bool last);
-
-    const std::vector<Fragment>& fragments() const { return frags_; }
+    std::string describe() const override { return description_; }
+    bool replica_per_worker() const override { return true; }
+    long steps_per_round() const override { return opt_.H; }
+    // After every inner step: start the exchanges of the fragments due now, let MPI progress
+    // those in flight, finish the ones started tau steps ago. When the run ends, every fragment
+    // syncs and finishes at once, so that the run ends on one global model.
+    void after_inner_step(ReplicaWeights& weights, const StepEnd& at) override;
 
     // For checkpoints: this rank's outer state, 5 arrays per fragment. Exchanges in flight are
     // completed first (waiting early changes no number), so a resumed run continues bit for bit.
-    std::vector<std::vector<float>> save_state(Comm& comm);
-    void load_state(std::vector<std::vector<float>> arrays);
+    std::vector<std::vector<float>> save_state() override;
+    void load_state(std::vector<std::vector<float>> arrays, long step) override;
+
+    const std::vector<Fragment>& fragments() const { return frags_; }
 
 private:
     struct State {
@@ -90,6 +96,8 @@ private:
     void scatter(int p, float* params, const float* in, size_t lo, size_t n) const;
 
     StreamingOptions opt_;
+    Comm& comm_;
+    std::string description_;
     std::vector<Fragment> frags_;
     std::vector<State> st_;
     int M_ = 1, G_ = 1, me_ = 0;

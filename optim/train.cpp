@@ -15,14 +15,14 @@
 #include "data/dataset.h"
 #include "data/io.h"
 #include "kernels/common.h"
+#include "kernels/quantize.h"
 #include "kernels/rng.h"
 #include "model/checkpoint.h"
 #include "model/llmc.h"
 #include "comm/comm.h"
+#include "optim/algorithm.h"
 #include "optim/device.h"
-#include "optim/diloco.h"
 #include "optim/inner.h"
-#include "optim/streaming.h"
 
 namespace fs = std::filesystem;
 
@@ -72,15 +72,11 @@ static void check_options(const TrainOptions& o) {
     DILOCO_CHECK(o.grad_clip >= 0, "--grad-clip must be >= 0 (0 disables clipping)");
     DILOCO_CHECK(o.inner_opt == "adamw" || o.inner_opt == "sgd",
                  "--inner-opt must be adamw or sgd, got '" + o.inner_opt + "'");
-    DILOCO_CHECK(o.algo == "dp" || o.algo == "diloco" || o.algo == "streaming",
-                 "--algo must be dp, diloco or streaming, got '" + o.algo + "'");
     DILOCO_CHECK(o.fragment_pattern == "strided" || o.fragment_pattern == "sequential",
                  "--fragment-pattern must be strided or sequential, got '" + o.fragment_pattern + "'");
     (void)parse_quant_format(o.quant);
     DILOCO_CHECK(o.overlap >= 0 && o.overlap < o.inner_steps, "--overlap must be in [0, --inner-steps)");
     DILOCO_CHECK(o.alpha >= 0 && o.alpha <= 1, "--alpha must be in [0, 1]");
-    DILOCO_CHECK(!(o.algo == "dp" && o.drop_prob > 0), "--drop-prob applies to --algo diloco and streaming");
-    DILOCO_CHECK(!o.eager || o.algo != "dp", "--eager applies to --algo diloco and streaming");
     DILOCO_CHECK(!(o.eager && o.drop_prob > 0), "--eager and --drop-prob do not combine");
     DILOCO_CHECK(!(o.eager && o.overlap > 0), "--eager overlaps a whole round by itself: leave --overlap at 0");
     DILOCO_CHECK(o.outer_gbps >= 0 && o.outer_latency_ms >= 0, "--outer-gbps and --outer-latency-ms must be >= 0");
@@ -100,6 +96,7 @@ static void check_options(const TrainOptions& o) {
                  "--device must be auto, cpu or cuda, got '" + o.device + "'");
     DILOCO_CHECK(!o.data.empty() && !o.out.empty(), "train needs --data and --out");
     DILOCO_CHECK(o.stop_at >= 0, "--stop-at must be >= 0");
+    find_algorithm(o.algo).check_options(o);  // what the chosen algorithm refuses
 }
 
 // Every option that shapes the run, as text: ranks compare a hash of it at start.
@@ -198,7 +195,8 @@ static std::string fmt_duration(double s) {
 }
 
 namespace {
-// Per-step figures held until the next sync point, when rank 0 learns the global mean loss.
+
+// Per-step figures held until the end of the round, when rank 0 learns the global mean loss.
 struct PendingStep {
     int64_t step;
     double loss;
@@ -207,6 +205,256 @@ struct PendingStep {
     double wall;     // seconds since start when the step finished
     double compute;  // seconds of those spent computing (forward, backward, optimizer)
 };
+
+// Everything one run of the loop holds. The algorithm owns its outer state; the loop owns the
+// model, the inner optimizer, the data position and the run directory.
+struct Run {
+    Run(const TrainOptions& options, Comm& c, const GPTConfig& config) : o(options), comm(c), cfg(config) {}
+    const TrainOptions& o;
+    Comm& comm;
+    GPTConfig cfg;
+    GPT model;
+    InnerOptimizer inner;
+    TrainState state;
+    Rng rng{0};
+    std::unique_ptr<TrainingAlgorithm> algo;
+    std::unique_ptr<DeviceTrainer> dev;  // null: training on the CPU
+    bool stage_grads = false;            // gradients cross the host for their average
+    long global_rows = 0;                // rows of one inner step, all replicas together
+    long stream_rows = 0, my_row = 0;    // rows the stream advances per step; this rank's first
+    std::string metrics_path;
+    std::FILE* metrics = nullptr;        // rank 0 only
+    std::chrono::steady_clock::time_point t0;
+    int64_t first_step = 1, end_step = 0, next_eval = INT64_MAX, next_ckpt = INT64_MAX;
+    double val_loss = NAN, compute_s = 0.0;
+    // the most bytes this rank sent across workers in one inner step; the final step, where every
+    // Streaming DiLoCo fragment syncs at once so that the run ends on one model, is left out
+    uint64_t peak_bytes_step = 0;
+
+    double seconds() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); }
+    bool root() const { return comm.is_root(); }
+};
+
+// The checkpoint --resume continues from: one process takes its newest; several ranks take the
+// newest step that every rank has a file for. "" when there is none.
+std::string find_resume_checkpoint(Comm& comm, const std::string& out) {
+    if (comm.world_size() == 1) return latest_checkpoint(out);
+    const int64_t mine = latest_rank_checkpoint_step(out, comm.world_rank());
+    const int64_t common = (int64_t)-comm.max_world(-(double)mine);
+    const int64_t newest = (int64_t)comm.max_world((double)mine);
+    if (common < 0 && newest >= 0)
+        throw CollectiveError("--resume: some ranks have checkpoints in " + out + "/ckpt and others none");
+    const bool have = common >= 0 && fs::exists(rank_checkpoint_path(out, common, comm.world_rank()));
+    if (comm.sum_world(have ? 1.0 : 0.0) < comm.world_size() && common >= 0)
+        throw CollectiveError("--resume: not every rank has a checkpoint for step " + std::to_string(common));
+    return common >= 0 ? rank_checkpoint_path(out, common, comm.world_rank()) : "";
+}
+
+// Loads the model, the AdamW moments and the position in training; returns the checkpoint's
+// path and its extra arrays (the algorithm's state), or "" when there is nothing to resume.
+std::string resume_from_checkpoint(Run& r, std::vector<std::vector<float>>& algorithm_state) {
+    const std::string path = find_resume_checkpoint(r.comm, r.o.out);
+    if (path.empty()) {
+        if (r.root()) std::fprintf(stderr, "resume: no checkpoint in %s/ckpt, starting from scratch\n", r.o.out.c_str());
+        return "";
+    }
+    Checkpoint ck = load_checkpoint(path);
+    DILOCO_CHECK(ck.config == r.cfg, "checkpoint " + path + " was written for a different model (" +
+                                         ck.config.describe() + ") than this run (" + r.cfg.describe() + ")");
+    DILOCO_CHECK(ck.state.step <= r.o.steps, "checkpoint " + path + " is at step " + std::to_string(ck.state.step) +
+                                                 ", beyond --steps " + std::to_string(r.o.steps));
+    r.model.params = std::move(ck.params);
+    r.inner.m = std::move(ck.adam_m);
+    r.inner.v = std::move(ck.adam_v);
+    algorithm_state = std::move(ck.extra);
+    r.state = ck.state;
+    std::copy(r.state.rng, r.state.rng + 4, r.rng.s);
+    return path;
+}
+
+// The model at its first weights (initial or resumed), the inner optimizer, the algorithm, and
+// the device trainer when training runs on an accelerator.
+void set_up_model_and_algorithm(Run& r) {
+    const TrainOptions& o = r.o;
+    gpt_build(r.model, r.cfg);
+    gpt_init(r.model, o.seed);  // the same seed on every rank: the replicas start equal
+    require_same_on_all_ranks(r.comm, crc32_update(0, r.model.params.data(), 4 * r.model.num_params),
+                              "the initial model (checksum)");
+    inner_init(r.inner, r.model, inner_hyper(o));
+    r.rng = Rng(o.seed ^ 0xD110C0ull);
+    std::copy(r.rng.s, r.rng.s + 4, r.state.rng);
+    if (r.root()) {
+        fs::create_directories(o.out);
+        remove_stale_temporaries(o.out + "/ckpt");
+    }
+    std::vector<std::vector<float>> algorithm_state;
+    const std::string resumed = o.resume ? resume_from_checkpoint(r, algorithm_state) : "";
+    r.algo = find_algorithm(o.algo).create(o, r.comm, r.model);
+    if (!resumed.empty()) {
+        try {
+            r.algo->load_state(std::move(algorithm_state), r.state.step);
+        } catch (const CollectiveError&) {
+            throw;
+        } catch (const Error& e) {
+            throw Error("checkpoint " + resumed + ": " + e.what());
+        }
+        if (r.root()) std::fprintf(stderr, "resume: %s (step %lld)\n", resumed.c_str(), (long long)r.state.step);
+    }
+    // on an accelerator, the model, gradients and AdamW state live there from here on
+    if (use_device(o)) {
+        r.dev = device_backend().create(r.model, inner_hyper(o), o.batch, o.seq_len, r.comm);
+        if (r.state.step > 0) r.dev->moments_from_host(r.inner.m.data(), r.inner.v.data());
+    }
+    const bool replicas = r.algo->replica_per_worker();
+    r.stage_grads = r.dev && (replicas ? r.comm.ranks_per_worker() : r.comm.world_size()) > 1;
+    // one stream of R*B rows per step for a single model; a worker reads its own part, G*B per step
+    r.global_rows = (long)r.comm.world_size() * o.batch;
+    r.stream_rows = replicas ? (long)r.comm.ranks_per_worker() * o.batch : r.global_rows;
+    r.my_row = (long)(replicas ? r.comm.local() : r.comm.world_rank()) * o.batch;
+}
+
+double evaluate_now(Run& r) {
+    const long rows = r.o.eval_batches * r.global_rows;
+    if (!r.dev) return evaluate(r.model, r.o.data, r.o.seq_len, rows, r.o.batch);
+    return evaluate_with([&](const int* tk, const int* tg, int n, int t) { return r.dev->forward_loss(tk, tg, n, t); },
+                         r.cfg.vocab, r.o.data, r.o.seq_len, rows, r.o.batch);
+}
+
+void print_header(const Run& r, const TokenStream& train) {
+    const TrainOptions& o = r.o;
+    const std::string where = r.dev ? device_backend().name : "cpu, " + std::to_string(omp_get_max_threads()) + " threads";
+    std::fprintf(stderr,
+                 "train: %s | %.2fM params | %s%s | %d ranks (%d workers x %d) | batch %d x %d per rank | %ld steps "
+                 "| %s | train %.2fM tokens\n",
+                 r.cfg.describe().c_str(), r.model.num_params / 1e6, o.algo.c_str(), r.algo->describe().c_str(),
+                 r.comm.world_size(), r.comm.workers(), r.comm.ranks_per_worker(), o.batch, o.seq_len, o.steps,
+                 where.c_str(), train.num_tokens() / 1e6);
+}
+
+// One inner step: this rank's rows of the step's batch, forward and backward, the gradients
+// averaged over the ranks that train one model, the inner optimizer's step.
+PendingStep inner_step(Run& r, TokenStream& train, int64_t step, std::vector<int>& tok, std::vector<int>& tgt) {
+    const int B = r.o.batch, T = r.o.seq_len;
+    train.read_rows(r.state.data_cursor + r.my_row, B, tok.data(), tgt.data());
+    r.state.data_cursor += r.stream_rows;
+    const double c0 = r.seconds();
+    const float loss = r.dev ? r.dev->compute_gradients(tok.data(), tgt.data(), B, T)
+                             : compute_gradients(r.model, tok.data(), tgt.data(), B, T);
+    r.compute_s += r.seconds() - c0;
+    DILOCO_CHECK(std::isfinite(loss), "loss became " + std::to_string(loss) + " at step " + std::to_string(step) +
+                                          " on rank " + std::to_string(r.comm.world_rank()) + "; lower --lr");
+    float* grads = r.model.grads.data();
+    if (r.stage_grads) r.dev->grads_to_host(grads);  // (NCCL would keep them on the device)
+    if (r.algo->replica_per_worker())
+        r.comm.average_worker(grads, r.model.num_params);
+    else
+        r.comm.average_world(grads, r.model.num_params);
+    if (r.stage_grads) r.dev->grads_from_host(grads);
+    const double c1 = r.seconds();
+    const InnerStepInfo si = r.dev ? r.dev->inner_update(step) : inner_update(r.inner, r.model, step);
+    r.compute_s += r.seconds() - c1;
+    r.state.step = step;
+    return {step, loss, si.lr, si.grad_norm, r.seconds(), r.compute_s};
+}
+
+// The global mean loss of each step of the round reaches rank 0 (one small message per round,
+// counted on the outer link), which writes the metrics lines and the progress.
+void report_round(Run& r, const std::vector<PendingStep>& pending) {
+    std::vector<double> losses(pending.size());
+    for (size_t k = 0; k < pending.size(); k++) losses[k] = pending[k].loss;
+    r.comm.reduce_to_root(losses.data(), pending.size());
+    if (!r.root()) return;
+    const int R = r.comm.world_size();
+    const double tokens_per_step = (double)r.global_rows * r.o.seq_len;
+    for (size_t k = 0; k < pending.size(); k++) {
+        const PendingStep& p = pending[k];
+        const double loss = losses[k] / R;
+        std::fprintf(r.metrics,
+                     "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.6g, \"grad_norm\": %.6g, \"tokens\": %.0f, "
+                     "\"wall_s\": %.3f, \"compute_util\": %.4f, \"bytes_outer\": %llu, \"bytes_inner\": %llu}\n",
+                     (long long)p.step, loss, p.lr, p.grad_norm, (double)p.step * tokens_per_step, p.wall,
+                     p.wall > 0 ? p.compute / p.wall : 0.0, (unsigned long long)r.comm.bytes_outer(),
+                     (unsigned long long)r.comm.bytes_inner());
+        const bool log_line = r.o.log_every > 0 && (p.step % r.o.log_every == 0 || p.step == r.first_step);
+        if (log_line || p.step == r.o.steps) {
+            const double done = (double)(p.step - r.first_step + 1);
+            std::fprintf(stderr, "step %lld/%ld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | ETA %s\n",
+                         (long long)p.step, r.o.steps, loss, p.lr, p.grad_norm, done * tokens_per_step / p.wall,
+                         fmt_duration(p.wall / done * (r.o.steps - p.step)).c_str());
+        }
+    }
+}
+
+// Every rank keeps what it alone holds; rank 0 also writes the global model for eval, generate
+// and export (in one process, that file is the one --resume reads, so it carries the algorithm's
+// state too).
+void save_checkpoints(Run& r, int64_t step) {
+    std::copy(r.rng.s, r.rng.s + 4, r.state.rng);
+    if (r.dev) {
+        r.dev->params_to_host(r.model.params.data());
+        r.dev->moments_to_host(r.inner.m.data(), r.inner.v.data());
+    }
+    const std::vector<std::vector<float>> algorithm_state = r.algo->save_state();
+    const bool distributed = r.comm.world_size() > 1;
+    const float* params = r.model.params.data();
+    if (distributed)
+        save_checkpoint(rank_checkpoint_path(r.o.out, step, r.comm.world_rank()), r.cfg, r.state, params,
+                        r.inner.m.data(), r.inner.v.data(), r.model.num_params, algorithm_state);
+    if (r.root())
+        save_checkpoint(checkpoint_path(r.o.out, step), r.cfg, r.state, params, r.inner.m.data(), r.inner.v.data(),
+                        r.model.num_params, distributed ? std::vector<std::vector<float>>{} : algorithm_state);
+}
+
+// At the end of a round: report, then evaluate and checkpoint the global model when due.
+void end_round(Run& r, std::vector<PendingStep>& pending, int64_t step, uint64_t outer_before) {
+    const TrainOptions& o = r.o;
+    const bool last = step == o.steps;
+    report_round(r, pending);
+    pending.clear();
+    if (step != r.end_step) r.peak_bytes_step = std::max(r.peak_bytes_step, r.comm.bytes_outer() - outer_before);
+    if (r.root() && (step >= r.next_eval || last) && (o.eval_every > 0 || last)) {
+        r.val_loss = evaluate_now(r);
+        std::fprintf(r.metrics, "{\"step\": %lld, \"val_loss\": %.9g}\n", (long long)step, r.val_loss);
+        std::fprintf(stderr, "step %lld | val_loss %.4f\n", (long long)step, r.val_loss);
+        while (r.next_eval <= step) r.next_eval += o.eval_every;
+    }
+    if (r.root()) std::fflush(r.metrics);
+    if (step >= r.next_ckpt || (o.ckpt_every > 0 && last) || (step == r.end_step && !last)) {
+        save_checkpoints(r, step);
+        while (r.next_ckpt <= step) r.next_ckpt += o.ckpt_every;
+    }
+}
+
+// The summary line of metrics.jsonl and the closing lines on stderr, with the job's
+// across-worker traffic against what data-parallel would have sent: every step, an allreduce of
+// each rank's 1/G slice over the M workers.
+void write_summary(Run& r) {
+    const TrainOptions& o = r.o;
+    const int M = r.comm.workers(), G = r.comm.ranks_per_worker(), R = r.comm.world_size();
+    const double wall = r.seconds();
+    const long trained = std::max<long>(0, o.steps - r.first_step + 1);
+    const double tokens_per_step = (double)r.global_rows * o.seq_len;
+    const double outer_total = r.comm.sum_world((double)r.comm.bytes_outer());
+    const double dp_outer_total =
+        M > 1 ? (double)o.steps * R * 2.0 * (M - 1) / M * 4.0 * ((double)r.model.num_params / G) : 0.0;
+    if (!r.root()) return;
+    std::fprintf(r.metrics,
+                 "{\"summary\": true, \"step\": %ld, \"final_val_loss\": %.9g, \"tokens\": %.0f, "
+                 "\"wall_s\": %.3f, \"tok_per_s\": %.1f, \"params\": %zu, \"algo\": \"%s\", "
+                 "\"workers\": %d, \"ranks\": %d, \"inner_steps\": %ld, \"bytes_outer_total\": %.0f, "
+                 "\"bytes_outer_dp_equivalent\": %.0f, \"peak_bytes_step\": %llu, \"compute_util\": %.4f}\n",
+                 o.steps, r.val_loss, (double)o.steps * tokens_per_step, wall,
+                 trained > 0 ? trained * tokens_per_step / wall : 0.0, r.model.num_params, o.algo.c_str(), M, R,
+                 r.algo->steps_per_round(), outer_total, dp_outer_total, (unsigned long long)r.peak_bytes_step,
+                 wall > 0 ? r.compute_s / wall : 0.0);
+    std::fclose(r.metrics);
+    std::fprintf(stderr, "train: done in %s | final val_loss %.4f\n", fmt_duration(wall).c_str(), r.val_loss);
+    if (M > 1)
+        std::fprintf(stderr, "train: across-worker bytes %.2f MB in total; data-parallel would have sent %.2f MB "
+                             "for the same tokens (%.1fx)\n",
+                     outer_total / 1e6, dp_outer_total / 1e6, dp_outer_total / std::max(outer_total, 1.0));
+}
+
 }  // namespace
 
 double run_train(const TrainOptions& o) {
@@ -214,332 +462,55 @@ double run_train(const TrainOptions& o) {
     Comm comm(o.workers);
     comm.emulate_outer_link(o.outer_gbps, o.outer_latency_ms);
     const std::string options_text = describe_options(o);
-    require_same_on_all_ranks(comm, fnv1a(options_text.data(), options_text.size()),
-                              "the configuration (some option)");
-    const bool root = comm.is_root();
-    const bool is_diloco = o.algo == "diloco";
-    const bool is_streaming = o.algo == "streaming";
-    const bool replicas = is_diloco || is_streaming;  // each worker trains its own replica
-    const DatasetInfo info = read_dataset_info(o.data);
-    const GPTConfig cfg = resolve_config(o, info.vocab);
-    const int B = o.batch, T = o.seq_len, M = comm.workers(), G = comm.ranks_per_worker();
-    const long global_rows = (long)comm.world_size() * B;  // rows of one inner step, all replicas
-    // DP reads one stream of R*B rows per step; a DiLoCo worker reads its own part, G*B per step
-    const long stream_rows = replicas ? (long)G * B : global_rows;
-    const long my_row = replicas ? (long)comm.local() * B : (long)comm.world_rank() * B;
-    const long H = replicas ? o.inner_steps : 1;  // inner steps between syncs of the global model
-
-    GPT m;
-    gpt_build(m, cfg);
-    gpt_init(m, o.seed);  // the same seed on every rank: the replicas start equal
-    require_same_on_all_ranks(comm, crc32_update(0, m.params.data(), 4 * m.num_params),
-                              "the initial model (checksum)");
-    InnerOptimizer inner;
-    inner_init(inner, m, inner_hyper(o));
-    const OuterHyper outer_h{o.outer_lr, o.outer_momentum, o.outer_opt == "nesterov"};
-    OuterState outer;
-    EagerState eager;
-    TrainState state;
-    Rng rng(o.seed ^ 0xD110C0ull);
-    std::copy(rng.s, rng.s + 4, state.rng);
-
-    if (root) {
-        fs::create_directories(o.out);
-        remove_stale_temporaries(o.out + "/ckpt");
+    require_same_on_all_ranks(comm, fnv1a(options_text.data(), options_text.size()), "the configuration (some option)");
+    Run r(o, comm, resolve_config(o, read_dataset_info(o.data).vocab));
+    set_up_model_and_algorithm(r);
+    r.metrics_path = o.out + "/metrics.jsonl";
+    if (r.root()) {
+        if (r.state.step > 0)
+            truncate_metrics(r.metrics_path, r.state.step);
+        else if (fs::exists(r.metrics_path))
+            fs::remove(r.metrics_path);
     }
-    const std::string metrics_path = o.out + "/metrics.jsonl";
-    const bool distributed = comm.world_size() > 1;
-    std::vector<std::vector<float>> resumed_outer;  // DiLoCo: this rank's slices of theta and momentum
-    if (o.resume) {
-        // one process: the newest checkpoint; several ranks: the newest step every rank has a file for
-        std::string ck_path = distributed ? "" : latest_checkpoint(o.out);
-        if (distributed) {
-            const int64_t mine = latest_rank_checkpoint_step(o.out, comm.world_rank());
-            const int64_t common = (int64_t)-comm.max_world(-(double)mine);
-            const int64_t newest = (int64_t)comm.max_world((double)mine);
-            if (common < 0 && newest >= 0)
-                throw CollectiveError("--resume: some ranks have checkpoints in " + o.out + "/ckpt and others none");
-            const bool have = common >= 0 && fs::exists(rank_checkpoint_path(o.out, common, comm.world_rank()));
-            if (comm.sum_world(have ? 1.0 : 0.0) < comm.world_size() && common >= 0)
-                throw CollectiveError("--resume: not every rank has a checkpoint for step " + std::to_string(common));
-            if (common >= 0) ck_path = rank_checkpoint_path(o.out, common, comm.world_rank());
-        }
-        if (ck_path.empty()) {
-            if (root) std::fprintf(stderr, "resume: no checkpoint in %s/ckpt, starting from scratch\n", o.out.c_str());
-        } else {
-            Checkpoint ck = load_checkpoint(ck_path);
-            DILOCO_CHECK(ck.config == cfg, "checkpoint " + ck_path + " was written for a different "
-                                           "model (" + ck.config.describe() + ") than this run (" +
-                                           cfg.describe() + ")");
-            DILOCO_CHECK(ck.state.step <= o.steps, "checkpoint " + ck_path + " is at step " +
-                                                       std::to_string(ck.state.step) +
-                                                       ", beyond --steps " + std::to_string(o.steps));
-            DILOCO_CHECK(!is_diloco || ck.state.step % H == 0 || ck.state.step == o.steps,
-                         "checkpoint " + ck_path + " is not at an outer sync");
-            DILOCO_CHECK(!is_diloco || ck.extra.size() == (o.eager ? 4u : 2u),
-                         "checkpoint " + ck_path + " holds no DiLoCo outer state (or was written by another --eager)");
-            DILOCO_CHECK(!is_streaming || !ck.extra.empty(),
-                         "checkpoint " + ck_path + " holds no Streaming DiLoCo state");
-            m.params = std::move(ck.params);
-            inner.m = std::move(ck.adam_m);
-            inner.v = std::move(ck.adam_v);
-            resumed_outer = std::move(ck.extra);
-            state = ck.state;
-            std::copy(state.rng, state.rng + 4, rng.s);
-            if (root) std::fprintf(stderr, "resume: %s (step %lld)\n", ck_path.c_str(), (long long)state.step);
-        }
-    }
-    if (is_diloco) {
-        outer_init(outer, comm, m.params.data(), m.num_params);
-        if (!resumed_outer.empty()) {
-            DILOCO_CHECK(resumed_outer[0].size() == outer.slice.count && resumed_outer[1].size() == outer.slice.count,
-                         "the checkpoint's outer state was written with another rank layout");
-            outer.global = std::move(resumed_outer[0]);
-            outer.momentum = std::move(resumed_outer[1]);
-            if (o.eager) {  // the exchange that was in flight, completed before the checkpoint
-                DILOCO_CHECK(resumed_outer[2].size() == (size_t)M * outer.slice.count && resumed_outer[3].size() == 1,
-                             "the checkpoint's eager state was written with another rank layout");
-                eager.send.assign(outer.slice.count, 0.0f);
-                eager.recv[0] = std::move(resumed_outer[2]);
-                eager.recv[1].assign((size_t)M * outer.slice.count, 0.0f);
-                eager.current = 0;
-                eager.in_flight = resumed_outer[3][0] != 0.0f;
-            }
-        }
-    }
-    // on an accelerator, the model, gradients and AdamW state live there from here on
-    std::unique_ptr<DeviceTrainer> dev;
-    if (use_device(o)) {
-        dev = device_backend().create(m, inner_hyper(o), B, T, comm);
-        if (state.step > 0) dev->moments_from_host(inner.m.data(), inner.v.data());
-    }
-    const bool stage_grads = dev && (replicas ? G > 1 : comm.world_size() > 1);
-    auto eval_now = [&] {
-        if (!dev) return evaluate(m, o.data, T, o.eval_batches * global_rows, B);
-        return evaluate_with([&](const int* tk, const int* tg, int n, int t) { return dev->forward_loss(tk, tg, n, t); },
-                             cfg.vocab, o.data, T, o.eval_batches * global_rows, B);
-    };
-    if (root) {
-        if (state.step > 0)
-            truncate_metrics(metrics_path, state.step);
-        else if (fs::exists(metrics_path))
-            fs::remove(metrics_path);
+    TokenStream train(o.data, "train", r.cfg.vocab, o.seq_len, true, o.seed);
+    if (r.algo->replica_per_worker()) train.set_partition(comm.workers(), comm.worker(), o.shard == "noniid");
+    gpt_allocate(r.model, o.batch, o.seq_len);
+    std::vector<int> tok((size_t)o.batch * o.seq_len), tgt(tok.size());
+    if (r.root()) {
+        r.metrics = std::fopen(r.metrics_path.c_str(), "a");
+        DILOCO_CHECK(r.metrics, "cannot open " + r.metrics_path + " for writing");
+        print_header(r, train);
     }
 
-    TokenStream train(o.data, "train", cfg.vocab, T, true, o.seed);
-    if (replicas) train.set_partition(M, comm.worker(), o.shard == "noniid");
-    std::unique_ptr<Streaming> streaming;
-    if (is_streaming) {
-        StreamingOptions so;
-        so.fragments = o.fragments;
-        so.strided = o.fragment_pattern == "strided";
-        so.H = H;
-        so.tau = o.overlap;
-        so.alpha = o.alpha;
-        so.quant = parse_quant_format(o.quant);
-        so.outer = outer_h;
-        so.eager = o.eager;
-        so.drop_prob = o.drop_prob;
-        so.seed = o.seed;
-        streaming = std::make_unique<Streaming>(so, comm, m);
-        if (!resumed_outer.empty()) streaming->load_state(std::move(resumed_outer));
-    }
-    gpt_allocate(m, B, T);
-    std::vector<int> tok((size_t)B * T), tgt((size_t)B * T);
-
-    std::FILE* metrics = nullptr;
-    if (root) {
-        metrics = std::fopen(metrics_path.c_str(), "a");
-        DILOCO_CHECK(metrics, "cannot open " + metrics_path + " for writing");
-        std::fprintf(stderr, "train: %s | %.2fM params | %s", cfg.describe().c_str(), m.num_params / 1e6,
-                     o.algo.c_str());
-        if (replicas)
-            std::fprintf(stderr, " M=%d H=%ld outer %s lr %.2g mom %.2g", M, H, o.outer_opt.c_str(),
-                         o.outer_lr, o.outer_momentum);
-        if (is_streaming)
-            std::fprintf(stderr, " P=%d %s tau=%ld alpha=%.2g %s", o.fragments, o.fragment_pattern.c_str(), o.overlap,
-                         o.alpha, o.quant.c_str());
-        std::fprintf(stderr, " | %d ranks (%d workers x %d) | batch %d x %d per rank | %ld steps | %s | "
-                             "train %.2fM tokens\n",
-                     comm.world_size(), M, G, B, T, o.steps,
-                     dev ? device_backend().name.c_str() : ("cpu, " + std::to_string(omp_get_max_threads()) + " threads").c_str(),
-                     train.num_tokens() / 1e6);
-    }
-
-    const auto t0 = std::chrono::steady_clock::now();
-    auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
-    const int64_t first_step = state.step + 1;
-    const int64_t end_step = o.stop_at > 0 ? std::min<int64_t>(o.stop_at, o.steps) : o.steps;
-    double val_loss = NAN;
-    int64_t next_eval = o.eval_every > 0 ? (state.step / o.eval_every + 1) * o.eval_every : INT64_MAX;
-    int64_t next_ckpt = o.ckpt_every > 0 ? (state.step / o.ckpt_every + 1) * o.ckpt_every : INT64_MAX;
-    // the most bytes this rank sent across workers in one inner step; the final step, where every
-    // Streaming DiLoCo fragment syncs at once so that the run ends on one model, is left out
-    uint64_t peak_bytes_step = 0;
-    double compute_s = 0.0;
+    r.t0 = std::chrono::steady_clock::now();
+    r.first_step = r.state.step + 1;
+    r.end_step = o.stop_at > 0 ? std::min<int64_t>(o.stop_at, o.steps) : o.steps;
+    if (o.eval_every > 0) r.next_eval = (r.state.step / o.eval_every + 1) * o.eval_every;
+    if (o.ckpt_every > 0) r.next_ckpt = (r.state.step / o.ckpt_every + 1) * o.ckpt_every;
+    ReplicaWeights weights(r.model, r.dev.get());
+    const long round = r.algo->steps_per_round();
     std::vector<PendingStep> pending;
-    pending.reserve(H);
-    std::vector<double> losses(H);
-    for (int64_t step = first_step; step <= end_step; step++) {
-        // one inner step: this rank's rows of the step's batch, gradients averaged over the
-        // ranks that share them (all of them for DP, the worker's for DiLoCo)
-        train.read_rows(state.data_cursor + my_row, B, tok.data(), tgt.data());
-        state.data_cursor += stream_rows;
-        const double c0 = seconds();
-        const float loss = dev ? dev->compute_gradients(tok.data(), tgt.data(), B, T)
-                               : compute_gradients(m, tok.data(), tgt.data(), B, T);
-        compute_s += seconds() - c0;
-        DILOCO_CHECK(std::isfinite(loss), "loss became " + std::to_string(loss) + " at step " +
-                                              std::to_string(step) + " on rank " +
-                                              std::to_string(comm.world_rank()) + "; lower --lr");
-        if (stage_grads) dev->grads_to_host(m.grads.data());  // (NCCL would keep them on the device)
+    for (int64_t step = r.first_step; step <= r.end_step; step++) {
         const uint64_t outer_before = comm.bytes_outer();
-        if (replicas)
-            comm.average_worker(m.grads.data(), m.num_params);
+        pending.push_back(inner_step(r, train, step, tok, tgt));
+        const StepEnd at{step, step % round == 0 || step == r.end_step, step == o.steps};
+        r.algo->after_inner_step(weights, at);
+        if (at.round_ends)
+            end_round(r, pending, step, outer_before);
         else
-            comm.average_world(m.grads.data(), m.num_params);
-        if (stage_grads) dev->grads_from_host(m.grads.data());
-        const double c1 = seconds();
-        const InnerStepInfo si = dev ? dev->inner_update(step) : inner_update(inner, m, step);
-        compute_s += seconds() - c1;
-        state.step = step;
-        pending.push_back({step, loss, si.lr, si.grad_norm, seconds(), compute_s});
-
-        const bool last = step == o.steps;
-        if (is_streaming) {
-            if (dev) dev->params_to_host(m.params.data());
-            // the last step of the run (not of a --stop-at slot) ends on one global model
-            streaming->after_step(comm, m.params.data(), step, last);
-            if (dev) dev->params_from_host(m.params.data());
-        }
-        const bool sync = !replicas || step % H == 0 || step == end_step;
-        if (!sync) {
-            peak_bytes_step = std::max(peak_bytes_step, comm.bytes_outer() - outer_before);
-            continue;
-        }
-        if (is_diloco) {
-            // the last round always delivers, so that every run ends on the global model
-            const long round = (step + H - 1) / H;
-            int n_delivered = 0;
-            for (int r = 0; r < M; r++)
-                n_delivered += last || replica_delivers(o.seed, round, r, o.drop_prob);
-            const bool delivered = last || replica_delivers(o.seed, round, comm.worker(), o.drop_prob);
-            if (dev) dev->params_to_host(m.params.data());
-            if (o.dump_replicas && comm.local() == 0) {
-                char name[96];
-                std::snprintf(name, sizeof name, "/replicas/step_%08lld.replica_%03d.bin", (long long)step, comm.worker());
-                fs::create_directories(o.out + "/replicas");
-                write_llmc(o.out + name, m, m.params.data());
-            }
-            if (o.eager)
-                diloco_eager_sync(outer, eager, comm, m.params.data(), m.num_params, outer_h, last);
-            else
-                diloco_outer_sync(outer, comm, m.params.data(), m.num_params, outer_h, delivered, n_delivered);
-            if (dev) dev->params_from_host(m.params.data());
-            if (o.verify_sync && (!o.eager || last)) {  // eager replicas may differ until the end
-                const uint64_t crc = delivered ? crc32_update(0, m.params.data(), 4 * m.num_params) : 0;
-                const std::vector<uint64_t> all = comm.allgather_u64(crc);
-                for (size_t r = 0; r < all.size(); r++)
-                    if (all[r] != 0 && crc != 0 && all[r] != crc)
-                        throw CollectiveError("after the outer sync of step " + std::to_string(step) +
-                                              ", rank " + std::to_string(r) + " holds different weights");
-            }
-        }
-        // telemetry: the global mean loss of each pending step reaches rank 0 (one small message
-        // per sync, counted on the outer link)
-        for (size_t k = 0; k < pending.size(); k++) losses[k] = pending[k].loss;
-        comm.reduce_to_root(losses.data(), pending.size());
-        if (root) {
-            for (size_t k = 0; k < pending.size(); k++) {
-                const PendingStep& p = pending[k];
-                const double wall = p.wall;
-                std::fprintf(metrics,
-                             "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.6g, \"grad_norm\": %.6g, "
-                             "\"tokens\": %.0f, \"wall_s\": %.3f, \"compute_util\": %.4f, \"bytes_outer\": %llu, "
-                             "\"bytes_inner\": %llu}\n",
-                             (long long)p.step, losses[k] / comm.world_size(), p.lr, p.grad_norm,
-                             (double)p.step * global_rows * T, wall, wall > 0 ? p.compute / wall : 0.0,
-                             (unsigned long long)comm.bytes_outer(), (unsigned long long)comm.bytes_inner());
-                const bool log_line = o.log_every > 0 && (p.step % o.log_every == 0 || p.step == first_step);
-                if (log_line || p.step == o.steps) {
-                    const double done = (double)(p.step - first_step + 1);
-                    std::fprintf(stderr, "step %lld/%ld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | ETA %s\n",
-                                 (long long)p.step, o.steps, losses[k] / comm.world_size(), p.lr, p.grad_norm,
-                                 done * global_rows * T / wall,
-                                 fmt_duration(wall / done * (o.steps - p.step)).c_str());
-                }
-            }
-        }
-        pending.clear();
-        if (step != end_step) peak_bytes_step = std::max(peak_bytes_step, comm.bytes_outer() - outer_before);
-        // evaluation and checkpoints of the global model, by rank 0, at sync points
-        if (root && (step >= next_eval || last) && (o.eval_every > 0 || last)) {
-            val_loss = eval_now();
-            std::fprintf(metrics, "{\"step\": %lld, \"val_loss\": %.9g}\n", (long long)step, val_loss);
-            std::fprintf(stderr, "step %lld | val_loss %.4f\n", (long long)step, val_loss);
-            while (next_eval <= step) next_eval += o.eval_every;
-        }
-        if (root) std::fflush(metrics);
-        if (step >= next_ckpt || (o.ckpt_every > 0 && last) || (step == end_step && !last)) {
-            std::copy(rng.s, rng.s + 4, state.rng);
-            if (dev) {
-                dev->params_to_host(m.params.data());
-                dev->moments_to_host(inner.m.data(), inner.v.data());
-            }
-            // every rank keeps what it alone holds; rank 0 also writes the global model for
-            // eval, generate and export
-            std::vector<std::vector<float>> extra;
-            if (is_diloco) extra = {outer.global, outer.momentum};
-            if (is_diloco && o.eager) {  // complete the exchange in flight; its data is the state
-                if (eager.in_flight) comm.wait(eager.request);
-                extra.push_back(eager.recv[eager.current]);
-                extra.push_back({eager.in_flight ? 1.0f : 0.0f});
-            }
-            if (is_streaming) extra = streaming->save_state(comm);
-            if (distributed)
-                save_checkpoint(rank_checkpoint_path(o.out, step, comm.world_rank()), cfg, state, m.params.data(),
-                                inner.m.data(), inner.v.data(), m.num_params, extra);
-            // one process: this file is also the one --resume reads, so it carries the outer state
-            if (root)
-                save_checkpoint(checkpoint_path(o.out, step), cfg, state, m.params.data(), inner.m.data(),
-                                inner.v.data(), m.num_params, distributed ? std::vector<std::vector<float>>{} : extra);
-            while (next_ckpt <= step) next_ckpt += o.ckpt_every;
-        }
+            r.peak_bytes_step = std::max(r.peak_bytes_step, comm.bytes_outer() - outer_before);
     }
-    if (end_step < o.steps) {
-        if (root) std::fclose(metrics);
-        if (root)
+    if (r.end_step < o.steps) {
+        if (r.root()) {
+            std::fclose(r.metrics);
             std::fprintf(stderr, "train: stopped at step %lld of %ld as asked; --resume continues\n",
-                         (long long)end_step, o.steps);
+                         (long long)r.end_step, o.steps);
+        }
         return NAN;
     }
-    if (root && std::isnan(val_loss)) val_loss = eval_now();
-    const double wall = seconds();
-    const long trained = std::max<long>(0, o.steps - first_step + 1);
-    // across-worker traffic of the whole job, and what data-parallel would have sent: every step,
-    // an allreduce of each rank's 1/G slice over the M workers
-    const double outer_total = comm.sum_world((double)comm.bytes_outer());
-    const double dp_outer_total = M > 1 ? (double)o.steps * comm.world_size() * 2.0 * (M - 1) / M *
-                                              4.0 * ((double)m.num_params / G)
-                                        : 0.0;
-    if (root) {
-        std::fprintf(metrics,
-                     "{\"summary\": true, \"step\": %ld, \"final_val_loss\": %.9g, \"tokens\": %.0f, "
-                     "\"wall_s\": %.3f, \"tok_per_s\": %.1f, \"params\": %zu, \"algo\": \"%s\", "
-                     "\"workers\": %d, \"ranks\": %d, \"inner_steps\": %ld, \"bytes_outer_total\": %.0f, "
-                     "\"bytes_outer_dp_equivalent\": %.0f, \"peak_bytes_step\": %llu, \"compute_util\": %.4f}\n",
-                     o.steps, val_loss, (double)o.steps * global_rows * T, wall,
-                     trained > 0 ? trained * (double)global_rows * T / wall : 0.0, m.num_params,
-                     o.algo.c_str(), M, comm.world_size(), H, outer_total, dp_outer_total,
-                     (unsigned long long)peak_bytes_step, wall > 0 ? compute_s / wall : 0.0);
-        std::fclose(metrics);
-        std::fprintf(stderr, "train: done in %s | final val_loss %.4f\n", fmt_duration(wall).c_str(), val_loss);
-        if (M > 1)
-            std::fprintf(stderr, "train: across-worker bytes %.2f MB in total; data-parallel would have "
-                                 "sent %.2f MB for the same tokens (%.1fx)\n",
-                         outer_total / 1e6, dp_outer_total / 1e6, dp_outer_total / std::max(outer_total, 1.0));
-    }
-    return val_loss;
+    if (r.root() && std::isnan(r.val_loss)) r.val_loss = evaluate_now(r);
+    write_summary(r);
+    return r.val_loss;
 }
 
 std::string run_generate(const GenerateOptions& o) {

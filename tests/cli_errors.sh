@@ -90,6 +90,13 @@ mkdir -p other && cp -r good/ckpt other/
 expect_error "different model" "$BIN" train --data data --out other --n-layer 1 --n-head 2 --d-model 32 --seq-len 16 --batch 2 --log-every 0 --steps 8 --resume
 mkdir -p corrupt/ckpt && cp flipped.ckpt corrupt/ckpt/step_00000004.ckpt
 expect_error "CRC32 mismatch" "$BIN" train --data data --out corrupt $SMALL --steps 8 --resume
+# an algorithm's state that does not fit the resumed run: the error names the checkpoint
+"$BIN" train --data data --out dl $SMALL --steps 8 --algo diloco --inner-steps 2 --stop-at 4 2>/dev/null
+expect_error "step_00000004.ckpt: it holds no DiLoCo outer state" "$BIN" train --data data --out dl $SMALL --steps 8 --algo diloco --inner-steps 2 --eager --resume
+expect_error "step_00000004.ckpt: step 4 is not at an outer sync" "$BIN" train --data data --out dl $SMALL --steps 8 --algo diloco --inner-steps 3 --resume
+expect_error "its streaming state has 2 arrays, this run needs 5" "$BIN" train --data data --out dl $SMALL --steps 8 --algo streaming --inner-steps 2 --resume
+expect_error "--algo must be one of dp, diloco, streaming" "$BIN" train --data data --out x $SMALL --steps 8 --algo local-sgd
+expect_error "--eager applies to --algo diloco and streaming" "$BIN" train --data data --out x $SMALL --steps 8 --eager
 
 # a run killed (SIGKILL) while checkpointing every step leaves only complete checkpoints
 cases=$((cases + 1))

@@ -1,0 +1,52 @@
+// The options of `diloco train`, as the command line and config files set them (tools/main.cpp
+// names each one). The training loop and every training algorithm read them from here.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace diloco {
+
+struct TrainOptions {
+    std::string data, out;
+    // model
+    std::string model;  // preset name, or "" for the explicit sizes below
+    int n_layer = 4, n_head = 4, d_model = 128, seq_len = 128;
+    int max_seq_len = 0;  // position-embedding rows; 0 = the preset's, or seq_len
+    // batch and length
+    int batch = 16;
+    long steps = 1000;
+    // inner optimizer
+    float lr = 1e-3f, min_lr_frac = 0.1f, weight_decay = 0.1f, beta1 = 0.9f, beta2 = 0.95f;
+    float eps = 1e-8f, grad_clip = 1.0f;
+    long warmup = 100;
+    std::string inner_opt = "adamw";
+    // algorithm
+    std::string algo = "dp";  // a name in the registry of optim/algorithm.h
+    int workers = 1;          // M replicas; the ranks are split into M workers of R/M
+    long inner_steps = 50;    // H
+    float outer_lr = 0.7f, outer_momentum = 0.9f;
+    std::string outer_opt = "nesterov";  // nesterov | sgd
+    double drop_prob = 0.0;  // a replica fails to deliver its outer gradient with this probability
+    bool verify_sync = false;  // check after every outer sync that all replicas hold equal weights
+    bool dump_replicas = false;  // write each replica's weights before every outer sync
+    // Streaming DiLoCo
+    int fragments = 1;
+    std::string fragment_pattern = "strided";  // strided | sequential
+    long overlap = 0;  // tau
+    float alpha = 0.5f;
+    std::string quant = "fp32";
+    bool eager = false;  // one-round-overlapped outer sync with the eager formula (diloco)
+    // link emulation of the across-worker link
+    double outer_gbps = 0.0, outer_latency_ms = 0.0;
+    // data
+    std::string shard = "iid";
+    uint64_t seed = 1337;
+    // evaluation, checkpoints, output
+    long eval_every = 0, ckpt_every = 0, log_every = 10;
+    int eval_batches = 8;
+    bool resume = false;
+    long stop_at = 0;  // leave after this step with a checkpoint (0: run to --steps)
+    std::string device = "auto";
+};
+
+}  // namespace diloco
