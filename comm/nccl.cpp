@@ -25,7 +25,10 @@ NcclWorkerComm::NcclWorkerComm(Comm& comm) : comm_(comm) {
     DILOCO_CUDA_CHECK(cudaSetDevice(device_));
     ncclUniqueId id;
     if (comm.local() == 0) NCCL_CHECK(ncclGetUniqueId(&id));
-    MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, *static_cast<MPI_Comm*>(comm.worker_mpi_comm()));
+    if (comm.ranks_per_worker() > 1) {
+        DILOCO_CHECK(comm.worker_mpi_comm(), "NCCL across the ranks of a worker needs MPI");
+        MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, *static_cast<MPI_Comm*>(comm.worker_mpi_comm()));
+    }
     ncclComm_t c;
     NCCL_CHECK(ncclCommInitRank(&c, comm.ranks_per_worker(), id, comm.local()));
     nccl_ = c;
@@ -36,8 +39,7 @@ NcclWorkerComm::~NcclWorkerComm() {
 }
 
 void NcclWorkerComm::average(float* x, size_t n, cudaStream_t stream) {
-    const int G = comm_.ranks_per_worker();
-    if (G == 1) return;
+    const int G = comm_.ranks_per_worker();  // G = 1 too: one GPU runs the path of many
     NCCL_CHECK(ncclAllReduce(x, x, n, ncclFloat32, ncclAvg, static_cast<ncclComm_t>(nccl_), stream));
     comm_.count_inner(2 * 4 * (uint64_t)n * (G - 1) / G);  // ring allreduce
 }

@@ -21,7 +21,8 @@ public:
 
     int device() const { return device_; }
 
-    // Averages n floats of device memory over the worker's ranks, in place, on `stream`.
+    // Averages n floats of device memory over the worker's ranks, in place, on `stream` (also for
+    // one rank, where it is a copy in place, so that one GPU exercises the call).
     void average(float* x, size_t n, cudaStream_t stream);
     // All-gather of the G slices (slice_of) of x, n floats in all, in place, on `stream`.
     void allgather_slices(float* x, size_t n, cudaStream_t stream);

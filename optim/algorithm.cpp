@@ -1,17 +1,45 @@
 #include "optim/algorithm.h"
 
+#include <chrono>
+
 #include "kernels/common.h"
 #include "optim/device.h"
 
 namespace diloco {
 
-float* ReplicaWeights::fetch() {
-    if (device_) device_->params_to_host(model_.params.data());
-    return model_.params.data();
+namespace {
+double now_seconds() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+float* ReplicaWeights::fetch() { return fetch(Slice{0, count()}); }
+
+void ReplicaWeights::store() { store(Slice{0, count()}); }
+
+float* ReplicaWeights::fetch(Slice r) {
+    if (device_ && r.count > 0) {
+        const double t0 = now_seconds();
+        device_->params_to_host(host(), r.begin, r.count);
+        staging_seconds += now_seconds() - t0;
+    }
+    return host();
 }
 
-void ReplicaWeights::store() {
-    if (device_) device_->params_from_host(model_.params.data());
+void ReplicaWeights::store(Slice r) {
+    if (device_ && r.count > 0) {
+        const double t0 = now_seconds();
+        device_->params_from_host(host(), r.begin, r.count);
+        staging_seconds += now_seconds() - t0;
+    }
+}
+
+void ReplicaWeights::share_slices_in_worker() {
+    if (comm_.ranks_per_worker() == 1) return;
+    if (!device_ || !device_->allgather_param_slices_in_worker()) {
+        comm_.allgather_worker(host(), count());
+        store();
+    }
 }
 
 const AlgorithmEntry& find_algorithm(const std::string& name) {

@@ -31,19 +31,33 @@ namespace diloco {
 class DeviceTrainer;
 
 // The replica's weights, where an algorithm reads and writes them: the host copy of the flat
-// buffer. When the model trains on a device, fetch() copies the weights from there first and
-// store() puts them back; on the CPU both are free.
+// buffer. When the model trains on a device, the host copy is brought up to date only where an
+// algorithm asks: fetch() copies weights from the device, store() puts them back, each for the
+// whole buffer or one range, so that an outer sync moves only the slice or fragment it needs.
+// On the CPU every call but share_slices_in_worker() is free. The time spent copying and waiting
+// is counted for the run's metrics.
 class ReplicaWeights {
 public:
-    ReplicaWeights(GPT& model, DeviceTrainer* device) : model_(model), device_(device) {}
+    ReplicaWeights(GPT& model, DeviceTrainer* device, Comm& comm) : model_(model), device_(device), comm_(comm) {}
+    float* host() { return model_.params.data(); }  // not brought up to date by itself
     float* fetch();
     void store();
+    float* fetch(Slice range);  // returns host(), with `range` up to date
+    void store(Slice range);
+    // Every rank of the worker has written its own slice (slice_of(count(), G, local rank)) and
+    // stored it; afterwards every rank holds all G slices: gathered by NCCL on the device when
+    // the device trainer can, otherwise over MPI on the host and stored. The host copy is then up
+    // to date only in this rank's slice (device path) or everywhere (host path).
+    void share_slices_in_worker();
     size_t count() const { return model_.num_params; }
     const GPT& model() const { return model_; }
+
+    double staging_seconds = 0.0;  // spent copying between device and host, all calls so far
 
 private:
     GPT& model_;
     DeviceTrainer* device_;
+    Comm& comm_;
 };
 
 struct StepEnd {

@@ -1,8 +1,9 @@
 // Training on an accelerator. The training loop (optim/train.cpp) keeps the host model as the
 // place where communication, checkpoints and the outer optimizer see the weights; a DeviceTrainer
 // holds the model, its gradients and the inner optimizer state on the device, and copies to and
-// from the host only where the loop asks (at outer syncs, checkpoints, and — with several ranks —
-// for the gradient average). The CUDA implementation registers itself from main(); the core
+// from the host only where the loop asks: the slice or fragment an outer sync needs
+// (ReplicaWeights, optim/algorithm.h), checkpoints, and — without NCCL, with several ranks — the
+// gradient average. The CUDA implementation registers itself from main(); the core
 // library has no CUDA dependency.
 #pragma once
 #include <memory>
@@ -25,11 +26,21 @@ public:
     virtual void grads_from_host(const float* host) = 0;
     virtual void params_to_host(float* host) = 0;
     virtual void params_from_host(const float* host) = 0;
+    // The same for elements [begin, begin + count) of the flat buffer (host points at element 0).
+    virtual void params_to_host(float* host, size_t begin, size_t count) = 0;
+    virtual void params_from_host(const float* host, size_t begin, size_t count) = 0;
     virtual void moments_to_host(float* m, float* v) = 0;
     virtual void moments_from_host(const float* m, const float* v) = 0;
-    // Averages the gradients over the ranks of this worker on the device (NCCL) and returns true,
-    // or returns false when it cannot, and the loop averages them through the host instead.
+    // Averages the gradients over the ranks of this worker on the device (NCCL, on a stream of
+    // its own ordered by events, so that the next kernel on the model's stream waits for it) and
+    // returns true, or returns false when it cannot, and the loop averages them through the host.
     virtual bool average_grads_in_worker() { return false; }
+    // Seconds the last average_grads_in_worker() took on the device (0 without one); call after
+    // inner_update, which waits for the step to finish.
+    virtual double last_average_seconds() { return 0.0; }
+    // All-gathers the worker's G slices of the parameters (slice_of) on the device (NCCL) and
+    // returns true, or returns false and the caller gathers them through the host.
+    virtual bool allgather_param_slices_in_worker() { return false; }
 };
 
 struct DeviceBackend {

@@ -20,26 +20,25 @@ void outer_init(OuterState& s, const Comm& comm, const float* params, size_t n) 
     s.delta.assign(s.slice.count, 0.0f);
 }
 
-void diloco_outer_sync(OuterState& s, Comm& comm, float* params, size_t n, const OuterHyper& h,
-                       bool delivered, int n_delivered) {
+bool diloco_outer_sync(OuterState& s, Comm& comm, float* params, const OuterHyper& h, bool delivered,
+                       int n_delivered) {
     const float* theta_m = params + s.slice.begin;
     // 3: outer gradient of this replica, old minus new (zero if it does not deliver)
     for (size_t i = 0; i < s.slice.count; i++) s.delta[i] = delivered ? s.global[i] - theta_m[i] : 0.0f;
     // 4: average over the replicas that delivered
     comm.sum_across_workers(s.delta.data(), s.slice.count);
-    if (n_delivered == 0) return;  // nobody delivered: theta stays theta(t-1)
+    if (n_delivered == 0) return false;  // nobody delivered: theta stays theta(t-1)
     const float inv = 1.0f / n_delivered;
     for (float& d : s.delta) d *= inv;
     // 5: the outer optimizer step on theta(t-1)
     outer_step(s.global.data(), s.delta.data(), s.momentum.data(), s.slice.count, h);
     // 1 of the next round: every delivering replica starts from theta(t)
-    if (!delivered) return;
+    if (!delivered) return false;
     std::copy(s.global.begin(), s.global.end(), params + s.slice.begin);
-    comm.allgather_worker(params, n);
+    return true;
 }
 
-void diloco_eager_sync(OuterState& s, EagerState& e, Comm& comm, float* params, size_t n, const OuterHyper& h,
-                       bool last) {
+void diloco_eager_sync(OuterState& s, EagerState& e, Comm& comm, float* params, const OuterHyper& h, bool last) {
     const size_t k = s.slice.count;
     const int M = comm.workers(), me = comm.worker();
     if (e.send.size() != k) {
@@ -79,7 +78,6 @@ void diloco_eager_sync(OuterState& s, EagerState& e, Comm& comm, float* params, 
         for (float& g : s.global) g *= inv;
     }
     std::copy(s.global.begin(), s.global.end(), params + s.slice.begin);
-    comm.allgather_worker(params, n);
 }
 
 bool replica_delivers(uint64_t seed, long round, int m, double p) {
@@ -118,15 +116,20 @@ public:
         for (int m = 0; m < comm_.workers(); m++)
             n_delivered += at.run_ends || replica_delivers(o_.seed, round, m, o_.drop_prob);
         const bool delivered = at.run_ends || replica_delivers(o_.seed, round, comm_.worker(), o_.drop_prob);
-        float* params = w.fetch();
+        // only this rank's slice crosses from the device, unless the whole replica is written out
+        float* params = o_.dump_replicas ? w.fetch() : w.fetch(outer_.slice);
         if (o_.dump_replicas && comm_.local() == 0) dump_replica(at.step, w.model(), params);
+        bool takes_theta = true;
         if (o_.eager)
-            diloco_eager_sync(outer_, eager_, comm_, params, w.count(), hyper_, at.run_ends);
+            diloco_eager_sync(outer_, eager_, comm_, params, hyper_, at.run_ends);
         else
-            diloco_outer_sync(outer_, comm_, params, w.count(), hyper_, delivered, n_delivered);
-        w.store();
+            takes_theta = diloco_outer_sync(outer_, comm_, params, hyper_, delivered, n_delivered);
+        if (takes_theta) {  // 1: the replica starts the next round from theta(t), every slice of it
+            w.store(outer_.slice);
+            w.share_slices_in_worker();
+        }
         if (o_.verify_sync && (!o_.eager || at.run_ends))  // eager replicas may differ until the end
-            verify_replicas_agree(at.step, delivered ? crc32_update(0, params, 4 * w.count()) : 0);
+            verify_replicas_agree(at.step, delivered ? crc32_update(0, w.fetch(), 4 * w.count()) : 0);
     }
 
     // theta(t-1) and the momentum of this rank's slice; eager adds the exchange in flight,

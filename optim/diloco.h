@@ -35,12 +35,14 @@ struct OuterState {
 
 void outer_init(OuterState& s, const Comm& comm, const float* params, size_t n);
 
-// Lines 3-5 and the broadcast of theta(t) for one outer round. `delivered` says whether this
-// rank's replica delivers its outer gradient this round (--drop-prob); `n_delivered` is how many
-// replicas do (the same on every rank). A replica that does not deliver keeps training from its
-// own parameters; every rank still updates its copy of theta.
-void diloco_outer_sync(OuterState& s, Comm& comm, float* params, size_t n, const OuterHyper& h,
-                       bool delivered, int n_delivered);
+// Lines 3-5 for one outer round, on this rank's slice of `params` (only that slice is read or
+// written). `delivered` says whether this rank's replica delivers its outer gradient this round
+// (--drop-prob); `n_delivered` is how many replicas do (the same on every rank). A replica that
+// does not deliver keeps training from its own parameters; every rank still updates its copy of
+// theta. Returns true when the replica takes theta(t): its slice of `params` now holds it, and
+// the caller shares the slices within the worker (line 1 of the next round).
+bool diloco_outer_sync(OuterState& s, Comm& comm, float* params, const OuterHyper& h, bool delivered,
+                       int n_delivered);
 
 // Eager updates (Kale, Douillard, Donchev 2025): the exchange of round t's outer gradients overlaps
 // the whole next round. A replica does not wait for the average; it steps with
@@ -58,8 +60,8 @@ struct EagerState {
     bool in_flight = false;
 };
 
-void diloco_eager_sync(OuterState& s, EagerState& e, Comm& comm, float* params, size_t n, const OuterHyper& h,
-                       bool last);
+// As diloco_outer_sync, eagerly; the replica always takes the result into its slice of `params`.
+void diloco_eager_sync(OuterState& s, EagerState& e, Comm& comm, float* params, const OuterHyper& h, bool last);
 
 // Whether replica m delivers its outer gradient in outer round `round`, with drop probability p.
 // A function of (seed, round, m) alone, so every rank computes the same answer.

@@ -105,19 +105,27 @@ void Streaming::complete(Comm& comm, int p) {
     s.received = true;
 }
 
-// Writes `values` (this rank's part of fragment p) into the replica's parameters.
-void Streaming::set_fragment(Comm& comm, int p, float* params, const std::vector<float>& values) {
-    State& s = st_[p];
-    if (G_ == 1) {
-        scatter(p, params, values.data(), s.mine.begin, s.mine.count);
-        return;
-    }
-    std::copy(values.begin(), values.end(), s.packed.begin() + s.mine.begin);
-    comm.allgather_worker(s.packed.data(), s.packed.size());
-    scatter(p, params, s.packed.data(), 0, s.packed.size());
+// Fragment p of the replica's weights on the host, brought up to date from the device.
+float* Streaming::fetch_fragment(ReplicaWeights& w, int p) const {
+    for (const Slice& r : frags_[p].ranges) w.fetch(r);
+    return w.host();
 }
 
-void Streaming::finish(Comm& comm, int p, float* params, bool mix) {
+// Writes `values` (this rank's part of fragment p) into the replica's parameters, and the
+// fragment back to the device.
+void Streaming::set_fragment(Comm& comm, int p, ReplicaWeights& w, const std::vector<float>& values) {
+    State& s = st_[p];
+    if (G_ == 1) {
+        scatter(p, w.host(), values.data(), s.mine.begin, s.mine.count);
+    } else {
+        std::copy(values.begin(), values.end(), s.packed.begin() + s.mine.begin);
+        comm.allgather_worker(s.packed.data(), s.packed.size());
+        scatter(p, w.host(), s.packed.data(), 0, s.packed.size());
+    }
+    for (const Slice& r : frags_[p].ranges) w.store(r);
+}
+
+void Streaming::finish(Comm& comm, int p, ReplicaWeights& w, bool mix) {
     State& s = st_[p];
     complete(comm, p);
     s.pending = s.received = false;
@@ -129,20 +137,20 @@ void Streaming::finish(Comm& comm, int p, float* params, bool mix) {
     // the replica's new fragment: theta~ itself, or mixed with the tau steps of local progress
     std::vector<float>& out = s.delta;  // reuse as the new values of this rank's part
     if (mix) {
-        gather(p, params, out.data(), s.mine.begin, s.mine.count);
+        gather(p, fetch_fragment(w, p), out.data(), s.mine.begin, s.mine.count);
         for (size_t i = 0; i < s.mine.count; i++) out[i] = opt_.alpha * out[i] + (1.0f - opt_.alpha) * s.global[i];
     } else {
         std::copy(s.global.begin(), s.global.end(), out.begin());
     }
-    set_fragment(comm, p, params, out);
+    set_fragment(comm, p, w, out);
 }
 
 // Eager, for fragment p at its sync: step with delta~ = (1/M)[own fresh + others' previous].
-void Streaming::eager_sync(Comm& comm, int p, float* params, long step, bool last) {
+void Streaming::eager_sync(Comm& comm, int p, ReplicaWeights& w, long step, bool last) {
     State& s = st_[p];
     const size_t k = s.mine.count;
     std::vector<float> fresh(k);
-    gather(p, params, fresh.data(), s.mine.begin, k);
+    gather(p, fetch_fragment(w, p), fresh.data(), s.mine.begin, k);
     for (size_t i = 0; i < k; i++) fresh[i] = s.global[i] - fresh[i];
     const float inv = 1.0f / M_;
     if (last) {  // the fresh average, as in DiLoCo's last round
@@ -170,32 +178,30 @@ void Streaming::eager_sync(Comm& comm, int p, float* params, long step, bool las
         comm.sum_across_workers(s.global.data(), k);
         for (float& g : s.global) g *= inv;
     }
-    set_fragment(comm, p, params, s.global);
+    set_fragment(comm, p, w, s.global);
 }
 
 void Streaming::after_inner_step(ReplicaWeights& weights, const StepEnd& at) {
     Comm& comm = comm_;
     const long step = at.step;
     const bool last = at.run_ends;
-    float* params = weights.fetch();
     for (size_t p = 0; p < frags_.size(); p++) {
         State& s = st_[p];
         const bool due = step >= frags_[p].offset && (step - frags_[p].offset) % opt_.H == 0 && step > 0;
         if (opt_.eager) {
-            if (due || last) eager_sync(comm, (int)p, params, step, last);
+            if (due || last) eager_sync(comm, (int)p, weights, step, last);
         } else {
-            if (s.pending && (last || step - s.started >= opt_.tau)) finish(comm, (int)p, params, step > s.started);
+            if (s.pending && (last || step - s.started >= opt_.tau)) finish(comm, (int)p, weights, step > s.started);
             if (due || last) {
                 // outer gradient: old global minus new local (start() copies or encodes it at once)
-                gather((int)p, params, s.delta.data(), s.mine.begin, s.mine.count);
+                gather((int)p, fetch_fragment(weights, (int)p), s.delta.data(), s.mine.begin, s.mine.count);
                 for (size_t i = 0; i < s.mine.count; i++) s.delta[i] = s.global[i] - s.delta[i];
                 start(comm, (int)p, s.delta.data(), step, last);
-                if (opt_.tau == 0 || last) finish(comm, (int)p, params, false);
+                if (opt_.tau == 0 || last) finish(comm, (int)p, weights, false);
             }
         }
         if (s.pending && !s.received) comm.test(s.request);  // progress while compute goes on
     }
-    weights.store();
 }
 
 std::vector<std::vector<float>> Streaming::save_state() {

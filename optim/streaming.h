@@ -88,9 +88,10 @@ private:
     bool by_allreduce() const { return opt_.quant == QuantFormat::fp32; }
     void start(Comm& comm, int p, const float* outer_gradient, long step, bool last);
     void complete(Comm& comm, int p);
-    void finish(Comm& comm, int p, float* params, bool mix);
-    void eager_sync(Comm& comm, int p, float* params, long step, bool last);
-    void set_fragment(Comm& comm, int p, float* params, const std::vector<float>& values);
+    void finish(Comm& comm, int p, ReplicaWeights& w, bool mix);
+    void eager_sync(Comm& comm, int p, ReplicaWeights& w, long step, bool last);
+    float* fetch_fragment(ReplicaWeights& w, int p) const;
+    void set_fragment(Comm& comm, int p, ReplicaWeights& w, const std::vector<float>& values);
     // copies between the flat buffer and the packed fragment, for packed indices [lo, lo + n)
     void gather(int p, const float* params, float* out, size_t lo, size_t n) const;
     void scatter(int p, float* params, const float* in, size_t lo, size_t n) const;

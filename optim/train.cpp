@@ -23,6 +23,7 @@
 #include "optim/algorithm.h"
 #include "optim/device.h"
 #include "optim/inner.h"
+#include "optim/trace.h"
 
 namespace fs = std::filesystem;
 
@@ -196,14 +197,26 @@ static std::string fmt_duration(double s) {
 
 namespace {
 
+// Where the seconds of one inner step went (metrics.jsonl): computing the model's forward,
+// backward and optimizer step; communicating (the gradient average, an algorithm's exchanges,
+// waits and outer updates); staging weights or gradients between device and host.
+struct StepSeconds {
+    double compute = 0.0, comm = 0.0, stage = 0.0;
+    StepSeconds& operator+=(const StepSeconds& o) {
+        compute += o.compute, comm += o.comm, stage += o.stage;
+        return *this;
+    }
+};
+
 // Per-step figures held until the end of the round, when rank 0 learns the global mean loss.
 struct PendingStep {
     int64_t step;
     double loss;
     float lr;
     double grad_norm;
-    double wall;     // seconds since start when the step finished
-    double compute;  // seconds of those spent computing (forward, backward, optimizer)
+    double wall;          // seconds since start when the step finished
+    double compute_total;  // seconds of those spent computing, all steps so far
+    StepSeconds spent;    // this step's seconds
 };
 
 // Everything one run of the loop holds. The algorithm owns its outer state; the loop owns the
@@ -226,7 +239,8 @@ struct Run {
     std::FILE* metrics = nullptr;        // rank 0 only
     std::chrono::steady_clock::time_point t0;
     int64_t first_step = 1, end_step = 0, next_eval = INT64_MAX, next_ckpt = INT64_MAX;
-    double val_loss = NAN, compute_s = 0.0;
+    double val_loss = NAN;
+    StepSeconds spent;  // all steps so far
     // the most bytes this rank sent across workers in one inner step; the final step, where every
     // Streaming DiLoCo fragment syncs at once so that the run ends on one model, is left out
     uint64_t peak_bytes_step = 0;
@@ -331,30 +345,74 @@ void print_header(const Run& r, const TokenStream& train) {
                  where.c_str(), train.num_tokens() / 1e6);
 }
 
+// The step's gradients, averaged over the ranks that train one model: on the device (NCCL) when
+// they are the worker's ranks and the device trainer can, otherwise through the host. Returns
+// whether the device took it (its time is then read after the optimizer step).
+bool average_gradients(Run& r, StepSeconds& spent) {
+    TraceRange trace("gradient average");
+    const bool within_worker = r.algo->replica_per_worker() || r.comm.workers() == 1;
+    if (r.dev && within_worker && r.dev->average_grads_in_worker()) return true;
+    float* grads = r.model.grads.data();
+    double t = r.seconds();
+    if (r.stage_grads) r.dev->grads_to_host(grads);
+    spent.stage += r.seconds() - t;
+    t = r.seconds();
+    if (r.algo->replica_per_worker())
+        r.comm.average_worker(grads, r.model.num_params);
+    else
+        r.comm.average_world(grads, r.model.num_params);
+    spent.comm += r.seconds() - t;
+    t = r.seconds();
+    if (r.stage_grads) r.dev->grads_from_host(grads);
+    spent.stage += r.seconds() - t;
+    return false;
+}
+
 // One inner step: this rank's rows of the step's batch, forward and backward, the gradients
 // averaged over the ranks that train one model, the inner optimizer's step.
 PendingStep inner_step(Run& r, TokenStream& train, int64_t step, std::vector<int>& tok, std::vector<int>& tgt) {
     const int B = r.o.batch, T = r.o.seq_len;
     train.read_rows(r.state.data_cursor + r.my_row, B, tok.data(), tgt.data());
     r.state.data_cursor += r.stream_rows;
-    const double c0 = r.seconds();
-    const float loss = r.dev ? r.dev->compute_gradients(tok.data(), tgt.data(), B, T)
-                             : compute_gradients(r.model, tok.data(), tgt.data(), B, T);
-    r.compute_s += r.seconds() - c0;
+    StepSeconds spent;
+    double t = r.seconds();
+    float loss;
+    {
+        TraceRange trace("forward and backward");
+        loss = r.dev ? r.dev->compute_gradients(tok.data(), tgt.data(), B, T)
+                     : compute_gradients(r.model, tok.data(), tgt.data(), B, T);
+    }
+    spent.compute += r.seconds() - t;
     DILOCO_CHECK(std::isfinite(loss), "loss became " + std::to_string(loss) + " at step " + std::to_string(step) +
                                           " on rank " + std::to_string(r.comm.world_rank()) + "; lower --lr");
-    float* grads = r.model.grads.data();
-    if (r.stage_grads) r.dev->grads_to_host(grads);  // (NCCL would keep them on the device)
-    if (r.algo->replica_per_worker())
-        r.comm.average_worker(grads, r.model.num_params);
-    else
-        r.comm.average_world(grads, r.model.num_params);
-    if (r.stage_grads) r.dev->grads_from_host(grads);
-    const double c1 = r.seconds();
-    const InnerStepInfo si = r.dev ? r.dev->inner_update(step) : inner_update(r.inner, r.model, step);
-    r.compute_s += r.seconds() - c1;
+    const bool on_device = average_gradients(r, spent);
+    t = r.seconds();
+    InnerStepInfo si;
+    {
+        TraceRange trace("inner optimizer");
+        si = r.dev ? r.dev->inner_update(step) : inner_update(r.inner, r.model, step);
+    }
+    spent.compute += r.seconds() - t;
+    if (on_device) {  // the optimizer waited for the average on the device: move its time to comm
+        const double avg = std::min(r.dev->last_average_seconds(), spent.compute);
+        spent.compute -= avg;
+        spent.comm += avg;
+    }
+    r.spent += spent;
     r.state.step = step;
-    return {step, loss, si.lr, si.grad_norm, r.seconds(), r.compute_s};
+    return {step, loss, si.lr, si.grad_norm, r.seconds(), r.spent.compute, spent};
+}
+
+// The algorithm's part of the step, its seconds split into staging and communication.
+void after_inner_step(Run& r, ReplicaWeights& weights, const StepEnd& at, StepSeconds& spent) {
+    TraceRange trace("algorithm");
+    const double t = r.seconds(), staged = weights.staging_seconds;
+    r.algo->after_inner_step(weights, at);
+    StepSeconds s;
+    s.stage = weights.staging_seconds - staged;
+    s.comm = r.seconds() - t - s.stage;
+    spent += s;
+    r.spent += s;
 }
 
 // The global mean loss of each step of the round reaches rank 0 (one small message per round,
@@ -371,10 +429,11 @@ void report_round(Run& r, const std::vector<PendingStep>& pending) {
         const double loss = losses[k] / R;
         std::fprintf(r.metrics,
                      "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.6g, \"grad_norm\": %.6g, \"tokens\": %.0f, "
-                     "\"wall_s\": %.3f, \"compute_util\": %.4f, \"bytes_outer\": %llu, \"bytes_inner\": %llu}\n",
+                     "\"wall_s\": %.3f, \"compute_util\": %.4f, \"compute_s\": %.6f, \"comm_s\": %.6f, "
+                     "\"stage_s\": %.6f, \"bytes_outer\": %llu, \"bytes_inner\": %llu}\n",
                      (long long)p.step, loss, p.lr, p.grad_norm, (double)p.step * tokens_per_step, p.wall,
-                     p.wall > 0 ? p.compute / p.wall : 0.0, (unsigned long long)r.comm.bytes_outer(),
-                     (unsigned long long)r.comm.bytes_inner());
+                     p.wall > 0 ? p.compute_total / p.wall : 0.0, p.spent.compute, p.spent.comm, p.spent.stage,
+                     (unsigned long long)r.comm.bytes_outer(), (unsigned long long)r.comm.bytes_inner());
         const bool log_line = r.o.log_every > 0 && (p.step % r.o.log_every == 0 || p.step == r.first_step);
         if (log_line || p.step == r.o.steps) {
             const double done = (double)(p.step - r.first_step + 1);
@@ -389,6 +448,7 @@ void report_round(Run& r, const std::vector<PendingStep>& pending) {
 // and export (in one process, that file is the one --resume reads, so it carries the algorithm's
 // state too).
 void save_checkpoints(Run& r, int64_t step) {
+    TraceRange trace("checkpoint");
     std::copy(r.rng.s, r.rng.s + 4, r.state.rng);
     if (r.dev) {
         r.dev->params_to_host(r.model.params.data());
@@ -413,6 +473,7 @@ void end_round(Run& r, std::vector<PendingStep>& pending, int64_t step, uint64_t
     pending.clear();
     if (step != r.end_step) r.peak_bytes_step = std::max(r.peak_bytes_step, r.comm.bytes_outer() - outer_before);
     if (r.root() && (step >= r.next_eval || last) && (o.eval_every > 0 || last)) {
+        TraceRange trace("evaluation");
         r.val_loss = evaluate_now(r);
         std::fprintf(r.metrics, "{\"step\": %lld, \"val_loss\": %.9g}\n", (long long)step, r.val_loss);
         std::fprintf(stderr, "step %lld | val_loss %.4f\n", (long long)step, r.val_loss);
@@ -442,11 +503,12 @@ void write_summary(Run& r) {
                  "{\"summary\": true, \"step\": %ld, \"final_val_loss\": %.9g, \"tokens\": %.0f, "
                  "\"wall_s\": %.3f, \"tok_per_s\": %.1f, \"params\": %zu, \"algo\": \"%s\", "
                  "\"workers\": %d, \"ranks\": %d, \"inner_steps\": %ld, \"bytes_outer_total\": %.0f, "
-                 "\"bytes_outer_dp_equivalent\": %.0f, \"peak_bytes_step\": %llu, \"compute_util\": %.4f}\n",
+                 "\"bytes_outer_dp_equivalent\": %.0f, \"peak_bytes_step\": %llu, \"compute_util\": %.4f, "
+                 "\"compute_s\": %.3f, \"comm_s\": %.3f, \"stage_s\": %.3f}\n",
                  o.steps, r.val_loss, (double)o.steps * tokens_per_step, wall,
                  trained > 0 ? trained * tokens_per_step / wall : 0.0, r.model.num_params, o.algo.c_str(), M, R,
                  r.algo->steps_per_round(), outer_total, dp_outer_total, (unsigned long long)r.peak_bytes_step,
-                 wall > 0 ? r.compute_s / wall : 0.0);
+                 wall > 0 ? r.spent.compute / wall : 0.0, r.spent.compute, r.spent.comm, r.spent.stage);
     std::fclose(r.metrics);
     std::fprintf(stderr, "train: done in %s | final val_loss %.4f\n", fmt_duration(wall).c_str(), r.val_loss);
     if (M > 1)
@@ -487,14 +549,14 @@ double run_train(const TrainOptions& o) {
     r.end_step = o.stop_at > 0 ? std::min<int64_t>(o.stop_at, o.steps) : o.steps;
     if (o.eval_every > 0) r.next_eval = (r.state.step / o.eval_every + 1) * o.eval_every;
     if (o.ckpt_every > 0) r.next_ckpt = (r.state.step / o.ckpt_every + 1) * o.ckpt_every;
-    ReplicaWeights weights(r.model, r.dev.get());
+    ReplicaWeights weights(r.model, r.dev.get(), comm);
     const long round = r.algo->steps_per_round();
     std::vector<PendingStep> pending;
     for (int64_t step = r.first_step; step <= r.end_step; step++) {
         const uint64_t outer_before = comm.bytes_outer();
         pending.push_back(inner_step(r, train, step, tok, tgt));
         const StepEnd at{step, step % round == 0 || step == r.end_step, step == o.steps};
-        r.algo->after_inner_step(weights, at);
+        after_inner_step(r, weights, at, pending.back().spent);
         if (at.round_ends)
             end_round(r, pending, step, outer_before);
         else

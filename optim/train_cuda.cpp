@@ -24,9 +24,10 @@ void check(cudaError_t e, const char* what) {
 class CudaTrainer : public DeviceTrainer {
 public:
     CudaTrainer(const GPT& host, const InnerHyper& h, int B, int T, Comm& comm) {
-        // the device first: everything below allocates on it
+        // the device first: everything below allocates on it. With NCCL the worker's gradients are
+        // averaged on the device even for one rank, so that one GPU runs the path many GPUs take.
 #ifdef DILOCO_HAVE_NCCL
-        if (comm.ranks_per_worker() > 1) nccl_ = std::make_unique<NcclWorkerComm>(comm);  // sets the device
+        nccl_ = std::make_unique<NcclWorkerComm>(comm);  // sets the device
 #endif
 #ifndef DILOCO_EMULATE
         int ndev = 0;
@@ -37,8 +38,16 @@ public:
 #endif
         gpt_cuda_create(model_, host, B, T);
         inner_cuda_create(opt_, model_, h);
+#ifdef DILOCO_HAVE_NCCL
+        check(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+        for (cudaEvent_t* e : {&grads_ready_, &average_start_, &averaged_}) check(cudaEventCreate(e), "cudaEventCreate");
+#endif
     }
     ~CudaTrainer() override {
+#ifdef DILOCO_HAVE_NCCL
+        for (cudaEvent_t e : {grads_ready_, average_start_, averaged_}) cudaEventDestroy(e);
+        if (comm_stream_) cudaStreamDestroy(comm_stream_);
+#endif
         inner_cuda_destroy(opt_);
         gpt_cuda_destroy(model_);
     }
@@ -56,6 +65,12 @@ public:
     void grads_from_host(const float* h) override { copy(model_.grads, h, cudaMemcpyHostToDevice); }
     void params_to_host(float* h) override { copy(h, model_.params, cudaMemcpyDeviceToHost); }
     void params_from_host(const float* h) override { copy(model_.params, h, cudaMemcpyHostToDevice); }
+    void params_to_host(float* h, size_t begin, size_t count) override {
+        check(cudaMemcpy(h + begin, model_.params + begin, count * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
+    }
+    void params_from_host(const float* h, size_t begin, size_t count) override {
+        check(cudaMemcpy(model_.params + begin, h + begin, count * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
+    }
     void moments_to_host(float* m, float* v) override {
         copy(m, opt_.m, cudaMemcpyDeviceToHost);
         copy(v, opt_.v, cudaMemcpyDeviceToHost);
@@ -64,14 +79,41 @@ public:
         copy(opt_.m, m, cudaMemcpyHostToDevice);
         copy(opt_.v, v, cudaMemcpyHostToDevice);
     }
+    // grads_ready (model stream) -> allreduce on the comm stream -> averaged (model stream waits)
     bool average_grads_in_worker() override {
 #ifdef DILOCO_HAVE_NCCL
-        if (nccl_) {
-            nccl_->average(model_.grads, model_.layout.num_params, model_.stream);
-            return true;
-        }
-#endif
+        const size_t n = model_.layout.num_params;
+        check(cudaEventRecord(grads_ready_, model_.stream), "cudaEventRecord");
+        check(cudaStreamWaitEvent(comm_stream_, grads_ready_, 0), "cudaStreamWaitEvent");
+        check(cudaEventRecord(average_start_, comm_stream_), "cudaEventRecord");
+        nccl_->average(model_.grads, n, comm_stream_);
+        check(cudaEventRecord(averaged_, comm_stream_), "cudaEventRecord");
+        check(cudaStreamWaitEvent(model_.stream, averaged_, 0), "cudaStreamWaitEvent");
+        average_recorded_ = true;
+        return true;
+#else
         return false;
+#endif
+    }
+    double last_average_seconds() override {
+#ifdef DILOCO_HAVE_NCCL
+        if (!average_recorded_) return 0.0;
+        float ms = 0.0f;
+        check(cudaEventSynchronize(averaged_), "cudaEventSynchronize");
+        check(cudaEventElapsedTime(&ms, average_start_, averaged_), "cudaEventElapsedTime");
+        return ms / 1e3;
+#else
+        return 0.0;
+#endif
+    }
+    bool allgather_param_slices_in_worker() override {
+#ifdef DILOCO_HAVE_NCCL
+        nccl_->allgather_slices(model_.params, model_.layout.num_params, model_.stream);
+        check(cudaStreamSynchronize(model_.stream), "cudaStreamSynchronize");
+        return true;
+#else
+        return false;
+#endif
     }
 
 private:
@@ -80,6 +122,9 @@ private:
     }
 #ifdef DILOCO_HAVE_NCCL
     std::unique_ptr<NcclWorkerComm> nccl_;  // declared first of the device state: destroyed last
+    cudaStream_t comm_stream_ = nullptr;
+    cudaEvent_t grads_ready_ = nullptr, average_start_ = nullptr, averaged_ = nullptr;
+    bool average_recorded_ = false;
 #endif
     GPTCuda model_;
     InnerOptimizerCuda opt_;

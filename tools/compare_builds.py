@@ -5,7 +5,8 @@
 
 Runs one matrix of small training jobs (every algorithm and its variants, 1 and 4 ranks,
 checkpoints, stop-and-resume, replica dumps) with each binary on the same data, then compares
-  - every metrics.jsonl line, every field but the timings (wall_s, tok_per_s, compute_util),
+  - every metrics.jsonl line, every field but the timings (wall_s, tok_per_s, compute_util and
+    the seconds per step by kind, compute_s, comm_s, stage_s),
     as the exact printed text of each number;
   - every file each run wrote under ckpt/ and replicas/, byte for byte.
 Prints one line per job and exits non-zero on any difference. 4 ranks run oversubscribed, one
@@ -26,7 +27,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
 SMALL = ["--n-layer", "4", "--n-head", "2", "--d-model", "32", "--seq-len", "32", "--warmup", "5",
          "--lr", "3e-3", "--log-every", "0", "--eval-batches", "2", "--eval-every", "7", "--batch", "2",
          "--steps", "20", "--ckpt-every", "10"]
-TIMINGS = {"wall_s", "tok_per_s", "compute_util"}
+TIMINGS = {"wall_s", "tok_per_s", "compute_util", "compute_s", "comm_s", "stage_s"}
 
 # name -> (ranks or None for one process, options, split: also run stop-at-10 + resume)
 JOBS = {
