@@ -10,6 +10,7 @@
 //   from the saved lse; no atomics, so the result does not depend on scheduling.
 // flops (causal, counted as computed): forward 4 B NH T(T+1)/2 hs; backward 2.5x that.
 #include "kernels/attention_cuda.h"
+#include "kernels/cuda_common.h"
 
 namespace diloco {
 
@@ -190,8 +191,9 @@ cudaError_t attention_forward_cuda(float* out, float* lse, const float* qkv, int
     if (hs > kAttnCudaMaxHead || C % NH != 0) return cudaErrorInvalidValue;
     if (B <= 0 || T <= 0) return cudaSuccess;
     const dim3 grid((T + ATT_TILE - 1) / ATT_TILE, NH, B);
-    DILOCO_LAUNCH(attention_forward_kernel, grid, ATT_TILE, 3 * ATT_TILE * hs * sizeof(float), stream, out, lse,
-                  qkv, T, C, NH);
+    const size_t smem = 3 * ATT_TILE * hs * sizeof(float);
+    if (cudaError_t e = allow_dynamic_smem(attention_forward_kernel, smem); e != cudaSuccess) return e;
+    DILOCO_LAUNCH(attention_forward_kernel, grid, ATT_TILE, smem, stream, out, lse, qkv, T, C, NH);
     return cudaGetLastError();
 }
 
@@ -205,10 +207,14 @@ cudaError_t attention_backward_cuda(float* dqkv, const float* dout, const float*
     DILOCO_LAUNCH(attention_backward_dot_kernel, (unsigned)((nrows + 127) / 128), 128, 0, stream, workspace, dout,
                   out, B, T, C, NH);
     const dim3 grid((T + ATT_TILE - 1) / ATT_TILE, NH, B);
-    DILOCO_LAUNCH(attention_backward_kv_kernel, grid, ATT_TILE, (2 * ATT_TILE * hs + 2 * ATT_TILE) * sizeof(float),
-                  stream, dqkv, dout, qkv, lse, workspace, T, C, NH);
-    DILOCO_LAUNCH(attention_backward_q_kernel, grid, ATT_TILE, 2 * ATT_TILE * hs * sizeof(float), stream, dqkv,
-                  dout, qkv, lse, workspace, T, C, NH);
+    const size_t smem_kv = (2 * ATT_TILE * hs + 2 * ATT_TILE) * sizeof(float), smem_q = 2 * ATT_TILE * hs * sizeof(float);
+    cudaError_t e = allow_dynamic_smem(attention_backward_kv_kernel, smem_kv);
+    if (e == cudaSuccess) e = allow_dynamic_smem(attention_backward_q_kernel, smem_q);
+    if (e != cudaSuccess) return e;
+    DILOCO_LAUNCH(attention_backward_kv_kernel, grid, ATT_TILE, smem_kv, stream, dqkv, dout, qkv, lse, workspace, T,
+                  C, NH);
+    DILOCO_LAUNCH(attention_backward_q_kernel, grid, ATT_TILE, smem_q, stream, dqkv, dout, qkv, lse, workspace, T,
+                  C, NH);
     return cudaGetLastError();
 }
 
