@@ -17,6 +17,8 @@ namespace diloco {
 
 namespace {
 
+MatmulPrecision g_matmul_precision = MatmulPrecision::fp32;
+
 void check(cudaError_t e, const char* what) {
     DILOCO_CHECK(e == cudaSuccess, std::string("CUDA: ") + what + ": " + cudaGetErrorString(e));
 }
@@ -36,6 +38,7 @@ public:
         (void)comm;
 #endif
         gpt_cuda_create(model_, host, B, T);
+        blas_set_precision(model_.blas, g_matmul_precision);
         inner_cuda_create(opt_, model_, h);
     }
     ~CudaTrainer() override {
@@ -98,6 +101,8 @@ std::unique_ptr<DeviceTrainer> create(const GPT& host, const InnerHyper& h, int 
 }
 
 }  // namespace
+
+void set_cuda_matmul_precision(MatmulPrecision p) { g_matmul_precision = p; }
 
 void register_cuda_backend() {
 #ifdef DILOCO_EMULATE
