@@ -13,7 +13,8 @@ log() { tee -a "$OUTDIR/session.log"; }
 cmake -S "$ROOT" -B "$ROOT/build-gpu" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDILOCO_WITH_MPI=OFF \
       -DDILOCO_BUNDLE="$ROOT/.gpu" 2>&1 | tail -3 | log
 cmake --build "$ROOT/build-gpu" -j 16 2>&1 | tail -3 | log
-(cd "$ROOT/build-gpu" && ctest --output-on-failure -R '^(native|emulated)\.' 2>&1) | log
+# DILOCO_CUDA_SYNC=1: a kernel that faults in a test is named by its launch (docs/kernels.md)
+(cd "$ROOT/build-gpu" && DILOCO_CUDA_SYNC=1 ctest --output-on-failure -R '^(native|emulated)\.' 2>&1) | log
 for k in layernorm adamw gelu crossentropy quantize gemm; do "$ROOT/build-gpu/diloco" bench $k --device cuda 2>&1 | log; done
 "$ROOT/build-gpu/diloco" bench attention --device cuda --B 8 --T 1024 --C 768 --NH 12 2>&1 | log
 # a short training run on the GPU: byte-level text from the repository's own docs
