@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/adamw_cuda.h"
+#include "kernels/cuda_common.h"
 
 namespace diloco {
 
@@ -101,9 +102,11 @@ cudaError_t adamw_update_cuda(float* params, float* m, float* v, const float* gr
                    1.0f - (float)std::pow((double)h.beta2, (double)t), grad_scale};
     const int block = 256;
     const unsigned long long groups = (segs.total + 3) / 4 + 1;  // +1: a start that is not 4-aligned
-    DILOCO_LAUNCH(adamw_kernel, (unsigned)((groups + block - 1) / block), block,
-                  (segs.nsegments + 1) * sizeof(unsigned long long), stream, params, m, v, grads,
-                  segs.offsets, segs.decay, segs.nsegments, s);
+    // 8 bytes a boundary: past 48 KiB only beyond 6143 segments (some 500 layers), but then it must ask
+    const size_t smem = (segs.nsegments + 1) * sizeof(unsigned long long);
+    if (cudaError_t e = allow_dynamic_smem(adamw_kernel, smem); e != cudaSuccess) return e;
+    DILOCO_LAUNCH(adamw_kernel, (unsigned)((groups + block - 1) / block), block, smem, stream, params, m, v,
+                  grads, segs.offsets, segs.decay, segs.nsegments, s);
     return cudaGetLastError();
 }
 

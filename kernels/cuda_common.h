@@ -1,8 +1,26 @@
-// Device helpers shared by the CUDA kernels: warp and block reductions in a fixed order.
+// Helpers shared by the CUDA kernels: warp and block reductions in a fixed order, and the
+// dynamic shared memory opt-in of the host wrappers.
 #pragma once
+#include <climits>
+#include <cstddef>
+
 #include "kernels/cuda_compat.h"
 
 namespace diloco {
+
+// Dynamic shared memory a launch may ask for without raising the kernel's limit first.
+constexpr size_t kDefaultDynamicSmemBytes = 48 * 1024;
+
+// Call before launching `kernel` with `bytes` of dynamic shared memory. Above 48 KiB a GPU refuses
+// the launch unless the kernel's own limit was raised first, which is what this does; the limit
+// cannot go past the device's opt-in maximum (227 KiB on sm_90, 163 KiB on sm_80), and then this
+// returns the error (cudaErrorInvalidValue) instead of a launch that would fail.
+template <typename Kernel>
+inline cudaError_t allow_dynamic_smem(Kernel* kernel, size_t bytes) {
+    if (bytes <= kDefaultDynamicSmemBytes) return cudaSuccess;
+    if (bytes > (size_t)INT_MAX) return cudaErrorInvalidValue;
+    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);

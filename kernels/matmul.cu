@@ -1,6 +1,11 @@
 // CUDA twin of matmul_cpu.cpp. cuBLAS is column-major, where a row-major (N,OC) matrix reads as
 // its (OC,N) transpose; so out = inp w^T becomes out^T = w inp^T:
 // cublasSgemm(OP_T, OP_N, OC, N, C, w, inp, out), as llm.c does. Bias: separate small kernels.
+#include <string>
+#include <vector>
+
+#include "kernels/common.h"
+#include "kernels/cuda_common.h"
 #include "kernels/matmul.h"
 #include "kernels/matmul_cuda.h"
 
@@ -15,46 +20,120 @@ __global__ void add_bias_kernel(float* out, const float* bias, int N, int OC) {
     if (i < (long)N * OC) out[i] += bias[i % OC];
 }
 
-// one thread per column, rows in order: deterministic, and the CPU twin's order
-__global__ void bias_grad_kernel(float* dbias, const float* dout, int N, int OC) {
+// The bias gradient sums N rows (N = B T, thousands) per column. One thread per column would use
+// OC threads for the whole job; instead each block takes 32 columns of one chunk of kBiasRows
+// rows, its 8 warps reading 8 rows at a time (128 contiguous bytes per warp), and the partial
+// sums of the chunks are added in order by a second pass. Error: each thread adds 32 rows, then
+// 8 phases, then N / kBiasRows chunks: far fewer than the N successive additions of one thread.
+constexpr int kBiasRows = 256, kBiasPhases = 8;
+
+__global__ void bias_grad_partial_kernel(float* partial, const float* dout, int N, int OC) {
+    DILOCO_DYNAMIC_SHARED(float, sums);  // kBiasPhases x 32
+    const int c = blockIdx.x * 32 + threadIdx.x, chunk = blockIdx.y;
+    const int r1 = min(N, (chunk + 1) * kBiasRows);
+    float s = 0.0f;
+    if (c < OC)
+        for (int r = chunk * kBiasRows + threadIdx.y; r < r1; r += kBiasPhases) s += dout[(long)r * OC + c];
+    sums[threadIdx.y * 32 + threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y != 0 || c >= OC) return;
+    float t = 0.0f;
+    for (int y = 0; y < kBiasPhases; y++) t += sums[y * 32 + threadIdx.x];
+    partial[(long)chunk * OC + c] = t;
+}
+
+// dbias[c] += the chunks' partial sums of column c, in chunk order
+__global__ void bias_grad_final_kernel(float* dbias, const float* partial, int nchunks, int OC) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= OC) return;
-    float s = dbias[c];
-    for (int n = 0; n < N; n++) s += dout[(long)n * OC + c];
-    dbias[c] = s;
+    float s = 0.0f;
+    for (int k = 0; k < nchunks; k++) s += partial[(long)k * OC + c];
+    dbias[c] += s;
+}
+
+static int bias_chunks(int N) { return (N + kBiasRows - 1) / kBiasRows; }
+
+long matmul_backward_workspace(int N, int OC) { return (long)bias_chunks(N) * OC; }
+
+static cudaError_t bias_grad(float* dbias, const float* dout, int N, int OC, float* workspace, cudaStream_t stream) {
+    const dim3 grid((OC + 31) / 32, bias_chunks(N)), block(32, kBiasPhases);
+    DILOCO_LAUNCH(bias_grad_partial_kernel, grid, block, kBiasPhases * 32 * sizeof(float), stream, workspace, dout,
+                  N, OC);
+    DILOCO_LAUNCH(bias_grad_final_kernel, (OC + 127) / 128, 128, 0, stream, dbias, workspace, bias_chunks(N), OC);
+    return cudaGetLastError();
 }
 
 #if defined(__CUDACC__)
 
-static cudaError_t blas_status(cublasStatus_t s) { return s == CUBLAS_STATUS_SUCCESS ? cudaSuccess : cudaErrorUnknown; }
+const char* cublas_status_name(int status) {
+#define DILOCO_CUBLAS_NAME(s) \
+    case s: return #s
+    switch ((cublasStatus_t)status) {
+        DILOCO_CUBLAS_NAME(CUBLAS_STATUS_SUCCESS);
+        DILOCO_CUBLAS_NAME(CUBLAS_STATUS_NOT_INITIALIZED);
+        DILOCO_CUBLAS_NAME(CUBLAS_STATUS_ALLOC_FAILED);
+        DILOCO_CUBLAS_NAME(CUBLAS_STATUS_INVALID_VALUE);
+        DILOCO_CUBLAS_NAME(CUBLAS_STATUS_ARCH_MISMATCH);
+        DILOCO_CUBLAS_NAME(CUBLAS_STATUS_MAPPING_ERROR);
+        DILOCO_CUBLAS_NAME(CUBLAS_STATUS_EXECUTION_FAILED);
+        DILOCO_CUBLAS_NAME(CUBLAS_STATUS_INTERNAL_ERROR);
+        DILOCO_CUBLAS_NAME(CUBLAS_STATUS_NOT_SUPPORTED);
+        DILOCO_CUBLAS_NAME(CUBLAS_STATUS_LICENSE_ERROR);
+    }
+#undef DILOCO_CUBLAS_NAME
+    return "CUBLAS_STATUS_UNKNOWN";
+}
 
-cudaError_t blas_create(BlasHandle& h) {
+static void blas_check(cublasStatus_t s, const char* call) {
+    if (s != CUBLAS_STATUS_SUCCESS) throw Error(std::string("cuBLAS: ") + call + ": " + cublas_status_name(s));
+}
+
+void blas_create(BlasHandle& h) {
     cublasHandle_t c;
-    if (cublasCreate(&c) != CUBLAS_STATUS_SUCCESS) return cudaErrorUnknown;
-    cublasSetMathMode(c, CUBLAS_PEDANTIC_MATH);  // fp32 as fp32: no TF32 unless asked for
+    blas_check(cublasCreate(&c), "cublasCreate");
     h.handle = c;
-    return cudaSuccess;
+    blas_set_precision(h, h.precision);
 }
 void blas_destroy(BlasHandle& h) {
     if (h.handle) cublasDestroy(static_cast<cublasHandle_t>(h.handle));
     h.handle = nullptr;
 }
 
-static cudaError_t sgemm(BlasHandle& b, cudaStream_t stream, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
-                         int k, const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc) {
+void blas_set_precision(BlasHandle& h, MatmulPrecision p) {
+    h.precision = p;
+    if (!h.handle) return;  // applied by blas_create
+    const cublasMath_t mode = p == MatmulPrecision::tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH;
+    blas_check(cublasSetMathMode(static_cast<cublasHandle_t>(h.handle), mode), "cublasSetMathMode");
+}
+
+static void sgemm(BlasHandle& b, cudaStream_t stream, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                  int k, const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc) {
     cublasHandle_t h = static_cast<cublasHandle_t>(b.handle);
-    cublasSetStream(h, stream);
+    blas_check(cublasSetStream(h, stream), "cublasSetStream");
     const float one = 1.0f;
-    return blas_status(cublasSgemm(h, ta, tb, m, n, k, &one, A, lda, B, ldb, &beta, C, ldc));
+    const cublasStatus_t s = cublasSgemm(h, ta, tb, m, n, k, &one, A, lda, B, ldb, &beta, C, ldc);
+    if (s != CUBLAS_STATUS_SUCCESS)
+        throw Error("cuBLAS: cublasSgemm (m=" + std::to_string(m) + " n=" + std::to_string(n) + " k=" +
+                    std::to_string(k) + "): " + cublas_status_name(s));
 }
 
 #else  // emulated: device memory is host memory, the CPU BLAS does the products
 
-cudaError_t blas_create(BlasHandle& h) {
-    h.handle = nullptr;
-    return cudaSuccess;
-}
+void blas_create(BlasHandle& h) { h.handle = nullptr; }
 void blas_destroy(BlasHandle& h) { h.handle = nullptr; }
+void blas_set_precision(BlasHandle& h, MatmulPrecision p) { h.precision = p; }
+
+// The inputs a product sees: themselves in fp32, rounded copies in tf32 (as the tensor cores do).
+struct ProductInput {
+    std::vector<float> rounded;
+    const float* p;
+    ProductInput(const float* x, long n, MatmulPrecision prec) : p(x) {
+        if (prec != MatmulPrecision::tf32 || !x) return;
+        rounded.resize(n);
+        for (long i = 0; i < n; i++) rounded[i] = round_to_tf32(x[i]);
+        p = rounded.data();
+    }
+};
 
 #endif
 
@@ -62,11 +141,10 @@ cudaError_t matmul_forward_cuda(float* out, const float* inp, const float* w, co
                                 int OC, BlasHandle& blas, cudaStream_t stream) {
     if (N <= 0 || OC <= 0) return cudaSuccess;
 #if defined(__CUDACC__)
-    cudaError_t e = sgemm(blas, stream, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, 0.0f, out, OC);
-    if (e != cudaSuccess) return e;
+    sgemm(blas, stream, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, 0.0f, out, OC);
 #else
-    (void)blas;
-    matmul_forward_cpu(out, inp, w, nullptr, N, C, OC);
+    const ProductInput a(inp, (long)N * C, blas.precision), b(w, (long)OC * C, blas.precision);
+    matmul_forward_cpu(out, a.p, b.p, nullptr, N, C, OC);
 #endif
     if (bias) {
         const long n = (long)N * OC;
@@ -76,18 +154,18 @@ cudaError_t matmul_forward_cuda(float* out, const float* inp, const float* w, co
 }
 
 cudaError_t matmul_backward_cuda(float* dinp, float* dw, float* dbias, const float* dout, const float* inp,
-                                 const float* w, int N, int C, int OC, BlasHandle& blas, cudaStream_t stream) {
+                                 const float* w, int N, int C, int OC, float* workspace, BlasHandle& blas,
+                                 cudaStream_t stream) {
     if (N <= 0 || OC <= 0) return cudaSuccess;
 #if defined(__CUDACC__)
-    cudaError_t e = cudaSuccess;
-    if (dinp) e = sgemm(blas, stream, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, 0.0f, dinp, C);
-    if (e == cudaSuccess) e = sgemm(blas, stream, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, 1.0f, dw, C);
-    if (e != cudaSuccess) return e;
+    if (dinp) sgemm(blas, stream, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, 0.0f, dinp, C);
+    sgemm(blas, stream, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, 1.0f, dw, C);
 #else
-    (void)blas;
-    matmul_backward_cpu(dinp, dw, nullptr, dout, inp, w, N, C, OC);
+    const ProductInput g(dout, (long)N * OC, blas.precision), a(inp, (long)N * C, blas.precision),
+        b(w, (long)OC * C, dinp ? blas.precision : MatmulPrecision::fp32);  // w only serves dinp
+    matmul_backward_cpu(dinp, dw, nullptr, g.p, a.p, b.p, N, C, OC);
 #endif
-    if (dbias) DILOCO_LAUNCH(bias_grad_kernel, (OC + 127) / 128, 128, 0, stream, dbias, dout, N, OC);
+    if (dbias) return bias_grad(dbias, dout, N, OC, workspace, stream);
     return cudaGetLastError();
 }
 

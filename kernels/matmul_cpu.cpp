@@ -5,6 +5,8 @@
 
 #include <algorithm>
 
+#include "kernels/common.h"
+
 namespace diloco {
 
 // OpenBLAS runs single-threaded and OpenMP splits each product by output rows. Two thread pools
@@ -61,5 +63,13 @@ void matmul_backward_cpu(float* dinp, float* dw, float* dbias, const float* dout
         }
     }
 }
+
+MatmulPrecision parse_matmul_precision(const std::string& name) {
+    if (name == "fp32") return MatmulPrecision::fp32;
+    if (name == "tf32") return MatmulPrecision::tf32;
+    throw Error("unknown matmul precision '" + name + "' (fp32 or tf32)");
+}
+
+const char* matmul_precision_name(MatmulPrecision p) { return p == MatmulPrecision::tf32 ? "tf32" : "fp32"; }
 
 }  // namespace diloco

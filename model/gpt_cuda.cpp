@@ -35,14 +35,17 @@ void gpt_cuda_create(GPTCuda& m, const GPT& host, int B, int T) {
     DILOCO_CUDA_CHECK(cudaMalloc(&m.targets, (size_t)B * T * sizeof(int)));
     DILOCO_CUDA_CHECK(cudaMalloc(&m.att_workspace, attention_backward_workspace(B, T, host.config.n_head) * sizeof(float)));
     DILOCO_CUDA_CHECK(cudaMalloc(&m.emb_workspace, embedding_backward_workspace(B, T) * sizeof(int)));
+    // the widest layer with a bias is the MLP's first (4C outputs); the logits have none
+    const long mm_floats = matmul_backward_workspace(B * T, 4 * host.config.d_model);
+    DILOCO_CUDA_CHECK(cudaMalloc(&m.mm_workspace, mm_floats * sizeof(float)));
     DILOCO_CUDA_CHECK(cudaMemcpy(m.params, host.params.data(), n * sizeof(float), cudaMemcpyHostToDevice));
     DILOCO_CUDA_CHECK(cudaMemset(m.grads, 0, n * sizeof(float)));
-    DILOCO_CUDA_CHECK(blas_create(m.blas));
+    blas_create(m.blas);
 }
 
 void gpt_cuda_destroy(GPTCuda& m) {
     for (void* p : {(void*)m.params, (void*)m.grads, (void*)m.acts, (void*)m.tokens, (void*)m.targets,
-                    (void*)m.att_workspace, (void*)m.emb_workspace})
+                    (void*)m.att_workspace, (void*)m.emb_workspace, (void*)m.mm_workspace})
         if (p) cudaFree(p);
     blas_destroy(m.blas);
     m = GPTCuda{};
@@ -104,7 +107,8 @@ void gpt_cuda_backward(GPTCuda& m) {
     cudaStream_t st = m.stream;
     DILOCO_CUDA_CHECK(crossentropy_backward_cuda(a.logits, a.logits, a.lse, m.targets, 1.0f / N, N, V, st));
     const float* x_last = c.n_layer ? a.layers.back().x_out : a.x0;
-    DILOCO_CUDA_CHECK(matmul_backward_cuda(a.dtmp, G + m.layout.wte, nullptr, a.logits, a.lnf, P + m.layout.wte, N, C, V, m.blas, st));
+    DILOCO_CUDA_CHECK(matmul_backward_cuda(a.dtmp, G + m.layout.wte, nullptr, a.logits, a.lnf, P + m.layout.wte, N, C, V,
+                                           m.mm_workspace, m.blas, st));
     DILOCO_CUDA_CHECK(cudaMemsetAsync(a.dres, 0, (size_t)N * C * sizeof(float), st));
     DILOCO_CUDA_CHECK(layernorm_backward_cuda(a.dres, G + m.layout.lnfw, G + m.layout.lnfb, a.dtmp, x_last, P + m.layout.lnfw,
                                      a.lnf_mean, a.lnf_rstd, N, C, st));
@@ -113,15 +117,17 @@ void gpt_cuda_backward(GPTCuda& m) {
         LayerActs& L = a.layers[l];
         const float* x_in = l ? a.layers[l - 1].x_out : a.x0;
         DILOCO_CUDA_CHECK(matmul_backward_cuda(a.dfch, G + w.fcprojw, G + w.fcprojb, a.dres, L.fch_gelu, P + w.fcprojw, N, 4 * C, C,
-                                      m.blas, st));
+                                      m.mm_workspace, m.blas, st));
         DILOCO_CUDA_CHECK(gelu_backward_cuda(a.dfch, L.fch, a.dfch, (long)N * 4 * C, st));
-        DILOCO_CUDA_CHECK(matmul_backward_cuda(a.dtmp, G + w.fcw, G + w.fcb, a.dfch, L.ln2, P + w.fcw, N, C, 4 * C, m.blas, st));
+        DILOCO_CUDA_CHECK(matmul_backward_cuda(a.dtmp, G + w.fcw, G + w.fcb, a.dfch, L.ln2, P + w.fcw, N, C, 4 * C,
+                                               m.mm_workspace, m.blas, st));
         DILOCO_CUDA_CHECK(layernorm_backward_cuda(a.dres, G + w.ln2w, G + w.ln2b, a.dtmp, L.x_mid, P + w.ln2w, L.ln2_mean,
                                          L.ln2_rstd, N, C, st));
         DILOCO_CUDA_CHECK(matmul_backward_cuda(a.dtmp, G + w.attprojw, G + w.attprojb, a.dres, L.att, P + w.attprojw, N, C, C,
-                                      m.blas, st));
+                                      m.mm_workspace, m.blas, st));
         DILOCO_CUDA_CHECK(attention_backward_cuda(a.dqkv, a.dtmp, L.qkv, L.att, L.att_lse, B, T, C, NH, m.att_workspace, st));
-        DILOCO_CUDA_CHECK(matmul_backward_cuda(a.dtmp, G + w.qkvw, G + w.qkvb, a.dqkv, L.ln1, P + w.qkvw, N, C, 3 * C, m.blas, st));
+        DILOCO_CUDA_CHECK(matmul_backward_cuda(a.dtmp, G + w.qkvw, G + w.qkvb, a.dqkv, L.ln1, P + w.qkvw, N, C, 3 * C,
+                                               m.mm_workspace, m.blas, st));
         DILOCO_CUDA_CHECK(layernorm_backward_cuda(a.dres, G + w.ln1w, G + w.ln1b, a.dtmp, x_in, P + w.ln1w, L.ln1_mean,
                                          L.ln1_rstd, N, C, st));
     }

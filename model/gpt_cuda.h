@@ -23,6 +23,7 @@ struct GPTCuda {
     std::vector<int> tokens_host;  // the last forward's tokens (the embedding backward buckets them)
     float* att_workspace = nullptr;
     int* emb_workspace = nullptr;
+    float* mm_workspace = nullptr;  // the bias gradients' partial sums
     BlasHandle blas;
     cudaStream_t stream = nullptr;
 };

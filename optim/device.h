@@ -10,6 +10,7 @@
 #include <string>
 
 #include "comm/comm.h"
+#include "kernels/matmul.h"
 #include "model/gpt.h"
 #include "optim/inner.h"
 
@@ -47,8 +48,10 @@ struct DeviceBackend {
     std::string name;  // "cuda", or "cuda (emulated)"
     int (*device_count)() = nullptr;
     // comm: the run's topology; the trainer picks its device (the rank's index on its node) and,
-    // with NCCL, joins the worker's NCCL communicator
-    std::unique_ptr<DeviceTrainer> (*create)(const GPT& host, const InnerHyper& h, int B, int T, Comm& comm) = nullptr;
+    // with NCCL, joins the worker's NCCL communicator. precision: of the matrix products
+    // (--matmul-precision: fp32, or tf32 on tensor cores)
+    std::unique_ptr<DeviceTrainer> (*create)(const GPT& host, const InnerHyper& h, int B, int T, Comm& comm,
+                                             MatmulPrecision precision) = nullptr;
 };
 
 void register_device_backend(const DeviceBackend& backend);

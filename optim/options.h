@@ -47,6 +47,7 @@ struct TrainOptions {
     bool resume = false;
     long stop_at = 0;  // leave after this step with a checkpoint (0: run to --steps)
     std::string device = "auto";
+    std::string matmul_precision = "fp32";  // fp32 | tf32 (tensor cores; --device cuda only)
 };
 
 }  // namespace diloco

@@ -15,6 +15,7 @@
 #include "data/dataset.h"
 #include "data/io.h"
 #include "kernels/common.h"
+#include "kernels/matmul.h"
 #include "kernels/quantize.h"
 #include "kernels/rng.h"
 #include "model/checkpoint.h"
@@ -97,6 +98,7 @@ static void check_options(const TrainOptions& o) {
                  "--device must be auto, cpu or cuda, got '" + o.device + "'");
     DILOCO_CHECK(!o.data.empty() && !o.out.empty(), "train needs --data and --out");
     DILOCO_CHECK(o.stop_at >= 0, "--stop-at must be >= 0");
+    (void)parse_matmul_precision(o.matmul_precision);
     find_algorithm(o.algo).check_options(o);  // what the chosen algorithm refuses
 }
 
@@ -112,7 +114,7 @@ static std::string describe_options(const TrainOptions& o) {
       << o.fragment_pattern << '|' << o.overlap << '|' << o.alpha << '|' << o.quant << '|' << o.eager << '|'
       << o.outer_gbps << '|' << o.outer_latency_ms
       << '|' << o.shard << '|' << o.seed << '|' << o.eval_every << '|' << o.ckpt_every << '|'
-      << o.eval_batches << '|' << o.resume << '|' << o.stop_at << '|' << o.device;
+      << o.eval_batches << '|' << o.resume << '|' << o.stop_at << '|' << o.device << '|' << o.matmul_precision;
     return s.str();
 }
 
@@ -315,8 +317,12 @@ void set_up_model_and_algorithm(Run& r) {
         if (r.root()) std::fprintf(stderr, "resume: %s (step %lld)\n", resumed.c_str(), (long long)r.state.step);
     }
     // on an accelerator, the model, gradients and AdamW state live there from here on
-    if (use_device(o)) {
-        r.dev = device_backend().create(r.model, inner_hyper(o), o.batch, o.seq_len, r.comm);
+    const bool on_device = use_device(o);
+    DILOCO_CHECK(on_device || o.matmul_precision == "fp32",
+                 "--matmul-precision " + o.matmul_precision + " needs --device cuda: the CPU products are fp32");
+    if (on_device) {
+        r.dev = device_backend().create(r.model, inner_hyper(o), o.batch, o.seq_len, r.comm,
+                                        parse_matmul_precision(o.matmul_precision));
         if (r.state.step > 0) r.dev->moments_from_host(r.inner.m.data(), r.inner.v.data());
     }
     const bool replicas = r.algo->replica_per_worker();

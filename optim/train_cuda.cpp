@@ -23,7 +23,7 @@ void check(cudaError_t e, const char* what) {
 
 class CudaTrainer : public DeviceTrainer {
 public:
-    CudaTrainer(const GPT& host, const InnerHyper& h, int B, int T, Comm& comm) {
+    CudaTrainer(const GPT& host, const InnerHyper& h, int B, int T, Comm& comm, MatmulPrecision precision) {
         // the device first: everything below allocates on it. With NCCL the worker's gradients are
         // averaged on the device even for one rank, so that one GPU runs the path many GPUs take.
 #ifdef DILOCO_HAVE_NCCL
@@ -37,6 +37,7 @@ public:
         (void)comm;
 #endif
         gpt_cuda_create(model_, host, B, T);
+        blas_set_precision(model_.blas, precision);
         inner_cuda_create(opt_, model_, h);
 #ifdef DILOCO_HAVE_NCCL
         check(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
@@ -138,8 +139,9 @@ int count_devices() {
 #endif
 }
 
-std::unique_ptr<DeviceTrainer> create(const GPT& host, const InnerHyper& h, int B, int T, Comm& comm) {
-    return std::make_unique<CudaTrainer>(host, h, B, T, comm);
+std::unique_ptr<DeviceTrainer> create(const GPT& host, const InnerHyper& h, int B, int T, Comm& comm,
+                                      MatmulPrecision precision) {
+    return std::make_unique<CudaTrainer>(host, h, B, T, comm, precision);
 }
 
 }  // namespace

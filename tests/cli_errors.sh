@@ -97,6 +97,8 @@ expect_error "step_00000004.ckpt: step 4 is not at an outer sync" "$BIN" train -
 expect_error "its streaming state has 2 arrays, this run needs 5" "$BIN" train --data data --out dl $SMALL --steps 8 --algo streaming --inner-steps 2 --resume
 expect_error "--algo must be one of dp, diloco, streaming" "$BIN" train --data data --out x $SMALL --steps 8 --algo local-sgd
 expect_error "--eager applies to --algo diloco and streaming" "$BIN" train --data data --out x $SMALL --steps 8 --eager
+expect_error "needs --device cuda" "$BIN" train --data data --out x $SMALL --steps 8 --device cpu --matmul-precision tf32
+expect_error "matmul precision" "$BIN" train --data data --out x $SMALL --steps 8 --matmul-precision fp16
 
 # a run killed (SIGKILL) while checkpointing every step leaves only complete checkpoints
 cases=$((cases + 1))

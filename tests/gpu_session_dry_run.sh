@@ -19,7 +19,7 @@ check "the dry run exits 0 (exit $rc)" test $rc -eq 0
 check "session.log and results.md are in \$OUT" test -s "$OUT/session.log" -a -s "$OUT/results.md"
 check "the carried binaries started" grep -q "setup: the carried binaries start" "$OUT/session.log"
 check "no step failed or timed out" bash -c "! grep -E '\| (FAILED|TIMEOUT)' '$OUT/results.md'"
-for s in "gpt2 ours B=4" "oracle export" "native nccl (1 rank)" "bench attention" "train 20 steps"; do
+for s in "gpt2 ours fp32 B=4" "oracle export" "native nccl (1 rank)" "bench attention" "train 20 steps"; do
     check "results.md reports '$s' as ok" grep -q "| $s | ok |" "$OUT/results.md"
 done
 check "the throughput figure is a number" grep -Eq "ours \(fp32, B=4, T=1024\): [0-9]+ tok/s" "$OUT/results.md"

@@ -9,6 +9,7 @@
 
 #include "kernels/adamw.h"
 #include "kernels/attention.h"
+#include "kernels/common.h"
 #include "kernels/crossentropy.h"
 #include "kernels/embedding.h"
 #include "kernels/gelu.h"
@@ -134,6 +135,42 @@ TEST(Matmul, ForwardAndBackwardMatchReference) {
         EXPECT_TRUE(close_max("matmul dx", dx, want_dx, 4.0 * s.OC * kU32 * std::sqrt((double)s.OC)));
         EXPECT_TRUE(close_max("matmul dw", dw, want_dw, 4.0 * (s.N + 1) * kU32 * std::sqrt((double)s.N + 1)));
         EXPECT_TRUE(close_max("matmul db", db, want_db, 4.0 * (s.N + 1) * kU32 * std::sqrt((double)s.N + 1)));
+    }
+}
+
+// tf32 keeps 10 of float32's 23 mantissa bits: a spacing of 2^-10 between 1 and 2, where the
+// exactly representable, the halfway (ties to even, both ways) and the just-above-halfway cases sit.
+TEST(Matmul, RoundToTf32IsNearestEven) {
+    const float ulp = std::ldexp(1.0f, -10);
+    EXPECT_EQ(round_to_tf32(1.0f), 1.0f);
+    EXPECT_EQ(round_to_tf32(1.0f + ulp), 1.0f + ulp);
+    EXPECT_EQ(round_to_tf32(1.0f + ulp / 2), 1.0f);                    // tie, even below
+    EXPECT_EQ(round_to_tf32(1.0f + 3 * ulp / 2), 1.0f + 2 * ulp);      // tie, even above
+    EXPECT_EQ(round_to_tf32(1.0f + ulp / 2 + ulp / 1024), 1.0f + ulp);  // just past the tie
+    EXPECT_EQ(round_to_tf32(-(1.0f + ulp / 2 + ulp / 1024)), -(1.0f + ulp));
+    EXPECT_EQ(round_to_tf32(2.0f - ulp / 4), 2.0f);  // carries into the exponent
+    EXPECT_EQ(round_to_tf32(std::numeric_limits<float>::max()), INFINITY);
+    EXPECT_EQ(round_to_tf32(-INFINITY), -INFINITY);
+    EXPECT_TRUE(std::isnan(round_to_tf32(NAN)));
+    const float tiny = std::numeric_limits<float>::denorm_min();  // subnormals round like the rest
+    EXPECT_EQ(round_to_tf32(tiny), 0.0f);
+    EXPECT_EQ(round_to_tf32(8192 * tiny), 8192 * tiny);
+    Rng rng(17);  // and never by more than half a tf32 ulp: relative error <= 2^-11
+    for (int i = 0; i < 10000; i++) {
+        const float x = (float)(rng.normal() * 100);
+        EXPECT_LE(std::fabs((double)round_to_tf32(x) - x), std::ldexp(std::fabs((double)x), -11)) << x;
+    }
+}
+
+TEST(Matmul, PrecisionNames) {
+    EXPECT_EQ(parse_matmul_precision("fp32"), MatmulPrecision::fp32);
+    EXPECT_EQ(parse_matmul_precision("tf32"), MatmulPrecision::tf32);
+    EXPECT_STREQ(matmul_precision_name(MatmulPrecision::tf32), "tf32");
+    try {
+        parse_matmul_precision("bf16");
+        ADD_FAILURE() << "bf16 accepted";
+    } catch (const Error& e) {
+        EXPECT_STREQ(e.what(), "unknown matmul precision 'bf16' (fp32 or tf32)");
     }
 }
 

@@ -25,6 +25,8 @@
 #include "kernels/quantize.h"
 #include "kernels/quantize_cuda.h"
 #include "kernels/layernorm_cuda.h"
+#include "kernels/matmul.h"
+#include "kernels/matmul_cuda.h"
 #include "kernels/residual.h"
 #include "kernels/residual_cuda.h"
 #include "tests/compare.h"
@@ -259,8 +261,10 @@ TEST(Twin, AttentionMatchesCpu) {
     REQUIRE_DEVICE();
     struct Shape { int B, T, C, NH; };
     Rng rng(38);
+    // head sizes 32, 64, 128 (over 48 KiB of shared memory: the wrappers must raise the kernels'
+    // limit), 21 (odd) and 8; T = 1, across tiles, and one past a tile
     for (Shape s : {Shape{1, 1, 32, 1}, Shape{2, 17, 64, 2}, Shape{1, 45, 128, 2}, Shape{1, 70, 128, 1},
-                    Shape{2, 33, 96, 3}}) {
+                    Shape{2, 33, 96, 3}, Shape{2, 65, 256, 2}, Shape{1, 40, 42, 2}, Shape{3, 9, 16, 2}}) {
         const int hs = s.C / s.NH;
         const size_t BT = (size_t)s.B * s.T;
         auto qkv = randn(BT * 3 * s.C, rng), dout = randn(BT * s.C, rng);
@@ -311,3 +315,150 @@ TEST(Twin, QuantizeProducesTheCpuCodecsBits) {
         }
     }
 }
+
+namespace {
+
+// Float64 results of a linear layer's forward and backward, each with the sum of the magnitudes of
+// its terms: a float32 sum of n terms, in any order, is within about n u of those.
+struct MatmulRef {
+    std::vector<double> out, out_mag, dx, dx_mag, dw, dw_mag, db, db_mag;
+};
+
+MatmulRef matmul_reference(const std::vector<float>& x, const std::vector<float>& w, const std::vector<float>& b,
+                           const std::vector<float>& g, const std::vector<float>& dw0, const std::vector<float>& db0,
+                           int N, int C, int OC) {
+    MatmulRef r;
+    r.out.assign((size_t)N * OC, 0.0), r.out_mag.assign((size_t)N * OC, 0.0);
+    r.dx.assign((size_t)N * C, 0.0), r.dx_mag.assign((size_t)N * C, 0.0);
+    r.dw = to_double(dw0), r.db = to_double(db0);
+    for (float v : dw0) r.dw_mag.push_back(std::fabs(v));
+    for (float v : db0) r.db_mag.push_back(std::fabs(v));
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) {
+            const size_t no = (size_t)n * OC + o;
+            r.out[no] = b[o], r.out_mag[no] = std::fabs(b[o]);
+            r.db[o] += g[no], r.db_mag[o] += std::fabs(g[no]);
+            for (int c = 0; c < C; c++) {
+                const double xv = x[(size_t)n * C + c], wv = w[(size_t)o * C + c];
+                r.out[no] += xv * wv, r.out_mag[no] += std::fabs(xv * wv);
+                r.dx[(size_t)n * C + c] += g[no] * wv, r.dx_mag[(size_t)n * C + c] += std::fabs(g[no] * wv);
+                r.dw[(size_t)o * C + c] += g[no] * xv, r.dw_mag[(size_t)o * C + c] += std::fabs(g[no] * xv);
+            }
+        }
+    return r;
+}
+
+struct MatmulGot {
+    std::vector<float> out, dx, dw, db;
+};
+
+MatmulGot run_matmul(const std::vector<float>& x, const std::vector<float>& w, const std::vector<float>& b,
+                     const std::vector<float>& g, const std::vector<float>& dw0, const std::vector<float>& db0, int N,
+                     int C, int OC, MatmulPrecision precision) {
+    BlasHandle blas;
+    blas_create(blas);
+    blas_set_precision(blas, precision);
+    Dev<float> dX(x), dW(w), dB(b), dG(g), out((size_t)N * OC), gX((size_t)N * C), gW(dw0), gB(db0),
+        work(std::max(1L, matmul_backward_workspace(N, OC)));
+    EXPECT_EQ(matmul_forward_cuda(out.p, dX.p, dW.p, dB.p, N, C, OC, blas, nullptr), cudaSuccess);
+    EXPECT_EQ(matmul_backward_cuda(gX.p, gW.p, gB.p, dG.p, dX.p, dW.p, N, C, OC, work.p, blas, nullptr), cudaSuccess);
+    MatmulGot r{out.get(), gX.get(), gW.get(), gB.get()};
+    blas_destroy(blas);
+    return r;
+}
+
+::testing::AssertionResult within(const std::string& what, const std::vector<float>& got, const std::vector<double>& want,
+                                  const std::vector<double>& mag, double rel) {
+    return all_close(what, got.data(), want.data(), got.size(), [&](size_t i) { return rel * mag[i] + 1e-30; });
+}
+
+}  // namespace
+
+// Awkward shapes: N not a multiple of the bias gradient's 256-row chunks or its 8 row phases, OC
+// odd and not a multiple of its 32 columns, N = 1. dinp is poisoned; dw and dbias hold random
+// values, since both are accumulated into.
+TEST(Twin, MatmulMatchesFloat64) {
+    REQUIRE_DEVICE();
+    struct Shape { int N, C, OC; };
+    Rng rng(40);
+    for (Shape s : {Shape{1, 1, 1}, Shape{7, 5, 33}, Shape{257, 24, 77}, Shape{513, 40, 130}, Shape{1000, 16, 31}}) {
+        auto x = randn((size_t)s.N * s.C, rng), w = randn((size_t)s.OC * s.C, rng), b = randn(s.OC, rng);
+        auto g = randn((size_t)s.N * s.OC, rng), dw0 = randn(w.size(), rng), db0 = randn(s.OC, rng);
+        const MatmulRef want = matmul_reference(x, w, b, g, dw0, db0, s.N, s.C, s.OC);
+        MatmulGot got[2];
+        for (int run = 0; run < 2; run++) {
+            use_schedule(700 + run);
+            got[run] = run_matmul(x, w, b, g, dw0, db0, s.N, s.C, s.OC, MatmulPrecision::fp32);
+        }
+        EXPECT_TRUE(same_bits(got[0].db, got[1].db)) << "the bias gradient depends on the schedule";
+        // float32 sums of n terms in some order: error <= n u sum|terms| (to first order). out: C
+        // products plus the bias; dx: OC products; dw: N products plus the existing value.
+        EXPECT_TRUE(within("matmul out", got[0].out, want.out, want.out_mag, (s.C + 2) * kU32));
+        EXPECT_TRUE(within("matmul dx", got[0].dx, want.dx, want.dx_mag, (s.OC + 1) * kU32));
+        EXPECT_TRUE(within("matmul dw", got[0].dw, want.dw, want.dw_mag, (s.N + 2) * kU32));
+        // dbias: a thread adds at most 32 rows (256-row chunk / 8 phases), then the 8 phases are
+        // added, then the N/256 chunks in order, then the existing value: n = 32 + 8 + N/256 + 1,
+        // far fewer than the N additions of one sequential sum.
+        const double nb = 32 + 8 + (s.N + 255) / 256 + 2;
+        EXPECT_TRUE(within("matmul dbias", got[0].db, want.db, want.db_mag, nb * kU32)) << s.N << "x" << s.OC;
+    }
+}
+
+// TF32 products: each input rounded to a 10-bit mantissa, relative error at most u_t = 2^-11 with
+// round to nearest, so a product x w carries at most (2 u_t + u_t^2)|x w|, and the float32 sum of
+// C of them adds (C + 1) u: |err| <= (2 u_t + u_t^2 + (C + 2) u (1 + u_t)^2) sum|x w|. A GPU's
+// conversion may truncate instead (u_t = 2^-10), so natively the bound uses that. The bias and the
+// bias gradient are float32 kernels in both precisions.
+TEST(Twin, MatmulTf32WithinItsBound) {
+    REQUIRE_DEVICE();
+#ifdef DILOCO_EMULATE
+    const double ut = std::ldexp(1.0, -11);
+#else
+    const double ut = std::ldexp(1.0, -10);
+#endif
+    auto bound = [&](int n) { return 2 * ut + ut * ut + (n + 2) * kU32 * (1 + ut) * (1 + ut); };
+    struct Shape { int N, C, OC; };
+    Rng rng(41);
+    for (Shape s : {Shape{3, 7, 5}, Shape{70, 64, 33}, Shape{129, 100, 64}}) {
+        auto x = randn((size_t)s.N * s.C, rng), w = randn((size_t)s.OC * s.C, rng), b = randn(s.OC, rng);
+        auto g = randn((size_t)s.N * s.OC, rng), dw0 = randn(w.size(), rng), db0 = randn(s.OC, rng);
+        const MatmulRef want = matmul_reference(x, w, b, g, dw0, db0, s.N, s.C, s.OC);
+        const MatmulGot got = run_matmul(x, w, b, g, dw0, db0, s.N, s.C, s.OC, MatmulPrecision::tf32);
+        EXPECT_TRUE(within("tf32 out", got.out, want.out, want.out_mag, bound(s.C)));
+        EXPECT_TRUE(within("tf32 dx", got.dx, want.dx, want.dx_mag, bound(s.OC)));
+        EXPECT_TRUE(within("tf32 dw", got.dw, want.dw, want.dw_mag, bound(s.N)));
+#ifdef DILOCO_EMULATE
+        // and the rounding happened: somewhere the error exceeds what float32 inputs allow
+        EXPECT_FALSE(within("tf32 out, at fp32's bound", got.out, want.out, want.out_mag, (s.C + 2) * kU32))
+            << "the tf32 path computed in float32";
+#endif
+    }
+}
+
+#ifndef DILOCO_EMULATE
+// Runs without a device too: cuBLAS then refuses to start, and the error must name its status.
+TEST(Twin, CublasFailuresNameTheStatus) {
+    EXPECT_STREQ(cublas_status_name(13), "CUBLAS_STATUS_EXECUTION_FAILED");
+    EXPECT_STREQ(cublas_status_name(16), "CUBLAS_STATUS_LICENSE_ERROR");
+    BlasHandle blas;
+    if (cuda_device_count() == 0) {
+        try {
+            blas_create(blas);
+            ADD_FAILURE() << "cublasCreate succeeded without a device";
+            blas_destroy(blas);
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("cuBLAS: cublasCreate: CUBLAS_STATUS_"), std::string::npos) << e.what();
+        }
+        return;
+    }
+    blas_create(blas);
+    Dev<float> a(16), out(16);
+    try {  // k = -1 is refused before anything runs
+        matmul_forward_cuda(out.p, a.p, a.p, nullptr, 4, -1, 4, blas, nullptr);
+        ADD_FAILURE() << "cublasSgemm accepted k = -1";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("CUBLAS_STATUS_INVALID_VALUE"), std::string::npos) << e.what();
+    }
+    blas_destroy(blas);
+}
+#endif

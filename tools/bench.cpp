@@ -82,6 +82,8 @@ int run_bench(const BenchOptions& o) {
     if (o.device == "cuda") return run_bench_cuda(o);
 #endif
     DILOCO_CHECK(o.device == "cpu", "bench --device " + o.device + ": this build benchmarks the CPU kernels only");
+    DILOCO_CHECK(parse_matmul_precision(o.matmul_precision) == MatmulPrecision::fp32,
+                 "bench --matmul-precision " + o.matmul_precision + ": the CPU products are fp32 only");
     DILOCO_CHECK(o.variant == 0, "the CPU kernels have one variant (0)");
     DILOCO_CHECK(o.B > 0 && o.T > 0 && o.C > 0 && o.NH > 0 && o.V > 0 && o.M > 0 && o.N > 0 &&
                      o.K > 0 && o.repeats > 0 && o.warmup >= 0,

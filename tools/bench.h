@@ -11,6 +11,8 @@ struct BenchOptions {
     // shapes: kernels read the ones they need
     int B = 8, T = 256, C = 768, NH = 12, V = 50257;
     int M = 2048, N = 2048, K = 2048;
+    // the cuBLAS products (--device cuda): "fp32" or "tf32" (kernels/matmul.h)
+    std::string matmul_precision = "fp32";
     // whole-model step ("train")
     std::string model = "gpt2-small";
     int repeats = 10, warmup = 2;

@@ -109,7 +109,8 @@ int run_bench_cuda(const BenchOptions& o) {
     cudaDeviceProp prop{};
     cudaGetDeviceProperties(&prop, 0);
     BlasHandle blas;
-    ck(blas_create(blas), "cublasCreate");
+    blas_create(blas);
+    blas_set_precision(blas, parse_matmul_precision(o.matmul_precision));  // the ceiling too
     Ceilings c{};
     {
         const size_t n = (size_t)256 << 20;  // 1 GiB each way
@@ -123,8 +124,9 @@ int run_bench_cuda(const BenchOptions& o) {
         const double gms = time_ms([&] { matmul_forward_cuda(C.p, A.p, B.p, nullptr, g, g, g, blas, nullptr); }, 2, 5);
         c.sgemm_tflops = 2.0 * g * g * (double)g / gms / 1e9;
     }
-    std::printf("device %s (sm_%d%d) | ceilings: device copy %.0f GB/s (read + write), cuBLAS SGEMM 8192^3 %.1f TFLOP/s (fp32, no TF32)\n",
-                prop.name, prop.major, prop.minor, c.copy_gbs, c.sgemm_tflops);
+    std::printf("device %s (sm_%d%d) | ceilings: device copy %.0f GB/s (read + write), cuBLAS SGEMM 8192^3 %.1f TFLOP/s (%s)\n",
+                prop.name, prop.major, prop.minor, c.copy_gbs, c.sgemm_tflops,
+                blas.precision == MatmulPrecision::tf32 ? "tf32 tensor cores" : "fp32, no TF32");
     Rng rng(1);
     const std::string& k = o.kernel;
     const long N = (long)o.B * o.T;
@@ -225,7 +227,8 @@ int run_bench_cuda(const BenchOptions& o) {
         cudaMemset(A.p, 0, A.n * 4);
         cudaMemset(B.p, 0, B.n * 4);
         auto run = [&] { matmul_forward_cuda(C.p, A.p, B.p, nullptr, o.M, o.K, o.N, blas, nullptr); };
-        report("cuBLAS SGEMM", time_ms(run, o.warmup, o.repeats), 2.0 * o.M * o.N * (double)o.K, 0, c, -1);
+        report(blas.precision == MatmulPrecision::tf32 ? "cuBLAS SGEMM (tf32)" : "cuBLAS SGEMM",
+               time_ms(run, o.warmup, o.repeats), 2.0 * o.M * o.N * (double)o.K, 0, c, -1);
     } else {
         throw Error("bench --device cuda: unknown kernel '" + k + "' (known: gemm, layernorm, attention, adamw, gelu, crossentropy, quantize)");
     }

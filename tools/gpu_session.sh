@@ -176,16 +176,20 @@ phase_gpt2() {
             number "GPT-2 124M: the largest batch of T=1024 rows that fits (of 64, 32): $b"; fits=$b; break
         fi
     done
-    for b in $GPT2_B $([ $fits -gt $GPT2_B ] && echo $fits); do
-        local run="$WORK/gpt2-b$b"
-        step "gpt2 ours B=$b" 150 "${MPIRUN[@]}" "$BIN/diloco" train --data "$data" --out "$run" "${size[@]}" \
-            --batch $b --steps $steps --warmup 2 --eval-batches 1 --log-every 1 --device $DEVICE
+    local runs=("fp32 $GPT2_B") prec
+    [ $fits -gt $GPT2_B ] && runs+=("fp32 $fits")
+    [ $DRY = 1 ] || runs+=("tf32 $GPT2_B")  # TF32 tensor-core products: --matmul-precision tf32
+    for r in "${runs[@]}"; do
+        read -r prec b <<< "$r"
+        local run="$WORK/gpt2-$prec-b$b"
+        step "gpt2 ours $prec B=$b" 150 "${MPIRUN[@]}" "$BIN/diloco" train --data "$data" --out "$run" "${size[@]}" \
+            --batch $b --steps $steps --warmup 2 --eval-batches 1 --log-every 1 --device $DEVICE --matmul-precision $prec
         [ -f "$run/metrics.jsonl" ] || continue
-        sed "s/^{/{\"run\": \"ours-fp32-b$b\", /" "$run/metrics.jsonl" >> "$OUT/gpt2.jsonl"
+        sed "s/^{/{\"run\": \"ours-$prec-b$b\", /" "$run/metrics.jsonl" >> "$OUT/gpt2.jsonl"
         local tps; tps=$(steady_tok_s "$run/metrics.jsonl")
         # 6N + 6LTC FLOPs per token (N = 124.5M with the padded vocabulary; L=12, T=1024, C=768)
-        number "GPT-2 124M ours (fp32, B=$b, T=1024): $tps tok/s; MFU vs 989 TFLOP/s bf16 dense: $(python3 -c "print(f'{$tps * (6 * 124.48e6 + 6 * 12 * 1024 * 768) / 989e12:.2%}')" 2>/dev/null)"
-        echo "ours_b$b=$tps" >> "$WORK/tok_s"
+        number "GPT-2 124M ours ($prec, B=$b, T=1024): $tps tok/s; MFU vs 989 TFLOP/s bf16 dense: $(python3 -c "print(f'{$tps * (6 * 124.48e6 + 6 * 12 * 1024 * 768) / 989e12:.2%}')" 2>/dev/null)"
+        [ $prec = fp32 ] && echo "ours_b$b=$tps" >> "$WORK/tok_s"
     done
 }
 
@@ -244,7 +248,8 @@ PY
 phase_native() {
     local t
     for t in $("$BIN/cuda_native_tests" --gtest_list_tests | awk '/^[^ ]/ {s=$1} /^  / {print s $1}'); do
-        step "native $t" 60 "$BIN/cuda_native_tests" --gtest_filter="$t" --gtest_brief=1
+        # DILOCO_CUDA_SYNC=1: a kernel that faults is named by its launch (docs/kernels.md)
+        step "native $t" 60 env DILOCO_CUDA_SYNC=1 "$BIN/cuda_native_tests" --gtest_filter="$t" --gtest_brief=1
     done
     step "native nccl (1 rank)" 60 "${MPIRUN[@]}" "$BIN/nccl_tests"
 }
@@ -268,6 +273,7 @@ phase_bench() {
     for k in gemm layernorm adamw gelu crossentropy quantize; do
         step "bench $k" 30 "$BIN/diloco" bench $k --device $DEVICE "${tiny[@]}"
     done
+    [ $DRY = 1 ] || step "bench gemm tf32" 30 "$BIN/diloco" bench gemm --device cuda --matmul-precision tf32
     if [ $DRY = 1 ]; then
         step "bench attention" 30 "$BIN/diloco" bench attention --device cpu --B 1 --T 64 --C 64 --NH 2 --repeats 2 --warmup 1
     else

@@ -84,6 +84,8 @@ static void add_train_options(CLI::App* t, TrainOptions& o) {
     t->add_option("--stop-at", o.stop_at, "leave after this step with a checkpoint (0: run to --steps)");
     t->add_flag("--resume", o.resume, "continue from the newest checkpoint in --out");
     t->add_option("--device", o.device, "auto, cpu or cuda")->capture_default_str();
+    t->add_option("--matmul-precision", o.matmul_precision, "matrix products on --device cuda: fp32 or tf32 (tensor cores)")
+        ->capture_default_str();
 }
 
 static void print_info() {
@@ -153,6 +155,8 @@ int main(int argc, char** argv) {
     b->add_option("kernel", bench.kernel, "gemm, layernorm, attention, adamw, gelu, crossentropy, quantize, train")->required();
     b->add_option("--variant", bench.variant, "kernel variant")->capture_default_str();
     b->add_option("--device", bench.device, "cpu or cuda")->capture_default_str();
+    b->add_option("--matmul-precision", bench.matmul_precision, "fp32 or tf32 (tensor cores; --device cuda)")
+        ->capture_default_str();
     b->add_option("--B", bench.B, "batch")->capture_default_str();
     b->add_option("--T", bench.T, "sequence length")->capture_default_str();
     b->add_option("--C", bench.C, "channels")->capture_default_str();

@@ -8,6 +8,7 @@
 
 #include <cstdlib>
 #include <map>
+#include <mutex>
 #include <vector>
 
 #include "kernels/common.h"
@@ -69,6 +70,35 @@ struct Scheduler {
 
 thread_local Scheduler* t_sched = nullptr;
 uint64_t g_seed = 1;
+
+// cudaFuncSetAttribute's dynamic shared memory limits, per kernel function
+std::mutex g_attr_mutex;
+std::map<const void*, size_t> g_smem_limit;
+
+// an error the next launch leaves behind (inject_launch_error), then the one pending
+std::atomic<int> g_injected{0}, g_pending{0};
+
+size_t smem_limit(const void* kernel) {
+    std::lock_guard<std::mutex> lock(g_attr_mutex);
+    auto it = g_smem_limit.find(kernel);
+    return it == g_smem_limit.end() ? kDefaultDynamicSmem : it->second;
+}
+
+// The launch checks a GPU makes before running anything.
+void check_launch(const void* kernel, const char* name, dim3 grid, size_t nthreads, size_t dynamic_smem) {
+    const std::string k = std::string("launch of ") + name;
+    DILOCO_CHECK(nthreads > 0 && nthreads <= kMaxThreads,
+                 k + " with " + std::to_string(nthreads) + " threads per block (1..1024 allowed)");
+    DILOCO_CHECK(grid.x > 0 && grid.y > 0 && grid.z > 0, k + " with an empty grid");
+    const size_t limit = smem_limit(kernel);
+    DILOCO_CHECK(dynamic_smem <= limit,
+                 k + " asks for " + std::to_string(dynamic_smem) + " bytes of dynamic shared memory, over its limit of " +
+                     std::to_string(limit) + " bytes" +
+                     (limit == kDefaultDynamicSmem
+                          ? " (the default; cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, "
+                            "bytes) raises it, to " + std::to_string(kMaxDynamicSmemOptIn) + " at most)"
+                          : " (set by cudaFuncSetAttribute; " + std::to_string(kMaxDynamicSmemOptIn) + " at most)"));
+}
 
 // Control passes between the scheduler and the fibers only through these two.
 [[noreturn]] void to_scheduler(Scheduler& s) { _longjmp(s.main_jump, 1); }
@@ -263,13 +293,12 @@ unsigned warp_ballot(unsigned mask, bool pred) {
     return out;
 }
 
-void run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void()>& body) {
+void inject_launch_error(int error) { g_injected = error; }
+
+void run_grid(const void* kernel, const char* name, dim3 grid, dim3 block, size_t dynamic_smem,
+              const std::function<void()>& body) {
     const size_t nthreads = (size_t)block.x * block.y * block.z;
-    DILOCO_CHECK(nthreads > 0 && nthreads <= kMaxThreads,
-                 "launch with " + std::to_string(nthreads) + " threads per block (1..1024 allowed)");
-    DILOCO_CHECK(grid.x > 0 && grid.y > 0 && grid.z > 0, "launch with an empty grid");
-    DILOCO_CHECK(dynamic_smem <= 228 * 1024, "launch asks for " + std::to_string(dynamic_smem) +
-                                                 " bytes of dynamic shared memory (228 KiB at most)");
+    check_launch(kernel, name, grid, nthreads, dynamic_smem);
     static thread_local Scheduler sched;
     static thread_local std::vector<Slot> slots(kMaxThreads);
     Scheduler& s = sched;
@@ -312,6 +341,7 @@ void run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<vo
         }
     }
     t_sched = nullptr;
+    if (const int e = g_injected.exchange(0)) g_pending = e;
 }
 
 // ---- runtime API: device memory is host memory -----------------------------------------------
@@ -339,7 +369,27 @@ cudaError_t cudaMemset(void* p, int value, size_t bytes) {
     return cudaSuccess;
 }
 cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) { return cudaMemset(p, value, bytes); }
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaGetLastError() { return cudaSuccess; }
-const char* cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "emulated CUDA error"; }
+// Kernels report their faults by throwing from the launch; an injected error is returned once.
+cudaError_t cudaDeviceSynchronize() { return diloco::emu::g_pending.exchange(0); }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return diloco::emu::g_pending.exchange(0); }
+cudaError_t cudaGetLastError() { return diloco::emu::g_pending.exchange(0); }
+const char* cudaGetErrorString(cudaError_t e) {
+    switch (e) {  // CUDA's own strings
+        case cudaSuccess: return "no error";
+        case cudaErrorInvalidValue: return "invalid argument";
+        case cudaErrorMemoryAllocation: return "out of memory";
+        case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
+        case cudaErrorLaunchFailure: return "unspecified launch failure";
+        case cudaErrorUnknown: return "unknown error";
+        default: return "emulated CUDA error";
+    }
+}
+
+cudaError_t cudaFuncSetAttribute(const void* kernel, cudaFuncAttribute attr, int value) {
+    using namespace diloco::emu;
+    if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || (size_t)value > kMaxDynamicSmemOptIn)
+        return cudaErrorInvalidValue;
+    std::lock_guard<std::mutex> lock(g_attr_mutex);
+    g_smem_limit[kernel] = (size_t)value;
+    return cudaSuccess;
+}

@@ -57,8 +57,23 @@ unsigned warp_ballot(unsigned mask, bool pred);
 int lane_id();
 
 // Runs `body` once per thread of every block of the grid. Throws diloco::Error on any of the
-// faults listed above. The seed picks the thread schedule (see set_schedule_seed).
-void run_grid(dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void()>& body);
+// faults listed above, and on a launch a GPU would refuse: more than 1024 threads, an empty grid,
+// or more dynamic shared memory than `kernel`'s limit (48 KiB unless cudaFuncSetAttribute raised
+// it, see below). `kernel` identifies the kernel function, `name` is how errors call it. The seed
+// picks the thread schedule (see set_schedule_seed).
+void run_grid(const void* kernel, const char* name, dim3 grid, dim3 block, size_t dynamic_smem,
+              const std::function<void()>& body);
+
+// Dynamic shared memory per block: a launch may ask for 48 KiB without asking first; above that
+// cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) must raise the
+// kernel's limit, which may go up to 227 KiB (sm_90's opt-in maximum; sm_80's is 163 KiB, and
+// the emulator checks the larger).
+constexpr size_t kDefaultDynamicSmem = 48 * 1024;
+constexpr size_t kMaxDynamicSmemOptIn = 227 * 1024;
+
+// Makes the next launch report `error` afterwards, through cudaGetLastError and
+// cudaDeviceSynchronize, as a kernel that faulted on a GPU would (tests of error reporting).
+void inject_launch_error(int error);
 
 // The schedule seed used by later launches; tests run kernels under two seeds and compare.
 void set_schedule_seed(uint64_t seed);
@@ -163,6 +178,8 @@ using cudaError_t = int;
 constexpr cudaError_t cudaSuccess = 0;
 constexpr cudaError_t cudaErrorMemoryAllocation = 2;
 constexpr cudaError_t cudaErrorInvalidValue = 1;
+constexpr cudaError_t cudaErrorLaunchFailure = 719;
+constexpr cudaError_t cudaErrorIllegalAddress = 700;
 constexpr cudaError_t cudaErrorUnknown = 999;
 using cudaStream_t = struct CUstream_st*;
 using cudaEvent_t = struct CUevent_st*;
@@ -181,8 +198,22 @@ cudaError_t cudaStreamSynchronize(cudaStream_t);
 cudaError_t cudaGetLastError();
 const char* cudaGetErrorString(cudaError_t);
 
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+// Keyed by the kernel function's address, as on a GPU; values above kMaxDynamicSmemOptIn (or
+// negative) return cudaErrorInvalidValue and change nothing.
+cudaError_t cudaFuncSetAttribute(const void* kernel, cudaFuncAttribute attr, int value);
+template <typename F>
+cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attr, int value) {
+    return cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), attr, value);
+}
+
 // ---- launch ------------------------------------------------------------------------------------
-#define DILOCO_LAUNCH(kernel, grid, block, smem, stream, ...)                                     \
-    ::diloco::emu::run_grid(::diloco::emu::to_dim3(grid), ::diloco::emu::to_dim3(block), (smem), \
-                            [&] { kernel(__VA_ARGS__); })
+// after_launch (kernels/cuda_compat.h) is the DILOCO_CUDA_SYNC check, as in the native build.
+#define DILOCO_LAUNCH(kernel, grid, block, smem, stream, ...)                                              \
+    do {                                                                                                   \
+        (void)(stream);                                                                                    \
+        ::diloco::emu::run_grid(reinterpret_cast<const void*>(&kernel), #kernel, ::diloco::emu::to_dim3(grid), \
+                                ::diloco::emu::to_dim3(block), (smem), [&] { kernel(__VA_ARGS__); });       \
+        ::diloco::after_launch(#kernel);                                                                   \
+    } while (0)
 #define DILOCO_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(::diloco::emu::t_dynamic_smem)

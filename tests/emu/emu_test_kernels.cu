@@ -1,5 +1,5 @@
-// Small kernels for the emulator's own tests (tests/emu/test_emu.cpp): three correct ones and four
-// deliberately broken ones that the emulator must catch. Compiled by nvcc too (so that they stay
+// Small kernels for the emulator's own tests (tests/emu/test_emu.cpp): correct ones, deliberately
+// broken ones that the emulator must catch, and launches a GPU would refuse. Compiled by nvcc too (so that they stay
 // valid CUDA), but only ever run emulated: the broken ones would hang or misbehave on a GPU.
 #include "kernels/cuda_compat.h"
 #include "tests/emu/emu_test_kernels.h"
@@ -75,6 +75,27 @@ __global__ void partial_warp_shuffle_kernel(float* out) {
 __global__ void out_of_bounds_kernel(float* out, const float* in, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = in[i + 1];
+}
+
+// Fills `n` floats of dynamic shared memory, then thread t reads back slot n - 1 - t (written by
+// another thread): the whole allocation is there and usable. Two copies of the kernel, so that the
+// limit raised for one leaves the other at the default.
+__device__ void fill_shared(float* out, int n) {
+    DILOCO_DYNAMIC_SHARED(float, s);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s[i] = (float)i;
+    __syncthreads();
+    out[threadIdx.x] = s[n - 1 - threadIdx.x];
+}
+__global__ void smem_default_kernel(float* out, int n) { fill_shared(out, n); }
+__global__ void smem_raised_kernel(float* out, int n) { fill_shared(out, n); }
+
+void fill_shared(float* out, size_t bytes, bool raised_kernel) {
+    const int n = (int)(bytes / sizeof(float));
+    if (raised_kernel) DILOCO_LAUNCH(smem_raised_kernel, 1, kSmemThreads, bytes, nullptr, out, n);
+    else DILOCO_LAUNCH(smem_default_kernel, 1, kSmemThreads, bytes, nullptr, out, n);
+}
+int set_raised_kernel_limit(int bytes) {
+    return (int)cudaFuncSetAttribute(smem_raised_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
 }
 
 void out_of_bounds(float* out, const float* in, int n) {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -125,3 +126,72 @@ TEST(EmulatorDeathTest, OutOfBoundsGlobalReadIsCaughtByAddressSanitizer) {
     GTEST_SKIP() << "needs the AddressSanitizer build of the emulated tests (build-asan, run by tools/test.sh)";
 }
 #endif
+
+// A GPU refuses a launch that asks for more than 48 KiB of dynamic shared memory unless the
+// kernel's limit was raised with cudaFuncSetAttribute, and never allows more than 227 KiB (sm_90).
+// The emulator must refuse exactly those launches, or a kernel passing here fails on a GPU.
+namespace {
+
+constexpr size_t kKiB = 1024;
+
+// Runs fill_shared and checks every thread read back the slot another thread wrote.
+void expect_filled(size_t bytes, bool raised_kernel) {
+    std::vector<float> out(emutest::kSmemThreads, NAN);
+    emutest::fill_shared(out.data(), bytes, raised_kernel);
+    const int n = (int)(bytes / sizeof(float));
+    for (int t = 0; t < emutest::kSmemThreads; t++) ASSERT_EQ(out[t], (float)(n - 1 - t)) << bytes << " bytes, thread " << t;
+}
+
+void expect_refused(size_t bytes, bool raised_kernel, const std::string& limit) {
+    std::vector<float> out(emutest::kSmemThreads, NAN);
+    expect_error([&] { emutest::fill_shared(out.data(), bytes, raised_kernel); },
+                 std::to_string(bytes) + " bytes of dynamic shared memory, over its limit of " + limit + " bytes");
+}
+
+}  // namespace
+
+TEST(Emulator, DynamicSharedMemoryAbove48KiBNeedsTheAttribute) {
+    expect_filled(48 * kKiB, false);
+    expect_refused(48 * kKiB + 4, false, "49152");
+    ASSERT_EQ(emutest::set_raised_kernel_limit(227 * kKiB), cudaSuccess);
+    expect_filled(48 * kKiB + 4, true);
+    expect_filled(227 * kKiB, true);
+    expect_refused(48 * kKiB + 4, false, "49152");  // raising one kernel's limit leaves the others alone
+}
+
+TEST(Emulator, DynamicSharedMemoryNeverAbove227KiB) {
+    ASSERT_EQ(emutest::set_raised_kernel_limit(227 * kKiB), cudaSuccess);
+    expect_refused(227 * kKiB + 4, true, "232448");
+    // the attribute itself cannot go past the opt-in maximum, and a refused value changes nothing
+    EXPECT_EQ(emutest::set_raised_kernel_limit(227 * kKiB + 4), cudaErrorInvalidValue);
+    expect_refused(227 * kKiB + 4, true, "232448");
+    // the limit is the value set, not the maximum
+    ASSERT_EQ(emutest::set_raised_kernel_limit(64 * kKiB), cudaSuccess);
+    expect_filled(64 * kKiB, true);
+    expect_refused(64 * kKiB + 4, true, "65536");
+}
+
+// DILOCO_CUDA_SYNC=1: the launch macro checks for an error right after each kernel, and throws
+// naming it. The emulator stands in for a faulting kernel by leaving an injected error behind.
+TEST(Emulator, SyncModeReportsAFaultAtTheLaunch) {
+    std::vector<float> out(64, 0.0f);
+    auto in = iota_floats(64);
+    ASSERT_EQ(setenv("DILOCO_CUDA_SYNC", "1", 1), 0);
+    cuda_sync_reread_env();
+    EXPECT_TRUE(cuda_sync_enabled());
+    emutest::warp_sum(out.data(), in.data(), 64);  // runs and passes the check
+    float want = 0;
+    for (int i = 0; i < 32; i++) want += in[i];
+    EXPECT_EQ(out[0], want);
+    emu::inject_launch_error(cudaErrorIllegalAddress);
+    expect_error([&] { emutest::warp_sum(out.data(), in.data(), 64); },
+                 "kernel warp_sum_kernel (DILOCO_CUDA_SYNC=1): an illegal memory access was encountered");
+    ASSERT_EQ(unsetenv("DILOCO_CUDA_SYNC"), 0);
+    cuda_sync_reread_env();
+    EXPECT_FALSE(cuda_sync_enabled());
+    // without the flag the fault stays pending, for the wrapper's cudaGetLastError to return
+    emu::inject_launch_error(cudaErrorIllegalAddress);
+    emutest::warp_sum(out.data(), in.data(), 64);
+    EXPECT_EQ(cudaGetLastError(), cudaErrorIllegalAddress);
+    EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+}
