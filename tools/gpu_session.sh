@@ -252,6 +252,19 @@ phase_native() {
         step "native $t" 60 env DILOCO_CUDA_SYNC=1 "$BIN/cuda_native_tests" --gtest_filter="$t" --gtest_brief=1
     done
     step "native nccl (1 rank)" 60 "${MPIRUN[@]}" "$BIN/nccl_tests"
+    # the whole training path on the device (NCCL average, AdamW, evaluation) against the CPU
+    local data="$WORK/text-data" small=(--n-layer 2 --n-head 2 --d-model 64 --seq-len 64 --batch 4 --steps 8 --warmup 2 --log-every 0)
+    [ -f "$data/meta.json" ] || step "text data" 30 make_text_data "$data"
+    step "native train on $DEVICE" 60 "${MPIRUN[@]}" "$BIN/diloco" train --data "$data" --out "$WORK/nat-dev" "${small[@]}" --device $DEVICE
+    step "native train on cpu" 60 "${MPIRUN[@]}" "$BIN/diloco" train --data "$data" --out "$WORK/nat-cpu" "${small[@]}" --device cpu
+    # fp32 both sides, different summation orders (cuBLAS, kernels): ~1e-6 per step, 8 steps
+    step "native train = cpu" 10 python3 - "$WORK/nat-dev/metrics.jsonl" "$WORK/nat-cpu/metrics.jsonl" <<'PY'
+import json, sys
+a, b = ([json.loads(l)["loss"] for l in open(f) if '"loss"' in l] for f in sys.argv[1:3])
+worst = max(abs(x - y) / abs(y) for x, y in zip(a, b))
+print(f"8 steps, device against CPU: max relative loss difference {worst:.1e} (tolerance 1e-4)")
+sys.exit(0 if len(a) == len(b) == 8 and worst <= 1e-4 else 1)
+PY
 }
 
 # ---- sanitizer: the kernel tests under compute-sanitizer (some machines refuse the device) ------
