@@ -1,5 +1,6 @@
 #include "model/checkpoint.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -75,7 +76,8 @@ void save_checkpoint(const std::string& path, const GPTConfig& c, const TrainSta
     const uint32_t crc = crc32_update(0, w.buf.data() + kHeaderBytes, payload);
     std::memcpy(w.buf.data() + 12, &crc, 4);
     std::memcpy(w.buf.data() + 16, &payload, 8);
-    fs::create_directories(fs::path(path).parent_path());
+    const fs::path parent = fs::path(path).parent_path();
+    if (!parent.empty()) fs::create_directories(parent);
     write_file_atomic(path, w.buf.data(), w.buf.size());
 }
 
@@ -152,23 +154,23 @@ std::string checkpoint_path(const std::string& rundir, int64_t step) {
     return rundir + "/ckpt/" + name;
 }
 
-std::string latest_checkpoint(const std::string& rundir) {
-    const std::string dir = rundir + "/ckpt";
-    if (!fs::is_directory(dir)) return "";
-    static const std::regex name("step_(\\d{8})\\.ckpt");
-    std::string best;
-    long long best_step = -1;
+// The steps of the files in `dir` named step_NNNNNNNN followed by `suffix` (a regex), ascending.
+static std::vector<int64_t> checkpoint_steps(const std::string& dir, const std::string& suffix) {
+    std::vector<int64_t> steps;
+    if (!fs::is_directory(dir)) return steps;
+    const std::regex name("step_(\\d{8})" + suffix);
     for (const auto& e : fs::directory_iterator(dir)) {
         std::smatch mt;
         const std::string fn = e.path().filename().string();
-        if (!std::regex_match(fn, mt, name)) continue;
-        long long s = std::stoll(mt[1]);
-        if (s > best_step) {
-            best_step = s;
-            best = e.path().string();
-        }
+        if (std::regex_match(fn, mt, name)) steps.push_back(std::stoll(mt[1]));
     }
-    return best;
+    std::sort(steps.begin(), steps.end());
+    return steps;
+}
+
+std::string latest_checkpoint(const std::string& rundir) {
+    const std::vector<int64_t> steps = checkpoint_steps(rundir + "/ckpt", "\\.ckpt");
+    return steps.empty() ? "" : checkpoint_path(rundir, steps.back());
 }
 
 }  // namespace diloco
@@ -182,18 +184,19 @@ std::string rank_checkpoint_path(const std::string& rundir, int64_t step, int ra
 }
 
 int64_t latest_rank_checkpoint_step(const std::string& rundir, int rank) {
-    const std::string dir = rundir + "/ckpt";
-    if (!fs::is_directory(dir)) return -1;
-    char suffix[32];
+    char suffix[48];
     std::snprintf(suffix, sizeof suffix, "\\.rank_%05d\\.ckpt", rank);
-    const std::regex name(std::string("step_(\\d{8})") + suffix);
-    int64_t best = -1;
-    for (const auto& e : fs::directory_iterator(dir)) {
-        std::smatch mt;
-        const std::string fn = e.path().filename().string();
-        if (std::regex_match(fn, mt, name)) best = std::max<int64_t>(best, std::stoll(mt[1]));
-    }
-    return best;
+    const std::vector<int64_t> steps = checkpoint_steps(rundir + "/ckpt", suffix);
+    return steps.empty() ? -1 : steps.back();
+}
+
+void prune_checkpoints(const std::string& rundir, int keep, int rank) {
+    if (keep <= 0) return;
+    char suffix[48] = "\\.ckpt";
+    if (rank >= 0) std::snprintf(suffix, sizeof suffix, "\\.rank_%05d\\.ckpt", rank);
+    const std::vector<int64_t> steps = checkpoint_steps(rundir + "/ckpt", suffix);
+    for (size_t i = 0; i + keep < steps.size(); i++)
+        fs::remove(rank >= 0 ? rank_checkpoint_path(rundir, steps[i], rank) : checkpoint_path(rundir, steps[i]));
 }
 
 }  // namespace diloco

@@ -50,4 +50,8 @@ std::string latest_checkpoint(const std::string& rundir);
 std::string rank_checkpoint_path(const std::string& rundir, int64_t step, int rank);
 int64_t latest_rank_checkpoint_step(const std::string& rundir, int rank);
 
+// Removes all but the `keep` newest numbered checkpoints of RUNDIR/ckpt: the global files
+// (rank < 0) or rank `rank`'s own. keep <= 0 keeps everything.
+void prune_checkpoints(const std::string& rundir, int keep, int rank);
+
 }  // namespace diloco

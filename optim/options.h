@@ -43,6 +43,7 @@ struct TrainOptions {
     uint64_t seed = 1337;
     // evaluation, checkpoints, output
     long eval_every = 0, ckpt_every = 0, log_every = 10;
+    int ckpt_keep = 3;  // numbered checkpoints kept (the newest); 0 keeps all
     int eval_batches = 8;
     bool resume = false;
     long stop_at = 0;  // leave after this step with a checkpoint (0: run to --steps)

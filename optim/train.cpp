@@ -92,8 +92,8 @@ static void check_options(const TrainOptions& o) {
     DILOCO_CHECK(o.shard == "iid" || o.shard == "noniid",
                  "--shard must be iid or noniid, got '" + o.shard + "'");
     DILOCO_CHECK(o.eval_batches > 0, "--eval-batches must be positive");
-    DILOCO_CHECK(o.eval_every >= 0 && o.ckpt_every >= 0 && o.log_every >= 0,
-                 "--eval-every, --ckpt-every and --log-every must be >= 0");
+    DILOCO_CHECK(o.eval_every >= 0 && o.ckpt_every >= 0 && o.log_every >= 0 && o.ckpt_keep >= 0,
+                 "--eval-every, --ckpt-every, --ckpt-keep and --log-every must be >= 0");
     DILOCO_CHECK(o.device == "auto" || o.device == "cpu" || o.device == "cuda",
                  "--device must be auto, cpu or cuda, got '" + o.device + "'");
     DILOCO_CHECK(!o.data.empty() && !o.out.empty(), "train needs --data and --out");
@@ -114,7 +114,8 @@ static std::string describe_options(const TrainOptions& o) {
       << o.fragment_pattern << '|' << o.overlap << '|' << o.alpha << '|' << o.quant << '|' << o.eager << '|'
       << o.outer_gbps << '|' << o.outer_latency_ms
       << '|' << o.shard << '|' << o.seed << '|' << o.eval_every << '|' << o.ckpt_every << '|'
-      << o.eval_batches << '|' << o.resume << '|' << o.stop_at << '|' << o.device << '|' << o.matmul_precision;
+      << o.eval_batches << '|' << o.resume << '|' << o.stop_at << '|' << o.device << '|' << o.matmul_precision
+      << '|' << o.ckpt_keep;
     return s.str();
 }
 
@@ -452,7 +453,7 @@ void report_round(Run& r, const std::vector<PendingStep>& pending) {
 
 // Every rank keeps what it alone holds; rank 0 also writes the global model for eval, generate
 // and export (in one process, that file is the one --resume reads, so it carries the algorithm's
-// state too).
+// state too). Only the --ckpt-keep newest of each are kept.
 void save_checkpoints(Run& r, int64_t step) {
     TraceRange trace("checkpoint");
     std::copy(r.rng.s, r.rng.s + 4, r.state.rng);
@@ -463,12 +464,16 @@ void save_checkpoints(Run& r, int64_t step) {
     const std::vector<std::vector<float>> algorithm_state = r.algo->save_state();
     const bool distributed = r.comm.world_size() > 1;
     const float* params = r.model.params.data();
-    if (distributed)
+    if (distributed) {
         save_checkpoint(rank_checkpoint_path(r.o.out, step, r.comm.world_rank()), r.cfg, r.state, params,
                         r.inner.m.data(), r.inner.v.data(), r.model.num_params, algorithm_state);
-    if (r.root())
+        prune_checkpoints(r.o.out, r.o.ckpt_keep, r.comm.world_rank());
+    }
+    if (r.root()) {
         save_checkpoint(checkpoint_path(r.o.out, step), r.cfg, r.state, params, r.inner.m.data(), r.inner.v.data(),
                         r.model.num_params, distributed ? std::vector<std::vector<float>>{} : algorithm_state);
+        prune_checkpoints(r.o.out, r.o.ckpt_keep, -1);
+    }
 }
 
 // At the end of a round: report, then evaluate and checkpoint the global model when due.
@@ -486,7 +491,8 @@ void end_round(Run& r, std::vector<PendingStep>& pending, int64_t step, uint64_t
         while (r.next_eval <= step) r.next_eval += o.eval_every;
     }
     if (r.root()) std::fflush(r.metrics);
-    if (step >= r.next_ckpt || (o.ckpt_every > 0 && last) || (step == r.end_step && !last)) {
+    // every run ends with its model saved: the last step, or the last of a --stop-at slot
+    if (step >= r.next_ckpt || step == r.end_step) {
         save_checkpoints(r, step);
         while (r.next_ckpt <= step) r.next_ckpt += o.ckpt_every;
     }

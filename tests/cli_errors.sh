@@ -100,6 +100,39 @@ expect_error "--eager applies to --algo diloco and streaming" "$BIN" train --dat
 expect_error "needs --device cuda" "$BIN" train --data data --out x $SMALL --steps 8 --device cpu --matmul-precision tf32
 expect_error "matmul precision" "$BIN" train --data data --out x $SMALL --steps 8 --matmul-precision fp16
 
+# config files: every option by name, the command line on top; bad files are refused
+ROOT=$(cd "$(dirname "$BIN")/.." && pwd)
+[ -f "$ROOT/examples/train.toml" ] || ROOT=$(cd "$(dirname "$0")/.." && pwd)
+printf '# tiny\n[train]\nsteps = 7\nn_layer = 1\nn-head = 2\nd_model = 16\nseq_len = 16\nbatch = 2\nlog_every = 0\neval_batches = 1\n' > c.toml
+expect_ok() {  # expect_ok DESCRIPTION COMMAND...: the command succeeds (and its own check, if any)
+    local what=$1; shift
+    cases=$((cases + 1))
+    if timeout 120 "$@" >out.txt 2>err.txt; then echo "ok: $what"; else
+        echo "FAIL: $what"; sed 's/^/    /' err.txt | tail -3; failures=$((failures + 1)); fi
+}
+expect_ok "a config file sets --steps 7" bash -c "'$BIN' train --data data --out cfg7 --config c.toml && [ \$(grep -c '\"loss\"' cfg7/metrics.jsonl) = 7 ]"
+expect_ok "the command line overrides the config file" bash -c "'$BIN' train --data data --out cfg3 --config c.toml --steps 3 && [ \$(grep -c '\"loss\"' cfg3/metrics.jsonl) = 3 ]"
+expect_ok "the sample config examples/train.toml parses and trains" "$BIN" train --data data --out cfgx --config "$ROOT/examples/train.toml" \
+    --algo dp --workers 1 $SMALL --steps 2 --ckpt-every 0 --eval-every 0
+printf 'steps = "abc"\n[[[\n' > bad1.toml
+expect_error "bad1.toml:1: key 'steps': Could not convert" "$BIN" train --data data --out x --config bad1.toml
+printf 'steps = 5\n[[[\n' > bad2.toml
+expect_error "bad2.toml:2: unknown section" "$BIN" train --data data --out x --config bad2.toml
+printf 'steps = 5\nstepz = 5\n' > bad3.toml
+expect_error "bad3.toml:2: unknown key 'stepz'" "$BIN" train --data data --out x --config bad3.toml
+printf 'eager = maybe\n' > bad4.toml
+expect_error "bad4.toml:1: key 'eager' is a flag" "$BIN" train --data data --out x --config bad4.toml
+printf 'steps 5\n' > bad5.toml
+expect_error "bad5.toml:1: expected \`key = value\`" "$BIN" train --data data --out x --config bad5.toml
+expect_error "cannot read the file" "$BIN" train --data data --out x --config missing.toml
+
+# every run ends with its model saved, --ckpt-keep keeps the newest, --run finds the newest
+expect_ok "a run without --ckpt-every saves its final model" test -f cfg7/ckpt/step_00000007.ckpt
+expect_ok "--ckpt-keep 2 keeps the 2 newest checkpoints" bash -c "'$BIN' train --data data --out keep $SMALL --steps 6 --ckpt-every 1 --ckpt-keep 2 && [ \"\$(ls keep/ckpt)\" = \"\$(printf 'step_00000005.ckpt\nstep_00000006.ckpt')\" ]"
+expect_ok "eval, generate and export take --run RUNDIR" bash -c "'$BIN' eval --run keep --data data --batches 1 --batch 2 --seq-len 16 && '$BIN' generate --run keep --tokens 4 && '$BIN' export --run keep --out keep.bin"
+expect_error "no checkpoint in" "$BIN" eval --run nothing --data data
+expect_error "give --ckpt FILE or --run RUNDIR" "$BIN" export --out x.bin
+
 # a run killed (SIGKILL) while checkpointing every step leaves only complete checkpoints
 cases=$((cases + 1))
 "$BIN" train --data data --out killed --n-layer 4 --n-head 4 --d-model 256 --seq-len 16 --batch 1 \

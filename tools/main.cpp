@@ -3,8 +3,11 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <sched.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 
 #include "data/prepare.h"
 #include "kernels/common.h"
@@ -12,6 +15,7 @@
 #include "model/llmc.h"
 #include "optim/train.h"
 #include "tools/bench.h"
+#include "tools/config_file.h"
 #ifdef DILOCO_HAVE_CUDA
 #include "kernels/cuda_info.h"
 #endif
@@ -27,7 +31,9 @@
 using namespace diloco;
 
 static void add_train_options(CLI::App* t, TrainOptions& o) {
-    t->set_config("--config", "", "TOML or INI file; every option below can be set there");
+    static std::string config_file;  // read before parsing (tools/config_file.h); listed for --help
+    t->add_option("--config", config_file, "TOML or INI file setting any option below under its name; "
+                                           "the command line overrides it");
     t->add_option("--data", o.data, "prepared data directory")->required();
     t->add_option("--out", o.out, "run directory (metrics.jsonl, ckpt/)")->required();
     // model
@@ -79,13 +85,51 @@ static void add_train_options(CLI::App* t, TrainOptions& o) {
     // evaluation, checkpoints
     t->add_option("--eval-every", o.eval_every, "steps between evaluations (0: at the end only)")->capture_default_str();
     t->add_option("--eval-batches", o.eval_batches, "validation batches per evaluation")->capture_default_str();
-    t->add_option("--ckpt-every", o.ckpt_every, "steps between checkpoints (0: none)")->capture_default_str();
+    t->add_option("--ckpt-every", o.ckpt_every, "steps between checkpoints (0: only at the end)")->capture_default_str();
+    t->add_option("--ckpt-keep", o.ckpt_keep, "numbered checkpoints kept, the newest (0: all)")->capture_default_str();
     t->add_option("--log-every", o.log_every, "steps between progress lines")->capture_default_str();
     t->add_option("--stop-at", o.stop_at, "leave after this step with a checkpoint (0: run to --steps)");
     t->add_flag("--resume", o.resume, "continue from the newest checkpoint in --out");
     t->add_option("--device", o.device, "auto, cpu or cuda")->capture_default_str();
     t->add_option("--matmul-precision", o.matmul_precision, "matrix products on --device cuda: fp32 or tf32 (tensor cores)")
         ->capture_default_str();
+}
+
+// --ckpt FILE, or --run RUNDIR for the run's newest checkpoint (`used`: the subcommand ran).
+static std::string checkpoint_of(const std::string& ckpt, const std::string& run, bool used) {
+    if (!used || !ckpt.empty()) return ckpt;
+    DILOCO_CHECK(!run.empty(), "give --ckpt FILE or --run RUNDIR");
+    const std::string newest = latest_checkpoint(run);
+    DILOCO_CHECK(!newest.empty(), "--run " + run + ": no checkpoint in " + run + "/ckpt");
+    return newest;
+}
+
+// Under mpirun, more ranks x OpenMP threads than cores make OpenMP's spinning waits fight for the
+// cores: the same run took about 325 or about 2000 ms a step on 2 cores, by chance. With the
+// thread count left to OpenMP, each rank gets its share of the cores instead; a count the user
+// chose is kept, with a note.
+static void share_cores_among_ranks() {
+    const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");  // Open MPI
+    if (!local) local = std::getenv("MPI_LOCALNRANKS");               // MPICH
+    const int ranks = local ? std::max(1, std::atoi(local)) : 1;
+    cpu_set_t set;
+    const int cores = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : omp_get_num_procs();
+    const int threads = omp_get_max_threads();
+    if (ranks * threads <= cores) return;
+    const char* rank = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    const bool speaker = !rank || std::atoi(rank) == 0;
+    if (std::getenv("OMP_NUM_THREADS")) {
+        if (speaker && !std::getenv("OMP_WAIT_POLICY"))
+            std::fprintf(stderr, "note: %d ranks x %d OpenMP threads (OMP_NUM_THREADS) on %d cores: set "
+                                 "OMP_WAIT_POLICY=passive, or fewer threads, or steps may take several times longer\n",
+                         ranks, threads, cores);
+        return;
+    }
+    const int share = std::max(1, cores / ranks);
+    omp_set_num_threads(share);
+    if (speaker)
+        std::fprintf(stderr, "note: %d ranks on %d cores: %d OpenMP thread%s per rank (OMP_NUM_THREADS sets another "
+                             "count)\n", ranks, cores, share, share == 1 ? "" : "s");
 }
 
 static void print_info() {
@@ -135,7 +179,9 @@ int main(int argc, char** argv) {
 
     GenerateOptions gen;
     auto* g = app.add_subcommand("generate", "sample text from a checkpoint");
-    g->add_option("--ckpt", gen.ckpt, "checkpoint file")->required();
+    std::string gen_run;
+    auto* g_ckpt = g->add_option("--ckpt", gen.ckpt, "checkpoint file");
+    g->add_option("--run", gen_run, "run directory: its newest checkpoint")->excludes(g_ckpt);
     g->add_option("--prompt", gen.prompt, "text to continue")->capture_default_str();
     g->add_option("--tokens", gen.tokens, "tokens to generate")->capture_default_str();
     g->add_option("--temperature", gen.temperature, "0 for greedy")->capture_default_str();
@@ -144,7 +190,9 @@ int main(int argc, char** argv) {
     std::string eval_ckpt, eval_data;
     int eval_batches = 16, eval_batch = 8, eval_seq = 0;
     auto* e = app.add_subcommand("eval", "validation loss of a checkpoint");
-    e->add_option("--ckpt", eval_ckpt, "checkpoint file")->required();
+    std::string eval_run;
+    auto* e_ckpt = e->add_option("--ckpt", eval_ckpt, "checkpoint file");
+    e->add_option("--run", eval_run, "run directory: its newest checkpoint")->excludes(e_ckpt);
     e->add_option("--data", eval_data, "prepared data directory")->required();
     e->add_option("--batches", eval_batches, "batches")->capture_default_str();
     e->add_option("--batch", eval_batch, "sequences per batch")->capture_default_str();
@@ -171,7 +219,9 @@ int main(int argc, char** argv) {
 
     std::string export_ckpt, export_out, import_in, import_out;
     auto* ex = app.add_subcommand("export", "write a checkpoint's weights in llm.c's model format");
-    ex->add_option("--ckpt", export_ckpt, "checkpoint file")->required();
+    std::string export_run;
+    auto* ex_ckpt = ex->add_option("--ckpt", export_ckpt, "checkpoint file");
+    ex->add_option("--run", export_run, "run directory: its newest checkpoint")->excludes(ex_ckpt);
     ex->add_option("--out", export_out, "llm.c model file (.bin)")->required();
     auto* im = app.add_subcommand("import", "make a checkpoint (step 0, fresh optimizer) from an llm.c model file");
     im->add_option("--in", import_in, "llm.c model file (.bin)")->required();
@@ -180,7 +230,16 @@ int main(int argc, char** argv) {
     app.add_subcommand("info", "build options, BLAS, threads, devices");
 
     try {
-        app.parse(argc, argv);
+        std::vector<std::string> args = expand_config_files(argc, argv, "train", [](CLI::App* a) {
+            static TrainOptions scratch;
+            add_train_options(a, scratch);
+        });
+        std::reverse(args.begin(), args.end());  // CLI11 takes the words reversed, without argv[0]
+        args.pop_back();
+        app.parse(args);
+    } catch (const Error& ex) {  // a config file
+        std::fprintf(stderr, "error: %s\n", ex.what());
+        return 2;
     } catch (const CLI::CallForHelp& ex) {
         return app.exit(ex);
     } catch (const CLI::CallForAllHelp& ex) {
@@ -190,6 +249,7 @@ int main(int argc, char** argv) {
         return 2;
     }
 
+    if (*t || *b) share_cores_among_ranks();
     // Under mpirun every rank runs this program; MPI is started only for training.
     bool mpi_started = false;
 #ifdef DILOCO_HAVE_MPI
@@ -211,6 +271,9 @@ int main(int argc, char** argv) {
 #endif
 
     try {
+        gen.ckpt = checkpoint_of(gen.ckpt, gen_run, g->parsed());
+        eval_ckpt = checkpoint_of(eval_ckpt, eval_run, e->parsed());
+        export_ckpt = checkpoint_of(export_ckpt, export_run, ex->parsed());
         if (*p) {
             prepare_dataset(prep);
         } else if (*t) {

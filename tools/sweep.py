@@ -59,18 +59,49 @@ CSV_FIELDS = ["point", "model", "method", "algo", "M", "H", "outer_lr", "inner_l
               "n_head", "final_val_loss", "wall_s", "bytes_outer_total", "ranks"]
 
 
+def type_error(key, value, expected):
+    """The complaint when `value` does not have the type of `expected` (a default), else None."""
+    def fits(v, e):
+        if isinstance(e, bool):
+            return isinstance(v, bool)
+        if isinstance(e, int):
+            return isinstance(v, int) and not isinstance(v, bool)
+        if isinstance(e, float):
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+        return isinstance(v, type(e))
+    def kind(e):
+        return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+                dict: "a table"}.get(type(e), type(e).__name__)
+    if isinstance(expected, list):
+        if not isinstance(value, list) or not all(fits(v, expected[0]) for v in value):
+            return f"'{key}' must be a list, each item {kind(expected[0])}, not {value!r}"
+    elif not fits(value, expected):
+        return f"'{key}' must be {kind(expected)}, not {value!r}"
+    return None
+
+
 def load_sweep(path):
-    with open(path, "rb") as f:
-        raw = f.read()
-    if path.endswith(".json"):
-        cfg = json.loads(raw)
-    else:
-        if tomllib is None:
-            sys.exit("sweep: TOML needs Python 3.11 (tomllib); use a .json sweep file instead")
-        cfg = tomllib.loads(raw.decode())
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        if path.endswith(".json"):
+            cfg = json.loads(raw)
+        else:
+            if tomllib is None:
+                sys.exit("sweep: TOML needs Python 3.11 (tomllib); use a .json sweep file instead")
+            cfg = tomllib.loads(raw.decode())
+    except (OSError, ValueError) as e:  # tomllib's and json's errors name the line and column
+        sys.exit(f"sweep: {path}: {e}")
+    if not isinstance(cfg, dict):
+        sys.exit(f"sweep: {path}: not a table of keys")
     unknown = set(cfg) - set(DEFAULTS) - {"name", "data", "out", "models"}
     if unknown:
         sys.exit(f"sweep: unknown keys in {path}: {', '.join(sorted(unknown))}")
+    types = dict(DEFAULTS, name="", data="", out="", models=[{}])
+    for key, value in cfg.items():
+        problem = type_error(key, value, types[key])
+        if problem:
+            sys.exit(f"sweep: {path}: {problem}")
     for key in ("data", "out", "models"):
         if key not in cfg:
             sys.exit(f"sweep: {path} lacks '{key}'")
@@ -80,9 +111,13 @@ def load_sweep(path):
         if not os.path.isabs(out[key]):
             out[key] = os.path.normpath(os.path.join(base, out[key]))
     for m in out["models"]:
-        for k in ("name", "n_layer", "d_model", "n_head"):
+        for k, t in (("name", str), ("n_layer", int), ("d_model", int), ("n_head", int)):
             if k not in m:
                 sys.exit(f"sweep: a model lacks '{k}': {m}")
+            if not isinstance(m[k], t) or isinstance(m[k], bool):
+                sys.exit(f"sweep: {path}: a model's '{k}' must be {'a string' if t is str else 'an integer'}, not {m[k]!r}")
+        if set(m) - {"name", "n_layer", "d_model", "n_head"}:
+            sys.exit(f"sweep: {path}: unknown keys in model {m['name']}: {', '.join(sorted(set(m) - {'name', 'n_layer', 'd_model', 'n_head'}))}")
         if m["d_model"] % m["n_head"]:
             sys.exit(f"sweep: model {m['name']}: d_model {m['d_model']} is not a multiple of n_head")
     for meth in out["methods"]:

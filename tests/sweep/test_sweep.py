@@ -136,13 +136,29 @@ class MicroSweep(unittest.TestCase):
                           ({"data": "d", "out": "o", "models": [], "outer_lrr": [1]}, "unknown keys"),
                           ({"data": "d", "models": []}, "lacks 'out'"),
                           ({"data": "d", "out": "o", "models": [{"name": "x", "n_layer": 1, "d_model": 10,
-                                                                  "n_head": 3}]}, "not a multiple")):
+                                                                  "n_head": 3}]}, "not a multiple"),
+                          ({"data": "d", "out": "o", "models": [], "H": ["abc"]}, "'H' must be a list, each item an integer"),
+                          ({"data": "d", "out": "o", "models": [], "seq_len": "64"}, "'seq_len' must be an integer"),
+                          ({"data": "d", "out": "o", "models": [{"name": "x", "n_layer": "2", "d_model": 8,
+                                                                  "n_head": 2}]}, "'n_layer' must be an integer"),
+                          ({"data": "d", "out": "o", "models": [{"name": "x", "n_layer": 2, "d_model": 8,
+                                                                  "n_head": 2, "heads": 2}]}, "unknown keys in model")):
             with open(bad, "w") as f:
                 json.dump(body, f)
             r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "sweep.py"), bad, "--dry-run"],
                                capture_output=True, text=True)
             self.assertNotEqual(r.returncode, 0)
             self.assertIn(msg, r.stderr)
+        # a TOML file that does not parse: one line naming the file and the place, no traceback
+        bad = os.path.join(self.tmp.name, "bad.toml")
+        with open(bad, "w") as f:
+            f.write('data = "d"\nout = "o"\nsteps = "abc"\n[[[\n')
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "sweep.py"), bad, "--dry-run"],
+                           capture_output=True, text=True)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("bad.toml", r.stderr)
+        self.assertIn("line 4", r.stderr)
+        self.assertNotIn("Traceback", r.stderr)
 
 
 class Fitter(unittest.TestCase):
