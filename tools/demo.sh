@@ -2,7 +2,8 @@
 # README command 1: install what is missing, build, prepare the King James Bible as byte tokens,
 # then train the same small GPT twice on 4 MPI ranks with the same token budget:
 #   DiLoCo with 4 workers (replicas) syncing every H inner steps, and data-parallel.
-# Prints both validation losses, the bytes each sent across workers, and a sample.
+# Prints both validation losses, the bytes each sent across workers, and a sample; draws both runs'
+# curves and bytes in runs/demo.png (tools/plot.py).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 bash "$ROOT/tools/setup.sh"
@@ -24,7 +25,7 @@ MODEL="--n-layer 4 --n-head 4 --d-model 128 --seq-len 128 --batch 4 --steps $STE
        --lr 2e-3 --eval-every 200 --eval-batches 8 --log-every 50"
 echo "== DiLoCo: 4 workers, H=$H, outer Nesterov lr 0.7 momentum 0.9 (4 MPI ranks)"
 mpirun --oversubscribe -np 4 "$BIN" train --data "$RUNS/data-kjv" --out "$RUNS/demo-diloco" $MODEL \
-    --algo diloco --workers 4 --inner-steps "$H" --ckpt-every "$STEPS"
+    --algo diloco --workers 4 --inner-steps "$H"
 echo
 echo "== data-parallel: the same 4 ranks and tokens, gradients averaged every step"
 mpirun --oversubscribe -np 4 "$BIN" train --data "$RUNS/data-kjv" --out "$RUNS/demo-dp" $MODEL \
@@ -43,7 +44,8 @@ for name, s in rows.items():
 d, p = rows["demo-diloco"], rows["demo-dp"]
 print(f"DiLoCo sent {p['bytes_outer_total'] / d['bytes_outer_total']:.0f}x fewer bytes across workers than data-parallel")
 PY
-CKPT=$(ls "$RUNS"/demo-diloco/ckpt/step_*.ckpt | sort | tail -1)
+"$ROOT/.venv/bin/python" "$ROOT/tools/plot.py" "$RUNS/demo-dp" "$RUNS/demo-diloco" --labels data-parallel,DiLoCo \
+    --title "DiLoCo (M=4, H=$H) against data-parallel, 4 ranks, equal tokens" --out "$RUNS/demo.png"
 echo
-echo "== sample from the DiLoCo model ($CKPT)"
-"$BIN" generate --ckpt "$CKPT" --prompt "Ge1:1 In the beginning" --tokens 300 --temperature 0.7
+echo "== sample from the DiLoCo model (its final checkpoint)"
+"$BIN" generate --run "$RUNS/demo-diloco" --prompt "Ge1:1 In the beginning" --tokens 300 --temperature 0.7

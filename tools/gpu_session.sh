@@ -242,6 +242,12 @@ rel = abs(ours - theirs) / abs(theirs)
 print(f"- oracle (same weights, same 8 validation rows): ours {ours:.6f}, PyTorch fp32 {theirs:.6f}, "
       f"relative difference {rel:.1e} ({'within' if rel <= 1e-5 else 'OUTSIDE'} the 1e-5 tolerance)")
 PY
+    # the same weights through `export --format hf` into transformers' GPT2LMHeadModel
+    $PYTHON -c "import transformers" 2>/dev/null || { echo "oracle: no transformers in $PYTHON"; return; }
+    step "oracle hf export" 60 "$BIN/diloco" export --ckpt "$run/ckpt/step_00000001.ckpt" --format hf --out "$WORK/oracle-hf" || return
+    local ours; ours=$(python3 -c "import json,sys; print([json.loads(l) for l in open(sys.argv[1]) if 'final_val_loss' in l][0]['final_val_loss'])" "$run/metrics.jsonl")
+    step "oracle transformers" 180 $PYTHON "$ROOT/tools/check_hf.py" "$WORK/oracle-hf" --data "$data" --batches 2 --batch 4 \
+        --seq-len $T --device $dev --expect "$ours" && number "transformers' GPT2LMHeadModel on our exported weights: the same loss within 1e-5 (oracle transformers)"
 }
 
 # ---- native: the CUDA test suite, one test per process, each under a timeout --------------------

@@ -12,6 +12,7 @@
 #include "data/prepare.h"
 #include "kernels/common.h"
 #include "model/checkpoint.h"
+#include "model/hf_export.h"
 #include "model/llmc.h"
 #include "optim/train.h"
 #include "tools/bench.h"
@@ -217,12 +218,16 @@ int main(int argc, char** argv) {
     b->add_option("--repeats", bench.repeats, "timed repeats (median reported)")->capture_default_str();
     b->add_option("--warmup", bench.warmup, "untimed warm-up calls")->capture_default_str();
 
-    std::string export_ckpt, export_out, import_in, import_out;
-    auto* ex = app.add_subcommand("export", "write a checkpoint's weights in llm.c's model format");
+    std::string export_ckpt, export_out, export_format = "llmc", import_in, import_out;
+    auto* ex = app.add_subcommand("export", "write a checkpoint's weights for llm.c or Hugging Face transformers");
     std::string export_run;
     auto* ex_ckpt = ex->add_option("--ckpt", export_ckpt, "checkpoint file");
     ex->add_option("--run", export_run, "run directory: its newest checkpoint")->excludes(ex_ckpt);
-    ex->add_option("--out", export_out, "llm.c model file (.bin)")->required();
+    ex->add_option("--out", export_out, "llm.c model file (.bin), or a new directory for --format hf")->required();
+    ex->add_option("--format", export_format, "llmc (llm.c's fp32 model file) or hf (config.json + "
+                                              "model.safetensors for GPT2LMHeadModel.from_pretrained)")
+        ->check(CLI::IsMember({"llmc", "hf"}))
+        ->capture_default_str();
     auto* im = app.add_subcommand("import", "make a checkpoint (step 0, fresh optimizer) from an llm.c model file");
     im->add_option("--in", import_in, "llm.c model file (.bin)")->required();
     im->add_option("--out", import_out, "checkpoint file to write")->required();
@@ -294,7 +299,10 @@ int main(int argc, char** argv) {
             Checkpoint ck = load_checkpoint(export_ckpt);
             GPT m;
             gpt_build(m, ck.config);
-            write_llmc(export_out, m, ck.params.data());
+            if (export_format == "hf")
+                write_hf(export_out, m, ck.params.data());
+            else
+                write_llmc(export_out, m, ck.params.data());
             std::fprintf(stderr, "export: %s -> %s (%s)\n", export_ckpt.c_str(), export_out.c_str(),
                          ck.config.describe().c_str());
         } else if (*im) {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the build, the tests and the demo need, and nothing that is already there:
 # Debian packages (compiler, CMake, CLI11, OpenBLAS, GoogleTest, Open MPI, the corpora) and a
-# project-local Python virtual environment (.venv) with numpy and matplotlib, and JAX + optax on
+# project-local Python virtual environment (.venv) with numpy, matplotlib, safetensors, and JAX + optax on
 # the CPU for the framework oracle tests (tests/oracle/, docs/testing.md), and the header-only
 # cudnn-frontend for the CUDA bench's cuDNN attention peer. Safe to re-run.
 set -euo pipefail
@@ -24,8 +24,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 VENV="$ROOT/.venv"
-PY_PKGS=(numpy matplotlib jax==0.10.2 jaxlib==0.10.2 optax==0.2.8 nvidia-cudnn-frontend==1.32.0)
-if ! "$VENV/bin/python" -c "import numpy, matplotlib, jax, optax" 2>/dev/null \
+PY_PKGS=(numpy matplotlib jax==0.10.2 jaxlib==0.10.2 optax==0.2.8 nvidia-cudnn-frontend==1.32.0 safetensors==0.8.0)
+if ! "$VENV/bin/python" -c "import numpy, matplotlib, jax, optax, safetensors" 2>/dev/null \
    || ! ls "$VENV"/lib/python3*/site-packages/include/cudnn_frontend.h >/dev/null 2>&1; then
     echo "setup: installing ${PY_PKGS[*]} into $VENV" >&2
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"

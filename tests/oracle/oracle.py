@@ -262,9 +262,63 @@ def case_interchange(args, work):
     check("llm.c import then export gives back the same bytes", same, f"{os.path.getsize(src)} bytes")
 
 
+HF_BLOCK = {"ln1w": ("ln_1.weight", False), "ln1b": ("ln_1.bias", False),
+            "qkvw": ("attn.c_attn.weight", True), "qkvb": ("attn.c_attn.bias", False),
+            "attprojw": ("attn.c_proj.weight", True), "attprojb": ("attn.c_proj.bias", False),
+            "ln2w": ("ln_2.weight", False), "ln2b": ("ln_2.bias", False),
+            "fcw": ("mlp.c_fc.weight", True), "fcb": ("mlp.c_fc.bias", False),
+            "fcprojw": ("mlp.c_proj.weight", True), "fcprojb": ("mlp.c_proj.bias", False)}
+
+
+def read_hf(directory):
+    """A Hugging Face GPT-2 directory, read with the safetensors package (not our code), as the
+    oracle's parameters: transformers' Conv1D matrices are (in, out), ours (out, in)."""
+    from safetensors.numpy import load_file
+    conf = json.load(open(os.path.join(directory, "config.json")))
+    t = load_file(os.path.join(directory, "model.safetensors"))
+    L = conf["n_layer"]
+    p = {"wte": t["transformer.wte.weight"], "wpe": t["transformer.wpe.weight"],
+         "lnfw": t["transformer.ln_f.weight"], "lnfb": t["transformer.ln_f.bias"]}
+    for ours, (name, conv1d) in HF_BLOCK.items():
+        p[ours] = np.stack([t[f"transformer.h.{l}.{name}"].T if conv1d else t[f"transformer.h.{l}.{name}"]
+                            for l in range(L)])
+    cfg = dict(maxT=conf["n_positions"], V=conf["vocab_size"], L=L, NH=conf["n_head"], C=conf["n_embd"])
+    return conf, cfg, {k: v.astype(np.float64) for k, v in p.items()}, sorted(t)
+
+
+def case_hf(args, work):
+    # our export for transformers, read back by the safetensors package into the JAX model: its
+    # logits must be ours (model.bin and logits.bin from the model case's dump)
+    subprocess.run([args.dump, "model", work], check=True)
+    man = json.load(open(os.path.join(work, "manifest.json")))
+    ck, out = os.path.join(work, "model.ckpt"), os.path.join(work, "hf")
+    subprocess.run([args.diloco, "import", "--in", os.path.join(work, "model.bin"), "--out", ck], check=True)
+    subprocess.run([args.diloco, "export", "--ckpt", ck, "--format", "hf", "--out", out], check=True)
+    conf, cfg, p, names = read_hf(out)
+    want = {"model_type": "gpt2", "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+            "tie_word_embeddings": True, "n_inner": None, "resid_pdrop": 0.0}
+    bad = {k: conf.get(k) for k, v in want.items() if conf.get(k) != v}
+    check("config.json: GPT-2 with tanh GELU, eps 1e-5, tied head, no dropout", not bad, f"differs: {bad}" if bad else
+          f"n_layer {conf['n_layer']}, n_head {conf['n_head']}, n_embd {conf['n_embd']}, vocab {conf['vocab_size']}")
+    check("no lm_head.weight stored (tied to wte)", "lm_head.weight" not in names, f"{len(names)} tensors")
+    _, src = read_llmc(os.path.join(work, "model.bin"))
+    same = all(np.array_equal(p[k], src[k]) for k in LLMC_ORDER)
+    check("every tensor equals the model's, bit for bit, after undoing the Conv1D transposes", same,
+          f"{sum(v.size for v in p.values())} values")
+    B, T, V = man["B"], man["T"], cfg["V"]
+    tokens = load(os.path.join(work, "tokens.bin"), np.int32, (B, T))
+    check_rel("logits of the exported weights = diloco's logits", load(os.path.join(work, "logits.bin"), shape=(B, T, V)),
+              gpt_logits(p, tokens, cfg), 1e-5)
+    # an export never overwrites: a directory that exists and is not empty is refused
+    r = subprocess.run([args.diloco, "export", "--ckpt", ck, "--format", "hf", "--out", out],
+                       capture_output=True, text=True)
+    check("export into a non-empty directory is refused", r.returncode != 0 and "not an empty directory" in r.stderr,
+          r.stderr.strip())
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("case", choices=["model", "ops", "outer", "interchange"])
+    ap.add_argument("case", choices=["model", "ops", "outer", "interchange", "hf"])
     ap.add_argument("--dump", required=True)
     ap.add_argument("--diloco", required=True)
     args = ap.parse_args()
