@@ -1,5 +1,7 @@
 #include "comm/comm.h"
 
+#include "data/io.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <chrono>
@@ -151,6 +153,9 @@ Comm::Request Comm::iallgather_across_workers(const void* in, size_t bytes, void
     MPI_Iallgather(in, (int)bytes, MPI_BYTE, out, (int)bytes, MPI_BYTE, as_comm(cross_comm_), req);
     bytes_outer_ += (uint64_t)bytes * (M_ - 1);
     r.handle = req;
+    r.send = in;
+    r.send_bytes = bytes;
+    r.send_crc = crc32_update(0, in, bytes);
     r.ready_at = now_seconds() + link_seconds((uint64_t)bytes * (M_ - 1));
     return r;
 }
@@ -166,6 +171,15 @@ Comm::Request Comm::isum_across_workers(float* x, size_t n) {
     return r;
 }
 
+// At the completion of a request: its send buffer must be as it was when the exchange started.
+static void check_send_buffer(Comm::Request& r) {
+    if (!r.send) return;
+    const bool same = crc32_update(0, r.send, r.send_bytes) == r.send_crc;
+    r.send = nullptr;
+    DILOCO_CHECK(same, "the send buffer of a non-blocking exchange was written before the exchange completed "
+                       "(a data race that a network would expose)");
+}
+
 bool Comm::test(Request& r) {
     if (r.handle) {  // let MPI progress; the emulated link may still be busy afterwards
         int done = 0;
@@ -173,6 +187,7 @@ bool Comm::test(Request& r) {
         if (done) {
             delete static_cast<MPI_Request*>(r.handle);
             r.handle = nullptr;
+            check_send_buffer(r);
         }
     }
     return !r.handle && now_seconds() >= r.ready_at;
@@ -183,6 +198,7 @@ void Comm::wait(Request& r) {
         MPI_Wait(static_cast<MPI_Request*>(r.handle), MPI_STATUS_IGNORE);
         delete static_cast<MPI_Request*>(r.handle);
         r.handle = nullptr;
+        check_send_buffer(r);
     }
     sleep_until(r.ready_at);
     r.ready_at = 0.0;

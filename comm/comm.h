@@ -58,7 +58,14 @@ public:
     struct Request {
         void* handle = nullptr;  // MPI_Request*
         double ready_at = 0.0;   // link emulation: when the emulated transfer ends (seconds)
+        // The send buffer and its checksum when the exchange started: MPI forbids writing it
+        // before the request completes, which shared memory forgives and a network does not, so
+        // completion checks it and throws if it changed.
+        const void* send = nullptr;
+        size_t send_bytes = 0;
+        uint32_t send_crc = 0;
     };
+    // `in` must not be written until the request completes (checked: see Request).
     Request iallgather_across_workers(const void* in, size_t bytes, void* out);
     // Non-blocking in-place sum of x (n floats) across workers. Counted outer: the ring
     // allreduce's 2(M - 1)/M * 4n, fewer bytes than an all-gather of fp32 payloads for M > 2.

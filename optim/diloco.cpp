@@ -46,11 +46,12 @@ void diloco_eager_sync(OuterState& s, EagerState& e, Comm& comm, float* params, 
         e.recv[0].assign((size_t)M * k, 0.0f);
         e.recv[1].assign((size_t)M * k, 0.0f);
     }
+    // round t-1's gradients, sent a round ago: received, and e.send free again, only after this
+    const bool have_previous = e.in_flight;
+    if (e.in_flight) comm.wait(e.request);
     // this round's outer gradient, old minus new
     const float* theta_m = params + s.slice.begin;
     for (size_t i = 0; i < k; i++) e.send[i] = s.global[i] - theta_m[i];
-    const bool have_previous = e.in_flight;
-    if (e.in_flight) comm.wait(e.request);  // round t-1's gradients, sent a round ago
     const int previous = e.current;
     e.current ^= 1;
     e.request = comm.iallgather_across_workers(e.send.data(), 4 * k, e.recv[e.current].data());

@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <sched.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -113,24 +114,27 @@ static void share_cores_among_ranks() {
     const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");  // Open MPI
     if (!local) local = std::getenv("MPI_LOCALNRANKS");               // MPICH
     const int ranks = local ? std::max(1, std::atoi(local)) : 1;
+    // a rank that mpirun bound to some cores has them to itself; an unbound one shares the machine
     cpu_set_t set;
-    const int cores = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : omp_get_num_procs();
+    const int online = (int)sysconf(_SC_NPROCESSORS_ONLN);  // omp_get_num_procs() would see the binding
+    const int cores = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : online;
+    const int sharing = cores < online ? 1 : ranks;
     const int threads = omp_get_max_threads();
-    if (ranks * threads <= cores) return;
+    if (sharing * threads <= cores) return;
     const char* rank = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
     const bool speaker = !rank || std::atoi(rank) == 0;
     if (std::getenv("OMP_NUM_THREADS")) {
         if (speaker && !std::getenv("OMP_WAIT_POLICY"))
-            std::fprintf(stderr, "note: %d ranks x %d OpenMP threads (OMP_NUM_THREADS) on %d cores: set "
+            std::fprintf(stderr, "note: %d rank%s x %d OpenMP threads (OMP_NUM_THREADS) on %d cores: set "
                                  "OMP_WAIT_POLICY=passive, or fewer threads, or steps may take several times longer\n",
-                         ranks, threads, cores);
+                         sharing, sharing == 1 ? "" : "s", threads, cores);
         return;
     }
-    const int share = std::max(1, cores / ranks);
+    const int share = std::max(1, cores / sharing);
     omp_set_num_threads(share);
     if (speaker)
-        std::fprintf(stderr, "note: %d ranks on %d cores: %d OpenMP thread%s per rank (OMP_NUM_THREADS sets another "
-                             "count)\n", ranks, cores, share, share == 1 ? "" : "s");
+        std::fprintf(stderr, "note: %d rank%s on %d cores: %d OpenMP thread%s per rank (OMP_NUM_THREADS sets another "
+                             "count)\n", sharing, sharing == 1 ? "" : "s", cores, share, share == 1 ? "" : "s");
 }
 
 static void print_info() {
