@@ -37,12 +37,15 @@ void outer_init(OuterState& s, const Comm& comm, const float* params, size_t n);
 
 // Lines 3-5 for one outer round, on this rank's slice of `params` (only that slice is read or
 // written). `delivered` says whether this rank's replica delivers its outer gradient this round
-// (--drop-prob); `n_delivered` is how many replicas do (the same on every rank). A replica that
-// does not deliver keeps training from its own parameters; every rank still updates its copy of
-// theta. Returns true when the replica takes theta(t): its slice of `params` now holds it, and
-// the caller shares the slices within the worker (line 1 of the next round).
+// (--drop-prob); `n_delivered` is how many replicas do (the same on every rank). A replica's
+// outer gradient that is not delivered is lost for the round, and theta(t) steps with the mean of
+// those that were (theta(t-1) when none was), as in the DiLoCo paper; every replica then starts
+// the next round from theta(t). With `keep_local`, a replica that did not deliver keeps training
+// from its own parameters instead (--drop-mode replica). Returns true when the replica takes
+// theta(t): its slice of `params` now holds it, and the caller shares the slices within the
+// worker (line 1 of the next round).
 bool diloco_outer_sync(OuterState& s, Comm& comm, float* params, const OuterHyper& h, bool delivered,
-                       int n_delivered);
+                       int n_delivered, bool keep_local);
 
 // Eager updates (Kale, Douillard, Donchev 2025): the exchange of round t's outer gradients overlaps
 // the whole next round. A replica does not wait for the average; it steps with
@@ -62,6 +65,15 @@ struct EagerState {
 
 // As diloco_outer_sync, eagerly; the replica always takes the result into its slice of `params`.
 void diloco_eager_sync(OuterState& s, EagerState& e, Comm& comm, float* params, const OuterHyper& h, bool last);
+
+// The eager paper's baseline, the naive one-round delay (--delayed): the exchange of round t's
+// outer gradients overlaps round t+1 as in eager updates, but every replica applies the previous
+// round's average alone, with no local proxy:
+//   theta(t) = OuterOpt(theta(t-1), Delta(t-1)),   Delta(t-1) = (1/M) sum_m Delta_m(t-1)
+// In round 1 nothing has arrived and theta(1) = theta(0): the replicas start round 2 from theta(0)
+// again. Replicas stay identical. The last round waits for its own average and applies both the
+// previous one and it (two outer steps), so that no round's work is lost.
+void diloco_delayed_sync(OuterState& s, EagerState& e, Comm& comm, float* params, const OuterHyper& h, bool last);
 
 // Whether replica m delivers its outer gradient in outer round `round`, with drop probability p.
 // A function of (seed, round, m) alone, so every rank computes the same answer.

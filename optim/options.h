@@ -27,6 +27,7 @@ struct TrainOptions {
     float outer_lr = 0.7f, outer_momentum = 0.9f;
     std::string outer_opt = "nesterov";  // nesterov | sgd
     double drop_prob = 0.0;  // a replica fails to deliver its outer gradient with this probability
+    std::string drop_mode = "gradient";  // gradient: lost for the round | replica: the replica also keeps its weights
     bool verify_sync = false;  // check after every outer sync that all replicas hold equal weights
     bool dump_replicas = false;  // write each replica's weights before every outer sync
     // Streaming DiLoCo
@@ -36,6 +37,7 @@ struct TrainOptions {
     float alpha = 0.5f;
     std::string quant = "fp32";
     bool eager = false;  // one-round-overlapped outer sync with the eager formula (diloco)
+    bool delayed = false;  // one-round-overlapped outer sync, the previous round's average alone (diloco)
     // link emulation of the across-worker link
     double outer_gbps = 0.0, outer_latency_ms = 0.0;
     // data

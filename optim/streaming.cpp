@@ -129,11 +129,13 @@ void Streaming::finish(Comm& comm, int p, ReplicaWeights& w, bool mix) {
     State& s = st_[p];
     complete(comm, p);
     s.pending = s.received = false;
-    if (s.n_delivered == 0) return;  // nobody delivered: theta stays
-    const float inv = 1.0f / s.n_delivered;
-    for (size_t i = 0; i < s.mine.count; i++) s.delta[i] = s.sum[i] * inv;
-    outer_step(s.global.data(), s.delta.data(), s.momentum.data(), s.mine.count, opt_.outer);
-    if (!s.delivered) return;  // a replica that missed the round keeps its own values
+    if (s.n_delivered > 0) {  // nobody delivered: theta~ = theta
+        const float inv = 1.0f / s.n_delivered;
+        for (size_t i = 0; i < s.mine.count; i++) s.delta[i] = s.sum[i] * inv;
+        outer_step(s.global.data(), s.delta.data(), s.momentum.data(), s.mine.count, opt_.outer);
+    }
+    // --drop-mode replica: a replica that missed the round keeps its own values
+    if (opt_.keep_local && (!s.delivered || s.n_delivered == 0)) return;
     // the replica's new fragment: theta~ itself, or mixed with the tau steps of local progress
     std::vector<float>& out = s.delta;  // reuse as the new values of this rank's part
     if (mix) {
@@ -246,7 +248,8 @@ void Streaming::load_state(std::vector<std::vector<float>> a, long /*step: any; 
 
 namespace {
 
-void check(const TrainOptions&) {}  // the streaming options are checked for every run (optim/train.cpp)
+// (the streaming options themselves are checked for every run, in optim/train.cpp)
+void check(const TrainOptions& o) { DILOCO_CHECK(!o.delayed, "--delayed applies to --algo diloco"); }
 
 std::unique_ptr<TrainingAlgorithm> create(const TrainOptions& o, Comm& comm, const GPT& model) {
     StreamingOptions so;
@@ -259,6 +262,7 @@ std::unique_ptr<TrainingAlgorithm> create(const TrainOptions& o, Comm& comm, con
     so.outer = OuterHyper{o.outer_lr, o.outer_momentum, o.outer_opt == "nesterov"};
     so.eager = o.eager;
     so.drop_prob = o.drop_prob;
+    so.keep_local = o.drop_mode == "replica";
     so.seed = o.seed;
     char buf[96];
     std::snprintf(buf, sizeof buf, " P=%d %s tau=%ld alpha=%.2g %s", o.fragments, o.fragment_pattern.c_str(),

@@ -12,8 +12,9 @@
 //      replica steps with its own fresh outer gradient and the others' from the previous round
 //      (optim/diloco.h, Eager updates), fragment by fragment;
 //   5. drop-out (--drop-prob): a replica that misses a fragment's round sends a zero outer
-//      gradient, keeps its own values of the fragment, and the others average over those that
-//      delivered, as in DiLoCo.
+//      gradient, the fragment's outer step averages over those that delivered, and every replica
+//      takes the result, as in DiLoCo (with --drop-mode replica, the one that missed keeps its
+//      own values of the fragment).
 // Fragment homes of the parts outside the blocks: the embeddings (wte, wpe) go with the fragment
 // of block 0, the final LayerNorm with the fragment of the last block.
 #pragma once
@@ -47,6 +48,7 @@ struct StreamingOptions {
     OuterHyper outer;
     bool eager = false;
     double drop_prob = 0.0;
+    bool keep_local = false;  // --drop-mode replica: a replica that missed a round keeps its values
     uint64_t seed = 0;  // of the drop-out draws
 };
 

@@ -89,6 +89,8 @@ static void check_options(const TrainOptions& o) {
     DILOCO_CHECK(o.outer_opt == "nesterov" || o.outer_opt == "sgd",
                  "--outer-opt must be nesterov or sgd, got '" + o.outer_opt + "'");
     DILOCO_CHECK(o.drop_prob >= 0 && o.drop_prob < 1, "--drop-prob must be in [0, 1)");
+    DILOCO_CHECK(o.drop_mode == "gradient" || o.drop_mode == "replica",
+                 "--drop-mode must be gradient or replica, got '" + o.drop_mode + "'");
     DILOCO_CHECK(o.shard == "iid" || o.shard == "noniid",
                  "--shard must be iid or noniid, got '" + o.shard + "'");
     DILOCO_CHECK(o.eval_batches > 0, "--eval-batches must be positive");
@@ -110,7 +112,7 @@ static std::string describe_options(const TrainOptions& o) {
       << '|' << o.lr << '|' << o.min_lr_frac << '|' << o.weight_decay << '|' << o.beta1 << '|'
       << o.beta2 << '|' << o.eps << '|' << o.grad_clip << '|' << o.warmup << '|' << o.inner_opt
       << '|' << o.algo << '|' << o.workers << '|' << o.inner_steps << '|' << o.outer_lr << '|'
-      << o.outer_momentum << '|' << o.outer_opt << '|' << o.drop_prob << '|' << o.verify_sync << '|' << o.dump_replicas << '|' << o.fragments << '|'
+      << o.outer_momentum << '|' << o.outer_opt << '|' << o.drop_prob << '|' << o.drop_mode << '|' << o.delayed << '|' << o.verify_sync << '|' << o.dump_replicas << '|' << o.fragments << '|'
       << o.fragment_pattern << '|' << o.overlap << '|' << o.alpha << '|' << o.quant << '|' << o.eager << '|'
       << o.outer_gbps << '|' << o.outer_latency_ms
       << '|' << o.shard << '|' << o.seed << '|' << o.eval_every << '|' << o.ckpt_every << '|'

@@ -69,7 +69,10 @@ static void add_train_options(CLI::App* t, TrainOptions& o) {
     t->add_option("--outer-lr", o.outer_lr, "outer learning rate")->capture_default_str();
     t->add_option("--outer-momentum", o.outer_momentum, "outer momentum")->capture_default_str();
     t->add_option("--outer-opt", o.outer_opt, "nesterov or sgd")->capture_default_str();
-    t->add_option("--drop-prob", o.drop_prob, "probability that a replica misses an outer round")->capture_default_str();
+    t->add_option("--drop-prob", o.drop_prob, "probability that a replica's outer gradient is lost in a round")->capture_default_str();
+    t->add_option("--drop-mode", o.drop_mode, "gradient: only the outer gradient is lost, the replica still takes the new "
+                                              "global model (the DiLoCo paper); replica: it also keeps its own weights")
+        ->capture_default_str();
     t->add_flag("--verify-sync", o.verify_sync, "check after every outer sync that the replicas agree");
     t->add_flag("--dump-replicas", o.dump_replicas, "write each replica's weights (llm.c format) to RUNDIR/replicas/ before every outer sync");
     // Streaming DiLoCo
@@ -79,6 +82,7 @@ static void add_train_options(CLI::App* t, TrainOptions& o) {
     t->add_option("--alpha", o.alpha, "mix of local progress when an overlapped exchange lands")->capture_default_str();
     t->add_option("--quant", o.quant, "exchange format: fp32, bf16, int8, e2m1, e3m0")->capture_default_str();
     t->add_flag("--eager", o.eager, "eager outer updates: overlap a whole round, own fresh outer gradient (diloco, streaming)");
+    t->add_flag("--delayed", o.delayed, "naive one-round delay: overlap a whole round, apply the previous round's average (diloco)");
     t->add_option("--outer-gbps", o.outer_gbps, "emulate an across-worker link of this many Gbit/s (0: off)")->capture_default_str();
     t->add_option("--outer-latency-ms", o.outer_latency_ms, "emulated latency per across-worker message")->capture_default_str();
     // data

@@ -45,7 +45,11 @@ DEFAULTS = {
     "inner_lr": [1e-3],
     "global_batch": [32],      # sequences per inner step, summed over all replicas
     "dp_ranks": 1,
-    "warmup_frac": 0.05,       # warmup steps as a fraction of the run
+    "warmup_frac": 0.05,       # warmup steps as a fraction of the run (when warmup_steps is 0)
+    "warmup_steps": 0,         # a fixed warmup, as the scaling-law paper's 1000 steps
+    "seeds": [1337],           # every point once per seed (initialisation and data order)
+    "min_outer_rounds": 0,     # DiLoCo points with fewer outer rounds are left out, said so
+    "grids": {},               # per method, lists that replace the ones above: {"dp": {"inner_lr": [...]}}
     "min_lr_frac": 0.05,       # cosine floor
     "eval_every_frac": 0.1,    # evaluations along the run, for the loss curves
     "eval_rows": 512,          # validation sequences per evaluation, the same for every point
@@ -56,7 +60,9 @@ DEFAULTS = {
 }
 CSV_FIELDS = ["point", "model", "method", "algo", "M", "H", "outer_lr", "inner_lr", "global_batch",
               "seq_len", "steps", "tokens", "params", "non_embedding_params", "n_layer", "d_model",
-              "n_head", "final_val_loss", "wall_s", "bytes_outer_total", "ranks"]
+              "n_head", "final_val_loss", "wall_s", "bytes_outer_total", "ranks", "seed", "outer_rounds",
+              "warmup"]
+GRID_KEYS = ("H", "outer_lr", "inner_lr", "global_batch")
 
 
 def type_error(key, value, expected):
@@ -97,7 +103,7 @@ def load_sweep(path):
     unknown = set(cfg) - set(DEFAULTS) - {"name", "data", "out", "models"}
     if unknown:
         sys.exit(f"sweep: unknown keys in {path}: {', '.join(sorted(unknown))}")
-    types = dict(DEFAULTS, name="", data="", out="", models=[{}])
+    types = dict(DEFAULTS, name="", data="", out="", models=[{}], seeds=[1])
     for key, value in cfg.items():
         problem = type_error(key, value, types[key])
         if problem:
@@ -116,14 +122,52 @@ def load_sweep(path):
                 sys.exit(f"sweep: a model lacks '{k}': {m}")
             if not isinstance(m[k], t) or isinstance(m[k], bool):
                 sys.exit(f"sweep: {path}: a model's '{k}' must be {'a string' if t is str else 'an integer'}, not {m[k]!r}")
-        if set(m) - {"name", "n_layer", "d_model", "n_head"}:
-            sys.exit(f"sweep: {path}: unknown keys in model {m['name']}: {', '.join(sorted(set(m) - {'name', 'n_layer', 'd_model', 'n_head'}))}")
+        extra = set(m) - {"name", "n_layer", "d_model", "n_head", "H"}  # a model may have its own H grid
+        if extra:
+            sys.exit(f"sweep: {path}: unknown keys in model {m['name']}: {', '.join(sorted(extra))}")
+        if "H" in m and type_error("H", m["H"], [1]):
+            sys.exit(f"sweep: {path}: model {m['name']}: {type_error('H', m['H'], [1])}")
         if m["d_model"] % m["n_head"]:
             sys.exit(f"sweep: model {m['name']}: d_model {m['d_model']} is not a multiple of n_head")
+    for meth, overrides in out["grids"].items():
+        if meth not in out["methods"]:
+            sys.exit(f"sweep: {path}: grids names '{meth}', which is not among the methods")
+        for k, v in overrides.items():
+            if k not in GRID_KEYS:
+                sys.exit(f"sweep: {path}: grids.{meth}: unknown key '{k}' (one of {', '.join(GRID_KEYS)})")
+            problem = type_error(f"grids.{meth}.{k}", v, DEFAULTS[k])
+            if problem:
+                sys.exit(f"sweep: {path}: {problem}")
     for meth in out["methods"]:
-        if meth != "dp" and not (meth.startswith("diloco-m") and meth[8:].isdigit()):
-            sys.exit(f"sweep: unknown method '{meth}' (dp or diloco-mM)")
+        if parse_method(meth) is None:
+            sys.exit(f"sweep: unknown method '{meth}' (dp, or diloco-mM with -eager, -delayed, -dropP, -droplocalP)")
     return out
+
+
+def parse_method(meth):
+    """dp, or diloco-mM followed by variants: -eager, -delayed, -dropP (P a probability: the paper's
+    drop-out, the outer gradient lost), -droplocalP (the replica also keeps its weights).
+    Returns (M, extra train options), or None when the name does not parse."""
+    if meth == "dp":
+        return 0, []
+    parts = meth.split("-")
+    if len(parts) < 2 or parts[0] != "diloco" or not parts[1].startswith("m") or not parts[1][1:].isdigit():
+        return None
+    extra = []
+    for v in parts[2:]:
+        if v in ("eager", "delayed"):
+            extra.append(f"--{v}")
+        elif v.startswith("droplocal") or v.startswith("drop"):
+            p = v[9:] if v.startswith("droplocal") else v[4:]
+            try:
+                if not 0 < float(p) < 1:
+                    return None
+            except ValueError:
+                return None
+            extra += ["--drop-prob", p, "--drop-mode", "replica" if v.startswith("droplocal") else "gradient"]
+        else:
+            return None
+    return int(parts[1][1:]), extra
 
 
 def param_counts(m, seq_len, vocab=256):
@@ -134,16 +178,34 @@ def param_counts(m, seq_len, vocab=256):
     return embedding + blocks, blocks
 
 
-def points(cfg):
-    """Every run of the grid, as dicts; DP ignores H and the outer learning rate."""
+def grid(cfg, m, meth):
+    """The lists one (model, method) pair sweeps: the file's, a model's own H, then the method's grids."""
+    g = {k: cfg[k] for k in GRID_KEYS}
+    if "H" in m:
+        g["H"] = m["H"]
+    g.update(cfg["grids"].get(meth, {}))
+    return g
+
+
+def points(cfg, dropped=None):
+    """Every run of the grid, as dicts; DP ignores H and the outer learning rate. DiLoCo points
+    with fewer than min_outer_rounds rounds are left out (appended to `dropped`, if given)."""
     seen = set()
-    for m, meth, H, olr, ilr, gb in itertools.product(cfg["models"], cfg["methods"], cfg["H"],
-                                                       cfg["outer_lr"], cfg["inner_lr"],
-                                                       cfg["global_batch"]):
-        M = 0 if meth == "dp" else int(meth[8:])
+    for m, meth, seed in itertools.product(cfg["models"], cfg["methods"], cfg["seeds"]):
+        yield from model_points(cfg, m, meth, seed, seen, dropped)
+
+
+def model_points(cfg, m, meth, seed, seen, dropped):
+    g = grid(cfg, m, meth)
+    # every method of a model trains the same steps, whole rounds of every H any method uses
+    all_H = sorted({h for mt in cfg["methods"] if mt != "dp" for h in grid(cfg, m, mt)["H"]} or {1})
+    for H, olr, ilr, gb in itertools.product(g["H"], g["outer_lr"], g["inner_lr"], g["global_batch"]):
+        M = parse_method(meth)[0]
         if meth == "dp":
             H, olr = 1, 0.0
         name = f"{m['name']}-{meth}-b{gb}-lr{ilr:g}" + ("" if meth == "dp" else f"-H{H}-olr{olr:g}")
+        if seed != DEFAULTS["seeds"][0]:
+            name += f"-s{seed}"
         if name in seen:
             continue
         seen.add(name)
@@ -155,28 +217,33 @@ def points(cfg):
         # Whole outer rounds: a last partial round would end DiLoCo on a short, momentum-driven
         # outer step. Every method gets the same steps, hence the same tokens.
         steps = max(1, math.ceil(cfg["tokens_per_param"] * params / (gb * cfg["seq_len"])))
-        steps = math.ceil(steps / max(cfg["H"])) * max(cfg["H"])
+        whole = math.lcm(*all_H)
+        steps = math.ceil(steps / whole) * whole
+        if meth != "dp" and steps // H < cfg["min_outer_rounds"]:
+            if dropped is not None:
+                dropped.append(f"{name} ({steps // H} outer rounds)")
+            continue
+        warmup = cfg["warmup_steps"] or max(1, round(cfg["warmup_frac"] * steps))
         yield dict(point=name, model=m["name"], method=meth, algo="dp" if meth == "dp" else "diloco",
                    M=M or 1, H=H, outer_lr=olr, inner_lr=ilr, global_batch=gb, seq_len=cfg["seq_len"],
                    steps=steps, tokens=steps * gb * cfg["seq_len"], params=params,
                    non_embedding_params=non_emb, n_layer=m["n_layer"], d_model=m["d_model"],
-                   n_head=m["n_head"], ranks=ranks)
+                   n_head=m["n_head"], ranks=ranks, seed=seed, outer_rounds=steps // H, warmup=warmup)
 
 
 def command(cfg, p, run_dir):
-    warmup = max(1, round(cfg["warmup_frac"] * p["steps"]))
     eval_every = max(1, round(cfg["eval_every_frac"] * p["steps"]))
     args = [cfg["binary"], "train", "--data", cfg["data"], "--out", run_dir,
             "--n-layer", p["n_layer"], "--d-model", p["d_model"], "--n-head", p["n_head"],
             "--seq-len", p["seq_len"], "--batch", p["global_batch"] // p["ranks"],
-            "--steps", p["steps"], "--warmup", warmup, "--lr", p["inner_lr"],
+            "--steps", p["steps"], "--warmup", p["warmup"], "--lr", p["inner_lr"], "--seed", p["seed"],
             "--min-lr-frac", cfg["min_lr_frac"], "--eval-every", eval_every,
             "--eval-batches", cfg["eval_rows"] // p["global_batch"],
             "--log-every", max(1, p["steps"] // 10), "--algo", p["algo"]]
     if p["algo"] == "dp":
         args += ["--workers", 1]
     else:
-        args += ["--workers", p["M"], "--inner-steps", p["H"], "--outer-lr", p["outer_lr"]]
+        args += ["--workers", p["M"], "--inner-steps", p["H"], "--outer-lr", p["outer_lr"]] + parse_method(p["method"])[1]
     launcher = shlex.split(cfg["launcher"].format(ranks=p["ranks"]))
     return launcher + [str(a) for a in args] + shlex.split(cfg["extra_args"])
 
@@ -273,7 +340,11 @@ def main():
         cfg["parallel"] = a.parallel
     if a.binary:
         cfg["binary"] = os.path.abspath(a.binary)
-    pts = list(points(cfg))
+    dropped = []
+    pts = list(points(cfg, dropped))
+    if dropped:
+        print(f"sweep: {len(dropped)} DiLoCo points left out with fewer than {cfg['min_outer_rounds']} "
+              f"outer rounds: {', '.join(dropped[:6])}{' ...' if len(dropped) > 6 else ''}", flush=True)
     summaries = {p["point"]: summary_of(os.path.join(cfg["out"], p["point"])) for p in pts}
     todo = [p for p in pts if a.only in p["point"] and summaries[p["point"]] is None]
     done_before = sum(1 for p in pts if a.only in p["point"]) - len(todo)

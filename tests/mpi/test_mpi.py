@@ -52,6 +52,44 @@ def llmc_floats(path):
     return np.fromfile(path, dtype=np.float32, offset=1024)
 
 
+def nesterov(theta, delta, mom, lr, mu):
+    """optim/outer.h in float64: mom = mu mom + delta; theta -= lr (delta + mu mom)."""
+    mom = mu * mom + delta
+    return theta - lr * (delta + mu * mom), mom
+
+
+def simulate_outer(dumps, mode, M, rounds, lr, mu):
+    """The global model after each outer sync, per replica, from the replicas' weights before each
+    sync alone (float64): DiLoCo, eager (own fresh + others' previous) or naive one-round delay.
+    dumps(step_round, m, synced) reads a dump; round 0's synced dump is theta(0)."""
+    g = [dumps(0, m, True) for m in range(M)]
+    mom = [np.zeros_like(g[0]) for _ in range(M)]
+    prev, out = None, []
+    for r in range(1, rounds + 1):
+        last = r == rounds
+        pre = [dumps(r, m, False) for m in range(M)]
+        d = [g[m] - pre[m] for m in range(M)]  # each replica against its own copy of theta
+        if mode == "diloco" or (mode == "eager" and last):
+            mean = sum(d) / M
+            for m in range(M):
+                g[m], mom[m] = nesterov(g[m], mean, mom[m], lr, mu)
+            if mode == "eager":  # the last eager round ends on the replicas' mean
+                g = [sum(g) / M] * M
+        elif mode == "eager":
+            for m in range(M):
+                others = sum(prev[j] for j in range(M) if j != m) if prev else (M - 1) * d[m]
+                g[m], mom[m] = nesterov(g[m], (d[m] + others) / M, mom[m], lr, mu)
+        elif mode == "delayed":
+            for m in range(M):
+                if prev:
+                    g[m], mom[m] = nesterov(g[m], sum(prev) / M, mom[m], lr, mu)
+                if last:
+                    g[m], mom[m] = nesterov(g[m], sum(d) / M, mom[m], lr, mu)
+        prev = d
+        out.append([x.copy() for x in g])
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--diloco", required=True)
@@ -94,7 +132,7 @@ def main():
                     "--dump-replicas", "--ckpt-every", "5"], ranks=4)
         ok, worst = True, 0.0
         for step in (5, 10):
-            reps = sorted(glob.glob(D(f"fedavg/replicas/step_{step:08d}.replica_*.bin")))
+            reps = sorted(glob.glob(D(f"fedavg/replicas/step_{step:08d}.replica_???.bin")))
             ok &= len(reps) == 4
             mean = np.mean([llmc_floats(r).astype(np.float64) for r in reps], axis=0)
             run([bin_, "export", "--ckpt", D(f"fedavg/ckpt/step_{step:08d}.ckpt"), "--out", D(f"g{step}.bin")])
@@ -229,6 +267,47 @@ def main():
         check("eager with M=4 trains (no send buffer written in flight), differs from DiLoCo, and ends with equal replicas",
               a[-1] < a[0] - 1.0 and not np.array_equal(a, b),
               f"val {se['final_val_loss']:.4f} (DiLoCo {sp['final_val_loss']:.4f}); weights checked equal at the end")
+
+        # 13. the outer syncs of DiLoCo, eager DiLoCo and the naive one-round delay, M=3, against a
+        # float64 reference fed only the replicas' weights before each sync (--dump-replicas)
+        obase = base + ["--steps", "12", "--batch", "2", "--algo", "diloco", "--workers", "3", "--inner-steps", "3",
+                        "--outer-lr", "0.7", "--outer-momentum", "0.9", "--dump-replicas"]
+        sims = {}
+        for mode, flag in (("diloco", []), ("eager", ["--eager"]), ("delayed", ["--delayed", "--verify-sync"])):
+            run(obase + ["--out", D(f"ref-{mode}")] + flag, ranks=3)
+            def dumps(r, m, synced, mode=mode):
+                f = D(f"ref-{mode}/replicas/step_{3 * r:08d}.replica_{m:03d}{'.synced' if synced else ''}.bin")
+                return llmc_floats(f).astype(np.float64)
+            sims[mode] = (dumps, [[dumps(r, m, True) for m in range(3)] for r in range(1, 5)])
+        for mode, (dumps, got) in sims.items():
+            want = simulate_outer(dumps, mode, 3, 4, 0.7, 0.9)
+            err = max(float(np.max(np.abs(w - g))) for wr, gr in zip(want, got) for w, g in zip(wr, gr))
+            # the wrong rule on the same dumps must be far off, or the check could not tell them apart
+            other = {"diloco": "eager", "eager": "delayed", "delayed": "diloco"}[mode]
+            wrong = simulate_outer(dumps, other, 3, 4, 0.7, 0.9)
+            far = max(float(np.max(np.abs(w - g))) for wr, gr in zip(wrong, got) for w, g in zip(wr, gr))
+            # fp32 outer steps on weights |w| < 1 against float64: a few 1e-7 per round
+            check(f"{mode} outer syncs (M=3, 4 rounds) = a float64 reference of the rule", err <= 1e-5 and far > 1e-3,
+                  f"max |ours - reference| {err:.1e} (tolerance 1e-5); the {other} rule on the same weights: {far:.1e}")
+
+        # 14. drop-out as in the DiLoCo paper: a lost outer gradient leaves the mean over the
+        # replicas that delivered, and every replica takes the new global model
+        run(base + ["--out", D("drop-fedavg"), "--steps", "12", "--batch", "2", "--algo", "diloco", "--workers", "3",
+                    "--inner-steps", "2", "--drop-prob", "0.5", "--outer-opt", "sgd", "--outer-lr", "1",
+                    "--outer-momentum", "0", "--dump-replicas", "--verify-sync"], ranks=3)
+        ok, partial, worst = True, 0, 0.0
+        for step in range(2, 13, 2):
+            pre = [llmc_floats(D(f"drop-fedavg/replicas/step_{step:08d}.replica_{m:03d}.bin")).astype(np.float64)
+                   for m in range(3)]
+            got = [llmc_floats(D(f"drop-fedavg/replicas/step_{step:08d}.replica_{m:03d}.synced.bin")) for m in range(3)]
+            ok &= all(np.array_equal(got[0], g) for g in got)  # every replica took the global model
+            # FedAvg: the global model is the mean of the replicas that delivered, some non-empty subset
+            fits = [s for s in range(1, 8) if np.max(np.abs(sum(pre[m] for m in range(3) if s >> m & 1)
+                                                            / bin(s).count("1") - got[0])) <= 1e-6]
+            ok &= len(fits) >= 1
+            partial += bool(fits) and 7 not in fits
+        check("--drop-prob 0.5 (paper): the mean of the delivered replicas, taken by every replica", ok and partial >= 1,
+              f"6 rounds, {partial} with a replica's gradient lost; all replicas equal after each")
 
         # 12. --device cuda through the kernels' own source (emulated) = CPU training, 1 and 2 ranks
         if args.diloco_emu:

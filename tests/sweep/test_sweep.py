@@ -161,6 +161,43 @@ class MicroSweep(unittest.TestCase):
         self.assertNotIn("Traceback", r.stderr)
 
 
+    def test_5_seeds_method_grids_model_H_warmup_and_outer_rounds(self):
+        # a dry run: the points and commands the grid expands to, nothing trained
+        f = os.path.join(self.tmp.name, "grid.json")
+        with open(f, "w") as fh:
+            json.dump({"data": "data", "out": "out5", "binary": ARGS.diloco, "tokens_per_param": 2,
+                       "seq_len": 16, "methods": ["dp", "diloco-m2"], "H": [5], "outer_lr": [0.7],
+                       "inner_lr": [3e-3], "global_batch": [8], "eval_rows": 16, "seeds": [1337, 2],
+                       "warmup_steps": 7, "min_outer_rounds": 10,
+                       "grids": {"dp": {"inner_lr": [1e-2]}, "diloco-m2": {"inner_lr": [2e-3, 4e-3]}},
+                       "models": [{"name": "m", "n_layer": 1, "d_model": 8, "n_head": 2, "H": [2, 100]}]}, fh)
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "sweep.py"), f, "--dry-run"],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = [l for l in r.stdout.splitlines() if l.startswith("m-")]
+        names = sorted(l.split()[0] for l in lines)
+        # dp at its own lr; diloco-m2 at both of its lrs, H=2 only: H=100 leaves < 10 rounds
+        self.assertEqual(names, sorted(["m-dp-b8-lr0.01", "m-dp-b8-lr0.01-s2",
+                                        "m-diloco-m2-b8-lr0.002-H2-olr0.7", "m-diloco-m2-b8-lr0.002-H2-olr0.7-s2",
+                                        "m-diloco-m2-b8-lr0.004-H2-olr0.7", "m-diloco-m2-b8-lr0.004-H2-olr0.7-s2"]))
+        self.assertIn("left out with fewer than 10 outer rounds", r.stdout)
+        self.assertIn("H100", r.stdout)
+        for l in lines:
+            self.assertIn("--warmup 7", l)
+            self.assertIn("--seed 2" if l.split()[0].endswith("-s2") else "--seed 1337", l)
+        # method variants become train options
+        r2 = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import sweep; "
+                             "print(sweep.parse_method('diloco-m4-eager'), sweep.parse_method('diloco-m2-drop0.5'), "
+                             "sweep.parse_method('diloco-m2-droplocal0.5'), sweep.parse_method('diloco-m2-drop2'), "
+                             "sweep.parse_method('fedavg'))", os.path.join(ROOT, "tools")], capture_output=True, text=True)
+        self.assertEqual(r2.stdout.strip(), "(4, ['--eager']) (2, ['--drop-prob', '0.5', '--drop-mode', 'gradient']) "
+                                            "(2, ['--drop-prob', '0.5', '--drop-mode', 'replica']) None None")
+        # every method of a model trains the same steps: whole rounds of every H (lcm of 2 and 100)
+        steps = {l.split("--steps ")[1].split()[0] for l in lines}
+        self.assertEqual(len(steps), 1)
+        self.assertEqual(int(steps.pop()) % 100, 0)
+
+
 class Fitter(unittest.TestCase):
     def test_recovers_power_law_from_noisy_data(self):
         rng = random.Random(7)
