@@ -211,19 +211,20 @@ cudaError_t cudaSetDevice(int device);  // cudaErrorInvalidDevice outside 0..kEm
 cudaError_t cudaGetDevice(int* device);
 
 // ---- streams and events --------------------------------------------------------------------------
-// Work runs when it is issued, so any order CUDA allows is also what the emulator does; what it
-// checks is that the program *asked* for the order it relies on, as a GPU, which runs streams
-// concurrently, needs. Each stream keeps a vector clock: how much of every stream's work is known
-// to be finished before its next operation, learnt from cudaStreamWaitEvent, from the host's
-// synchronisations (cudaStreamSynchronize, cudaEventSynchronize, cudaDeviceSynchronize, cudaFree,
-// blocking cudaMemcpy) and from the legacy default stream's implicit sync with blocking streams.
-// Kernels do not say which memory they touch, so the check is made only around collectives
-// (emulated NCCL, kernels/emu/nccl_emu.h), the project's one use of other streams: a collective
-// must be ordered after all work issued before it on other streams, and all later work on other
-// streams after it; a violation throws an Error naming both operations. Besides (stricter than
-// CUDA, which treats a never-recorded event as already complete) cudaStreamWaitEvent and
-// cudaEventSynchronize refuse an event that was never recorded, as cudaEventElapsedTime does,
-// since waiting on one orders nothing. Bad or destroyed handles give cudaErrorInvalidResourceHandle.
+// Work runs when it is issued, one operation after another, so results never depend on the order
+// between streams. What the emulator checks is that the program asked for the order it relies on,
+// which a GPU, running streams concurrently, needs. Each stream keeps a vector clock: how much of
+// every stream's work is known to be finished before its next operation, learnt from
+// cudaStreamWaitEvent, from the host's synchronisations (cudaStreamSynchronize,
+// cudaEventSynchronize, cudaDeviceSynchronize, cudaFree, blocking cudaMemcpy) and from the legacy
+// default stream's implicit sync with blocking streams. Kernels do not say which memory they touch,
+// so the check is made only around collectives (emulated NCCL, kernels/emu/nccl_emu.h), the
+// project's one use of other streams: a collective must be ordered after all work issued before it
+// on other streams, and all later work on other streams after it; a violation throws an Error
+// naming both operations. Besides (stricter than CUDA, which treats a never-recorded event as
+// already complete) cudaStreamWaitEvent and cudaEventSynchronize refuse an event that was never
+// recorded, as cudaEventElapsedTime does, since waiting on one orders nothing. Bad or destroyed
+// handles give cudaErrorInvalidResourceHandle.
 enum { cudaStreamDefault = 0, cudaStreamNonBlocking = 1 };
 cudaError_t cudaStreamCreate(cudaStream_t* stream);
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags);

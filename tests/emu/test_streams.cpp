@@ -43,7 +43,7 @@ protected:
 
     cudaStream_t comm = nullptr;
     cudaEvent_t ready = nullptr, start = nullptr, done = nullptr;
-    std::vector<float> in = std::vector<float>(64, 1.0f), out = std::vector<float>(2, 0.0f);
+    std::vector<float> in = std::vector<float>(64, 1.0f), out = std::vector<float>(4, 0.0f);  // a block of 128
 };
 
 template <typename F>
