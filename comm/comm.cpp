@@ -38,8 +38,8 @@ double Comm::link_seconds(uint64_t bytes) const {
     return (link_gbps_ > 0.0 ? (double)bytes * 8.0 / (link_gbps_ * 1e9) : 0.0) + link_latency_ms_ / 1000.0;
 }
 
-static uint64_t ring_allreduce(size_t bytes, int P) { return P > 1 ? 2 * (uint64_t)bytes * (P - 1) / P : 0; }
-static uint64_t ring_half(size_t bytes, int P) { return P > 1 ? (uint64_t)bytes * (P - 1) / P : 0; }
+uint64_t ring_allreduce_bytes(size_t bytes, int P) { return P > 1 ? 2 * (uint64_t)bytes * (P - 1) / P : 0; }
+uint64_t ring_allgather_bytes(size_t bytes, int P) { return P > 1 ? (uint64_t)bytes * (P - 1) / P : 0; }
 
 #ifdef DILOCO_HAVE_MPI
 
@@ -100,7 +100,7 @@ Comm::~Comm() {
 void Comm::average_worker(float* x, size_t n) {
     if (G_ == 1) return;
     MPI_Allreduce(MPI_IN_PLACE, x, (int)n, MPI_FLOAT, MPI_SUM, as_comm(worker_comm_));
-    bytes_inner_ += ring_allreduce(4 * n, G_);
+    bytes_inner_ += ring_allreduce_bytes(4 * n, G_);
     const float inv = 1.0f / G_;
     for (size_t i = 0; i < n; i++) x[i] *= inv;
 }
@@ -109,8 +109,8 @@ void Comm::sum_across_workers(float* x, size_t n) {
     if (M_ == 1) return;
     const double t0 = now_seconds();
     MPI_Allreduce(MPI_IN_PLACE, x, (int)n, MPI_FLOAT, MPI_SUM, as_comm(cross_comm_));
-    bytes_outer_ += ring_allreduce(4 * n, M_);
-    sleep_until(t0 + link_seconds(ring_allreduce(4 * n, M_)));
+    bytes_outer_ += ring_allreduce_bytes(4 * n, M_);
+    sleep_until(t0 + link_seconds(ring_allreduce_bytes(4 * n, M_)));
 }
 
 void Comm::allgather_worker(float* x, size_t n) {
@@ -123,7 +123,7 @@ void Comm::allgather_worker(float* x, size_t n) {
     }
     MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x, counts.data(), displs.data(), MPI_FLOAT,
                    as_comm(worker_comm_));
-    bytes_inner_ += ring_half(4 * n, G_);
+    bytes_inner_ += ring_allgather_bytes(4 * n, G_);
 }
 
 void Comm::average_world(float* x, size_t n) {
@@ -134,7 +134,7 @@ void Comm::average_world(float* x, size_t n) {
         for (int g = 0; g < G_; g++) counts[g] = (int)slice_of(n, G_, g).count;
         // in place: the reduced slice lands at the start of x, then moves to its own place
         MPI_Reduce_scatter(MPI_IN_PLACE, x, counts.data(), MPI_FLOAT, MPI_SUM, as_comm(worker_comm_));
-        bytes_inner_ += ring_half(4 * n, G_);
+        bytes_inner_ += ring_allgather_bytes(4 * n, G_);
         if (mine.begin) std::memmove(x + mine.begin, x, 4 * mine.count);
     }
     sum_across_workers(x + mine.begin, mine.count);
@@ -165,9 +165,9 @@ Comm::Request Comm::isum_across_workers(float* x, size_t n) {
     if (M_ == 1) return r;
     auto* req = new MPI_Request;
     MPI_Iallreduce(MPI_IN_PLACE, x, (int)n, MPI_FLOAT, MPI_SUM, as_comm(cross_comm_), req);
-    bytes_outer_ += ring_allreduce(4 * n, M_);
+    bytes_outer_ += ring_allreduce_bytes(4 * n, M_);
     r.handle = req;
-    r.ready_at = now_seconds() + link_seconds(ring_allreduce(4 * n, M_));
+    r.ready_at = now_seconds() + link_seconds(ring_allreduce_bytes(4 * n, M_));
     return r;
 }
 

@@ -25,6 +25,11 @@ struct Slice {
 // Slice g of n elements split G ways: the first n % G slices hold one extra element.
 Slice slice_of(size_t n, int G, int g);
 
+// The ring algorithms' bytes sent by one rank for a buffer of S bytes over P ranks (above); every
+// transport counts with these, so that the MPI and NCCL worker links report the same bytes.
+uint64_t ring_allreduce_bytes(size_t S, int P);
+uint64_t ring_allgather_bytes(size_t S, int P);  // also reduce-scatter; S = the whole result
+
 class Comm {
 public:
     // Initialises from MPI_COMM_WORLD (if MPI is compiled in and initialised) and splits it into

@@ -1,7 +1,13 @@
 #include "comm/nccl.h"
 
 #include <mpi.h>
+
+#include <cstdio>
+#ifdef DILOCO_EMULATE
+#include "kernels/emu/nccl_emu.h"
+#else
 #include <nccl.h>
+#endif
 
 #include "kernels/common.h"
 #include "kernels/cuda_check.h"
@@ -32,6 +38,15 @@ NcclWorkerComm::NcclWorkerComm(Comm& comm) : comm_(comm) {
     ncclComm_t c;
     NCCL_CHECK(ncclCommInitRank(&c, comm.ranks_per_worker(), id, comm.local()));
     nccl_ = c;
+    if (comm.is_root())  // which link the worker's averages take shows in the log (tests read it)
+        std::fprintf(stderr, "nccl: the worker link of %d rank(s) runs on the device, through %s\n",
+                     comm.ranks_per_worker(),
+#ifdef DILOCO_EMULATE
+                     "the emulated NCCL (MPI on host memory)"
+#else
+                     "NCCL"
+#endif
+        );
 }
 
 NcclWorkerComm::~NcclWorkerComm() {
@@ -41,7 +56,7 @@ NcclWorkerComm::~NcclWorkerComm() {
 void NcclWorkerComm::average(float* x, size_t n, cudaStream_t stream) {
     const int G = comm_.ranks_per_worker();  // G = 1 too: one GPU runs the path of many
     NCCL_CHECK(ncclAllReduce(x, x, n, ncclFloat32, ncclAvg, static_cast<ncclComm_t>(nccl_), stream));
-    comm_.count_inner(2 * 4 * (uint64_t)n * (G - 1) / G);  // ring allreduce
+    comm_.count_inner(ring_allreduce_bytes(4 * n, G));  // as the MPI worker link counts
 }
 
 void NcclWorkerComm::allgather_slices(float* x, size_t n, cudaStream_t stream) {
@@ -55,7 +70,7 @@ void NcclWorkerComm::allgather_slices(float* x, size_t n, cudaStream_t stream) {
                                  static_cast<ncclComm_t>(nccl_), stream));
     }
     NCCL_CHECK(ncclGroupEnd());
-    comm_.count_inner(4 * (uint64_t)n * (G - 1) / G);
+    comm_.count_inner(ring_allgather_bytes(4 * n, G));
 }
 
 }  // namespace diloco

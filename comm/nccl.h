@@ -3,9 +3,12 @@
 // rank drives the GPU whose index is its rank among the ranks on its node.
 // Built when CUDA, MPI and NCCL are all found; the CUDA training backend uses it for the worker
 // link, as the MPI worker communicator serves on the CPU. The cross link stays MPI.
+// The emulated build (DILOCO_EMULATE, with MPI) compiles the same code against the emulated
+// NCCL of kernels/emu/nccl_emu.h, so that CI runs this path with several ranks.
 #pragma once
 #include <cstddef>
-#include <cuda_runtime.h>
+
+#include "kernels/cuda_compat.h"  // the CUDA runtime, or the emulator's
 
 #include "comm/comm.h"
 

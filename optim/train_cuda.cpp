@@ -133,7 +133,8 @@ private:
 
 int count_devices() {
 #ifdef DILOCO_EMULATE
-    return 1;  // the emulator
+    int n = 0;  // the emulator's node of kEmulatedDevices, one for each rank of a worker
+    return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
 #else
     return cuda_device_count();
 #endif

@@ -344,46 +344,9 @@ void run_grid(const void* kernel, const char* name, dim3 grid, dim3 block, size_
     if (const int e = g_injected.exchange(0)) g_pending = e;
 }
 
-// ---- runtime API: device memory is host memory -----------------------------------------------
-}  // namespace diloco::emu
+int take_pending_error() { return g_pending.exchange(0); }
 
-cudaError_t cudaMalloc(void** p, size_t bytes) {
-    *p = std::malloc(bytes ? bytes : 1);
-    if (!*p) return cudaErrorMemoryAllocation;
-    std::memset(*p, 0xFF, bytes);  // fresh device memory is garbage on a GPU too
-    return cudaSuccess;
-}
-cudaError_t cudaFree(void* p) {
-    std::free(p);
-    return cudaSuccess;
-}
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
-    std::memmove(dst, src, bytes);
-    return cudaSuccess;
-}
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind k, cudaStream_t) {
-    return cudaMemcpy(dst, src, bytes, k);
-}
-cudaError_t cudaMemset(void* p, int value, size_t bytes) {
-    std::memset(p, value, bytes);
-    return cudaSuccess;
-}
-cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) { return cudaMemset(p, value, bytes); }
-// Kernels report their faults by throwing from the launch; an injected error is returned once.
-cudaError_t cudaDeviceSynchronize() { return diloco::emu::g_pending.exchange(0); }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return diloco::emu::g_pending.exchange(0); }
-cudaError_t cudaGetLastError() { return diloco::emu::g_pending.exchange(0); }
-const char* cudaGetErrorString(cudaError_t e) {
-    switch (e) {  // CUDA's own strings
-        case cudaSuccess: return "no error";
-        case cudaErrorInvalidValue: return "invalid argument";
-        case cudaErrorMemoryAllocation: return "out of memory";
-        case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
-        case cudaErrorLaunchFailure: return "unspecified launch failure";
-        case cudaErrorUnknown: return "unknown error";
-        default: return "emulated CUDA error";
-    }
-}
+}  // namespace diloco::emu
 
 cudaError_t cudaFuncSetAttribute(const void* kernel, cudaFuncAttribute attr, int value) {
     using namespace diloco::emu;

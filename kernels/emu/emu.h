@@ -11,6 +11,8 @@
 // Dynamic shared memory is per block and filled with 0xFF bytes (a NaN for every float) at the
 // start of each block, so reading what no thread wrote shows. Static __shared__ arrays are not
 // supported (they could not be poisoned per block); kernels use DILOCO_DYNAMIC_SHARED.
+// Streams run synchronously, but the order CUDA promises between them is checked (runtime.cpp,
+// see "streams and events" below).
 //
 // Never include this directly: kernels include kernels/cuda_compat.h.
 #pragma once
@@ -174,10 +176,13 @@ using std::max;
 inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
 
 // ---- the runtime API subset the host wrappers use ----------------------------------------------
+// (runtime.cpp; device memory is host memory)
 using cudaError_t = int;
 constexpr cudaError_t cudaSuccess = 0;
 constexpr cudaError_t cudaErrorMemoryAllocation = 2;
 constexpr cudaError_t cudaErrorInvalidValue = 1;
+constexpr cudaError_t cudaErrorInvalidDevice = 101;
+constexpr cudaError_t cudaErrorInvalidResourceHandle = 400;
 constexpr cudaError_t cudaErrorLaunchFailure = 719;
 constexpr cudaError_t cudaErrorIllegalAddress = 700;
 constexpr cudaError_t cudaErrorUnknown = 999;
@@ -198,6 +203,49 @@ cudaError_t cudaStreamSynchronize(cudaStream_t);
 cudaError_t cudaGetLastError();
 const char* cudaGetErrorString(cudaError_t);
 
+// An emulated node of kEmulatedDevices GPUs, so that several ranks on one machine each have "their"
+// device (comm/nccl.cpp checks it); they all share the host's memory.
+constexpr int kEmulatedDevices = 8;
+cudaError_t cudaGetDeviceCount(int* count);
+cudaError_t cudaSetDevice(int device);  // cudaErrorInvalidDevice outside 0..kEmulatedDevices-1
+cudaError_t cudaGetDevice(int* device);
+
+// ---- streams and events --------------------------------------------------------------------------
+// Work runs when it is issued, one operation after another, so results never depend on the order
+// between streams. What the emulator checks is that the program asked for the order it relies on,
+// which a GPU, running streams concurrently, needs. Each stream keeps a vector clock: how much of
+// every stream's work is known to be finished before its next operation, learnt from
+// cudaStreamWaitEvent, from the host's synchronisations (cudaStreamSynchronize,
+// cudaEventSynchronize, cudaDeviceSynchronize, cudaFree, blocking cudaMemcpy) and from the legacy
+// default stream's implicit sync with blocking streams. Kernels do not say which memory they touch,
+// so the check is made only around collectives (emulated NCCL, kernels/emu/nccl_emu.h), the
+// project's one use of other streams: a collective must be ordered after all work issued before it
+// on other streams, and all later work on other streams after it; a violation throws an Error
+// naming both operations. Besides (stricter than CUDA, which treats a never-recorded event as
+// already complete) cudaStreamWaitEvent and cudaEventSynchronize refuse an event that was never
+// recorded, as cudaEventElapsedTime does, since waiting on one orders nothing. Bad or destroyed
+// handles give cudaErrorInvalidResourceHandle.
+enum { cudaStreamDefault = 0, cudaStreamNonBlocking = 1 };
+cudaError_t cudaStreamCreate(cudaStream_t* stream);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags);
+cudaError_t cudaStreamDestroy(cudaStream_t stream);
+cudaError_t cudaEventCreate(cudaEvent_t* event);
+cudaError_t cudaEventDestroy(cudaEvent_t event);
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream = nullptr);  // its time: the host clock
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned flags = 0);
+cudaError_t cudaEventSynchronize(cudaEvent_t event);
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end);
+
+namespace diloco::emu {
+// An operation issued to `stream` (a kernel, a copy, a collective): checks its order against the
+// collectives of other streams, as described above, then counts it. `what` names it in errors.
+void stream_issue(cudaStream_t stream, const char* what, bool collective = false);
+// Whether [p, p + bytes) lies inside one live cudaMalloc allocation.
+bool is_device_memory(const void* p, size_t bytes);
+// The error a launch left pending (inject_launch_error), cleared as it is read.
+int take_pending_error();
+}  // namespace diloco::emu
+
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 // Keyed by the kernel function's address, as on a GPU; values above kMaxDynamicSmemOptIn (or
 // negative) return cudaErrorInvalidValue and change nothing.
@@ -211,7 +259,7 @@ cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attr, int value) {
 // after_launch (kernels/cuda_compat.h) is the DILOCO_CUDA_SYNC check, as in the native build.
 #define DILOCO_LAUNCH(kernel, grid, block, smem, stream, ...)                                              \
     do {                                                                                                   \
-        (void)(stream);                                                                                    \
+        ::diloco::emu::stream_issue((stream), #kernel);                                                    \
         ::diloco::emu::run_grid(reinterpret_cast<const void*>(&kernel), #kernel, ::diloco::emu::to_dim3(grid), \
                                 ::diloco::emu::to_dim3(block), (smem), [&] { kernel(__VA_ARGS__); });       \
         ::diloco::after_launch(#kernel);                                                                   \

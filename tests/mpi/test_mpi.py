@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -42,6 +43,12 @@ def metrics(rundir):
     losses = [l["loss"] for l in lines if "loss" in l]
     summary = [l for l in lines if l.get("summary")][0]
     return np.array(losses), summary
+
+
+def bytes_inner(rundir):
+    """rank 0's cumulative worker-link bytes at the last step"""
+    lines = [json.loads(l) for l in open(os.path.join(rundir, "metrics.jsonl"))]
+    return [l["bytes_inner"] for l in lines if "bytes_inner" in l][-1]
 
 
 def max_rel(a, b):
@@ -309,8 +316,12 @@ def main():
         check("--drop-prob 0.5 (paper): the mean of the delivered replicas, taken by every replica", ok and partial >= 1,
               f"6 rounds, {partial} with a replica's gradient lost; all replicas equal after each")
 
-        # 12. --device cuda through the kernels' own source (emulated) = CPU training, 1 and 2 ranks
+        # 12. --device cuda through the kernels' own source (emulated) = CPU training, 1, 2 and 4 ranks.
+        # With MPI the emulated build has the emulated NCCL (kernels/emu/nccl_emu.h): a worker's gradient
+        # average and an outer sync's all-gather of slices run on the "device" (comm/nccl.cpp), as its
+        # log line says, and count the worker link's bytes as the MPI path does.
         if args.diloco_emu:
+            via_nccl = "through the emulated NCCL"
             emu = [os.path.abspath(args.diloco_emu), "train", "--data", data] + SMALL + ["--device", "cuda"]
             run(emu + ["--out", D("emu1"), "--steps", "8", "--batch", "4"])
             run(base + ["--out", D("cpu1"), "--steps", "8", "--batch", "4", "--device", "cpu"])
@@ -333,15 +344,31 @@ def main():
             b, _ = metrics(D("cpu2"))
             check("DiLoCo M=2 with --device cuda (emulated) = on the CPU", max_rel(a, b) <= 1e-5,
                   f"max relative loss difference {max_rel(a, b):.1e}")
+
+            # several ranks in a worker: the worker link is the emulated NCCL, the CPU's is MPI
+            def same_through_nccl(name, algo_args, ranks, steps):
+                common = ["--steps", str(steps), "--batch", "2"] + algo_args
+                t0 = time.time()
+                p = run(emu + ["--out", D(f"emu-{name}")] + common, ranks=ranks)
+                took = time.time() - t0
+                run(base + ["--out", D(f"cpu-{name}"), "--device", "cpu"] + common, ranks=ranks)
+                a, _ = metrics(D(f"emu-{name}"))
+                b, _ = metrics(D(f"cpu-{name}"))
+                be, bc = bytes_inner(D(f"emu-{name}")), bytes_inner(D(f"cpu-{name}"))
+                ok = len(a) == steps and max_rel(a, b) <= 1e-5 and via_nccl in p.stderr and be == bc > 0
+                return ok, (f"max relative loss difference {max_rel(a, b):.1e}; "
+                            f"{'through' if via_nccl in p.stderr else 'NOT through'} the emulated NCCL; "
+                            f"bytes_inner {be} vs {bc}; {took:.0f} s emulated")
+
+            ok, detail = same_through_nccl("dp-g2", ["--algo", "dp", "--workers", "1"], 2, 6)
+            check("DP with 2 ranks in one worker, --device cuda (emulated NCCL average) = on the CPU", ok, detail)
             # one worker of 2 ranks: the outer sync stages only each rank's slice, then shares them
-            run(emu + ["--out", D("emu-g2"), "--steps", "6", "--batch", "2", "--algo", "diloco", "--workers", "1",
-                       "--inner-steps", "3"], ranks=2)
-            run(base + ["--out", D("cpu-g2"), "--steps", "6", "--batch", "2", "--algo", "diloco", "--workers", "1",
-                        "--inner-steps", "3", "--device", "cpu"], ranks=2)
-            a, _ = metrics(D("emu-g2"))
-            b, _ = metrics(D("cpu-g2"))
-            check("DiLoCo with 2 ranks in one worker, --device cuda (emulated) = on the CPU", max_rel(a, b) <= 1e-5,
-                  f"max relative loss difference {max_rel(a, b):.1e}")
+            ok, detail = same_through_nccl("g2", ["--algo", "diloco", "--workers", "1", "--inner-steps", "3"], 2, 6)
+            check("DiLoCo with 2 ranks in one worker, --device cuda (emulated NCCL average and all-gather) = on the CPU",
+                  ok, detail)
+            ok, detail = same_through_nccl("w2g2", ["--algo", "diloco", "--workers", "2", "--inner-steps", "3",
+                                                    "--verify-sync"], 4, 6)
+            check("DiLoCo 2 workers x 2 ranks, --device cuda (emulated NCCL in each worker) = on the CPU", ok, detail)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     failed = RESULTS.count(False)
