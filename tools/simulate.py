@@ -135,18 +135,24 @@ def method_bytes(a, method):
 
 
 def utilisation(a, method, gbps):
-    """Compute utilisation of a long run: measured over whole periods after a warm-up."""
+    """Compute utilisation of a long run: measured over whole periods after a warm-up, and at most
+    what the link can carry. The cap matters where exchanges may queue for longer than the
+    window (eager, a whole round of slack): there a link slower than the average traffic builds a
+    backlog that stalls compute only after many rounds, and in the long run the wall clock is
+    the link's busy time."""
     c, lat = step_seconds(a), a.latency_ms / 1000
+    per_period = sum(method_bytes(a, method)) * 8 / (gbps * 1e9)  # link seconds per step or round
     if method == "dp":
         _, ends = run_dp_layers(6, c, a.layers, method_bytes(a, method)[0], gbps, lat)
-        return 4 * c / (ends[5] - ends[1])
+        return min(4 * c / (ends[5] - ends[1]), c / per_period if per_period else 1.0)
     period = 1 if method == "dp-blocking" else a.H
     if method == "dp-blocking":
         sends = {s: [(method_bytes(a, method)[0], s)] for s in range(1, 7)}
     else:
         sends = schedule(method, 6 * period, a.H, a.tau, method_bytes(a, method))
     _, ends = run_schedule(6 * period, c, sends, gbps, lat)
-    return 3 * period * c / (ends[-1] - ends[3 * period - 1])
+    window = 3 * period * c / (ends[-1] - ends[3 * period - 1])
+    return min(window, period * c / per_period if per_period else 1.0)
 
 
 def bandwidth_for(a, method, target, lo=1e-4, hi=1e6):
@@ -174,6 +180,8 @@ ROWS = (("data-parallel, bf16 gradients, reduction overlapped with the backward"
 
 
 def with_size(a, params, layers, **changes):
+    """a at another size: the step time comes from the chips (a fixed --step-s would not scale with
+    N), and P = L/3, the paper's 3 blocks per fragment."""
     b = argparse.Namespace(**vars(a))
     b.params, b.layers, b.fragments, b.step_s = params, layers, max(1, layers // 3), None
     b.__dict__.update(changes)
@@ -181,17 +189,25 @@ def with_size(a, params, layers, **changes):
 
 
 def fmt_gbps(x):
-    return "unreachable" if math.isinf(x) else f"{x:.3g}"
+    return "unreachable" if math.isinf(x) else f"{x:.3g}" if x < 1000 else f"{x:.0f}"
 
 
 def table(a):
+    """The bandwidth each method needs for each target at each size, as markdown, and a line that
+    sets the 95% column beside the paper's headline."""
     head = "| N | step s | method | " + " | ".join(f"{int(t * 100)}%" for t in TARGETS) + " |"
-    lines = [head, "|" + "---|" * (3 + len(TARGETS))]
+    lines, at95 = [head, "|" + "---|" * (3 + len(TARGETS))], {}
     for params, layers in SIZES:
         for label, method, changes in ROWS:
             b = with_size(a, params, layers, **changes)
-            need = [fmt_gbps(bandwidth_for(b, method, t)) for t in TARGETS]
-            lines.append(f"| {params / 1e9:g}B | {step_seconds(b):.3g} | {label} | " + " | ".join(need) + " |")
+            need = [bandwidth_for(b, method, t) for t in TARGETS]
+            at95.setdefault(label, []).append(need[TARGETS.index(0.95)])
+            lines.append(f"| {params / 1e9:g}B | {step_seconds(b):.3g} | {label} | "
+                         + " | ".join(map(fmt_gbps, need)) + " |")
+    span = lambda label: f"{fmt_gbps(min(at95[label]))}-{fmt_gbps(max(at95[label]))} Gbit/s"
+    dp, s1, s5 = ROWS[0][0], ROWS[3][0], ROWS[4][0]
+    lines.append(f"\nAt 95% utilisation over 1B-100B: data-parallel needs {span(dp)} (the paper: 100-300); "
+                 f"Streaming with 4-bit e3m0 needs {span(s1)} at τ=1 and {span(s5)} at τ=5 (the paper: 1-5).")
     return "\n".join(lines)
 
 
@@ -200,7 +216,7 @@ def plot(a, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     xs = [10 ** (k / 20) for k in range(-60, 81)]  # 1e-3 .. 1e4 Gbit/s
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 5.5))
     for label, method, changes in ROWS:
         b = argparse.Namespace(**{**vars(a), **changes})
         ax.plot(xs, [utilisation(b, method, x) for x in xs], label=label)
@@ -210,7 +226,7 @@ def plot(a, path):
     ax.set_title(f"{a.params / 1e9:g}B parameters, {a.layers} layers, step {step_seconds(a):.3g} s, "
                  f"M={a.replicas}, H={a.H}, P={a.fragments}, latency {a.latency_ms:g} ms", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     fig.tight_layout()
     tmp = f"{path}.tmp.{os.getpid()}.png"
     fig.savefig(tmp, dpi=120)
@@ -234,8 +250,10 @@ def parse_train_args(tokens):
 def gpt_fragments(o, vocab):
     """Parameters of each fragment of the trainer's GPT (model/gpt.cpp layout, optim/streaming.cpp
     homes: the embeddings with block 0's fragment, the final LayerNorm with the last block's)."""
-    L, C = int(o["n-layer"]), int(o["d-model"])
-    T = int(o.get("max-seq-len", 0)) or int(o["seq-len"])
+    if "model" in o:
+        sys.exit("--calibrate reads --n-layer/--d-model runs; give those instead of a --model preset")
+    L, C = int(o.get("n-layer", 4)), int(o.get("d-model", 128))  # the trainer's defaults (optim/options.h)
+    T = int(o.get("max-seq-len", 0)) or int(o.get("seq-len", 128))
     P = int(o.get("fragments", 1)) if o["algo"] == "streaming" else 1
     strided = o.get("fragment-pattern", "strided") == "strided"
     home = [(l % P if strided else l * P // L) for l in range(L)]
@@ -250,6 +268,8 @@ def gpt_fragments(o, vocab):
 def predict_run(run_dir):
     """Feeds the simulator a run's options, its measured compute seconds of every step and its
     message sizes; returns the figures of one calibration row."""
+    if not os.path.exists(os.path.join(run_dir, "args.txt")):
+        sys.exit(f"{run_dir}: no args.txt (the run's `diloco train` arguments, one per line; docs/simulator.md)")
     with open(os.path.join(run_dir, "args.txt")) as f:
         o = parse_train_args(f.read().split())
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
@@ -264,6 +284,7 @@ def predict_run(run_dir):
     M, R, steps = summary["workers"], summary["ranks"], summary["step"]
     G, algo, quant = R // M, o["algo"], o.get("quant", "fp32")
     H, tau, eager = int(o.get("inner-steps", 50)), int(o.get("overlap", 0)), bool(o.get("eager"))
+    delayed = bool(o.get("delayed"))  # DiLoCo's one-round delay: eager's timing, no final average
     first = lambda n: -(-n // G)  # rank 0 holds the first slice, the larger one (comm/comm.h)
     frags = gpt_fragments(o, vocab)
     if algo == "dp":
@@ -271,16 +292,14 @@ def predict_run(run_dir):
         sends = {s: [(per_msg[0], s)] for s in range(1, steps + 1)}
         total = per_msg[0] * steps
     else:
-        # fp32 goes by allreduce, except eager DiLoCo, which all-gathers its fp32 gradients
-        allreduce = quant == "fp32" and not (algo == "diloco" and eager)
+        # fp32 goes by allreduce, except eager or delayed DiLoCo, which all-gather fp32 gradients
+        allreduce = quant == "fp32" and not (algo == "diloco" and (eager or delayed))
         per_msg = [exchange_bytes(quant_bytes(quant, first(n)), M, allreduce) for n in frags]
         final = [[b] for b in per_msg]
-        if eager:  # the last round also averages the replicas' copies of theta (blocking allreduce)
+        if eager and not delayed:  # the last round also averages the replicas' copies of theta
             final = [[b, exchange_bytes(4 * first(n), M, True)] for b, n in zip(per_msg, frags)]
-        if algo == "diloco" and not eager:
-            method = "diloco"
-        else:
-            method = "eager" if eager else "streaming"
+        eager = eager or delayed
+        method = "eager" if eager else algo
         sends = schedule(method, steps, H, tau, per_msg, final)
         total = sum(b for msgs in sends.values() for b, _ in msgs)
     gbps, lat = float(o.get("outer-gbps", 0)), float(o.get("outer-latency-ms", 0)) / 1000
@@ -292,7 +311,7 @@ def predict_run(run_dir):
     busy2, ends2 = run_schedule(steps, compute, sends, gbps, lat, other, shared_link=False)
     telemetry = 8 * steps * R  # per-step losses to rank 0, exempt from the link emulation
     return {"run": os.path.basename(os.path.normpath(run_dir)), "algo": algo, "quant": quant, "H": H, "tau": tau,
-            "eager": eager, "P": len(frags) if algo == "streaming" else 1, "gbps": gbps, "latency_ms": lat * 1000,
+            "eager": eager, "delayed": delayed, "P": len(frags) if algo == "streaming" else 1, "gbps": gbps, "latency_ms": lat * 1000,
             "steps": steps, "compute_per_step": busy / steps, "other_per_step": other,
             "predicted": busy / ends[-1], "predicted_with_other": busy2 / ends2[-1],
             "measured": summary["compute_util"], "bytes_predicted": total * R,
@@ -306,7 +325,7 @@ def calibrate(run_dirs):
     for d in run_dirs:
         r = predict_run(d)
         what = r["algo"] + (f" P={r['P']} τ={r['tau']}" if r["algo"] == "streaming" and not r["eager"] else "")
-        what += (" eager" if r["eager"] else "") + (f" {r['quant']}" if r["algo"] != "dp" else "")
+        what += (" delayed" if r["delayed"] else " eager" if r["eager"] else "") + (f" {r['quant']}" if r["algo"] != "dp" else "")
         print(f"| {r['run']} | {what} | {r['gbps']:g} Gbit/s, {r['latency_ms']:g} ms | {r['compute_per_step']:.3f} "
               f"| {r['other_per_step']:.3f} | {r['predicted']:.3f} | {r['predicted_with_other']:.3f} "
               f"| {r['measured']:.3f} | {r['bytes_predicted'] / max(r['bytes_measured'], 1):.4f} |")
@@ -355,8 +374,9 @@ def main(argv=None):
           f"τ={a.tau}, link {a.gbps:g} Gbit/s + {a.latency_ms:g} ms")
     for m in (METHODS if a.method == "all" else (a.method,)):
         sent = method_bytes(a, m)
+        need = ", ".join(f"{int(t * 100)}%: {fmt_gbps(bandwidth_for(a, m, t))}" for t in TARGETS)
         print(f"  {m:12s} utilisation {utilisation(a, m, a.gbps):.4f}  ({len(sent)} × {sent[0] / 1e6:.4g} MB "
-              f"per {'step' if m.startswith('dp') else 'round'})")
+              f"per {'step' if m.startswith('dp') else 'round'}; Gbit/s needed for {need})")
 
 
 if __name__ == "__main__":

@@ -80,6 +80,14 @@ class Limits(unittest.TestCase):
         k = exchange / gbps + 0.02
         self.assertAlmostEqual(sim.utilisation(a, "streaming", gbps), a.H * c / (a.H * c + a.fragments * k), places=9)
 
+    def test_eager_needs_the_average_bandwidth(self):
+        # an exchange may take a whole round: the link only has to carry the round's traffic
+        a = config(step_s=0.2, H=50, fragments=5)
+        average = sum(sim.method_bytes(a, "eager")) * 8 / 1e9 / (a.H * a.step_s)  # Gbit/s
+        self.assertAlmostEqual(sim.utilisation(a, "eager", 1.02 * average), 1.0, places=9)
+        for f in (0.3, 0.6, 0.9):
+            self.assertAlmostEqual(sim.utilisation(a, "eager", f * average), f, places=6)
+
     def test_utilisation_increases_with_bandwidth(self):
         grid = [10 ** (e / 4) for e in range(-12, 17)]
         for a in (config(), config(latency_ms=50, step_s=1.0, tau=3, quant="fp32")):
