@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fits the DiLoCo scaling laws to a sweep's results and draws its plots.
 
-    python tools/fit.py RESULTS.csv [MORE.csv ...] [--out DIR] [--no-plots]
+    python tools/fit.py RESULTS.csv [MORE.csv ...] [--out DIR] [--no-plots] [--n total|non-embedding]
 
 Reads the tidy rows tools/sweep.py writes (results.csv; curves.csv beside it, same name with results -> curves, for the loss curves),
 and writes into DIR (default: the first CSV's folder), with the first CSV's name after "results"
@@ -12,8 +12,13 @@ as a suffix (results-batch.csv: fit-batch.json, ...):
   were run.
 
 The fits, as in Charles et al. 2025:
-  * for each method, the best final validation loss over all hyperparameters at each size N;
-  * L(N) = A * N^alpha per method, least squares on log L against log N;
+  * runs that differ only in their seed are one point: its loss is their mean, with the spread
+    (max - min) and the number of seeds beside it;
+  * for each method, the best final validation loss over all hyperparameters at each size N
+    (N counts all parameters, or with --n non-embedding those outside the embedding tables, as
+    the paper does);
+  * L(N) = A * N^alpha per method, least squares on log L against log N, and, with 3 sizes or
+    more, L(N) = A * N^alpha + E with an irreducible loss E;
   * L(N, M) = A * N^alpha * M^beta jointly over the DiLoCo methods;
   * residuals of every fit, and a held-out check: fit without the largest N, predict it;
   * the best outer learning rate and global batch at each (M, N).
@@ -23,6 +28,7 @@ import csv
 import json
 import math
 import os
+import re
 import sys
 from collections import defaultdict
 
@@ -49,6 +55,36 @@ def read_rows(paths):
     return unique
 
 
+def merge_seeds(rows, n_key):
+    """One row per configuration: the mean loss over its seeds (names differing only in -sN),
+    with loss_min, loss_max and seeds; N is the parameter count fits use."""
+    groups = defaultdict(list)
+    for r in rows:
+        groups[re.sub(r"-s\d+$", "", r["point"])].append(r)
+    out = []
+    for config, rs in groups.items():
+        losses = [r["final_val_loss"] for r in rs]
+        m = dict(rs[0], point=config, final_val_loss=float(np.mean(losses)), loss_min=min(losses),
+                 loss_max=max(losses), seeds=len(rs), N=rs[0][n_key])
+        out.append(m)
+    return out
+
+
+def fit_with_floor(n, loss):
+    """L = A * n^alpha + E (E >= 0, the irreducible loss): the E on a fine grid below min(L) whose
+    log-space line through L - E leaves the smallest squared error in L. Returns (A, alpha, E)."""
+    n, loss = np.asarray(n, float), np.asarray(loss, float)
+    if len(set(n)) < 3:
+        raise ValueError("a power law with a floor needs at least three distinct sizes")
+    best = None
+    for e in np.linspace(0.0, 0.999 * loss.min(), 2000):
+        alpha, log_a = np.polyfit(np.log(n), np.log(loss - e), 1)
+        sse = float(np.sum((math.exp(log_a) * n ** alpha + e - loss) ** 2))
+        if best is None or sse < best[0]:
+            best = (sse, float(math.exp(log_a)), float(alpha), float(e))
+    return best[1:]
+
+
 def fit_power_law(n, loss):
     """L = A * n^alpha by least squares in log space. Returns (A, alpha)."""
     n, loss = np.asarray(n, float), np.asarray(loss, float)
@@ -66,39 +102,51 @@ def fit_joint(n, m, loss):
 
 
 def best_per_size(rows):
-    """{method: {N: best row}} over every hyperparameter."""
+    """{method: {N: best row}} over every hyperparameter (mean over seeds)."""
     best = defaultdict(dict)
     for r in rows:
-        cur = best[r["method"]].get(r["params"])
+        cur = best[r["method"]].get(r["N"])
         if cur is None or r["final_val_loss"] < cur["final_val_loss"]:
-            best[r["method"]][r["params"]] = r
+            best[r["method"]][r["N"]] = r
     return best
 
 
+def replicas(name):
+    """M of diloco-mM[-variant...]."""
+    return int(re.match(r"diloco-m(\d+)", name).group(1))
+
+
 def method_order(name):
-    return (0, 0) if name == "dp" else (1, int(name.split("-m")[1]))
+    return (0, 0, "") if name == "dp" else (1, replicas(name), name)
 
 
-def analyse(rows):
+def analyse(rows, n_key="params"):
+    rows = merge_seeds(rows, n_key)
     best = best_per_size(rows)
     out = {"methods": {}, "joint": None, "best_outer_lr": [], "best_batch": []}
     for meth in sorted(best, key=method_order):
         pts = sorted(best[meth].items())
         ns = [n for n, _ in pts]
         ls = [r["final_val_loss"] for _, r in pts]
-        entry = {"N": ns, "loss": ls, "best_point": [r["point"] for _, r in pts]}
+        entry = {"N": ns, "loss": ls, "best_point": [r["point"] for _, r in pts],
+                 "spread": [r["loss_max"] - r["loss_min"] for _, r in pts], "seeds": [r["seeds"] for _, r in pts]}
         if len(set(ns)) >= 2:
             A, alpha = fit_power_law(ns, ls)
             pred = [A * n ** alpha for n in ns]
             entry.update(A=A, alpha=alpha, residual_pct=[100 * (l / p - 1) for l, p in zip(ls, pred)])
+        if len(set(ns)) >= 3:
+            A, alpha, E = fit_with_floor(ns, ls)
+            pred = [A * n ** alpha + E for n in ns]
+            entry["with_floor"] = {"A": A, "alpha": alpha, "E": E,
+                                   "residual_pct": [100 * (l / p - 1) for l, p in zip(ls, pred)]}
         if len(set(ns)) >= 3:  # held out: fit without the largest size, predict it
             A2, a2 = fit_power_law(ns[:-1], ls[:-1])
             p = A2 * ns[-1] ** a2
             entry["held_out"] = {"N": ns[-1], "predicted": p, "measured": ls[-1],
                                  "error_pct": 100 * (ls[-1] / p - 1), "A": A2, "alpha": a2}
         out["methods"][meth] = entry
-    dil = [(n, int(meth.split("-m")[1]), r["final_val_loss"])
-           for meth in best if meth != "dp" for n, r in best[meth].items()]
+    dil = [(n, replicas(meth), r["final_val_loss"])  # plain DiLoCo only, not its variants
+           for meth in best if re.fullmatch(r"diloco-m\d+", meth) for n, r in best[meth].items()]
     if len({d[0] for d in dil}) >= 2 and len({d[1] for d in dil}) >= 2:
         A, alpha, beta = fit_joint(*zip(*dil))
         res = [100 * (l / (A * n ** alpha * m ** beta) - 1) for n, m, l in dil]
@@ -110,7 +158,7 @@ def analyse(rows):
             continue
         for n, b in sorted(best[meth].items()):
             grid = sorted((r["outer_lr"], r["final_val_loss"]) for r in rows
-                          if r["method"] == meth and r["params"] == n and r["global_batch"] == b["global_batch"]
+                          if r["method"] == meth and r["N"] == n and r["global_batch"] == b["global_batch"]
                           and r["inner_lr"] == b["inner_lr"] and r["H"] == b["H"])
             out["best_outer_lr"].append({"method": meth, "M": b["M"], "N": n, "best": b["outer_lr"],
                                          "batch": b["global_batch"], "grid": grid})
@@ -119,7 +167,7 @@ def analyse(rows):
         for n in sorted(best[meth]):
             per_batch = {}
             for r in rows:
-                if r["method"] == meth and r["params"] == n:
+                if r["method"] == meth and r["N"] == n:
                     b = r["global_batch"]
                     if b not in per_batch or r["final_val_loss"] < per_batch[b]:
                         per_batch[b] = r["final_val_loss"]
@@ -162,17 +210,28 @@ def markdown(fit):
         ho = f"{h['N']:,}, {h['predicted']:.4f}, {h['measured']:.4f}, {h['error_pct']:+.2f}%" if h else "–"
         lines.append(f"| {meth} | {e['A']:.3f} | {e['alpha']:.4f} | "
                      f"{' '.join(f'{x:+.1f}' for x in e['residual_pct'])} | {ho} |")
+    floors = [(m, e["with_floor"]) for m, e in fit["methods"].items() if "with_floor" in e]
+    if floors:
+        lines += ["", "With an irreducible loss, L = A * N^alpha + E:", "",
+                  "| method | A | alpha | E | residuals (%) |", "|---|---|---|---|---|"]
+        for meth, f in floors:
+            lines.append(f"| {meth} | {f['A']:.3f} | {f['alpha']:.4f} | {f['E']:.4f} | "
+                         f"{' '.join(f'{x:+.1f}' for x in f['residual_pct'])} |")
     if fit["joint"]:
         j = fit["joint"]
         lines += ["", f"Joint fit over DiLoCo: L = {j['A']:.3f} * N^{j['alpha']:.4f} * M^{j['beta']:.4f} "
                       f"(rms residual {j['rms_residual_pct']:.2f}%)"]
     sizes = sorted({n for e in fit["methods"].values() for n in e["N"]})
-    lines += ["", "Best final validation loss over the grid:", "",
+    lines += ["", "Best final validation loss over the grid (mean over seeds ± half the spread, seeds):", "",
               "| N | " + " | ".join(fit["methods"]) + " |", "|---" * (len(fit["methods"]) + 1) + "|"]
     for n in sizes:
         cells = []
         for e in fit["methods"].values():
-            cells.append(f"{e['loss'][e['N'].index(n)]:.4f}" if n in e["N"] else "–")
+            if n not in e["N"]:
+                cells.append("–")
+                continue
+            i = e["N"].index(n)
+            cells.append(f"{e['loss'][i]:.4f}" + (f" ± {e['spread'][i] / 2:.4f} ({e['seeds'][i]})" if e["seeds"][i] > 1 else ""))
         lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
     if fit["best_outer_lr"]:
         lrs = sorted({lr for e in fit["best_outer_lr"] for lr, _ in e["grid"]})
@@ -302,6 +361,8 @@ def main():
     ap.add_argument("csv", nargs="+", help="results.csv files written by tools/sweep.py")
     ap.add_argument("--out", help="folder for fit.json, fit.md and the plots (default: the first CSV's)")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--n", choices=["total", "non-embedding"], default="total",
+                    help="the N of the fits: all parameters, or those outside the embedding tables")
     a = ap.parse_args()
     for p in a.csv:
         if not os.path.exists(p):
@@ -311,7 +372,8 @@ def main():
         sys.exit("fit: no finished runs in " + ", ".join(a.csv))
     out_dir = a.out or os.path.dirname(os.path.abspath(a.csv[0]))
     os.makedirs(out_dir, exist_ok=True)
-    fit = analyse(rows)
+    fit = analyse(rows, "params" if a.n == "total" else "non_embedding_params")
+    fit["n"] = a.n
     # results-batch.csv gives fit-batch.json, fit-batch.md, loss_vs_n-batch.png, ...
     base = os.path.splitext(os.path.basename(a.csv[0]))[0]
     suffix = base[len("results"):] if base.startswith("results") else "-" + base

@@ -199,6 +199,24 @@ class MicroSweep(unittest.TestCase):
 
 
 class Fitter(unittest.TestCase):
+    def test_seeds_are_merged_and_the_floor_is_recovered(self):
+        # three seeds of one configuration become one point: the mean, with the spread
+        rows = [dict(point=f"a-dp-b8-lr0.01{s}", method="dp", params=1000, non_embedding_params=600, M=1, H=1,
+                     outer_lr=0.0, inner_lr=0.01, global_batch=8, final_val_loss=l)
+                for s, l in (("", 2.0), ("-s2", 2.2), ("-s3", 2.1))]
+        merged = fit.merge_seeds(rows, "non_embedding_params")
+        self.assertEqual(len(merged), 1)
+        self.assertAlmostEqual(merged[0]["final_val_loss"], 2.1)
+        self.assertAlmostEqual(merged[0]["loss_max"] - merged[0]["loss_min"], 0.2)
+        self.assertEqual((merged[0]["seeds"], merged[0]["N"]), (3, 600))
+        # L = 5 N^-0.3 + 1.2, exactly: the floor fit finds E, the plain power law cannot
+        n = [1e4, 3e4, 1e5, 3e5, 1e6]
+        A, alpha, E = fit.fit_with_floor(n, [5 * x ** -0.3 + 1.2 for x in n])
+        self.assertAlmostEqual(E, 1.2, delta=0.01)
+        self.assertAlmostEqual(alpha, -0.3, delta=0.01)
+        with self.assertRaises(ValueError):
+            fit.fit_with_floor(n[:2], [1.0, 0.9])
+
     def test_recovers_power_law_from_noisy_data(self):
         rng = random.Random(7)
         A, alpha = 19.0, -0.098
