@@ -141,6 +141,20 @@ void forward_chunk(const GPT& m, KVCache& kv, const int* tokens, int n, bool las
     matvec(kv.logits.data(), kv.ln.data(), P + m.wte, nullptr, C, V);
 }
 
+// Starting and joining the thread team costs microseconds per parallel region, and milliseconds
+// when other processes hold the cores; a pass has about ten regions per layer. For a small
+// model's single token that is more than the work it splits (the demo model, 200 tokens on a
+// loaded 2-core machine: 140 tokens/s on two threads, 1028 on one), so a pass of fewer
+// multiply-adds than this runs on one thread.
+constexpr double kParallelMacs = 4e6;
+
+// Sets the OpenMP thread count for its lifetime, and puts the old one back after.
+struct ThreadCount {
+    explicit ThreadCount(int n) : saved(omp_get_max_threads()) { omp_set_num_threads(n); }
+    ~ThreadCount() { omp_set_num_threads(saved); }
+    int saved;
+};
+
 }  // namespace
 
 const float* gpt_forward_cached(const GPT& m, KVCache& kv, const int* tokens, int n) {
@@ -150,6 +164,8 @@ const float* gpt_forward_cached(const GPT& m, KVCache& kv, const int* tokens, in
     DILOCO_CHECK(n >= 1 && kv.len + n <= kv.max_len,
                  "the key/value cache holds " + std::to_string(kv.len) + " of " + std::to_string(kv.max_len) +
                      " positions; " + std::to_string(n) + " more do not fit");
+    const double macs = (double)n * (m.num_params - (size_t)kv.max_len * m.config.d_model);
+    ThreadCount threads(macs < kParallelMacs ? 1 : omp_get_max_threads());
     for (int i = 0; i < n; i += kCacheChunk) {
         const int rows = std::min(kCacheChunk, n - i);
         forward_chunk(m, kv, tokens + i, rows, i + rows == n);
