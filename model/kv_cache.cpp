@@ -144,8 +144,8 @@ void forward_chunk(const GPT& m, KVCache& kv, const int* tokens, int n, bool las
 // Starting and joining the thread team costs microseconds per parallel region, and milliseconds
 // when other processes hold the cores; a pass has about ten regions per layer. For a small
 // model's single token that is more than the work it splits (the demo model, 200 tokens on a
-// loaded 2-core machine: 140 tokens/s on two threads, 1028 on one), so a pass of fewer
-// multiply-adds than this runs on one thread.
+// loaded 2-core machine: 140 tokens/s with every pass on two threads, 1028 on one), so a pass of
+// fewer multiply-adds than this runs on one thread.
 constexpr double kParallelMacs = 4e6;
 
 // Sets the OpenMP thread count for its lifetime, and puts the old one back after.
