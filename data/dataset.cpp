@@ -31,8 +31,8 @@ DatasetInfo read_dataset_info(const std::string& dir) {
     info.vocab = std::stoi(vocab);
     info.tokenizer = json_field(text, "tokenizer");
     if (info.tokenizer.empty()) info.tokenizer = "byte";
-    DILOCO_CHECK(info.tokenizer == "byte" || info.tokenizer == "sp",
-                 meta + " names an unknown tokenizer '" + info.tokenizer + "' (known: byte, sp)");
+    DILOCO_CHECK(info.tokenizer == "byte" || info.tokenizer == "sp" || info.tokenizer == "gpt2",
+                 meta + " names an unknown tokenizer '" + info.tokenizer + "' (known: byte, sp, gpt2)");
     DILOCO_CHECK(info.vocab > 0 && info.vocab <= kMaxVocab,
                  meta + ": vocab " + std::to_string(info.vocab) + " does not fit uint16 tokens");
     if (info.tokenizer == "sp") {
