@@ -145,7 +145,8 @@ int main(int argc, char** argv) {
               "carries (bytes, or the SentencePiece model of data prepared with --tokenizer sp). A model\n"
               "trained on llm.c's GPT-2 shards (no meta.json, vocab 50257) carries none: without\n"
               "--tokenizer-model it starts from <|endoftext|> and prints token ids. Generation stops early\n"
-              "at end-of-text when the tokenizer has one; its speed goes to stderr.");
+              "at end-of-text when the tokenizer has one; its speed goes to stderr. Keys and values are\n"
+              "cached; past max_seq_len the cache restarts on the last half window.");
     g->add_option("--ckpt", gen.ckpt, "checkpoint file")->required();
     g->add_option("--prompt", gen.prompt, "text to continue")->capture_default_str();
     g->add_option("--tokens", gen.tokens, "tokens to generate")->capture_default_str();
