@@ -12,22 +12,51 @@ namespace fs = std::filesystem;
 
 namespace diloco {
 
+// The value of "key": "value" or "key": number in a flat JSON text, "" if absent.
+static std::string json_field(const std::string& text, const std::string& key) {
+    std::smatch m;
+    if (std::regex_search(text, m, std::regex("\"" + key + "\"\\s*:\\s*(\"([^\"]*)\"|-?\\d+)")))
+        return m[2].matched ? m[2].str() : m[1].str();
+    return "";
+}
+
 DatasetInfo read_dataset_info(const std::string& dir) {
     DILOCO_CHECK(fs::is_directory(dir), "data directory " + dir + " does not exist");
     const std::string meta = dir + "/meta.json";
-    if (!fs::exists(meta)) return {"gpt2", 50257};
+    if (!fs::exists(meta)) return {"gpt2", 50257, "", 50256};
     const std::string text = read_text_file(meta);
-    std::smatch mv, mt;
-    DILOCO_CHECK(std::regex_search(text, mv, std::regex("\"vocab\"\\s*:\\s*(\\d+)")),
-                 meta + " has no \"vocab\" field");
+    const std::string vocab = json_field(text, "vocab");
+    DILOCO_CHECK(!vocab.empty() && vocab.size() < 9 && vocab[0] != '-', meta + " has no valid \"vocab\" field");
     DatasetInfo info;
-    info.vocab = std::stoi(mv[1]);
-    info.tokenizer = std::regex_search(text, mt, std::regex("\"tokenizer\"\\s*:\\s*\"([a-z0-9]+)\""))
-                         ? mt[1].str()
-                         : "byte";
-    DILOCO_CHECK(info.vocab > 0 && info.vocab <= 65536,
+    info.vocab = std::stoi(vocab);
+    info.tokenizer = json_field(text, "tokenizer");
+    if (info.tokenizer.empty()) info.tokenizer = "byte";
+    DILOCO_CHECK(info.tokenizer == "byte" || info.tokenizer == "sp" || info.tokenizer == "gpt2",
+                 meta + " names an unknown tokenizer '" + info.tokenizer + "' (known: byte, sp, gpt2)");
+    DILOCO_CHECK(info.vocab > 0 && info.vocab <= kMaxVocab,
                  meta + ": vocab " + std::to_string(info.vocab) + " does not fit uint16 tokens");
+    if (info.tokenizer == "sp") {
+        info.model_file = json_field(text, "tokenizer_model");
+        const std::string eos = json_field(text, "eos");
+        info.eos = eos.empty() || eos.size() > 6 ? -1 : std::stoi(eos);
+        DILOCO_CHECK(!info.model_file.empty() && info.model_file.find('/') == std::string::npos,
+                     meta + ": \"tokenizer\": \"sp\" needs \"tokenizer_model\", a file name in " + dir);
+        DILOCO_CHECK(fs::is_regular_file(dir + "/" + info.model_file),
+                     meta + " names the SentencePiece model " + info.model_file + ", which is missing from " + dir);
+    }
     return info;
+}
+
+TokenizerBlob read_dataset_tokenizer(const std::string& dir, const DatasetInfo& info) {
+    if (info.tokenizer != "sp") return {};
+    const std::string path = dir + "/" + info.model_file;
+    TokenizerBlob blob{"sp", read_text_file(path)};
+    if (have_sentencepiece()) {
+        const int pieces = make_sp_tokenizer(blob.model, path)->vocab();
+        DILOCO_CHECK(pieces == info.vocab, path + " holds " + std::to_string(pieces) + " pieces but " + dir +
+                                               "/meta.json says vocab " + std::to_string(info.vocab));
+    }
+    return blob;
 }
 
 std::vector<std::string> list_shards(const std::string& dir, const std::string& split) {

@@ -3,6 +3,8 @@
 // Layout of DIR:
 //   meta.json                    {"tokenizer": "byte", "vocab": 256, ...}; optional
 //   *train*.bin, *val*.bin       shards (data/shard.h), read in name order
+//   tokenizer.model              the SentencePiece model, for "tokenizer": "sp" (meta.json's
+//                                "tokenizer_model" names the file)
 // Without meta.json the directory is taken to hold llm.c's GPT-2 shards (vocab 50257).
 //
 // Sampling: a split is cut into chunks of T+1 tokens starting every T tokens (inputs and their
@@ -26,15 +28,24 @@
 #include <vector>
 
 #include "data/shard.h"
+#include "data/tokenizer.h"
 
 namespace diloco {
 
 struct DatasetInfo {
-    std::string tokenizer;  // "byte" or "gpt2"
+    std::string tokenizer;   // "byte", "sp", or "gpt2" (llm.c shards, no meta.json)
     int vocab = 0;
+    std::string model_file;  // "sp": the model's file name inside the directory
+    int eos = -1;            // the end-of-text token, -1 if none
 };
 
+// Reads and checks meta.json; for "sp", the model file it names must be there.
 DatasetInfo read_dataset_info(const std::string& dir);
+
+// The tokenizer a model trained on this data carries in its checkpoints: {"sp", model bytes}, or
+// empty (bytes are implied by vocab 256, and llm.c's GPT-2 tokenizer is not ours to carry). When
+// the build has SentencePiece, the model is loaded and its size checked against meta.json's vocab.
+TokenizerBlob read_dataset_tokenizer(const std::string& dir, const DatasetInfo& info);
 
 // Shard files of one split ("train" or "val") in name order; throws if there are none.
 std::vector<std::string> list_shards(const std::string& dir, const std::string& split);

@@ -1,16 +1,23 @@
 #include "data/prepare.h"
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 #include <sstream>
+#include <string_view>
 
 #include "data/io.h"
 #include "data/shard.h"
+#include "data/tokenizer.h"
 #include "kernels/common.h"
 
 namespace fs = std::filesystem;
 
 namespace diloco {
+
+static const char kSpModelFile[] = "tokenizer.model";
+static const int kSpDefaultVocab = 4096;
 
 static void write_split(const std::string& dir, const std::string& split,
                         const std::vector<uint16_t>& tokens, size_t shard_tokens) {
@@ -22,40 +29,114 @@ static void write_split(const std::string& dir, const std::string& split,
     }
 }
 
-void prepare_dataset(const PrepareOptions& opt) {
-    DILOCO_CHECK(opt.tokenizer == "byte",
-                 "unknown tokenizer '" + opt.tokenizer + "' (prepare supports: byte; bring GPT-2 "
+// The options that make sense, checked before any input is read; returns the vocabulary size.
+static int check_options(const PrepareOptions& opt) {
+    DILOCO_CHECK(opt.tokenizer == "byte" || opt.tokenizer == "sp",
+                 "unknown tokenizer '" + opt.tokenizer + "' (prepare supports: byte, sp; bring GPT-2 "
                  "tokens as llm.c shards)");
     DILOCO_CHECK(opt.val_fraction > 0.0 && opt.val_fraction < 1.0,
                  "--val-fraction must be in (0, 1), got " + std::to_string(opt.val_fraction));
     DILOCO_CHECK(!opt.inputs.empty(), "prepare needs at least one --input file");
+    DILOCO_CHECK(opt.sp_model_type == "bpe" || opt.sp_model_type == "unigram",
+                 "--sp-model-type must be bpe or unigram, got '" + opt.sp_model_type + "'");
+    if (opt.tokenizer == "byte") {
+        DILOCO_CHECK(opt.vocab_size == 0 || opt.vocab_size == 256,
+                     "--vocab-size " + std::to_string(opt.vocab_size) + " needs --tokenizer sp (bytes are 256 tokens)");
+        return 256;
+    }
+    const int vocab = opt.vocab_size ? opt.vocab_size : kSpDefaultVocab;
+    check_sp_vocab(vocab);
+    require_sentencepiece("--tokenizer sp");
+    return vocab;
+}
+
+struct Input {
+    std::string path, text;
+    size_t ntrain = 0;  // bytes of the training part; the rest is validation
+};
+
+// Reads every input and cuts it; for subwords the cut moves back to the start of a UTF-8
+// character, so that neither part begins with half of one.
+static std::vector<Input> read_inputs(const PrepareOptions& opt) {
+    std::vector<Input> inputs;
+    for (const std::string& path : opt.inputs) {
+        DILOCO_CHECK(fs::is_regular_file(path), "input " + path + " does not exist or is not a file");
+        Input in{path, read_text_file(path)};
+        const std::string& t = in.text;
+        DILOCO_CHECK(t.size() >= 2, "input " + path + " is empty");
+        const size_t nval = std::max<size_t>(1, (size_t)(t.size() * opt.val_fraction));
+        in.ntrain = t.size() - nval;
+        if (opt.tokenizer != "byte")
+            while (in.ntrain > 1 && ((unsigned char)t[in.ntrain] & 0xC0) == 0x80) in.ntrain--;
+        inputs.push_back(std::move(in));
+    }
+    return inputs;
+}
+
+// Trains the SentencePiece model on the training parts and writes it into the data directory.
+static std::unique_ptr<Tokenizer> train_tokenizer(const PrepareOptions& opt, const std::vector<Input>& inputs,
+                                                  int vocab) {
+    std::vector<std::string_view> parts;
+    size_t bytes = 0;
+    for (const Input& in : inputs) {
+        parts.push_back(std::string_view(in.text).substr(0, in.ntrain));
+        bytes += in.ntrain;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string model = train_sp_model(parts, vocab, opt.sp_model_type);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    write_file_atomic(opt.out_dir + "/" + kSpModelFile, model);
+    std::fprintf(stderr, "prepare: SentencePiece %s model of %d pieces trained on %zu bytes in %.1f s -> %s/%s\n",
+                 opt.sp_model_type.c_str(), vocab, bytes, secs, opt.out_dir.c_str(), kSpModelFile);
+    return make_sp_tokenizer(model, opt.out_dir + "/" + kSpModelFile);
+}
+
+// Appends the tokens of `text` (and end-of-text, when the vocabulary has one) to `out`.
+static size_t append_tokens(std::vector<uint16_t>& out, const Tokenizer& tok, std::string_view text) {
+    std::vector<int> ids = encode_long_text(tok, text);
+    if (tok.eos() >= 0) ids.push_back(tok.eos());
+    for (int id : ids) out.push_back((uint16_t)id);
+    return ids.size();
+}
+
+static std::string meta_json(const PrepareOptions& opt, int vocab, int eos, size_t ntrain, size_t nval,
+                             const std::string& inputs_json) {
+    std::ostringstream meta;
+    meta << "{\"tokenizer\": \"" << opt.tokenizer << "\", \"vocab\": " << vocab;
+    if (opt.tokenizer == "sp")
+        meta << ", \"tokenizer_model\": \"" << kSpModelFile << "\", \"sp_model_type\": \"" << opt.sp_model_type
+             << "\", \"eos\": " << eos;
+    meta << ", \"train_tokens\": " << ntrain << ", \"val_tokens\": " << nval << ", \"inputs\": [" << inputs_json
+         << "]}\n";
+    return meta.str();
+}
+
+void prepare_dataset(const PrepareOptions& opt) {
+    const int vocab = check_options(opt);
+    const std::vector<Input> inputs = read_inputs(opt);
+    fs::create_directories(opt.out_dir);
+    const std::unique_ptr<Tokenizer> tok =
+        opt.tokenizer == "sp" ? train_tokenizer(opt, inputs, vocab) : make_byte_tokenizer();
     std::vector<uint16_t> train, val;
     std::ostringstream inputs_json;
-    for (size_t i = 0; i < opt.inputs.size(); i++) {
-        const std::string& path = opt.inputs[i];
-        DILOCO_CHECK(fs::is_regular_file(path), "input " + path + " does not exist or is not a file");
-        const std::string text = read_text_file(path);
-        DILOCO_CHECK(text.size() >= 2, "input " + path + " is empty");
-        size_t nval = (size_t)(text.size() * opt.val_fraction);
-        if (nval == 0) nval = 1;
-        const size_t ntrain = text.size() - nval;
-        inputs_json << (i ? ", " : "") << "{\"path\": \"" << fs::path(path).filename().string()
-                    << "\", \"train_begin\": " << train.size() << ", \"train_tokens\": " << ntrain
+    for (size_t i = 0; i < inputs.size(); i++) {
+        const Input& in = inputs[i];
+        const std::string_view text(in.text);
+        const size_t begin = train.size();
+        const size_t ntrain = append_tokens(train, *tok, text.substr(0, in.ntrain));
+        const size_t nval = append_tokens(val, *tok, text.substr(in.ntrain));
+        inputs_json << (i ? ", " : "") << "{\"path\": \"" << fs::path(in.path).filename().string()
+                    << "\", \"train_begin\": " << begin << ", \"train_tokens\": " << ntrain
                     << ", \"val_tokens\": " << nval << "}";
-        for (size_t k = 0; k < text.size(); k++)
-            (k < ntrain ? train : val).push_back((uint8_t)text[k]);
-        std::fprintf(stderr, "prepare: %s: %zu bytes -> %zu train + %zu val tokens\n", path.c_str(),
-                     text.size(), ntrain, nval);
+        std::fprintf(stderr, "prepare: %s: %zu bytes -> %zu train + %zu val tokens\n", in.path.c_str(),
+                     in.text.size(), ntrain, nval);
     }
-    fs::create_directories(opt.out_dir);
     write_split(opt.out_dir, "train", train, opt.shard_tokens);
     write_split(opt.out_dir, "val", val, opt.shard_tokens);
-    std::ostringstream meta;
-    meta << "{\"tokenizer\": \"byte\", \"vocab\": 256, \"train_tokens\": " << train.size()
-         << ", \"val_tokens\": " << val.size() << ", \"inputs\": [" << inputs_json.str() << "]}\n";
-    write_file_atomic(opt.out_dir + "/meta.json", meta.str());
-    std::fprintf(stderr, "prepare: wrote %zu train and %zu val tokens to %s\n", train.size(),
-                 val.size(), opt.out_dir.c_str());
+    write_file_atomic(opt.out_dir + "/meta.json", meta_json(opt, vocab, tok->eos(), train.size(), val.size(),
+                                                            inputs_json.str()));
+    std::fprintf(stderr, "prepare: wrote %zu train and %zu val tokens to %s\n", train.size(), val.size(),
+                 opt.out_dir.c_str());
 }
 
 }  // namespace diloco

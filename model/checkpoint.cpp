@@ -15,7 +15,8 @@ namespace fs = std::filesystem;
 namespace diloco {
 
 static const char kMagic[8] = {'D', 'I', 'L', 'O', 'C', 'O', 'C', 'K'};
-static const uint32_t kVersion = 1, kVersionExtra = 2;
+static const uint32_t kVersion = 1, kVersionExtra = 2, kVersionTokenizer = 3;
+static const uint32_t kMaxTokenizerName = 64;
 static const size_t kHeaderBytes = 24;
 static const size_t kFixedPayload = 5 * 4 + 8 + 8 + 8 + 4 * 8;
 
@@ -50,11 +51,13 @@ struct Reader {
 
 void save_checkpoint(const std::string& path, const GPTConfig& c, const TrainState& s,
                      const float* params, const float* adam_m, const float* adam_v, size_t n,
-                     const std::vector<std::vector<float>>& extra) {
+                     const std::vector<std::vector<float>>& extra, const TokenizerBlob& tokenizer) {
+    const bool with_tokenizer = !tokenizer.name.empty();
+    DILOCO_CHECK(tokenizer.name.size() <= kMaxTokenizerName, "tokenizer name '" + tokenizer.name + "' is too long");
     Writer w;
-    w.buf.reserve(kHeaderBytes + kFixedPayload + 12 * n);
+    w.buf.reserve(kHeaderBytes + kFixedPayload + 12 * n + tokenizer.model.size());
     w.put_bytes(kMagic, 8);
-    w.put(extra.empty() ? kVersion : kVersionExtra);
+    w.put(with_tokenizer ? kVersionTokenizer : extra.empty() ? kVersion : kVersionExtra);
     w.put(uint32_t(0));  // crc, filled below
     w.put(uint64_t(0));  // payload bytes, filled below
     for (int v : {c.vocab, c.max_seq_len, c.n_layer, c.n_head, c.d_model}) w.put(int32_t(v));
@@ -65,12 +68,18 @@ void save_checkpoint(const std::string& path, const GPTConfig& c, const TrainSta
     w.put_bytes(params, 4 * n);
     w.put_bytes(adam_m, 4 * n);
     w.put_bytes(adam_v, 4 * n);
-    if (!extra.empty()) {
+    if (!extra.empty() || with_tokenizer) {
         w.put(uint64_t(extra.size()));
         for (const auto& e : extra) {
             w.put(uint64_t(e.size()));
             w.put_bytes(e.data(), 4 * e.size());
         }
+    }
+    if (with_tokenizer) {
+        w.put(uint32_t(tokenizer.name.size()));
+        w.put_bytes(tokenizer.name.data(), tokenizer.name.size());
+        w.put(uint64_t(tokenizer.model.size()));
+        w.put_bytes(tokenizer.model.data(), tokenizer.model.size());
     }
     const uint64_t payload = w.buf.size() - kHeaderBytes;
     const uint32_t crc = crc32_update(0, w.buf.data() + kHeaderBytes, payload);
@@ -79,6 +88,35 @@ void save_checkpoint(const std::string& path, const GPTConfig& c, const TrainSta
     const fs::path parent = fs::path(path).parent_path();
     if (!parent.empty()) fs::create_directories(parent);
     write_file_atomic(path, w.buf.data(), w.buf.size());
+}
+
+// Every length is checked against the bytes left before anything is allocated for it.
+static void read_extras(Reader& r, std::vector<std::vector<float>>& extra) {
+    const uint64_t count = r.get<uint64_t>();
+    DILOCO_CHECK(count <= r.left / 8, "checkpoint " + r.path + " lists more extra arrays than it holds");
+    for (uint64_t k = 0; k < count; k++) {
+        const uint64_t len = r.get<uint64_t>();
+        DILOCO_CHECK(len <= r.left / 4, "checkpoint " + r.path + " has an extra array longer than the file");
+        extra.emplace_back(len);
+        r.get_bytes(extra.back().data(), 4 * len);
+    }
+}
+
+static void read_tokenizer(Reader& r, TokenizerBlob& tok) {
+    const std::string where = "checkpoint " + r.path + " has a corrupt tokenizer section: ";
+    const uint32_t name_len = r.get<uint32_t>();
+    DILOCO_CHECK(name_len >= 1 && name_len <= kMaxTokenizerName && name_len <= r.left,
+                 where + "a name of " + std::to_string(name_len) + " bytes");
+    tok.name.resize(name_len);
+    r.get_bytes(tok.name.data(), name_len);
+    for (char c : tok.name)
+        DILOCO_CHECK((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_', where + "a name that is not [a-z0-9_]");
+    DILOCO_CHECK(r.left >= 8, where + "it ends before the model's length");
+    const uint64_t model_len = r.get<uint64_t>();
+    DILOCO_CHECK(model_len <= r.left, where + "a model of " + std::to_string(model_len) + " bytes, " +
+                                          std::to_string(r.left) + " left in the file");
+    tok.model.resize(model_len);
+    r.get_bytes(tok.model.data(), model_len);
 }
 
 Checkpoint load_checkpoint(const std::string& path) {
@@ -97,8 +135,8 @@ Checkpoint load_checkpoint(const std::string& path) {
     std::memcpy(&version, buf.data() + 8, 4);
     std::memcpy(&crc, buf.data() + 12, 4);
     std::memcpy(&payload, buf.data() + 16, 8);
-    DILOCO_CHECK(version == kVersion || version == kVersionExtra,
-                 "checkpoint " + path + " has version " + std::to_string(version) + "; this build reads versions 1 and 2");
+    DILOCO_CHECK(version >= kVersion && version <= kVersionTokenizer,
+                 "checkpoint " + path + " has version " + std::to_string(version) + "; this build reads versions 1 to 3");
     DILOCO_CHECK(payload == bytes - kHeaderBytes,
                  "checkpoint " + path + " is truncated: header says " + std::to_string(payload) +
                      " payload bytes, file holds " + std::to_string(bytes - kHeaderBytes));
@@ -123,7 +161,7 @@ Checkpoint load_checkpoint(const std::string& path) {
     DILOCO_CHECK(n == shape.num_params, "checkpoint " + path + " holds " + std::to_string(n) +
                                             " parameters but its config implies " +
                                             std::to_string(shape.num_params));
-    DILOCO_CHECK(version == kVersionExtra ? payload >= kFixedPayload + 12 * n + 8 : payload == kFixedPayload + 12 * n,
+    DILOCO_CHECK(version > kVersion ? payload >= kFixedPayload + 12 * n + 8 : payload == kFixedPayload + 12 * n,
                  "checkpoint " + path + " has a bad size");
     ck.state.step = r.get<int64_t>();
     ck.state.data_cursor = r.get<uint64_t>();
@@ -134,16 +172,8 @@ Checkpoint load_checkpoint(const std::string& path) {
     r.get_bytes(ck.params.data(), 4 * n);
     r.get_bytes(ck.adam_m.data(), 4 * n);
     r.get_bytes(ck.adam_v.data(), 4 * n);
-    if (version == kVersionExtra) {
-        const uint64_t count = r.get<uint64_t>();
-        DILOCO_CHECK(count <= r.left / 8, "checkpoint " + path + " lists more extra arrays than it holds");
-        for (uint64_t k = 0; k < count; k++) {
-            const uint64_t len = r.get<uint64_t>();
-            DILOCO_CHECK(len <= r.left / 4, "checkpoint " + path + " has an extra array longer than the file");
-            ck.extra.emplace_back(len);
-            r.get_bytes(ck.extra.back().data(), 4 * len);
-        }
-    }
+    if (version > kVersion) read_extras(r, ck.extra);
+    if (version == kVersionTokenizer) read_tokenizer(r, ck.tokenizer);
     DILOCO_CHECK(r.left == 0, "checkpoint " + path + " has " + std::to_string(r.left) + " unread bytes");
     return ck;
 }

@@ -237,6 +237,7 @@ struct Run {
     Rng rng{0};
     std::unique_ptr<TrainingAlgorithm> algo;
     std::unique_ptr<DeviceTrainer> dev;  // null: training on the CPU
+    TokenizerBlob tokenizer;             // the data's subword tokenizer, carried in rank 0's checkpoints
     bool stage_grads = false;            // gradients cross the host for their average
     long global_rows = 0;                // rows of one inner step, all replicas together
     long stream_rows = 0, my_row = 0;    // rows the stream advances per step; this rank's first
@@ -455,7 +456,8 @@ void report_round(Run& r, const std::vector<PendingStep>& pending) {
 
 // Every rank keeps what it alone holds; rank 0 also writes the global model for eval, generate
 // and export (in one process, that file is the one --resume reads, so it carries the algorithm's
-// state too). Only the --ckpt-keep newest of each are kept.
+// state too), with the data's subword tokenizer so that generate needs nothing else. Only the
+// --ckpt-keep newest of each are kept.
 void save_checkpoints(Run& r, int64_t step) {
     TraceRange trace("checkpoint");
     std::copy(r.rng.s, r.rng.s + 4, r.state.rng);
@@ -473,7 +475,8 @@ void save_checkpoints(Run& r, int64_t step) {
     }
     if (r.root()) {
         save_checkpoint(checkpoint_path(r.o.out, step), r.cfg, r.state, params, r.inner.m.data(), r.inner.v.data(),
-                        r.model.num_params, distributed ? std::vector<std::vector<float>>{} : algorithm_state);
+                        r.model.num_params, distributed ? std::vector<std::vector<float>>{} : algorithm_state,
+                        r.tokenizer);
         prune_checkpoints(r.o.out, r.o.ckpt_keep, -1);
     }
 }
@@ -539,7 +542,9 @@ double run_train(const TrainOptions& o) {
     comm.emulate_outer_link(o.outer_gbps, o.outer_latency_ms);
     const std::string options_text = describe_options(o);
     require_same_on_all_ranks(comm, fnv1a(options_text.data(), options_text.size()), "the configuration (some option)");
-    Run r(o, comm, resolve_config(o, read_dataset_info(o.data).vocab));
+    const DatasetInfo data_info = read_dataset_info(o.data);
+    Run r(o, comm, resolve_config(o, data_info.vocab));
+    r.tokenizer = read_dataset_tokenizer(o.data, data_info);
     set_up_model_and_algorithm(r);
     r.metrics_path = o.out + "/metrics.jsonl";
     if (r.root()) {
@@ -587,57 +592,6 @@ double run_train(const TrainOptions& o) {
     if (r.root() && std::isnan(r.val_loss)) r.val_loss = evaluate_now(r);
     write_summary(r);
     return r.val_loss;
-}
-
-std::string run_generate(const GenerateOptions& o) {
-    DILOCO_CHECK(o.tokens >= 0, "--tokens must be >= 0");
-    Checkpoint ck = load_checkpoint(o.ckpt);
-    GPT m;
-    gpt_build(m, ck.config);
-    m.params = std::move(ck.params);
-    const int maxT = ck.config.max_seq_len, V = ck.config.vocab;
-    const bool bytes = V == 256;
-    std::vector<int> ctx;
-    if (bytes) {
-        for (unsigned char ch : o.prompt) ctx.push_back(ch);
-    } else {
-        ctx.push_back(V == 50257 ? 50256 : 0);  // GPT-2's <|endoftext|>; no text tokenizer here
-    }
-    DILOCO_CHECK(!ctx.empty(), "--prompt must not be empty");
-    gpt_allocate(m, 1, std::min<int>(maxT, (int)ctx.size() + o.tokens));
-    Rng rng(o.seed);
-    std::string out;
-    std::vector<double> prob(V);
-    for (int i = 0; i < o.tokens; i++) {
-        const int n = std::min<int>((int)ctx.size(), m.T);
-        const int* window = ctx.data() + ctx.size() - n;
-        gpt_forward(m, window, nullptr, 1, n);
-        const float* logits = gpt_logits(m) + (size_t)(n - 1) * V;
-        int next = 0;
-        if (o.temperature <= 0.0f) {
-            for (int v = 1; v < V; v++)
-                if (logits[v] > logits[next]) next = v;
-        } else {
-            double mx = logits[0], sum = 0.0;
-            for (int v = 1; v < V; v++) mx = std::max(mx, (double)logits[v]);
-            for (int v = 0; v < V; v++) sum += prob[v] = std::exp((logits[v] - mx) / o.temperature);
-            double u = rng.uniform() * sum;
-            next = V - 1;
-            for (int v = 0; v < V; v++) {
-                u -= prob[v];
-                if (u <= 0.0) {
-                    next = v;
-                    break;
-                }
-            }
-        }
-        ctx.push_back(next);
-        if (bytes)
-            out.push_back((char)next);
-        else
-            out += std::to_string(next) + " ";
-    }
-    return out;
 }
 
 }  // namespace diloco

@@ -1,4 +1,4 @@
-// `diloco train`, `eval` and `generate`: the training loop that every algorithm shares
+// `diloco train` and `eval`: the training loop that every algorithm shares
 // (optim/algorithm.h), and its companions.
 #pragma once
 #include <cstdint>
@@ -23,14 +23,5 @@ double run_train(const TrainOptions& opt);
 // Training evaluates --eval-batches global batches (R * --batch rows), whatever the rank count,
 // so validation losses compare across algorithms and topologies.
 double evaluate(GPT& m, const std::string& data_dir, int T, long rows, int chunk);
-
-struct GenerateOptions {
-    std::string ckpt, prompt = "\n";
-    int tokens = 256;
-    float temperature = 0.8f;
-    uint64_t seed = 1;
-};
-// Returns the generated continuation (bytes for the byte tokenizer, token ids otherwise).
-std::string run_generate(const GenerateOptions& opt);
 
 }  // namespace diloco

@@ -133,6 +133,45 @@ expect_ok "eval, generate and export take --run RUNDIR" bash -c "'$BIN' eval --r
 expect_error "no checkpoint in" "$BIN" eval --run nothing --data data
 expect_error "give --ckpt FILE or --run RUNDIR" "$BIN" export --out x.bin
 
+# subword tokenizers: a model file missing from the data, out-of-range sizes, corrupt sections
+mkdir -p spmissing && cp data/*.bin spmissing/
+echo '{"tokenizer": "sp", "vocab": 256, "tokenizer_model": "tokenizer.model", "eos": 1}' > spmissing/meta.json
+expect_error "names the SentencePiece model tokenizer.model, which is missing" "$BIN" train --data spmissing --out r8 $SMALL --steps 1
+expect_error "--vocab-size 70000 is out of range" "$BIN" prepare --tokenizer sp --vocab-size 70000 --input corpus.txt --out d3
+expect_error "--vocab-size 100 is out of range" "$BIN" prepare --tokenizer sp --vocab-size 100 --input corpus.txt --out d3
+expect_error "--vocab-size 4096 needs --tokenizer sp" "$BIN" prepare --vocab-size 4096 --input corpus.txt --out d3
+expect_error "--sp-model-type must be bpe or unigram" "$BIN" prepare --tokenizer sp --sp-model-type word --input corpus.txt --out d3
+expect_error "--tokenizer-model nope.model does not exist" "$BIN" generate --ckpt "$CK" --tokenizer-model nope.model
+# with_tokenizer IN OUT NAME MODEL_FILE [MODEL_LENGTH]: a version-3 copy of a version-1 checkpoint
+# carrying a tokenizer section, the CRC recomputed so that only the section can be wrong
+with_tokenizer() {
+    python3 -c "
+import struct, sys, zlib
+src, dst, name, model_file = sys.argv[1:5]
+model = open(model_file, 'rb').read()
+n = int(sys.argv[5]) if len(sys.argv) > 5 else len(model)
+b = open(src, 'rb').read()
+payload = b[24:] + struct.pack('<Q', 0) + struct.pack('<I', len(name)) + name.encode() + struct.pack('<Q', n) + model
+open(dst, 'wb').write(b'DILOCOCK' + struct.pack('<IIQ', 3, zlib.crc32(payload), len(payload)) + payload)
+" "$@"
+}
+head -c 5000 /dev/urandom > junk.model
+with_tokenizer "$CK" overrun.ckpt sp junk.model 99999999999
+expect_error "corrupt tokenizer section" "$BIN" generate --ckpt overrun.ckpt
+with_tokenizer "$CK" badname.ckpt "s/p" junk.model
+expect_error "corrupt tokenizer section" "$BIN" generate --ckpt badname.ckpt
+with_tokenizer "$CK" unknown.ckpt wordpiece junk.model
+expect_error "unknown tokenizer 'wordpiece'" "$BIN" generate --ckpt unknown.ckpt
+with_tokenizer "$CK" junk.ckpt sp junk.model
+if "$BIN" info | grep -q "SentencePiece: compiled in"; then
+    expect_error "is not a valid SentencePiece model" "$BIN" generate --ckpt junk.ckpt
+    expect_error "is not a valid SentencePiece model" "$BIN" generate --ckpt "$CK" --tokenizer-model junk.model
+else
+    expect_error "needs SentencePiece, which this build lacks" "$BIN" generate --ckpt junk.ckpt
+    expect_error "--tokenizer sp needs SentencePiece, which this build lacks" "$BIN" prepare --tokenizer sp --input corpus.txt --out d3
+fi
+"$BIN" eval --ckpt junk.ckpt --data data --batches 1 >/dev/null 2>&1 || { echo "FAIL: eval of a checkpoint with a tokenizer section"; failures=$((failures + 1)); }
+
 # a run killed (SIGKILL) while checkpointing every step leaves only complete checkpoints
 cases=$((cases + 1))
 "$BIN" train --data data --out killed --n-layer 4 --n-head 4 --d-model 256 --seq-len 16 --batch 1 \

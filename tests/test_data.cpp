@@ -18,46 +18,13 @@
 #include "model/checkpoint.h"
 #include "optim/schedule.h"
 #include "optim/train.h"
+#include "tests/files.h"
 
 using namespace diloco;
+using namespace diloco::test;
 namespace fs = std::filesystem;
 
 namespace {
-
-// Scratch directories under /tmp, removed when the test program ends.
-std::vector<std::string>& scratch_dirs() {
-    static std::vector<std::string> dirs;
-    return dirs;
-}
-struct RemoveScratch : ::testing::Environment {
-    void TearDown() override {
-        for (const auto& d : scratch_dirs()) fs::remove_all(d);
-    }
-};
-[[maybe_unused]] auto* const remove_scratch = ::testing::AddGlobalTestEnvironment(new RemoveScratch);
-
-std::string fresh_dir(const std::string& name) {
-    const fs::path p = fs::temp_directory_path() / ("diloco_test_" + name + "_" + std::to_string(getpid()));
-    fs::remove_all(p);
-    fs::create_directories(p);
-    scratch_dirs().push_back(p.string());
-    return p.string();
-}
-
-// Expects `fn` to throw an Error whose message contains `needle`.
-template <typename F>
-void expect_error(F fn, const std::string& needle) {
-    try {
-        fn();
-        ADD_FAILURE() << "no error; expected one mentioning '" << needle << "'";
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    }
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-    std::ofstream(path, std::ios::binary) << bytes;
-}
 
 std::string shard_bytes(int32_t magic, int32_t version, int32_t count, const std::vector<uint16_t>& tokens) {
     std::string s(kShardHeaderBytes, '\0');

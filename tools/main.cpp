@@ -11,10 +11,12 @@
 #include <cstdlib>
 
 #include "data/prepare.h"
+#include "data/tokenizer.h"
 #include "kernels/common.h"
 #include "model/checkpoint.h"
 #include "model/hf_export.h"
 #include "model/llmc.h"
+#include "optim/generate.h"
 #include "optim/train.h"
 #include "tools/bench.h"
 #include "tools/config_file.h"
@@ -157,6 +159,7 @@ static void print_info() {
 #else
     std::printf("MPI: not compiled in\n");
 #endif
+    std::printf("SentencePiece: %s\n", have_sentencepiece() ? "compiled in" : "not compiled in");
 #if defined(DILOCO_HAVE_CUDA)
     std::printf("CUDA: compiled in; %s\n", cuda_summary().c_str());
 #elif defined(DILOCO_EMULATE)
@@ -180,7 +183,10 @@ int main(int argc, char** argv) {
     p->add_option("--input", prep.inputs, "text files")->required()->expected(1, -1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
     p->add_option("--out", prep.out_dir, "output data directory")->required();
     p->add_option("--val-fraction", prep.val_fraction, "tail of each input kept for validation")->capture_default_str();
-    p->add_option("--tokenizer", prep.tokenizer, "byte")->capture_default_str();
+    p->add_option("--tokenizer", prep.tokenizer, "byte, or sp: a SentencePiece model trained on the training split")
+        ->capture_default_str();
+    p->add_option("--vocab-size", prep.vocab_size, "sp: vocabulary size, 258 to 65536 (default 4096)");
+    p->add_option("--sp-model-type", prep.sp_model_type, "sp: bpe or unigram")->capture_default_str();
 
     TrainOptions train;
     auto* t = app.add_subcommand("train", "train a model");
@@ -188,6 +194,12 @@ int main(int argc, char** argv) {
 
     GenerateOptions gen;
     auto* g = app.add_subcommand("generate", "sample text from a checkpoint");
+    g->footer("The text is encoded and decoded with --tokenizer-model, else with the tokenizer the checkpoint\n"
+              "carries (bytes, or the SentencePiece model of data prepared with --tokenizer sp). A model\n"
+              "trained on llm.c's GPT-2 shards (no meta.json, vocab 50257) carries none: without\n"
+              "--tokenizer-model it starts from <|endoftext|> and prints token ids. Generation stops early\n"
+              "at end-of-text when the tokenizer has one; its speed goes to stderr. Keys and values are\n"
+              "cached; past max_seq_len the cache restarts on the last half window.");
     std::string gen_run;
     auto* g_ckpt = g->add_option("--ckpt", gen.ckpt, "checkpoint file");
     g->add_option("--run", gen_run, "run directory: its newest checkpoint")->excludes(g_ckpt);
@@ -195,6 +207,7 @@ int main(int argc, char** argv) {
     g->add_option("--tokens", gen.tokens, "tokens to generate")->capture_default_str();
     g->add_option("--temperature", gen.temperature, "0 for greedy")->capture_default_str();
     g->add_option("--seed", gen.seed, "sampling seed")->capture_default_str();
+    g->add_option("--tokenizer-model", gen.tokenizer_model, "SentencePiece model file to encode and decode with");
 
     std::string eval_ckpt, eval_data;
     int eval_batches = 16, eval_batch = 8, eval_seq = 0;

@@ -1,0 +1,131 @@
+#include "optim/generate.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <vector>
+
+#include "data/io.h"
+#include "data/tokenizer.h"
+#include "kernels/common.h"
+#include "kernels/rng.h"
+#include "model/checkpoint.h"
+#include "model/kv_cache.h"
+
+namespace fs = std::filesystem;
+
+namespace diloco {
+
+namespace {
+
+// --tokenizer-model, else the checkpoint's own tokenizer, else bytes for a vocabulary of 256;
+// null: token ids in and out (llm.c's GPT-2 models, whose tokenizer is not ours).
+std::unique_ptr<Tokenizer> choose_tokenizer(const GenerateOptions& o, const Checkpoint& ck) {
+    std::unique_ptr<Tokenizer> tok;
+    if (!o.tokenizer_model.empty()) {
+        DILOCO_CHECK(fs::is_regular_file(o.tokenizer_model),
+                     "--tokenizer-model " + o.tokenizer_model + " does not exist or is not a file");
+        tok = make_sp_tokenizer(read_text_file(o.tokenizer_model), "--tokenizer-model " + o.tokenizer_model);
+    } else if (!ck.tokenizer.name.empty()) {
+        tok = make_tokenizer(ck.tokenizer, "the tokenizer in checkpoint " + o.ckpt);
+    } else if (ck.config.vocab == 256) {
+        tok = make_byte_tokenizer();
+    }
+    if (tok)
+        DILOCO_CHECK(tok->vocab() <= ck.config.vocab,
+                     "the tokenizer has " + std::to_string(tok->vocab()) + " tokens, more than the model's vocabulary of " +
+                         std::to_string(ck.config.vocab));
+    return tok;
+}
+
+std::vector<int> prompt_tokens(const GenerateOptions& o, const Tokenizer* tok, int vocab) {
+    if (!tok) return {vocab == 50257 ? 50256 : 0};  // GPT-2's <|endoftext|>; no text tokenizer here
+    std::vector<int> ids = tok->encode(o.prompt);
+    if (ids.empty() && tok->eos() >= 0) ids.push_back(tok->eos());  // a document starts after one
+    DILOCO_CHECK(!ids.empty(), "--prompt must not be empty");
+    return ids;
+}
+
+// Greedy at temperature 0, otherwise a draw from softmax(logits / temperature) over ids < V.
+int sample(const float* logits, int V, float temperature, Rng& rng, std::vector<double>& prob) {
+    int next = 0;
+    if (temperature <= 0.0f) {
+        for (int v = 1; v < V; v++)
+            if (logits[v] > logits[next]) next = v;
+        return next;
+    }
+    double mx = logits[0], sum = 0.0;
+    for (int v = 1; v < V; v++) mx = std::max(mx, (double)logits[v]);
+    for (int v = 0; v < V; v++) sum += prob[v] = std::exp((logits[v] - mx) / temperature);
+    double u = rng.uniform() * sum;
+    for (int v = 0; v < V; v++) {
+        u -= prob[v];
+        if (u <= 0.0) return v;
+    }
+    return V - 1;
+}
+
+// The text of `out` following the prompt. Decoding the prompt and the continuation together
+// keeps a character whose bytes straddle the two whole.
+std::string continuation_text(const Tokenizer* tok, const std::vector<int>& prompt, const std::vector<int>& out) {
+    if (!tok) {
+        std::string s;
+        for (int id : out) s += std::to_string(id) + " ";
+        return s;
+    }
+    std::vector<int> all = prompt;
+    all.insert(all.end(), out.begin(), out.end());
+    const std::string whole = tok->decode(all), head = tok->decode(prompt);
+    return whole.starts_with(head) ? whole.substr(head.size()) : tok->decode(out);
+}
+
+}  // namespace
+
+// When the context reaches max_seq_len (the cache is full), the cache restarts on the last half
+// window of tokens and continues from there: each restart costs one batched pass over half a
+// window, paid once per half window of new tokens, where sliding by one token would need a pass
+// over the whole window for every token (the positions of every cached key change).
+std::string run_generate(const GenerateOptions& o) {
+    DILOCO_CHECK(o.tokens >= 0, "--tokens must be >= 0");
+    Checkpoint ck = load_checkpoint(o.ckpt);
+    const std::unique_ptr<Tokenizer> tok = choose_tokenizer(o, ck);
+    GPT m;
+    gpt_build(m, ck.config);
+    m.params = std::move(ck.params);
+    const int V = tok ? tok->vocab() : ck.config.vocab, eos = tok ? tok->eos() : -1;
+    const int maxT = ck.config.max_seq_len, window = std::max(1, maxT / 2);
+    std::vector<int> ctx = prompt_tokens(o, tok.get(), ck.config.vocab);
+    const std::vector<int> prompt = ctx;
+    KVCache kv;
+    kv_cache_init(kv, ck.config);
+    Rng rng(o.seed);
+    std::vector<double> prob(V);
+    std::vector<int> out;
+    int restarts = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    const int n0 = std::min<int>((int)ctx.size(), maxT);
+    const float* logits = o.tokens > 0 ? gpt_forward_cached(m, kv, ctx.data() + ctx.size() - n0, n0) : nullptr;
+    for (int i = 0; i < o.tokens; i++) {
+        const int next = sample(logits, V, o.temperature, rng, prob);
+        if (next == eos) break;
+        out.push_back(next);
+        ctx.push_back(next);
+        if (i + 1 == o.tokens) break;
+        if (kv.len == maxT) {
+            kv.len = 0;
+            restarts++;
+            logits = gpt_forward_cached(m, kv, ctx.data() + ctx.size() - window, window);
+        } else {
+            logits = gpt_forward_cached(m, kv, &next, 1);
+        }
+    }
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::fprintf(stderr, "generate: %zu tokens in %.2f s, %.1f tokens/s (a prompt of %zu tokens included; "
+                         "key/value cache, %d restarts at max_seq_len %d)\n",
+                 out.size(), secs, secs > 0 ? out.size() / secs : 0.0, prompt.size(), restarts, maxT);
+    return continuation_text(tok.get(), prompt, out);
+}
+
+}  // namespace diloco
