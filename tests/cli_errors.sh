@@ -132,6 +132,9 @@ expect_ok "--ckpt-keep 2 keeps the 2 newest checkpoints" bash -c "'$BIN' train -
 expect_ok "eval, generate and export take --run RUNDIR" bash -c "'$BIN' eval --run keep --data data --batches 1 --batch 2 --seq-len 16 && '$BIN' generate --run keep --tokens 4 && '$BIN' export --run keep --out keep.bin"
 expect_error "no checkpoint in" "$BIN" eval --run nothing --data data
 expect_error "give --ckpt FILE or --run RUNDIR" "$BIN" export --out x.bin
+mkdir -p hfdir && touch hfdir/keep
+expect_error "exists and is not an empty directory" "$BIN" export --run keep --format hf --out hfdir
+expect_ok "export --format hf writes config.json and model.safetensors" bash -c "'$BIN' export --run keep --format hf --out hfnew && [ -s hfnew/config.json ] && [ -s hfnew/model.safetensors ]"
 
 # subword tokenizers: a model file missing from the data, out-of-range sizes, corrupt sections
 mkdir -p spmissing && cp data/*.bin spmissing/
