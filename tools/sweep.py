@@ -50,6 +50,9 @@ DEFAULTS = {
     "seeds": [1337],           # every point once per seed (initialisation and data order)
     "min_outer_rounds": 0,     # DiLoCo points with fewer outer rounds are left out, said so
     "grids": {},               # per method, lists that replace the ones above: {"dp": {"inner_lr": [...]}}
+    # [lo, hi]: keep only DiLoCo points whose inner lr times the outer Nesterov's steady-state gain,
+    # inner_lr * outer_lr / (1 - 0.9), lies within; the diagonal of the two grids that matters
+    "effective_lr_band": [],
     "min_lr_frac": 0.05,       # cosine floor
     "eval_every_frac": 0.1,    # evaluations along the run, for the loss curves
     "eval_rows": 512,          # validation sequences per evaluation, the same for every point
@@ -103,7 +106,7 @@ def load_sweep(path):
     unknown = set(cfg) - set(DEFAULTS) - {"name", "data", "out", "models"}
     if unknown:
         sys.exit(f"sweep: unknown keys in {path}: {', '.join(sorted(unknown))}")
-    types = dict(DEFAULTS, name="", data="", out="", models=[{}], seeds=[1])
+    types = dict(DEFAULTS, name="", data="", out="", models=[{}], seeds=[1], effective_lr_band=[1.0])
     for key, value in cfg.items():
         problem = type_error(key, value, types[key])
         if problem:
@@ -129,6 +132,9 @@ def load_sweep(path):
             sys.exit(f"sweep: {path}: model {m['name']}: {type_error('H', m['H'], [1])}")
         if m["d_model"] % m["n_head"]:
             sys.exit(f"sweep: model {m['name']}: d_model {m['d_model']} is not a multiple of n_head")
+    band = out["effective_lr_band"]
+    if band and (len(band) != 2 or not 0 <= band[0] <= band[1]):
+        sys.exit(f"sweep: {path}: 'effective_lr_band' must be [lo, hi] with 0 <= lo <= hi, not {band!r}")
     for meth, overrides in out["grids"].items():
         if meth not in out["methods"]:
             sys.exit(f"sweep: {path}: grids names '{meth}', which is not among the methods")
@@ -195,6 +201,14 @@ def points(cfg, dropped=None):
         yield from model_points(cfg, m, meth, seed, seen, dropped)
 
 
+def in_band(cfg, meth, inner_lr, outer_lr, outer_momentum=0.9):
+    band = cfg["effective_lr_band"]
+    if meth == "dp" or not band:
+        return True
+    effective = inner_lr * outer_lr / (1 - outer_momentum)
+    return band[0] * (1 - 1e-9) <= effective <= band[1] * (1 + 1e-9)
+
+
 def model_points(cfg, m, meth, seed, seen, dropped):
     g = grid(cfg, m, meth)
     # every method of a model trains the same steps, whole rounds of every H any method uses
@@ -206,7 +220,7 @@ def model_points(cfg, m, meth, seed, seen, dropped):
         name = f"{m['name']}-{meth}-b{gb}-lr{ilr:g}" + ("" if meth == "dp" else f"-H{H}-olr{olr:g}")
         if seed != DEFAULTS["seeds"][0]:
             name += f"-s{seed}"
-        if name in seen:
+        if name in seen or not in_band(cfg, meth, ilr, olr):
             continue
         seen.add(name)
         ranks = cfg["dp_ranks"] if meth == "dp" else M
