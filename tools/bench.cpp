@@ -78,6 +78,7 @@ void report(const char* what, double seconds, double flops, double bytes, const 
 }  // namespace
 
 int run_bench(const BenchOptions& o) {
+    check_quant_block(o.quant_block);  // before any measuring, on either device
 #ifdef DILOCO_HAVE_CUDA
     if (o.device == "cuda") return run_bench_cuda(o);
 #endif
@@ -170,7 +171,6 @@ int run_bench(const BenchOptions& o) {
         auto x = random_vec(n, rng);
         std::vector<float> acc(n, 0.0f);
         const int qb = o.quant_block;
-        check_quant_block(qb);
         std::printf("quantize n=%zu block %d | bytes: encode 4n + payload, decode-add payload + 8n\n", n, qb);
         for (QuantFormat f : {QuantFormat::bf16, QuantFormat::int8, QuantFormat::e2m1, QuantFormat::e3m0}) {
             std::vector<uint8_t> p(quant_bytes(f, n, qb));
