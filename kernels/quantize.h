@@ -15,7 +15,8 @@ namespace diloco {
 
 enum class QuantFormat { fp32, bf16, int8, e2m1, e3m0 };
 
-// The default block: 4 + 32/128 = 4.25 bits per value for the 4-bit formats.
+// The default block: 4 + 32/128 = 4.25 bits per value for the 4-bit formats, the finest scale
+// within 4.3 bits; larger blocks save little and trended worse (docs/results.md, Streaming DiLoCo).
 constexpr int kQuantBlockDefault = 128;
 // Blocks are even, so that two 4-bit codes of one byte never belong to two blocks (the CUDA
 // encoder writes whole bytes per thread), and at most 65536 values.

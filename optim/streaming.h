@@ -48,7 +48,7 @@ struct StreamingOptions {
     float alpha = 0.5f;
     QuantFormat quant = QuantFormat::fp32;
     int quant_block = kQuantBlockDefault;
-    ExchangeKind exchange = ExchangeKind::allgather;
+    ExchangeKind exchange = ExchangeKind::reduce_scatter;
     OuterHyper outer;
     bool eager = false;
     double drop_prob = 0.0;

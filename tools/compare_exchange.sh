@@ -54,7 +54,8 @@ def bits(name):
 # the difference to fp32 is taken seed by seed (same initialisation and data order), which removes
 # most of the spread between seeds
 ref = {s: summary("fp32", s)["final_val_loss"] for s in seeds} if "fp32" in runs else None
-print("| run | bits per value | outer bytes per rank | final val loss, mean (min–max) | minus fp32, same seed: mean (min–max) |")
+print("| run | bits per value | outer bytes per rank: all, per inner step, peak step | final val loss, mean (min–max) "
+      "| minus fp32, same seed: mean (min–max) |")
 print("|---|---|---|---|---|")
 for name in runs:
     sums = [summary(name, s) for s in seeds]
@@ -65,7 +66,8 @@ for name in runs:
     if ref and name != "fp32":
         d = [l - ref[s] for l, s in zip(losses, seeds)]
         cell = f"{sum(d) / len(d):+.4f} ({min(d):+.4f} … {max(d):+.4f})"
-    print(f"| {name} | {bits(name):.4g} | {per_rank / 1e6:.2f} MB | {sum(losses) / len(losses):.4f} "
+    print(f"| {name} | {bits(name):.4g} | {per_rank / 1e6:.2f} MB, {per_rank / steps / 1e3:.1f} kB, "
+          f"{sums[0]['peak_bytes_step'] / 1e3:.1f} kB | {sum(losses) / len(losses):.4f} "
           f"({min(losses):.4f}–{max(losses):.4f}) | {cell} |")
 print(f"\nseeds {' '.join(seeds)}; {steps} steps")
 PY

@@ -22,7 +22,7 @@ TARGETS = (0.5, 0.8, 0.9, 0.95, 0.99)
 
 
 BLOCK = 128  # the trainer's --quant-block default (kernels/quantize.h)
-EXCHANGE = "allgather"  # the trainer's --exchange default (optim/options.h)
+EXCHANGE = "reduce-scatter"  # the trainer's --exchange default (optim/options.h)
 
 
 def bits_per_value(quant, block=BLOCK):

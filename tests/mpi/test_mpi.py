@@ -204,7 +204,8 @@ def main():
               p.stderr.strip().splitlines()[0] if p.stderr.strip() else "(no stderr)")
 
         # 9. resume of a distributed run: 20 steps straight = 10, stop, resume 10 (bit for bit)
-        # Streaming with P=2, H=10, tau=1 has fragment 0's exchange in flight at the checkpoint.
+        # Streaming with P=2, H=10, tau=1 has fragment 0's exchange in flight at the checkpoint
+        # (e3m0: by reduce-scatter, the default, and by all-gather).
         streaming_resume = ["--algo", "streaming", "--workers", "2", "--inner-steps", "10", "--fragments", "2"]
         for name, algo, extra, ranks in (
                 ("diloco", "diloco", ["--workers", "2", "--inner-steps", "5", "--drop-prob", "0.3"], 4),
@@ -213,8 +214,8 @@ def main():
                 ("streaming-e3m0-drop", "streaming", streaming_resume[2:] + ["--overlap", "1", "--quant", "e3m0",
                                                                            "--drop-prob", "0.3"], 4),
                 ("streaming-eager", "streaming", streaming_resume[2:] + ["--eager"], 4),
-                ("streaming-rs-e3m0-drop", "streaming", streaming_resume[2:] + ["--overlap", "1", "--quant", "e3m0",
-                                                                              "--exchange", "reduce-scatter",
+                ("streaming-ag-e3m0-drop", "streaming", streaming_resume[2:] + ["--overlap", "1", "--quant", "e3m0",
+                                                                              "--exchange", "allgather",
                                                                               "--drop-prob", "0.3"], 4),
                 ("streaming-1proc", "streaming", ["--inner-steps", "10", "--fragments", "2", "--overlap", "1"], None)):
             common = base + ["--steps", "20", "--batch", "2", "--algo", algo, "--eval-every", "7"] + extra
