@@ -45,6 +45,13 @@ uint64_t ring_allgather_bytes(size_t bytes, int P) { return P > 1 ? (uint64_t)by
 
 static MPI_Comm as_comm(void* p) { return *static_cast<MPI_Comm*>(p); }
 
+// A non-blocking collective in flight: MPI reads the count and displacement arrays of the
+// v-variants until the request completes, so they live with it.
+struct InFlight {
+    MPI_Request req = MPI_REQUEST_NULL;
+    std::vector<int> counts;
+};
+
 bool mpi_active() {
     int init = 0, fin = 0, size = 1;
     MPI_Initialized(&init);
@@ -90,7 +97,10 @@ Comm::Comm(int workers) {
 Comm::~Comm() {
     int fin = 0;
     MPI_Finalized(&fin);
-    for (void* p : {worker_comm_, cross_comm_})
+    std::vector<void*> all = channels_;
+    all.push_back(worker_comm_);
+    all.push_back(cross_comm_);
+    for (void* p : all)
         if (p) {
             if (!fin) MPI_Comm_free(static_cast<MPI_Comm*>(p));
             delete static_cast<MPI_Comm*>(p);
@@ -143,16 +153,29 @@ void Comm::average_world(float* x, size_t n) {
     allgather_worker(x, n);
 }
 
-Comm::Request Comm::iallgather_across_workers(const void* in, size_t bytes, void* out) {
+int Comm::open_cross_channel() {
+    if (!cross_comm_) return 0;  // MPI not initialised: one process, nothing to match
+    auto* c = new MPI_Comm;
+    MPI_Comm_dup(as_comm(cross_comm_), c);
+    channels_.push_back(c);
+    return (int)channels_.size();
+}
+
+void* Comm::channel_comm(int channel) const {
+    DILOCO_CHECK(channel >= 0 && (size_t)channel <= channels_.size(), "no cross channel " + std::to_string(channel));
+    return channel == 0 ? cross_comm_ : channels_[channel - 1];
+}
+
+Comm::Request Comm::iallgather_across_workers(const void* in, size_t bytes, void* out, int channel) {
     Request r;
     if (M_ == 1) {
         std::memcpy(out, in, bytes);
         return r;
     }
-    auto* req = new MPI_Request;
-    MPI_Iallgather(in, (int)bytes, MPI_BYTE, out, (int)bytes, MPI_BYTE, as_comm(cross_comm_), req);
+    auto* f = new InFlight;
+    MPI_Iallgather(in, (int)bytes, MPI_BYTE, out, (int)bytes, MPI_BYTE, as_comm(channel_comm(channel)), &f->req);
     bytes_outer_ += (uint64_t)bytes * (M_ - 1);
-    r.handle = req;
+    r.handle = f;
     r.send = in;
     r.send_bytes = bytes;
     r.send_crc = crc32_update(0, in, bytes);
@@ -160,14 +183,80 @@ Comm::Request Comm::iallgather_across_workers(const void* in, size_t bytes, void
     return r;
 }
 
-Comm::Request Comm::isum_across_workers(float* x, size_t n) {
+Comm::Request Comm::isum_across_workers(float* x, size_t n, int channel) {
     Request r;
     if (M_ == 1) return r;
-    auto* req = new MPI_Request;
-    MPI_Iallreduce(MPI_IN_PLACE, x, (int)n, MPI_FLOAT, MPI_SUM, as_comm(cross_comm_), req);
+    auto* f = new InFlight;
+    MPI_Iallreduce(MPI_IN_PLACE, x, (int)n, MPI_FLOAT, MPI_SUM, as_comm(channel_comm(channel)), &f->req);
     bytes_outer_ += ring_allreduce_bytes(4 * n, M_);
-    r.handle = req;
+    r.handle = f;
     r.ready_at = now_seconds() + link_seconds(ring_allreduce_bytes(4 * n, M_));
+    return r;
+}
+
+// counts[0..M) then displacements[M..2M) of parts of `bytes`, back to back
+static std::vector<int> counts_and_displacements(const std::vector<size_t>& bytes) {
+    const size_t M = bytes.size();
+    std::vector<int> a(2 * M);
+    size_t at = 0;
+    for (size_t j = 0; j < M; j++) {
+        DILOCO_CHECK(bytes[j] <= (size_t)INT32_MAX && at <= (size_t)INT32_MAX, "a message part over 2 GiB");
+        a[j] = (int)bytes[j];
+        a[M + j] = (int)at;
+        at += bytes[j];
+    }
+    return a;
+}
+
+static size_t total_of(const std::vector<size_t>& bytes) {
+    size_t t = 0;
+    for (size_t b : bytes) t += b;
+    return t;
+}
+
+Comm::Request Comm::ialltoallv_across_workers(const void* in, const std::vector<size_t>& bytes, void* out, int channel) {
+    DILOCO_CHECK(bytes.size() == (size_t)M_, "ialltoallv_across_workers: one part per worker");
+    Request r;
+    if (M_ == 1) {
+        if (bytes[0]) std::memcpy(out, in, bytes[0]);
+        return r;
+    }
+    auto* f = new InFlight;
+    f->counts = counts_and_displacements(bytes);  // sends: [0, 2M)
+    const std::vector<size_t> mine(M_, bytes[m_]);
+    const std::vector<int> recv = counts_and_displacements(mine);  // receives: [2M, 4M)
+    f->counts.insert(f->counts.end(), recv.begin(), recv.end());
+    const int* c = f->counts.data();
+    MPI_Ialltoallv(in, c, c + M_, MPI_BYTE, out, c + 2 * M_, c + 3 * M_, MPI_BYTE, as_comm(channel_comm(channel)),
+                   &f->req);
+    const uint64_t sent = total_of(bytes) - bytes[m_];
+    bytes_outer_ += sent;
+    r.handle = f;
+    r.send = in;
+    r.send_bytes = total_of(bytes);
+    r.send_crc = crc32_update(0, in, r.send_bytes);
+    r.ready_at = now_seconds() + link_seconds(sent);
+    return r;
+}
+
+Comm::Request Comm::iallgatherv_across_workers(const void* in, const std::vector<size_t>& bytes, void* out, int channel) {
+    DILOCO_CHECK(bytes.size() == (size_t)M_, "iallgatherv_across_workers: one part per worker");
+    Request r;
+    if (M_ == 1) {
+        if (bytes[0]) std::memcpy(out, in, bytes[0]);
+        return r;
+    }
+    auto* f = new InFlight;
+    f->counts = counts_and_displacements(bytes);
+    const int* c = f->counts.data();
+    MPI_Iallgatherv(in, c[m_], MPI_BYTE, out, c, c + M_, MPI_BYTE, as_comm(channel_comm(channel)), &f->req);
+    const uint64_t sent = ring_allgather_bytes(total_of(bytes), M_);
+    bytes_outer_ += sent;
+    r.handle = f;
+    r.send = in;
+    r.send_bytes = bytes[m_];
+    r.send_crc = crc32_update(0, in, r.send_bytes);
+    r.ready_at = now_seconds() + link_seconds(sent);
     return r;
 }
 
@@ -183,9 +272,9 @@ static void check_send_buffer(Comm::Request& r) {
 bool Comm::test(Request& r) {
     if (r.handle) {  // let MPI progress; the emulated link may still be busy afterwards
         int done = 0;
-        MPI_Test(static_cast<MPI_Request*>(r.handle), &done, MPI_STATUS_IGNORE);
+        MPI_Test(&static_cast<InFlight*>(r.handle)->req, &done, MPI_STATUS_IGNORE);
         if (done) {
-            delete static_cast<MPI_Request*>(r.handle);
+            delete static_cast<InFlight*>(r.handle);
             r.handle = nullptr;
             check_send_buffer(r);
         }
@@ -195,8 +284,8 @@ bool Comm::test(Request& r) {
 
 void Comm::wait(Request& r) {
     if (r.handle) {
-        MPI_Wait(static_cast<MPI_Request*>(r.handle), MPI_STATUS_IGNORE);
-        delete static_cast<MPI_Request*>(r.handle);
+        MPI_Wait(&static_cast<InFlight*>(r.handle)->req, MPI_STATUS_IGNORE);
+        delete static_cast<InFlight*>(r.handle);
         r.handle = nullptr;
         check_send_buffer(r);
     }
@@ -261,11 +350,21 @@ void Comm::average_worker(float*, size_t) {}
 void Comm::sum_across_workers(float*, size_t) {}
 void Comm::allgather_worker(float*, size_t) {}
 void Comm::reduce_to_root(double*, size_t) {}
-Comm::Request Comm::iallgather_across_workers(const void* in, size_t bytes, void* out) {
+int Comm::open_cross_channel() { return 0; }
+void* Comm::channel_comm(int) const { return nullptr; }
+Comm::Request Comm::iallgather_across_workers(const void* in, size_t bytes, void* out, int) {
     std::memcpy(out, in, bytes);
     return {};
 }
-Comm::Request Comm::isum_across_workers(float*, size_t) { return {}; }
+Comm::Request Comm::isum_across_workers(float*, size_t, int) { return {}; }
+Comm::Request Comm::ialltoallv_across_workers(const void* in, const std::vector<size_t>& bytes, void* out, int) {
+    if (bytes.at(0)) std::memcpy(out, in, bytes[0]);
+    return {};
+}
+Comm::Request Comm::iallgatherv_across_workers(const void* in, const std::vector<size_t>& bytes, void* out, int) {
+    if (bytes.at(0)) std::memcpy(out, in, bytes[0]);
+    return {};
+}
 bool Comm::test(Request&) { return true; }
 void Comm::wait(Request&) {}
 std::vector<uint64_t> Comm::allgather_u64(uint64_t v) { return {v}; }

@@ -9,7 +9,9 @@
 //
 // Byte accounting counts what this rank sends, from the real message sizes and the ring
 // algorithms' standard costs for P ranks and a buffer of S bytes:
-//   allreduce 2(P-1)/P * S;  reduce-scatter (P-1)/P * S;  all-gather (P-1)/P * S (S = whole result)
+//   allreduce 2(P-1)/P * S;  reduce-scatter (P-1)/P * S;  all-gather (P-1)/P * S (S = whole result);
+//   all-to-all: the parts sent to the other P - 1 ranks, (P-1)/P * S for equal parts (S = what this
+//   rank contributes)
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -57,11 +59,19 @@ public:
     // All-gather of the G slices of x (n floats in all) within the worker.
     void allgather_worker(float* x, size_t n);
 
+    // Non-blocking exchanges across workers. MPI matches collectives on a communicator by the
+    // order in which the ranks start them, so an exchange whose steps start at times that differ
+    // between ranks (a second phase started when the first is seen complete) needs a channel of
+    // its own: a duplicate of the cross communicator. Channel 0 is the cross communicator itself,
+    // which the blocking calls above use. Every rank of the cross communicator opens its channels
+    // in the same order (a collective call).
+    int open_cross_channel();
+
     // Non-blocking all-gather across workers: each rank of the cross communicator contributes
     // `bytes` from `in`; `out` (M * bytes) receives them in worker order. Counted outer:
     // (M - 1) * bytes. Drive it with test() (progress, while compute goes on) and wait().
     struct Request {
-        void* handle = nullptr;  // MPI_Request*
+        void* handle = nullptr;  // the MPI request and the count arrays it reads until it completes
         double ready_at = 0.0;   // link emulation: when the emulated transfer ends (seconds)
         // The send buffer and its checksum when the exchange started: MPI forbids writing it
         // before the request completes, which shared memory forgives and a network does not, so
@@ -70,11 +80,19 @@ public:
         size_t send_bytes = 0;
         uint32_t send_crc = 0;
     };
-    // `in` must not be written until the request completes (checked: see Request).
-    Request iallgather_across_workers(const void* in, size_t bytes, void* out);
+    // `in` must not be written until the request completes (checked: see Request). So for all below.
+    Request iallgather_across_workers(const void* in, size_t bytes, void* out, int channel = 0);
     // Non-blocking in-place sum of x (n floats) across workers. Counted outer: the ring
     // allreduce's 2(M - 1)/M * 4n, fewer bytes than an all-gather of fp32 payloads for M > 2.
-    Request isum_across_workers(float* x, size_t n);
+    Request isum_across_workers(float* x, size_t n, int channel = 0);
+    // Non-blocking all-to-all across workers: `in` holds M parts back to back, part j (bytes[j])
+    // for worker j; `out` receives part worker() of every worker, M * bytes[worker()], in worker
+    // order. Counted outer: the parts sent to the other workers, sum of bytes[j] for j != worker().
+    Request ialltoallv_across_workers(const void* in, const std::vector<size_t>& bytes, void* out, int channel = 0);
+    // Non-blocking all-gather of parts of different sizes: this rank contributes bytes[worker()]
+    // from `in`; `out` receives all M parts back to back in worker order. Counted outer: the
+    // ring's (M - 1)/M * sum of bytes.
+    Request iallgatherv_across_workers(const void* in, const std::vector<size_t>& bytes, void* out, int channel = 0);
     bool test(Request& r);
     void wait(Request& r);
 
@@ -109,9 +127,11 @@ private:
     int world_rank_ = 0, world_size_ = 1, M_ = 1, G_ = 1, m_ = 0, g_ = 0;
     void* worker_comm_ = nullptr;  // MPI_Comm, opaque here so that this header needs no MPI
     void* cross_comm_ = nullptr;
+    std::vector<void*> channels_;  // MPI_Comm*: the cross communicator's duplicates, channel 1, 2, ...
     uint64_t bytes_inner_ = 0, bytes_outer_ = 0;
     double link_gbps_ = 0.0, link_latency_ms_ = 0.0;
     double link_seconds(uint64_t bytes) const;
+    void* channel_comm(int channel) const;  // MPI_Comm* of a channel
 };
 
 // True when this process runs under MPI with more than one rank.

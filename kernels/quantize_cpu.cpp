@@ -27,22 +27,41 @@ const char* quant_format_name(QuantFormat f) {
     return "?";
 }
 
-static size_t blocks_of(size_t n) { return (n + kQuantBlock - 1) / kQuantBlock; }
+void check_quant_block(int block) {
+    DILOCO_CHECK(block >= 2 && block <= kQuantBlockMax && block % 2 == 0,
+                 "--quant-block must be an even number from 2 to " + std::to_string(kQuantBlockMax) + ", got " +
+                     std::to_string(block));
+}
 
-size_t quant_bytes(QuantFormat f, size_t n) {
+bool quant_has_blocks(QuantFormat f) { return f == QuantFormat::int8 || f == QuantFormat::e2m1 || f == QuantFormat::e3m0; }
+
+static size_t blocks_of(size_t n, int block) { return (n + block - 1) / block; }
+
+size_t quant_bytes(QuantFormat f, size_t n, int block) {
     switch (f) {
         case QuantFormat::fp32: return 4 * n;
         case QuantFormat::bf16: return 2 * n;
-        case QuantFormat::int8: return 4 * blocks_of(n) + n;
+        case QuantFormat::int8: return 4 * blocks_of(n, block) + n;
         case QuantFormat::e2m1:
-        case QuantFormat::e3m0: return 4 * blocks_of(n) + (n + 1) / 2;
+        case QuantFormat::e3m0: return 4 * blocks_of(n, block) + (n + 1) / 2;
     }
     return 0;
 }
 
+double quant_bits_per_value(QuantFormat f, int block) {
+    switch (f) {
+        case QuantFormat::fp32: return 32.0;
+        case QuantFormat::bf16: return 16.0;
+        case QuantFormat::int8: return 8.0 + 32.0 / block;
+        case QuantFormat::e2m1:
+        case QuantFormat::e3m0: return 4.0 + 32.0 / block;
+    }
+    return 0.0;
+}
+
 static float top_of(QuantFormat f) { return f == QuantFormat::int8 ? 127.0f : (f == QuantFormat::e2m1 ? 6.0f : 1.0f); }
 
-void quantize_cpu(uint8_t* payload, const float* x, size_t n, QuantFormat f) {
+void quantize_cpu(uint8_t* payload, const float* x, size_t n, QuantFormat f, int block) {
     if (f == QuantFormat::fp32) {
         std::memcpy(payload, x, 4 * n);
         return;
@@ -54,11 +73,12 @@ void quantize_cpu(uint8_t* payload, const float* x, size_t n, QuantFormat f) {
         }
         return;
     }
-    const size_t nb = blocks_of(n);
+    check_quant_block(block);
+    const size_t nb = blocks_of(n, block);
     uint8_t* codes = payload + 4 * nb;
     for (size_t b = 0; b < nb; b++) {
-        const size_t i0 = b * kQuantBlock;
-        const int count = (int)std::min<size_t>(kQuantBlock, n - i0);
+        const size_t i0 = b * block;
+        const int count = (int)std::min<size_t>(block, n - i0);
         const float s = block_scale(x + i0, count, top_of(f));
         std::memcpy(payload + 4 * b, &s, 4);
         for (int k = 0; k < count; k++) {
@@ -76,7 +96,7 @@ void quantize_cpu(uint8_t* payload, const float* x, size_t n, QuantFormat f) {
     }
 }
 
-static float decode_one(const uint8_t* payload, size_t n, size_t i, QuantFormat f) {
+static float decode_one(const uint8_t* payload, size_t n, size_t i, QuantFormat f, int block) {
     switch (f) {
         case QuantFormat::fp32: {
             float v;
@@ -90,21 +110,23 @@ static float decode_one(const uint8_t* payload, size_t n, size_t i, QuantFormat 
         }
         default: break;
     }
-    const size_t nb = blocks_of(n);
+    const size_t nb = blocks_of(n, block);
     float s;
-    std::memcpy(&s, payload + 4 * (i / kQuantBlock), 4);
+    std::memcpy(&s, payload + 4 * (i / block), 4);
     const uint8_t* codes = payload + 4 * nb;
     if (f == QuantFormat::int8) return int8_decode((int8_t)codes[i], s);
     const uint8_t c = (codes[i / 2] >> (4 * (i % 2))) & 0xF;
     return f == QuantFormat::e2m1 ? e2m1_decode(c, s) : e3m0_decode(c, s);
 }
 
-void dequantize_cpu(float* out, const uint8_t* payload, size_t n, QuantFormat f) {
-    for (size_t i = 0; i < n; i++) out[i] = decode_one(payload, n, i, f);
+void dequantize_cpu(float* out, const uint8_t* payload, size_t n, QuantFormat f, int block) {
+    if (quant_has_blocks(f)) check_quant_block(block);
+    for (size_t i = 0; i < n; i++) out[i] = decode_one(payload, n, i, f, block);
 }
 
-void dequantize_add_cpu(float* acc, const uint8_t* payload, size_t n, QuantFormat f) {
-    for (size_t i = 0; i < n; i++) acc[i] += decode_one(payload, n, i, f);
+void dequantize_add_cpu(float* acc, const uint8_t* payload, size_t n, QuantFormat f, int block) {
+    if (quant_has_blocks(f)) check_quant_block(block);
+    for (size_t i = 0; i < n; i++) acc[i] += decode_one(payload, n, i, f, block);
 }
 
 }  // namespace diloco

@@ -7,8 +7,10 @@
 
 namespace diloco {
 
-cudaError_t quantize_cuda(uint8_t* payload, const float* x, size_t n, QuantFormat f, cudaStream_t stream);
+cudaError_t quantize_cuda(uint8_t* payload, const float* x, size_t n, QuantFormat f, int block,
+                          cudaStream_t stream);
 // acc += decoded payload, fp32
-cudaError_t dequantize_add_cuda(float* acc, const uint8_t* payload, size_t n, QuantFormat f, cudaStream_t stream);
+cudaError_t dequantize_add_cuda(float* acc, const uint8_t* payload, size_t n, QuantFormat f, int block,
+                                cudaStream_t stream);
 
 }  // namespace diloco

@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/quantize.h"
+
 namespace diloco {
 
 struct TrainOptions {
@@ -36,6 +38,8 @@ struct TrainOptions {
     long overlap = 0;  // tau
     float alpha = 0.5f;
     std::string quant = "fp32";
+    int quant_block = kQuantBlockDefault;  // values per fp32 scale of int8, e2m1, e3m0
+    std::string exchange = "reduce-scatter";  // compressed payloads: allgather | reduce-scatter (optim/exchange.h)
     bool eager = false;  // one-round-overlapped outer sync with the eager formula (diloco)
     bool delayed = false;  // one-round-overlapped outer sync, the previous round's average alone (diloco)
     // link emulation of the across-worker link

@@ -46,10 +46,7 @@ Streaming::Streaming(const StreamingOptions& opt, Comm& comm, const GPT& model, 
         s.sum.assign(s.mine.count, 0.0f);
         if (opt.eager) s.own.assign(s.mine.count, 0.0f);
         s.packed.resize(G_ > 1 ? frags_[p].count : 0);
-        if (!by_allreduce()) {
-            s.send.resize(quant_bytes(opt.quant, s.mine.count));
-            s.recv.resize(s.send.size() * M_);
-        }
+        s.exchange = std::make_unique<OuterExchange>(comm, s.mine.count, opt.quant, opt.quant_block, opt.exchange);
     }
 }
 
@@ -72,36 +69,25 @@ void Streaming::scatter(int p, float* params, const float* in, size_t lo, size_t
 }
 
 // Sends this replica's outer gradient for its part of fragment p (zero if it misses the round).
-void Streaming::start(Comm& comm, int p, const float* outer_gradient, long step, bool last) {
+void Streaming::start(int p, const float* outer_gradient, long step, bool last) {
     State& s = st_[p];
     // drop-out draws per (fragment, round); the last sync always delivers, so runs end on one model
     const long round = (long)frags_.size() * ((step - frags_[p].offset) / opt_.H) + p;
     s.n_delivered = 0;
     for (int m = 0; m < M_; m++) s.n_delivered += last || replica_delivers(opt_.seed, round, m, opt_.drop_prob);
     s.delivered = last || replica_delivers(opt_.seed, round, me_, opt_.drop_prob);
-    const size_t k = s.mine.count;
-    if (by_allreduce()) {
-        for (size_t i = 0; i < k; i++) s.sum[i] = s.delivered ? outer_gradient[i] : 0.0f;
-        s.request = comm.isum_across_workers(s.sum.data(), k);
-    } else {
-        const std::vector<float> zeros(s.delivered ? 0 : k, 0.0f);
-        quantize_cpu(s.send.data(), s.delivered ? outer_gradient : zeros.data(), k, opt_.quant);
-        s.request = comm.iallgather_across_workers(s.send.data(), s.send.size(), s.recv.data());
-    }
+    const std::vector<float> zeros(s.delivered ? 0 : s.mine.count, 0.0f);
+    s.exchange->start(s.delivered ? outer_gradient : zeros.data());
     s.pending = true;
     s.received = false;
     s.started = step;
 }
 
 // Waits for fragment p's exchange and forms the fp32 sum of the replicas' outer gradients.
-void Streaming::complete(Comm& comm, int p) {
+void Streaming::complete(int p) {
     State& s = st_[p];
     if (!s.pending || s.received) return;
-    comm.wait(s.request);
-    if (!by_allreduce()) {
-        std::fill(s.sum.begin(), s.sum.end(), 0.0f);
-        for (int m = 0; m < M_; m++) dequantize_add_cpu(s.sum.data(), s.recv.data() + m * s.send.size(), s.mine.count, opt_.quant);
-    }
+    s.exchange->finish(s.sum.data());
     s.received = true;
 }
 
@@ -127,7 +113,7 @@ void Streaming::set_fragment(Comm& comm, int p, ReplicaWeights& w, const std::ve
 
 void Streaming::finish(Comm& comm, int p, ReplicaWeights& w, bool mix) {
     State& s = st_[p];
-    complete(comm, p);
+    complete(p);
     s.pending = s.received = false;
     if (s.n_delivered > 0) {  // nobody delivered: theta~ = theta
         const float inv = 1.0f / s.n_delivered;
@@ -156,23 +142,22 @@ void Streaming::eager_sync(Comm& comm, int p, ReplicaWeights& w, long step, bool
     for (size_t i = 0; i < k; i++) fresh[i] = s.global[i] - fresh[i];
     const float inv = 1.0f / M_;
     if (last) {  // the fresh average, as in DiLoCo's last round
-        complete(comm, p);
-        start(comm, p, fresh.data(), step, true);
-        complete(comm, p);
+        complete(p);
+        start(p, fresh.data(), step, true);
+        complete(p);
         for (size_t i = 0; i < k; i++) s.delta[i] = s.sum[i] * inv;
     } else {
         const bool have_previous = s.pending;
-        complete(comm, p);  // the previous round's exchange, started H steps ago
+        complete(p);  // the previous round's exchange, started H steps ago
         for (size_t i = 0; i < k; i++) {
             const float others = have_previous ? s.sum[i] - s.own[i] : (M_ - 1) * fresh[i];
             s.delta[i] = (fresh[i] + others) * inv;
         }
-        start(comm, p, fresh.data(), step, false);
+        start(p, fresh.data(), step, false);
         // what the others will decode of this replica's gradient, to subtract from next round's sum
-        if (by_allreduce())
-            s.own = fresh;
-        else
-            dequantize_cpu(s.own.data(), s.send.data(), k, opt_.quant);
+        // (with reduce-scatter the sum is rounded once more, so the difference is the others' part
+        // up to that rounding)
+        s.exchange->decode_own(s.own.data(), fresh.data());
     }
     outer_step(s.global.data(), s.delta.data(), s.momentum.data(), k, opt_.outer);
     if (last) {  // the replicas' copies of theta drifted apart: end on their mean
@@ -198,20 +183,19 @@ void Streaming::after_inner_step(ReplicaWeights& weights, const StepEnd& at) {
                 // outer gradient: old global minus new local (start() copies or encodes it at once)
                 gather((int)p, fetch_fragment(weights, (int)p), s.delta.data(), s.mine.begin, s.mine.count);
                 for (size_t i = 0; i < s.mine.count; i++) s.delta[i] = s.global[i] - s.delta[i];
-                start(comm, (int)p, s.delta.data(), step, last);
+                start((int)p, s.delta.data(), step, last);
                 if (opt_.tau == 0 || last) finish(comm, (int)p, weights, false);
             }
         }
-        if (s.pending && !s.received) comm.test(s.request);  // progress while compute goes on
+        if (s.pending && !s.received) s.exchange->progress();  // progress while compute goes on
     }
 }
 
 std::vector<std::vector<float>> Streaming::save_state() {
-    Comm& comm = comm_;
     std::vector<std::vector<float>> out;
     for (size_t p = 0; p < frags_.size(); p++) {
         State& s = st_[p];
-        complete(comm, (int)p);
+        complete((int)p);
         // step numbers split in 16-bit halves: exact in floats
         const std::vector<float> meta = {(float)s.pending, (float)(s.started >> 16), (float)(s.started & 0xFFFF),
                                          (float)s.delivered, (float)s.n_delivered};
@@ -259,15 +243,20 @@ std::unique_ptr<TrainingAlgorithm> create(const TrainOptions& o, Comm& comm, con
     so.tau = o.overlap;
     so.alpha = o.alpha;
     so.quant = parse_quant_format(o.quant);
+    so.quant_block = o.quant_block;
+    so.exchange = parse_exchange(o.exchange);
     so.outer = OuterHyper{o.outer_lr, o.outer_momentum, o.outer_opt == "nesterov"};
     so.eager = o.eager;
     so.drop_prob = o.drop_prob;
     so.keep_local = o.drop_mode == "replica";
     so.seed = o.seed;
-    char buf[96];
+    char buf[160];
     std::snprintf(buf, sizeof buf, " P=%d %s tau=%ld alpha=%.2g %s", o.fragments, o.fragment_pattern.c_str(),
                   o.overlap, o.alpha, o.quant.c_str());
-    return std::make_unique<Streaming>(so, comm, model, outer_description(o, comm.workers()) + buf);
+    std::string text = outer_description(o, comm.workers()) + buf;
+    if (quant_has_blocks(so.quant)) text += " block " + std::to_string(so.quant_block);
+    if (so.quant != QuantFormat::fp32) text += std::string(" by ") + exchange_name(so.exchange);
+    return std::make_unique<Streaming>(so, comm, model, text);
 }
 
 }  // namespace

@@ -4,10 +4,10 @@
 //   2. overlap: fragment p's exchange starts at its sync step and is needed tau steps later; then
 //      theta~_p = OuterOpt(theta_p(t), Delta_p) and theta_p <- alpha theta_p(local) + (1-alpha) theta~_p
 //      (with tau = 0 the replica simply takes theta~_p, which is DiLoCo for P = 1);
-//   3. compressed exchange: each replica's own outer gradient travels in --quant format (an
-//      all-gather of payloads across workers); the receiver decodes and sums them in fp32. fp32
-//      payloads need no decoding, so they go through an allreduce, which moves 2(M-1)/M of the
-//      fragment instead of the all-gather's M-1 (docs/distributed.md);
+//   3. compressed exchange: each replica's own outer gradient travels in --quant format, with one
+//      fp32 scale per --quant-block values, and the decoded gradients are summed in fp32, by an
+//      all-gather of the payloads or a reduce-scatter of chunks (--exchange, optim/exchange.h).
+//      fp32 payloads need no decoding, so they go through an allreduce (docs/distributed.md);
 //   4. eager (--eager, with tau = 0): a fragment's exchange overlaps its whole next round; the
 //      replica steps with its own fresh outer gradient and the others' from the previous round
 //      (optim/diloco.h, Eager updates), fragment by fragment;
@@ -19,12 +19,14 @@
 // of block 0, the final LayerNorm with the fragment of the last block.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "comm/comm.h"
 #include "kernels/quantize.h"
 #include "model/gpt.h"
 #include "optim/algorithm.h"
+#include "optim/exchange.h"
 #include "optim/outer.h"
 
 namespace diloco {
@@ -45,6 +47,8 @@ struct StreamingOptions {
     long tau = 0;
     float alpha = 0.5f;
     QuantFormat quant = QuantFormat::fp32;
+    int quant_block = kQuantBlockDefault;
+    ExchangeKind exchange = ExchangeKind::reduce_scatter;
     OuterHyper outer;
     bool eager = false;
     double drop_prob = 0.0;
@@ -77,19 +81,17 @@ private:
     struct State {
         Slice mine;  // this rank's part of the packed fragment (slice local_rank of G)
         std::vector<float> global, momentum, delta, packed;
-        std::vector<float> sum;  // sum over replicas of the exchanged outer gradients (fp32: the allreduce buffer)
+        std::vector<float> sum;  // fp32 sum over replicas of the exchanged outer gradients, once received
         std::vector<float> own;  // eager: this replica's last sent outer gradient, as the others decode it
-        std::vector<uint8_t> send, recv;
-        Comm::Request request;
+        std::unique_ptr<OuterExchange> exchange;
         bool pending = false;   // an exchange was started and its result not yet applied
         bool received = false;  // ... and it has arrived: `sum` holds it
         long started = 0;
         bool delivered = true;  // this replica's part of the pending round (drop-out)
         int n_delivered = 1;
     };
-    bool by_allreduce() const { return opt_.quant == QuantFormat::fp32; }
-    void start(Comm& comm, int p, const float* outer_gradient, long step, bool last);
-    void complete(Comm& comm, int p);
+    void start(int p, const float* outer_gradient, long step, bool last);
+    void complete(int p);
     void finish(Comm& comm, int p, ReplicaWeights& w, bool mix);
     void eager_sync(Comm& comm, int p, ReplicaWeights& w, long step, bool last);
     float* fetch_fragment(ReplicaWeights& w, int p) const;

@@ -23,6 +23,7 @@
 #include "comm/comm.h"
 #include "optim/algorithm.h"
 #include "optim/device.h"
+#include "optim/exchange.h"
 #include "optim/inner.h"
 #include "optim/trace.h"
 
@@ -77,6 +78,8 @@ static void check_options(const TrainOptions& o) {
     DILOCO_CHECK(o.fragment_pattern == "strided" || o.fragment_pattern == "sequential",
                  "--fragment-pattern must be strided or sequential, got '" + o.fragment_pattern + "'");
     (void)parse_quant_format(o.quant);
+    check_quant_block(o.quant_block);
+    (void)parse_exchange(o.exchange);
     DILOCO_CHECK(o.overlap >= 0 && o.overlap < o.inner_steps, "--overlap must be in [0, --inner-steps)");
     DILOCO_CHECK(o.alpha >= 0 && o.alpha <= 1, "--alpha must be in [0, 1]");
     DILOCO_CHECK(!(o.eager && o.drop_prob > 0), "--eager and --drop-prob do not combine");
@@ -113,7 +116,7 @@ static std::string describe_options(const TrainOptions& o) {
       << o.beta2 << '|' << o.eps << '|' << o.grad_clip << '|' << o.warmup << '|' << o.inner_opt
       << '|' << o.algo << '|' << o.workers << '|' << o.inner_steps << '|' << o.outer_lr << '|'
       << o.outer_momentum << '|' << o.outer_opt << '|' << o.drop_prob << '|' << o.drop_mode << '|' << o.delayed << '|' << o.verify_sync << '|' << o.dump_replicas << '|' << o.fragments << '|'
-      << o.fragment_pattern << '|' << o.overlap << '|' << o.alpha << '|' << o.quant << '|' << o.eager << '|'
+      << o.fragment_pattern << '|' << o.overlap << '|' << o.alpha << '|' << o.quant << '|' << o.quant_block << '|' << o.exchange << '|' << o.eager << '|'
       << o.outer_gbps << '|' << o.outer_latency_ms
       << '|' << o.shard << '|' << o.seed << '|' << o.eval_every << '|' << o.ckpt_every << '|'
       << o.eval_batches << '|' << o.resume << '|' << o.stop_at << '|' << o.device << '|' << o.matmul_precision

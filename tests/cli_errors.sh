@@ -98,6 +98,10 @@ expect_error "its streaming state has 2 arrays, this run needs 5" "$BIN" train -
 expect_error "--algo must be one of dp, diloco, streaming" "$BIN" train --data data --out x $SMALL --steps 8 --algo local-sgd
 expect_error "--eager applies to --algo diloco and streaming" "$BIN" train --data data --out x $SMALL --steps 8 --eager
 expect_error "needs --device cuda" "$BIN" train --data data --out x $SMALL --steps 8 --device cpu --matmul-precision tf32
+expect_error "--quant-block must be an even number from 2 to 65536, got 33" "$BIN" train --data data --out x $SMALL --steps 8 --algo streaming --quant e3m0 --quant-block 33
+expect_error "--quant-block must be an even number from 2 to 65536, got 0" "$BIN" train --data data --out x $SMALL --steps 8 --quant-block 0
+expect_error "--exchange must be allgather or reduce-scatter, got 'ring'" "$BIN" train --data data --out x $SMALL --steps 8 --algo streaming --exchange ring
+expect_error "--quant-block must be an even number" "$BIN" bench quantize --M 4 --N 4 --quant-block 7
 expect_error "matmul precision" "$BIN" train --data data --out x $SMALL --steps 8 --matmul-precision fp16
 
 # config files: every option by name, the command line on top; bad files are refused

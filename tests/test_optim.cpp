@@ -1,4 +1,4 @@
-// The outer optimizer and the llm.c weight interchange.
+// The outer optimizer, the llm.c weight interchange, fragments and the outer-gradient exchange.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -9,6 +9,8 @@
 
 #include "kernels/common.h"
 #include "model/llmc.h"
+#include "comm/comm.h"
+#include "optim/exchange.h"
 #include "optim/outer.h"
 #include "optim/streaming.h"
 #include "tests/compare.h"
@@ -128,4 +130,50 @@ TEST(Streaming, FragmentsCoverEveryParameterExactlyOnce) {
     EXPECT_TRUE(holds(s2[0], m.lnfw));            // final norm with block 4's (4 mod 2 = 0)
     EXPECT_TRUE(holds(q2[1], m.lnfw));
     EXPECT_THROW(make_fragments(m, 6, true, 30), Error);  // more fragments than blocks
+}
+
+TEST(Exchange, ChunksTileTheValuesOnBlockBoundaries) {
+    for (size_t n : {size_t(0), size_t(5), size_t(1000), size_t(1001), size_t(4096)})
+        for (int M : {1, 2, 3, 4, 8})
+            for (size_t align : {size_t(1), size_t(2), size_t(128)}) {
+                size_t next = 0, most = 0, least = n;
+                for (int j = 0; j < M; j++) {
+                    const Slice c = exchange_chunk(n, M, j, align);
+                    EXPECT_EQ(c.begin, next) << n << " " << M << " " << align;  // in order, no gap
+                    EXPECT_TRUE(c.begin % align == 0 || c.count == 0);
+                    next = c.begin + c.count;
+                    most = std::max(most, c.count), least = std::min(least, c.count);
+                }
+                EXPECT_EQ(next, n);
+                // block counts differ by at most one, and the last chunk may end on a partial block
+                EXPECT_LT(most - least, 2 * align) << n << " " << M << " " << align;
+            }
+    EXPECT_EQ(exchange_chunk(100, 4, 3, 128).count, 0u);  // fewer blocks than workers: empty chunks
+    EXPECT_THROW(parse_exchange("ring"), Error);
+    EXPECT_EQ(parse_exchange("reduce-scatter"), ExchangeKind::reduce_scatter);
+}
+
+TEST(Exchange, OneWorkerGetsItsOwnDecodedGradient) {
+    // With M = 1 nothing travels: every kind returns the rank's own payload, decoded.
+    Comm comm(1);
+    Rng rng(7);
+    const auto g = randn(1001, rng);
+    std::vector<uint8_t> p(quant_bytes(QuantFormat::e3m0, g.size(), 64));
+    quantize_cpu(p.data(), g.data(), g.size(), QuantFormat::e3m0, 64);
+    std::vector<float> want(g.size());
+    dequantize_cpu(want.data(), p.data(), g.size(), QuantFormat::e3m0, 64);
+    for (QuantFormat f : {QuantFormat::fp32, QuantFormat::e3m0})
+        for (ExchangeKind k : {ExchangeKind::allgather, ExchangeKind::reduce_scatter}) {
+            OuterExchange ex(comm, g.size(), f, 64, k);
+            std::vector<float> sum(g.size(), -1.0f), own(g.size(), -1.0f);
+            ex.start(g.data());
+            EXPECT_TRUE(ex.in_flight());
+            EXPECT_THROW(ex.start(g.data()), Error);  // one exchange at a time
+            ex.progress();
+            ex.finish(sum.data());
+            ex.decode_own(own.data(), g.data());
+            EXPECT_FALSE(ex.in_flight());
+            EXPECT_EQ(sum, f == QuantFormat::fp32 ? g : want) << ex.method();
+            EXPECT_EQ(own, sum) << ex.method();
+        }
 }

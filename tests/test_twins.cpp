@@ -293,25 +293,30 @@ TEST(Twin, AttentionMatchesCpu) {
 TEST(Twin, QuantizeProducesTheCpuCodecsBits) {
     REQUIRE_DEVICE();
     Rng rng(39);
-    for (QuantFormat f : {QuantFormat::fp32, QuantFormat::bf16, QuantFormat::int8, QuantFormat::e2m1, QuantFormat::e3m0}) {
-        for (size_t n : {size_t(1), size_t(33), size_t(1000)}) {
-            auto x = randn(n, rng);
-            if (n > 40) x[37] = std::numeric_limits<float>::quiet_NaN();  // a poisoned block travels too
-            std::vector<uint8_t> want(quant_bytes(f, n));
-            quantize_cpu(want.data(), x.data(), n, f);
-            auto acc0 = randn(n, rng);
-            std::vector<float> acc = acc0;
-            dequantize_add_cpu(acc.data(), want.data(), n, f);
-            Dev<float> dx(x), dacc(acc0);
-            Dev<uint8_t> payload(want.size());
-            CUDA_OK(quantize_cuda(payload.p, dx.p, n, f, nullptr));
-            CUDA_OK(dequantize_add_cuda(dacc.p, payload.p, n, f, nullptr));
-            EXPECT_EQ(payload.get(), want) << quant_format_name(f) << " n=" << n;
-            const auto got = dacc.get();
-            size_t differ = 0;  // the same bits, except that NaNs may carry another payload on a GPU
-            for (size_t i = 0; i < n; i++)
-                differ += !(std::memcmp(&got[i], &acc[i], 4) == 0 || (std::isnan(got[i]) && std::isnan(acc[i])));
-            EXPECT_EQ(differ, 0u) << quant_format_name(f) << " n=" << n;
+    // blocks of 32, the default, 256 and 1024, and 6, which divides none of the lengths
+    for (int block : {32, kQuantBlockDefault, 256, 1024, 6}) {
+        for (QuantFormat f : {QuantFormat::fp32, QuantFormat::bf16, QuantFormat::int8, QuantFormat::e2m1, QuantFormat::e3m0}) {
+            if (block != 32 && !quant_has_blocks(f)) continue;
+            for (size_t n : {size_t(1), size_t(33), size_t(1000), size_t(2051)}) {
+                auto x = randn(n, rng);
+                if (n > 40) x[37] = std::numeric_limits<float>::quiet_NaN();  // a poisoned block travels too
+                if (n > 2000) x[1500] = -std::numeric_limits<float>::infinity();
+                std::vector<uint8_t> want(quant_bytes(f, n, block));
+                quantize_cpu(want.data(), x.data(), n, f, block);
+                auto acc0 = randn(n, rng);
+                std::vector<float> acc = acc0;
+                dequantize_add_cpu(acc.data(), want.data(), n, f, block);
+                Dev<float> dx(x), dacc(acc0);
+                Dev<uint8_t> payload(want.size());
+                CUDA_OK(quantize_cuda(payload.p, dx.p, n, f, block, nullptr));
+                CUDA_OK(dequantize_add_cuda(dacc.p, payload.p, n, f, block, nullptr));
+                EXPECT_EQ(payload.get(), want) << quant_format_name(f) << " n=" << n << " block " << block;
+                const auto got = dacc.get();
+                size_t differ = 0;  // the same bits, except that NaNs may carry another payload on a GPU
+                for (size_t i = 0; i < n; i++)
+                    differ += !(std::memcmp(&got[i], &acc[i], 4) == 0 || (std::isnan(got[i]) && std::isnan(acc[i])));
+                EXPECT_EQ(differ, 0u) << quant_format_name(f) << " n=" << n << " block " << block;
+            }
         }
     }
 }

@@ -78,6 +78,7 @@ void report(const char* what, double seconds, double flops, double bytes, const 
 }  // namespace
 
 int run_bench(const BenchOptions& o) {
+    check_quant_block(o.quant_block);  // before any measuring, on either device
 #ifdef DILOCO_HAVE_CUDA
     if (o.device == "cuda") return run_bench_cuda(o);
 #endif
@@ -169,13 +170,15 @@ int run_bench(const BenchOptions& o) {
         const size_t n = (size_t)o.M * o.N * 4;
         auto x = random_vec(n, rng);
         std::vector<float> acc(n, 0.0f);
-        std::printf("quantize n=%zu | bytes: encode 4n + payload, decode-add payload + 8n\n", n);
+        const int qb = o.quant_block;
+        std::printf("quantize n=%zu block %d | bytes: encode 4n + payload, decode-add payload + 8n\n", n, qb);
         for (QuantFormat f : {QuantFormat::bf16, QuantFormat::int8, QuantFormat::e2m1, QuantFormat::e3m0}) {
-            std::vector<uint8_t> p(quant_bytes(f, n));
+            std::vector<uint8_t> p(quant_bytes(f, n, qb));
             const std::string name = std::string(quant_format_name(f));
-            report((name + " encode").c_str(), time_median([&] { quantize_cpu(p.data(), x.data(), n, f); }, o.warmup, o.repeats),
+            std::printf("  %s: %.4g bits per value\n", name.c_str(), 8.0 * p.size() / n);
+            report((name + " encode").c_str(), time_median([&] { quantize_cpu(p.data(), x.data(), n, f, qb); }, o.warmup, o.repeats),
                    0, 4.0 * n + p.size(), ceil);
-            report((name + " decode+add").c_str(), time_median([&] { dequantize_add_cpu(acc.data(), p.data(), n, f); }, o.warmup, o.repeats),
+            report((name + " decode+add").c_str(), time_median([&] { dequantize_add_cpu(acc.data(), p.data(), n, f, qb); }, o.warmup, o.repeats),
                    0, 8.0 * n + p.size(), ceil);
         }
     } else if (k == "train") {

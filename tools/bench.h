@@ -2,6 +2,8 @@
 #pragma once
 #include <string>
 
+#include "kernels/quantize.h"
+
 namespace diloco {
 
 struct BenchOptions {
@@ -13,6 +15,8 @@ struct BenchOptions {
     int M = 2048, N = 2048, K = 2048;
     // the cuBLAS products (--device cuda): "fp32" or "tf32" (kernels/matmul.h)
     std::string matmul_precision = "fp32";
+    // values per fp32 scale of the block formats ("quantize"; kernels/quantize.h)
+    int quant_block = kQuantBlockDefault;
     // whole-model step ("train")
     std::string model = "gpt2-small";
     int repeats = 10, warmup = 2;

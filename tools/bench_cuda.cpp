@@ -202,23 +202,24 @@ int run_bench_cuda(const BenchOptions& o) {
         const size_t n = (size_t)o.M * o.N * 4;
         auto x = randn(n, rng);
         DevBuf dx(x), dacc(n);
-        std::printf("quantize n=%zu | bytes: encode 4n + payload, decode-add payload + 8n | "
-                    "check: payload bytes equal to the CPU codec's\n", n);
+        const int qb = o.quant_block;  // checked by run_bench
+        std::printf("quantize n=%zu block %d | bytes: encode 8n + payload, decode-add payload + 8n | "
+                    "check: payload bytes equal to the CPU codec's\n", n, qb);
         for (QuantFormat f : {QuantFormat::bf16, QuantFormat::int8, QuantFormat::e2m1, QuantFormat::e3m0}) {
-            const size_t pb = quant_bytes(f, n);
+            const size_t pb = quant_bytes(f, n, qb);
             std::vector<uint8_t> want(pb), got(pb);
-            quantize_cpu(want.data(), x.data(), n, f);
+            quantize_cpu(want.data(), x.data(), n, f, qb);
             uint8_t* dp;
             ck(cudaMalloc(&dp, pb), "cudaMalloc");
-            auto enc = [&] { quantize_cuda(dp, dx.p, n, f, nullptr); };
+            auto enc = [&] { quantize_cuda(dp, dx.p, n, f, qb, nullptr); };
             enc();
             ck(cudaMemcpy(got.data(), dp, pb, cudaMemcpyDeviceToHost), "cudaMemcpy");
             size_t differ = 0;
             for (size_t i = 0; i < pb; i++) differ += got[i] != want[i];
             const std::string name = quant_format_name(f);
-            report((name + " encode").c_str(), time_ms(enc, o.warmup, o.repeats), 0, 4.0 * n + pb, c, -1);
+            report((name + " encode").c_str(), time_ms(enc, o.warmup, o.repeats), 0, 8.0 * n + pb, c, -1);
             std::printf("  %zu of %zu payload bytes differ from the CPU codec%s\n", differ, pb, differ ? "  <-- MISMATCH" : "");
-            auto dec = [&] { dequantize_add_cuda(dacc.p, dp, n, f, nullptr); };
+            auto dec = [&] { dequantize_add_cuda(dacc.p, dp, n, f, qb, nullptr); };
             report((name + " decode+add").c_str(), time_ms(dec, o.warmup, o.repeats), 0, 8.0 * n + pb, c, -1);
             cudaFree(dp);
         }

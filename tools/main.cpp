@@ -83,6 +83,11 @@ static void add_train_options(CLI::App* t, TrainOptions& o) {
     t->add_option("--overlap", o.overlap, "tau: inner steps an exchange may take")->capture_default_str();
     t->add_option("--alpha", o.alpha, "mix of local progress when an overlapped exchange lands")->capture_default_str();
     t->add_option("--quant", o.quant, "exchange format: fp32, bf16, int8, e2m1, e3m0")->capture_default_str();
+    t->add_option("--quant-block", o.quant_block, "values per fp32 scale of int8, e2m1, e3m0 (even, 2..65536)")
+        ->capture_default_str();
+    t->add_option("--exchange", o.exchange, "compressed outer gradients: allgather (sum all M payloads) or "
+                                             "reduce-scatter (each replica sums one chunk, bytes independent of M)")
+        ->capture_default_str();
     t->add_flag("--eager", o.eager, "eager outer updates: overlap a whole round, own fresh outer gradient (diloco, streaming)");
     t->add_flag("--delayed", o.delayed, "naive one-round delay: overlap a whole round, apply the previous round's average (diloco)");
     t->add_option("--outer-gbps", o.outer_gbps, "emulate an across-worker link of this many Gbit/s (0: off)")->capture_default_str();
@@ -236,6 +241,8 @@ int main(int argc, char** argv) {
     b->add_option("--N", bench.N, "gemm N")->capture_default_str();
     b->add_option("--K", bench.K, "gemm K")->capture_default_str();
     b->add_option("--model", bench.model, "preset for the train bench")->capture_default_str();
+    b->add_option("--quant-block", bench.quant_block, "values per fp32 scale of int8, e2m1, e3m0 (quantize bench)")
+        ->capture_default_str();
     b->add_option("--repeats", bench.repeats, "timed repeats (median reported)")->capture_default_str();
     b->add_option("--warmup", bench.warmup, "untimed warm-up calls")->capture_default_str();
 

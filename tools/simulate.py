@@ -21,23 +21,30 @@ METHODS = ("dp", "dp-blocking", "diloco", "streaming", "eager")
 TARGETS = (0.5, 0.8, 0.9, 0.95, 0.99)
 
 
-def bits_per_value(quant, block=32):
+BLOCK = 128  # the trainer's --quant-block default (kernels/quantize.h)
+EXCHANGE = "reduce-scatter"  # the trainer's --exchange default (optim/options.h)
+
+
+def bits_per_value(quant, block=BLOCK):
     return QUANT_BITS[quant] + (32.0 / block if quant in BLOCK_FORMATS else 0.0)
 
 
-def quant_bytes(quant, n, block=32):
+def quant_bytes(quant, n, block=BLOCK):
     """Payload bytes of n values, as kernels/quantize_cpu.cpp lays them out."""
     if quant in ("fp32", "bf16"):
         return n * QUANT_BITS[quant] // 8
     return 4 * -(-n // block) + (n if quant == "int8" else (n + 1) // 2)
 
 
-def exchange_bytes(payload, M, allreduce):
-    """Bytes one replica sends (docs/distributed.md): ring allreduce 2(M-1)/M·S; all-gather of the
-    M payloads (M-1)·S, which is how compressed payloads travel, so that the sum stays fp32."""
+def exchange_bytes(payload, M, allreduce, exchange="allgather"):
+    """Bytes one replica sends (docs/distributed.md): ring allreduce 2(M-1)/M·S (fp32); compressed
+    payloads by all-gather of the M payloads (M-1)·S, or by reduce-scatter (an all-to-all of chunks
+    to their owners, then an all-gather of the encoded sums) 2(M-1)/M·S."""
     if M <= 1:
         return 0
-    return 2 * payload * (M - 1) // M if allreduce else (M - 1) * payload
+    if allreduce or exchange == "reduce-scatter":
+        return 2 * payload * (M - 1) // M
+    return (M - 1) * payload
 
 
 # ---- the two timelines --------------------------------------------------------------------------
@@ -130,8 +137,8 @@ def method_bytes(a, method):
         return [exchange_bytes(a.params * a.dp_bits / 8, a.replicas, True)]
     bits = a.bits if a.bits else bits_per_value(a.quant, a.block)
     P = 1 if method == "diloco" else a.fragments
-    # fp32 payloads need no decoding and go by allreduce; compressed ones are all-gathered
-    return [exchange_bytes(a.params / P * bits / 8, a.replicas, bits >= 32)] * P
+    # fp32 payloads need no decoding and go by allreduce; compressed ones by --exchange
+    return [exchange_bytes(a.params / P * bits / 8, a.replicas, bits >= 32, a.exchange)] * P
 
 
 def utilisation(a, method, gbps):
@@ -174,7 +181,7 @@ SIZES = ((1e9, 24), (1e10, 48), (1e11, 96))  # parameters and layers; 3 layers p
 ROWS = (("data-parallel, bf16 gradients, reduction overlapped with the backward", "dp", {"dp_bits": 16}),
         ("DiLoCo, fp32, blocking sync", "diloco", {"quant": "fp32"}),
         ("Streaming, fp32, τ=1", "streaming", {"quant": "fp32", "tau": 1}),
-        ("Streaming, e3m0 (5 bits with scales), τ=1", "streaming", {"quant": "e3m0", "tau": 1}),
+        ("Streaming, e3m0 (4 bits + a scale per block), τ=1", "streaming", {"quant": "e3m0", "tau": 1}),
         ("Streaming, e3m0, τ=5", "streaming", {"quant": "e3m0", "tau": 5}),
         ("Streaming eager, e3m0 (overlaps a round)", "eager", {"quant": "e3m0"}))
 
@@ -294,7 +301,8 @@ def predict_run(run_dir):
     else:
         # fp32 goes by allreduce, except eager or delayed DiLoCo, which all-gather fp32 gradients
         allreduce = quant == "fp32" and not (algo == "diloco" and (eager or delayed))
-        per_msg = [exchange_bytes(quant_bytes(quant, first(n)), M, allreduce) for n in frags]
+        block, exchange = int(o.get("quant-block", BLOCK)), o.get("exchange", EXCHANGE) if algo == "streaming" else "allgather"
+        per_msg = [exchange_bytes(quant_bytes(quant, first(n), block), M, allreduce, exchange) for n in frags]
         final = [[b] for b in per_msg]
         if eager and not delayed:  # the last round also averages the replicas' copies of theta
             final = [[b, exchange_bytes(4 * first(n), M, True)] for b, n in zip(per_msg, frags)]
@@ -350,7 +358,9 @@ def main(argv=None):
     ap.add_argument("--fragments", "-P", type=int, default=8)
     ap.add_argument("--tau", type=int, default=1, help="overlap: inner steps an exchange may take")
     ap.add_argument("--quant", default="e3m0", choices=sorted(QUANT_BITS), help="exchange format of the DiLoCo family")
-    ap.add_argument("--block", type=int, default=32, help="values per fp32 scale of the block formats")
+    ap.add_argument("--block", type=int, default=BLOCK, help="values per fp32 scale of the block formats")
+    ap.add_argument("--exchange", default=EXCHANGE, choices=("allgather", "reduce-scatter"),
+                    help="how compressed payloads travel (the trainer's --exchange)")
     ap.add_argument("--bits", type=float, help="bits per value of the exchange, overriding --quant (e.g. 4.25)")
     ap.add_argument("--dp-bits", type=float, default=16, help="bits per gradient value of data-parallel")
     ap.add_argument("--method", default="all", choices=("all",) + METHODS)

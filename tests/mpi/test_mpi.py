@@ -59,6 +59,20 @@ def llmc_floats(path):
     return np.fromfile(path, dtype=np.float32, offset=1024)
 
 
+def ckpt_params(path):
+    """The weights of a checkpoint (docs/formats.md): a 24-byte header, then 5 i32, u64 num_params,
+    i64 step, u64 data cursor, 4 u64 of RNG state, then num_params floats."""
+    raw = open(path, "rb").read()
+    n = int(np.frombuffer(raw, dtype=np.uint64, count=1, offset=44)[0])
+    return np.frombuffer(raw, dtype=np.float32, count=n, offset=100)
+
+
+def outer_bytes_per_rank(summary, steps):
+    """Across-worker bytes of the outer exchanges per rank: the run's total over all ranks, less the
+    per-step losses sent to rank 0 (8 bytes per step and rank)."""
+    return (summary["bytes_outer_total"] - 8 * steps * summary["ranks"]) / summary["ranks"]
+
+
 def nesterov(theta, delta, mom, lr, mu):
     """optim/outer.h in float64: mom = mu mom + delta; theta -= lr (delta + mu mom)."""
     mom = mu * mom + delta
@@ -197,7 +211,8 @@ def main():
               p.stderr.strip().splitlines()[0] if p.stderr.strip() else "(no stderr)")
 
         # 9. resume of a distributed run: 20 steps straight = 10, stop, resume 10 (bit for bit)
-        # Streaming with P=2, H=10, tau=1 has fragment 0's exchange in flight at the checkpoint.
+        # Streaming with P=2, H=10, tau=1 has fragment 0's exchange in flight at the checkpoint
+        # (e3m0: by reduce-scatter, the default, and by all-gather).
         streaming_resume = ["--algo", "streaming", "--workers", "2", "--inner-steps", "10", "--fragments", "2"]
         for name, algo, extra, ranks in (
                 ("diloco", "diloco", ["--workers", "2", "--inner-steps", "5", "--drop-prob", "0.3"], 4),
@@ -206,6 +221,9 @@ def main():
                 ("streaming-e3m0-drop", "streaming", streaming_resume[2:] + ["--overlap", "1", "--quant", "e3m0",
                                                                            "--drop-prob", "0.3"], 4),
                 ("streaming-eager", "streaming", streaming_resume[2:] + ["--eager"], 4),
+                ("streaming-ag-e3m0-drop", "streaming", streaming_resume[2:] + ["--overlap", "1", "--quant", "e3m0",
+                                                                              "--exchange", "allgather",
+                                                                              "--drop-prob", "0.3"], 4),
                 ("streaming-1proc", "streaming", ["--inner-steps", "10", "--fragments", "2", "--overlap", "1"], None)):
             common = base + ["--steps", "20", "--batch", "2", "--algo", algo, "--eval-every", "7"] + extra
             run(common + ["--out", D(f"{name}-straight")], ranks=ranks)
@@ -315,6 +333,45 @@ def main():
             partial += bool(fits) and 7 not in fits
         check("--drop-prob 0.5 (paper): the mean of the delivered replicas, taken by every replica", ok and partial >= 1,
               f"6 rounds, {partial} with a replica's gradient lost; all replicas equal after each")
+
+        # 15. the reduce-scatter exchange of compressed outer gradients (optim/exchange.h): trains at
+        # M = 2 and 4, replicas end bit-identical, and a rank's bytes stay about 2(M-1)/M payloads
+        # while the all-gather's grow as (M-1) payloads
+        rbase = base + ["--steps", "20", "--batch", "2", "--algo", "streaming", "--inner-steps", "5",
+                        "--fragments", "2", "--overlap", "1", "--quant", "e3m0", "--quant-block", "64"]
+        per_rank, finals = {}, {}
+        for M in (2, 4):
+            for ex in ("allgather", "reduce-scatter"):
+                name = f"rs-{ex}-m{M}"
+                run(rbase + ["--out", D(name), "--workers", str(M), "--exchange", ex], ranks=M)
+                a, sm = metrics(D(name))
+                per_rank[ex, M] = outer_bytes_per_rank(sm, 20)
+                finals[ex, M] = (a, sm, [ckpt_params(D(f"{name}/ckpt/step_00000020.rank_{r:05d}.ckpt")) for r in range(M)])
+        for M in (2, 4):
+            a, sm, w = finals["reduce-scatter", M]
+            g, _, _ = finals["allgather", M]
+            same = all(np.array_equal(w[0], x) for x in w[1:])
+            check(f"streaming e3m0 by reduce-scatter, M={M}: trains, replicas end bit-identical, close to all-gather",
+                  same and a[-1] < a[0] - 1.0 and not np.array_equal(a, g) and abs(a[-1] - g[-1]) < 0.05,
+                  f"loss {a[0]:.3f} -> {a[-1]:.4f} (all-gather {g[-1]:.4f}), val {sm['final_val_loss']:.4f}")
+        # same exchanges in every run, and each all-gather moves (M-1) payloads per rank: the
+        # payload bytes per exchange round follow from the M=2 all-gather
+        payload = per_rank["allgather", 2]
+        want = {(ex, M): payload * ((M - 1) if ex == "allgather" else 2 * (M - 1) / M)
+                for ex in ("allgather", "reduce-scatter") for M in (2, 4)}
+        worst = max(abs(per_rank[k] / want[k] - 1) for k in want)
+        check("bytes per rank: all-gather (M-1) payloads, reduce-scatter 2(M-1)/M (M = 2, 4)", worst <= 0.005
+              and per_rank["allgather", 4] / per_rank["allgather", 2] > 2.9
+              and per_rank["reduce-scatter", 4] / per_rank["reduce-scatter", 2] < 1.51,
+              "per rank, in payloads: " + ", ".join(f"{ex} M={M} {per_rank[ex, M] / payload:.4f}" for ex, M in want)
+              + f" (formula worst {worst:.1e})")
+        run(rbase + ["--out", D("rs-eager"), "--workers", "4", "--exchange", "reduce-scatter", "--overlap", "0",
+                     "--eager"], ranks=4)
+        a, se = metrics(D("rs-eager"))
+        w = [ckpt_params(D(f"rs-eager/ckpt/step_00000020.rank_{r:05d}.ckpt")) for r in range(4)]
+        check("eager streaming by reduce-scatter, M=4: trains, replicas end bit-identical",
+              a[-1] < a[0] - 1.0 and all(np.array_equal(w[0], x) for x in w[1:]),
+              f"loss {a[0]:.3f} -> {a[-1]:.4f}, val {se['final_val_loss']:.4f}")
 
         # 12. --device cuda through the kernels' own source (emulated) = CPU training, 1, 2 and 4 ranks.
         # With MPI the emulated build has the emulated NCCL (kernels/emu/nccl_emu.h): a worker's gradient

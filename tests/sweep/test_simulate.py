@@ -24,7 +24,7 @@ def config(**changes):
     """The command line's defaults (a 1B model), with changes."""
     a = sim.argparse.Namespace(params=1e9, layers=24, step_s=0.1, flops=None, tokens=2 ** 20, chips=256,
                                tflops=989, mfu=0.4, gbps=10, latency_ms=0.0, replicas=2, H=100, fragments=8,
-                               tau=1, quant="e3m0", block=32, bits=None, dp_bits=16)
+                               tau=1, quant="e3m0", block=32, bits=None, dp_bits=16, exchange="allgather")
     a.__dict__.update(changes)
     return a
 
@@ -118,13 +118,18 @@ class Limits(unittest.TestCase):
 
 class Bytes(unittest.TestCase):
     def test_formats(self):
-        self.assertEqual(sim.bits_per_value("e3m0"), 5.0)  # 4 bits and a 32-bit scale per 32 values
-        self.assertEqual(sim.bits_per_value("e3m0", block=128), 4.25)
+        self.assertEqual(sim.bits_per_value("e3m0", block=32), 5.0)  # 4 bits and a 32-bit scale per 32 values
+        self.assertEqual(sim.bits_per_value("e3m0"), 4.25)  # the trainer's default block, 128
         self.assertEqual(sim.bits_per_value("bf16"), 16)
         # the trainer's payloads (kernels/quantize_cpu.cpp) of fragment 0 of the bench model
-        self.assertEqual(sim.quant_bytes("e3m0", 445696), 278560)
-        self.assertEqual(sim.quant_bytes("int8", 33), 4 * 2 + 33)
+        self.assertEqual(sim.quant_bytes("e3m0", 445696, block=32), 278560)
+        self.assertEqual(sim.quant_bytes("e3m0", 445696), 4 * 3482 + 222848)
+        self.assertEqual(sim.quant_bytes("int8", 33, block=32), 4 * 2 + 33)
         self.assertEqual(sim.quant_bytes("fp32", 10), 40)
+        # per replica: all-gather (M-1) payloads, reduce-scatter and allreduce 2(M-1)/M
+        self.assertEqual(sim.exchange_bytes(1000, 4, False), 3000)
+        self.assertEqual(sim.exchange_bytes(1000, 4, False, "reduce-scatter"), 1500)
+        self.assertEqual(sim.exchange_bytes(1000, 4, True), 1500)
 
     def test_collectives(self):
         self.assertEqual(sim.exchange_bytes(1000, 1, True), 0)
