@@ -326,6 +326,9 @@ def write_csv(cfg, pts, finished):
 
 def run_point(cfg, p, threads):
     run_dir = os.path.join(cfg["out"], p["point"])
+    s = summary_of(run_dir)
+    if s is not None:  # finished meanwhile by another sweep sharing `out`
+        return 0, 0.0, s
     if os.path.exists(run_dir):  # an unfinished run: start it again from scratch
         shutil.rmtree(run_dir)
     os.makedirs(run_dir)

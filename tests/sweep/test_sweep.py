@@ -196,6 +196,26 @@ class MicroSweep(unittest.TestCase):
         steps = {l.split("--steps ")[1].split()[0] for l in lines}
         self.assertEqual(len(steps), 1)
         self.assertEqual(int(steps.pop()) % 100, 0)
+        # effective_lr_band keeps the DiLoCo points with inner * outer / (1 - 0.9) inside, and every DP point:
+        # 1e-3 * {0.5, 1, 2} / 0.1 = 5e-3, 1e-2, 2e-2; 4e-3 * {0.5, 1, 2} / 0.1 = 2e-2, 4e-2, 8e-2
+        with open(f, "w") as fh:
+            json.dump({"data": "data", "out": "out5b", "binary": ARGS.diloco, "tokens_per_param": 2,
+                       "seq_len": 16, "methods": ["dp", "diloco-m2"], "H": [2], "outer_lr": [0.5, 1.0, 2.0],
+                       "inner_lr": [1e-3, 4e-3], "global_batch": [8], "eval_rows": 16,
+                       "effective_lr_band": [0.01, 0.02],
+                       "models": [{"name": "m", "n_layer": 1, "d_model": 8, "n_head": 2}]}, fh)
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "sweep.py"), f, "--dry-run"],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        names = sorted(l.split()[0] for l in r.stdout.splitlines() if l.startswith("m-"))
+        self.assertEqual(names, sorted(["m-dp-b8-lr0.001", "m-dp-b8-lr0.004", "m-diloco-m2-b8-lr0.001-H2-olr1",
+                                        "m-diloco-m2-b8-lr0.001-H2-olr2", "m-diloco-m2-b8-lr0.004-H2-olr0.5"]))
+        with open(f, "w") as fh:
+            json.dump({"data": "d", "out": "o", "models": [], "effective_lr_band": [0.02, 0.01]}, fh)
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "sweep.py"), f, "--dry-run"],
+                           capture_output=True, text=True)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("'effective_lr_band' must be [lo, hi]", r.stderr)
 
 
 class Fitter(unittest.TestCase):
