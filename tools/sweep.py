@@ -50,8 +50,9 @@ DEFAULTS = {
     "seeds": [1337],           # every point once per seed (initialisation and data order)
     "min_outer_rounds": 0,     # DiLoCo points with fewer outer rounds are left out, said so
     "grids": {},               # per method, lists that replace the ones above: {"dp": {"inner_lr": [...]}}
-    # [lo, hi]: keep only DiLoCo points whose inner lr times the outer Nesterov's steady-state gain,
-    # inner_lr * outer_lr / (1 - 0.9), lies within; the diagonal of the two grids that matters
+    # [lo, hi]: run only the DiLoCo points whose inner lr times the outer Nesterov's steady-state
+    # gain, inner_lr * outer_lr / (1 - 0.9), lies within (the diagonal of the two grids that
+    # matters); finished points outside it stay in the tables
     "effective_lr_band": [],
     "min_lr_frac": 0.05,       # cosine floor
     "eval_every_frac": 0.1,    # evaluations along the run, for the loss curves
@@ -220,7 +221,7 @@ def model_points(cfg, m, meth, seed, seen, dropped):
         name = f"{m['name']}-{meth}-b{gb}-lr{ilr:g}" + ("" if meth == "dp" else f"-H{H}-olr{olr:g}")
         if seed != DEFAULTS["seeds"][0]:
             name += f"-s{seed}"
-        if name in seen or not in_band(cfg, meth, ilr, olr):
+        if name in seen:
             continue
         seen.add(name)
         ranks = cfg["dp_ranks"] if meth == "dp" else M
@@ -363,8 +364,10 @@ def main():
         print(f"sweep: {len(dropped)} DiLoCo points left out with fewer than {cfg['min_outer_rounds']} "
               f"outer rounds: {', '.join(dropped[:6])}{' ...' if len(dropped) > 6 else ''}", flush=True)
     summaries = {p["point"]: summary_of(os.path.join(cfg["out"], p["point"])) for p in pts}
-    todo = [p for p in pts if a.only in p["point"] and summaries[p["point"]] is None]
-    done_before = sum(1 for p in pts if a.only in p["point"]) - len(todo)
+    # points outside effective_lr_band are not run, but their finished runs stay in the tables
+    todo = [p for p in pts if a.only in p["point"] and summaries[p["point"]] is None
+            and in_band(cfg, p["method"], p["inner_lr"], p["outer_lr"])]
+    done_before = sum(1 for p in pts if a.only in p["point"] and summaries[p["point"]] is not None)
     for p in pts:  # a finished run under this name must be this point (two sweeps may share `out`)
         s = summaries[p["point"]]
         if s is not None and (s["step"] != p["steps"] or s.get("params", p["params"]) != p["params"]):
@@ -372,7 +375,8 @@ def main():
                      f"{s.get('params')} parameters, but this sweep wants {p['steps']} and {p['params']}: "
                      f"give this sweep its own `out`")
     threads = cfg["threads"] or max(1, (os.cpu_count() or 1) // cfg["parallel"])
-    print(f"sweep: {len(pts)} points, {done_before} finished already, {len(todo)} to run, "
+    print(f"sweep: {len(pts)} points, {done_before} finished already, {len(todo)} to run "
+          f"({len(pts) - done_before - len(todo)} outside effective_lr_band or --only), "
           f"{cfg['parallel']} at once, {threads} threads each; results in {cfg['out']}", flush=True)
     if a.dry_run:
         for p in todo:
