@@ -131,7 +131,7 @@ static void share_cores_among_ranks() {
     const int cores = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : online;
     const int sharing = cores < online ? 1 : ranks;
     const int threads = omp_get_max_threads();
-    if (sharing * threads <= cores) return;
+    if (sharing * threads <= cores || threads == 1) return;  // one thread per rank has no barrier to spin in
     const char* rank = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
     const bool speaker = !rank || std::atoi(rank) == 0;
     if (std::getenv("OMP_NUM_THREADS")) {

@@ -373,6 +373,20 @@ def main():
               a[-1] < a[0] - 1.0 and all(np.array_equal(w[0], x) for x in w[1:]),
               f"loss {a[0]:.3f} -> {a[-1]:.4f}, val {se['final_val_loss']:.4f}")
 
+        # 16. more ranks than cores, OpenMP's thread count left unset: each rank gets its share of the
+        # cores, said in one line (tools/main.cpp). Unbound ranks (--bind-to none) share the machine,
+        # and 3 ranks x one thread per core exceed the cores on any machine.
+        cores = len(os.sched_getaffinity(0))
+        env = {k: v for k, v in ENV.items() if k != "OMP_NUM_THREADS"}
+        p = subprocess.run(["mpirun", "--oversubscribe", "--bind-to", "none", "-np", "3"] + base
+                           + ["--out", D("cores"), "--steps", "2", "--batch", "2"],
+                           env=env, capture_output=True, text=True, timeout=300)
+        share = max(1, cores // 3)
+        note = f"note: 3 ranks on {cores} cores: {share} OpenMP thread{'s' if share > 1 else ''} per rank"
+        check("ranks x threads beyond the cores: each rank its share, said once", p.returncode == 0
+              and (p.stderr + p.stdout).count(note) == 1 and f"cpu, {share} threads" in p.stdout,
+              f"{cores} cores: '{note}' x{(p.stderr + p.stdout).count(note)}")
+
         # 12. --device cuda through the kernels' own source (emulated) = CPU training, 1, 2 and 4 ranks.
         # With MPI the emulated build has the emulated NCCL (kernels/emu/nccl_emu.h): a worker's gradient
         # average and an outer sync's all-gather of slices run on the "device" (comm/nccl.cpp), as its
