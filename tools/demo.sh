@@ -18,6 +18,8 @@ RUNS="$ROOT/runs"
 mkdir -p "$RUNS"
 # 4 ranks share the machine's cores: one OpenMP thread each
 export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# a rank waiting in a collective yields its core to the rank it waits for
+export OMPI_MCA_mpi_yield_when_idle=1
 
 if [ ! -f "$RUNS/data-kjv/meta.json" ]; then
     bible -f "Gen1:1-Rev22:21" > "$RUNS/kjv.txt"
@@ -28,8 +30,8 @@ STEPS=${STEPS:-3930}
 H=30
 # Learning rates: each method's best on its own grid at this size (results/sweep-fair/results-n100k.csv)
 DP_LR=0.014
-DILOCO_LR=${DILOCO_LR:-0.005}
-OUTER_LR=${OUTER_LR:-0.4}
+DILOCO_LR=${DILOCO_LR:-0.01}
+OUTER_LR=${OUTER_LR:-0.2}
 EVERY=$(( STEPS / 10 > 0 ? STEPS / 10 : 1 ))
 MODEL="--n-layer 3 --n-head 4 --d-model 48 --seq-len 64 --batch 2 --steps $STEPS
        --warmup $(( STEPS / 20 > 0 ? STEPS / 20 : 1 )) --min-lr-frac 0.05 --beta2 0.99
