@@ -384,7 +384,7 @@ def main():
         share = max(1, cores // 3)
         note = f"note: 3 ranks on {cores} cores: {share} OpenMP thread{'s' if share > 1 else ''} per rank"
         check("ranks x threads beyond the cores: each rank its share, said once", p.returncode == 0
-              and (p.stderr + p.stdout).count(note) == 1 and f"cpu, {share} threads" in p.stdout,
+              and (p.stderr + p.stdout).count(note) == 1 and f"cpu, {share} threads" in p.stderr + p.stdout,
               f"{cores} cores: '{note}' x{(p.stderr + p.stdout).count(note)}")
 
         # 12. --device cuda through the kernels' own source (emulated) = CPU training, 1, 2 and 4 ranks.
