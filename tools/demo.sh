@@ -30,8 +30,8 @@ STEPS=${STEPS:-3930}
 H=30
 # Learning rates: each method's best on its own grid at this size (results/sweep-fair/results-n100k.csv)
 DP_LR=0.014
-DILOCO_LR=${DILOCO_LR:-0.01}
-OUTER_LR=${OUTER_LR:-0.2}
+DILOCO_LR=${DILOCO_LR:-0.0025}
+OUTER_LR=${OUTER_LR:-1.0}
 EVERY=$(( STEPS / 10 > 0 ? STEPS / 10 : 1 ))
 MODEL="--n-layer 3 --n-head 4 --d-model 48 --seq-len 64 --batch 2 --steps $STEPS
        --warmup $(( STEPS / 20 > 0 ? STEPS / 20 : 1 )) --min-lr-frac 0.05 --beta2 0.99
