@@ -102,9 +102,17 @@ def fit_joint(n, m, loss):
 
 
 def best_per_size(rows):
-    """{method: {N: best row}} over every hyperparameter (mean over seeds)."""
+    """{method: {N: best row}} over every hyperparameter (mean over seeds). Where some
+    configurations of a (method, N) have more seeds than others, the best is taken among those
+    with the most: the seeded one was picked as the optimum on one seed and then rerun, and a
+    minimum over single draws would favour a lucky seed over that mean."""
+    most = defaultdict(int)
+    for r in rows:
+        most[r["method"], r["N"]] = max(most[r["method"], r["N"]], r["seeds"])
     best = defaultdict(dict)
     for r in rows:
+        if r["seeds"] < most[r["method"], r["N"]]:
+            continue
         cur = best[r["method"]].get(r["N"])
         if cur is None or r["final_val_loss"] < cur["final_val_loss"]:
             best[r["method"]][r["N"]] = r

@@ -229,6 +229,11 @@ class Fitter(unittest.TestCase):
         self.assertAlmostEqual(merged[0]["final_val_loss"], 2.1)
         self.assertAlmostEqual(merged[0]["loss_max"] - merged[0]["loss_min"], 0.2)
         self.assertEqual((merged[0]["seeds"], merged[0]["N"]), (3, 600))
+        # a single lucky seed elsewhere on the grid does not beat the three-seed mean of the optimum
+        lucky = dict(rows[0], point="a-dp-b8-lr0.02", inner_lr=0.02, final_val_loss=2.05)
+        best = fit.best_per_size(fit.merge_seeds(rows + [lucky], "non_embedding_params"))
+        self.assertAlmostEqual(best["dp"][600]["final_val_loss"], 2.1)
+        self.assertEqual(best["dp"][600]["seeds"], 3)
         # L = 5 N^-0.3 + 1.2, exactly: the floor fit finds E, the plain power law cannot
         n = [1e4, 3e4, 1e5, 3e5, 1e6]
         A, alpha, E = fit.fit_with_floor(n, [5 * x ** -0.3 + 1.2 for x in n])
