@@ -380,6 +380,8 @@ void AsyncLocalSGD::work(LoopServices& loop) {
         const int command = (int)h.command;
         if (command != kContinue) loop.save_checkpoint((long)h.checkpoint_step);
         if (command == kSaveAndLeave) {
+            std::fprintf(stderr, "async: worker %d pushed %ld pseudo-gradients, %ld inner steps, idle %.3f s\n",
+                         comm_.worker(), pushes_, steps_, idle_s_);
             const ReportHeader r{(double)pushes_, (double)steps_, idle_s_};
             comm_.send(0, kReport, &r, sizeof r);
             return;
