@@ -56,20 +56,17 @@ for n, rs in runs.items():
     half = [val_at(r["evals"], 0, r["steps"][0] // 2 if n == "sync" else steps_total // 2) for r in rs]
     print(f"| {NAMES[n]} | {' / '.join(str(r['updates']) for r in rs)} | {fmt(half)} | {fmt([r['final'] for r in rs])} |")
 
-t_budget = min(mean([r["clock"] for r in rs]) for rs in runs.values())
-print(f"\nPer virtual second (a speed-1 inner step = 1 s; budget {t_budget:.0f} s, when the first run ends):\n")
-print("| run | virtual s to the end | val loss at the budget | virtual s to reach synchronous DiLoCo's final loss | wall s on this machine (load-dependent) |")
-print("|---|---|---|---|---|")
-target = mean([r["final"] for r in runs["sync"]]) if "sync" in runs else None
+sync_round = H / slowest  # virtual seconds of one synchronous round
+marks = [sync_round * k for k in (2, 4, 5)]
+print(f"\nPer virtual second (a speed-1 inner step = 1 s; the last evaluation at or before each time):\n")
+print("| run | virtual s to the end | " + " | ".join(f"val loss by {t:.0f} s" for t in marks) +
+      " | wall s on this machine (load-dependent) |")
+print("|---|---|" + "---|" * len(marks) + "---|")
 for n, rs in runs.items():
-    reach = []
-    for r in rs:
-        hit = [e[2] for e in r["evals"] if target is not None and e[1] <= target]
-        reach.append(f"{hit[0]:.0f}" if hit else "not reached")
     clocks = " / ".join("%.0f" % r["clock"] for r in rs)
     walls = " / ".join("%.0f" % r["wall"] for r in rs)
-    at_budget = fmt([val_at(r["evals"], 2, t_budget) for r in rs])
-    print(f"| {NAMES[n]} | {clocks} | {at_budget} | {' / '.join(reach)} | {walls} |")
+    cols = [fmt([val_at(r["evals"], 2, t) for r in rs]) for t in marks]
+    print(f"| {NAMES[n]} | {clocks} | {' | '.join(cols)} | {walls} |")
 
 print(f"\nIdle time (virtual seconds, seed {seeds[0]}; speeds {sys.argv[2]}):\n")
 print("| run | inner steps per worker | idle s per worker | idle share of worker time |")
