@@ -11,6 +11,7 @@
 
 #include "kernels/common.h"
 #include "optim/algorithm.h"
+#include "optim/diloco.h"
 #include "optim/outer.h"
 
 namespace diloco {
@@ -114,15 +115,13 @@ public:
     }
 
     std::string describe() const override {
-        std::string s = " M=" + std::to_string(M_) + " H=" + std::to_string(o_.inner_steps) + " outer " +
-                        o_.outer_opt + " lr " + std::to_string(o_.outer_lr).substr(0, 4) + " mom " +
-                        std::to_string(o_.outer_momentum).substr(0, 4);
+        std::string s = outer_description(o_, M_);  // " M=4 H=50 outer nesterov lr 0.7 mom 0.9"
         if (delayed_) s += " buffer " + std::to_string(o_.delay_buffer);
         if (o_.dylu) s += " dylu";
         if (!o_.worker_speeds.empty()) s += " speeds " + o_.worker_speeds;
-        s += virtual_clock() ? " | virtual clock, " + std::to_string(o_.virtual_step_s) + " s a step"
-                             : " | wall clock (not reproducible)";
-        return s + " | server: rank 0";
+        char clock[64];
+        std::snprintf(clock, sizeof clock, " | virtual clock, %g s a step", o_.virtual_step_s);
+        return s + (virtual_clock() ? clock : " | wall clock (not reproducible)") + " | server: rank 0";
     }
     bool replica_per_worker() const override { return true; }
     long steps_per_round() const override { return o_.inner_steps; }
