@@ -517,6 +517,19 @@ def main():
             ok, detail = same_through_nccl("w2g2", ["--algo", "diloco", "--workers", "2", "--inner-steps", "3",
                                                     "--verify-sync"], 4, 6)
             check("DiLoCo 2 workers x 2 ranks, --device cuda (emulated NCCL in each worker) = on the CPU", ok, detail)
+            # async: the server and the workers stage theta and the pseudo-gradients through the
+            # device copy (ReplicaWeights fetch/store); the fixed arrival order makes them comparable
+            common = ["--steps", "8", "--batch", "2", "--algo", "async", "--workers", "2", "--inner-steps", "4",
+                      "--virtual-step-s", "1", "--worker-speeds", "1,0.5", "--outer-opt", "delayed-nesterov",
+                      "--delay-buffer", "2"]
+            run(emu + ["--out", D("emu-async")] + common, ranks=3)
+            run(base + ["--out", D("cpu-async"), "--device", "cpu"] + common, ranks=3)
+            a = np.array([l["loss"] for l in async_lines(D("emu-async"))[0]])
+            b = np.array([l["loss"] for l in async_lines(D("cpu-async"))[0]])
+            va, vb = async_lines(D("emu-async"))[2]["final_val_loss"], async_lines(D("cpu-async"))[2]["final_val_loss"]
+            check("async M=2 (virtual clock) with --device cuda (emulated) = on the CPU",
+                  len(a) == len(b) > 0 and max_rel(a, b) <= 1e-5 and abs(va - vb) <= 1e-5 * vb,
+                  f"{len(a)} updates, max relative loss difference {max_rel(a, b):.1e}; val {va:.6f} vs {vb:.6f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     failed = RESULTS.count(False)
