@@ -69,7 +69,7 @@ void abort_job(int code) {
     std::exit(code);
 }
 
-Comm::Comm(int workers) {
+Comm::Comm(int workers, int server_ranks) {
     DILOCO_CHECK(workers > 0, "--workers must be positive, got " + std::to_string(workers));
     int init = 0;
     MPI_Initialized(&init);
@@ -77,18 +77,28 @@ Comm::Comm(int workers) {
         MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_);
         MPI_Comm_size(MPI_COMM_WORLD, &world_size_);
     }
-    if (world_size_ % workers != 0)  // every rank sees this: a clean exit, no abort
+    const int trainers = world_size_ - server_ranks;
+    if (server_ranks > 0 && trainers < workers)  // every rank sees this: a clean exit, no abort
+        throw CollectiveError("this algorithm runs a server on rank 0 besides the workers: --workers " +
+                              std::to_string(workers) + " needs " + std::to_string(workers + server_ranks) +
+                              " ranks (mpirun -np " + std::to_string(workers + server_ranks) + "), got " +
+                              std::to_string(world_size_));
+    if (trainers % workers != 0)
         throw CollectiveError("the number of ranks (" + std::to_string(world_size_) +
                               ") is not a multiple of --workers (" + std::to_string(workers) + ")");
     M_ = workers;
-    G_ = world_size_ / workers;
-    m_ = world_rank_ / G_;
-    g_ = world_rank_ % G_;
+    G_ = trainers / workers;
+    server_ranks_ = server_ranks;
+    server_ = world_rank_ < server_ranks;
+    const int trainer = server_ ? 0 : world_rank_ - server_ranks;
+    m_ = trainer / G_;
+    g_ = trainer % G_;
     if (init) {
         auto* wc = new MPI_Comm;
         auto* cc = new MPI_Comm;
-        MPI_Comm_split(MPI_COMM_WORLD, m_, g_, wc);
-        MPI_Comm_split(MPI_COMM_WORLD, g_, m_, cc);
+        // the server is in no worker: its two communicators are MPI_COMM_NULL, never used
+        MPI_Comm_split(MPI_COMM_WORLD, server_ ? MPI_UNDEFINED : m_, g_, wc);
+        MPI_Comm_split(MPI_COMM_WORLD, server_ ? MPI_UNDEFINED : g_, m_, cc);
         worker_comm_ = wc;
         cross_comm_ = cc;
     }
@@ -102,7 +112,7 @@ Comm::~Comm() {
     all.push_back(cross_comm_);
     for (void* p : all)
         if (p) {
-            if (!fin) MPI_Comm_free(static_cast<MPI_Comm*>(p));
+            if (!fin && *static_cast<MPI_Comm*>(p) != MPI_COMM_NULL) MPI_Comm_free(static_cast<MPI_Comm*>(p));
             delete static_cast<MPI_Comm*>(p);
         }
 }
@@ -293,6 +303,39 @@ void Comm::wait(Request& r) {
     r.ready_at = 0.0;
 }
 
+void Comm::send(int to, int tag, const void* data, size_t bytes) {
+    DILOCO_CHECK(bytes <= (size_t)INT32_MAX, "a message over 2 GiB");
+    const double t0 = now_seconds();
+    MPI_Request req;  // a large message waits for its receiver: wait politely, as wait_message does
+    MPI_Isend(data, (int)bytes, MPI_BYTE, to, tag, MPI_COMM_WORLD, &req);
+    for (int done = 0;;) {
+        MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+        if (done) break;
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    bytes_outer_ += bytes;
+    sleep_until(t0 + link_seconds(bytes));
+}
+
+int Comm::wait_message(int from, int tag) {
+    MPI_Status status;
+    for (;;) {
+        int found = 0;
+        MPI_Iprobe(from < 0 ? MPI_ANY_SOURCE : from, tag, MPI_COMM_WORLD, &found, &status);
+        if (found) return status.MPI_SOURCE;
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+}
+
+void Comm::recv(int from, int tag, void* data, size_t bytes) {
+    MPI_Status status;
+    MPI_Recv(data, (int)bytes, MPI_BYTE, from, tag, MPI_COMM_WORLD, &status);
+    int got = 0;
+    MPI_Get_count(&status, MPI_BYTE, &got);
+    DILOCO_CHECK((size_t)got == bytes, "a message of " + std::to_string(got) + " bytes from rank " +
+                                           std::to_string(from) + " where " + std::to_string(bytes) + " were expected");
+}
+
 void Comm::reduce_to_root(double* x, size_t n) {
     if (world_size_ == 1) return;
     if (world_rank_ == 0)
@@ -340,8 +383,9 @@ int Comm::node_local_rank() const {
 bool mpi_active() { return false; }
 void abort_job(int code) { std::exit(code); }
 
-Comm::Comm(int workers) {
-    DILOCO_CHECK(workers == 1, "--workers " + std::to_string(workers) +
+Comm::Comm(int workers, int server_ranks) {
+    DILOCO_CHECK(workers == 1 && server_ranks == 0, "--workers " + std::to_string(workers) +
+                                   (server_ranks ? " with a server rank" : "") +
                                    " needs MPI, and this build has none (one process = one worker)");
 }
 Comm::~Comm() = default;
@@ -372,6 +416,9 @@ double Comm::max_world(double v) { return v; }
 double Comm::sum_world(double v) { return v; }
 void Comm::barrier() {}
 int Comm::node_local_rank() const { return 0; }
+void Comm::send(int, int, const void*, size_t) { throw Error("point-to-point messages need MPI"); }
+int Comm::wait_message(int, int) { throw Error("point-to-point messages need MPI"); }
+void Comm::recv(int, int, void*, size_t) { throw Error("point-to-point messages need MPI"); }
 
 #endif
 

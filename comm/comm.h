@@ -7,6 +7,10 @@
 //                          for the outer sync, so each cross communicator moves 1/G of it.
 // Without MPI (or with one rank) every communicator has size 1 and the collectives are no-ops.
 //
+// An algorithm with a server (asynchronous Local-SGD) asks for one more rank: world rank 0 is then
+// the server, in no worker, and the workers' ranks are 1 .. R-1 (rank = 1 + m*G + g). The server
+// talks to the workers' ranks point to point (send, recv below), on the outer link.
+//
 // Byte accounting counts what this rank sends, from the real message sizes and the ring
 // algorithms' standard costs for P ranks and a buffer of S bytes:
 //   allreduce 2(P-1)/P * S;  reduce-scatter (P-1)/P * S;  all-gather (P-1)/P * S (S = whole result);
@@ -35,8 +39,9 @@ uint64_t ring_allgather_bytes(size_t S, int P);  // also reduce-scatter; S = the
 class Comm {
 public:
     // Initialises from MPI_COMM_WORLD (if MPI is compiled in and initialised) and splits it into
-    // M workers. Throws Error when the world size is not a multiple of M.
-    explicit Comm(int workers);
+    // M workers, after `server_ranks` (0 or 1) server ranks. Throws Error when the ranks left for the
+    // workers are not a multiple of M.
+    explicit Comm(int workers, int server_ranks = 0);
     ~Comm();
     Comm(const Comm&) = delete;
     Comm& operator=(const Comm&) = delete;
@@ -48,6 +53,9 @@ public:
     int worker() const { return m_; }
     int local() const { return g_; }
     bool is_root() const { return world_rank_ == 0; }
+    bool is_server() const { return server_; }  // world rank 0 of a job with a server
+    // The world rank of local rank g of worker m.
+    int rank_of(int m, int g = 0) const { return server_ranks_ + m * G_ + g; }
 
     // Averages x (n floats) over all R ranks hierarchically: reduce-scatter within the worker,
     // allreduce of this rank's slice across workers, all-gather within the worker.
@@ -96,6 +104,17 @@ public:
     bool test(Request& r);
     void wait(Request& r);
 
+    // Point to point on the outer link, between the server and a worker's rank (world ranks).
+    // Counted outer on the sender: the message's bytes; the emulated link delays the sender. Returns
+    // once the message has left (a large one: once the receiver takes it), polling as below.
+    void send(int to, int tag, const void* data, size_t bytes);
+    // Waits for a message with `tag` from world rank `from` (-1: any rank) and returns its sender.
+    // It polls and sleeps between polls (about 0.2 ms) rather than spinning in MPI, so that a
+    // waiting rank leaves the cores to those computing when ranks outnumber cores.
+    int wait_message(int from, int tag);
+    // Receives the message wait_message() found: exactly `bytes` (throws Error on another size).
+    void recv(int from, int tag, void* data, size_t bytes);
+
     // Sum of x (n doubles) over all ranks, delivered to world rank 0 (telemetry; counted outer).
     void reduce_to_root(double* x, size_t n);
     // Values of one uint64 from every rank, in world-rank order.
@@ -125,6 +144,8 @@ public:
 
 private:
     int world_rank_ = 0, world_size_ = 1, M_ = 1, G_ = 1, m_ = 0, g_ = 0;
+    int server_ranks_ = 0;
+    bool server_ = false;
     void* worker_comm_ = nullptr;  // MPI_Comm, opaque here so that this header needs no MPI
     void* cross_comm_ = nullptr;
     std::vector<void*> channels_;  // MPI_Comm*: the cross communicator's duplicates, channel 1, 2, ...

@@ -16,8 +16,11 @@
 //      calls save_state()
 //   6. after the run's last step (StepEnd::run_ends) the weights of every rank are the one
 //      global model, which the loop evaluates and saves
+// An asynchronous algorithm, whose ranks never step together, replaces 4-6 by its own schedule
+// (runs_own_schedule(), below): the loop hands it the run and lends it its services.
 #pragma once
 #include <cstddef>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -66,6 +69,29 @@ struct StepEnd {
     bool run_ends;    // step == --steps: every rank must leave this call holding the global model
 };
 
+// What the loop lends an algorithm that runs its own schedule: the inner step on this rank's data
+// and inner optimizer, evaluation, checkpoints, the metrics file, the clock.
+class LoopServices {
+public:
+    virtual ~LoopServices() = default;
+    // One inner step on this rank's next rows. `schedule_step` (from 1) sets the inner learning
+    // rate and AdamW's bias correction. Returns the step's mean loss; `lr` and `compute_seconds`
+    // receive its learning rate and the seconds it computed.
+    virtual float inner_step(long schedule_step, float* lr, double* compute_seconds) = 0;
+    virtual ReplicaWeights& weights() = 0;
+    // The validation loss of the weights this rank holds (the loop's fixed validation rows).
+    virtual double evaluate() = 0;
+    // This rank's checkpoint files at `step` (every rank must save at the same steps), with the
+    // algorithm's save_state(); rank 0 also writes the model file that eval and --resume read.
+    virtual void save_checkpoint(long step) = 0;
+    virtual std::FILE* metrics() = 0;  // metrics.jsonl, rank 0 only (null elsewhere)
+    virtual double seconds() const = 0;  // since this run (or resumed run) started
+    virtual long resumed_step() const = 0;  // the checkpoint's step, 0 for a fresh run
+    virtual long end_step() const = 0;      // --stop-at when set, else --steps
+    // Records the final validation loss for the summary line (rank 0).
+    virtual void set_final_val_loss(double loss) = 0;
+};
+
 class TrainingAlgorithm {
 public:
     virtual ~TrainingAlgorithm() = default;
@@ -86,6 +112,13 @@ public:
     // load_state throws Error (without the file's name; the loop adds it) on arrays it cannot use.
     virtual std::vector<std::vector<float>> save_state() = 0;
     virtual void load_state(std::vector<std::vector<float>> arrays, long step) = 0;
+
+    // True for an algorithm whose ranks do not take their inner steps together (asynchronous
+    // ones): the loop then calls run_schedule() once instead of its lockstep rounds, and never
+    // after_inner_step(). run_schedule() returns on every rank when the run (or --stop-at slot)
+    // is over, with the final loss recorded when the run is over; the loop writes the summary.
+    virtual bool runs_own_schedule() const { return false; }
+    virtual void run_schedule(LoopServices& /*loop*/) {}
 };
 
 // One entry of the registry: an algorithm's `--algo` name, its option checks, its constructor.
@@ -93,12 +126,18 @@ struct AlgorithmEntry {
     const char* name;
     void (*check_options)(const TrainOptions& options);  // throws Error on options it refuses
     std::unique_ptr<TrainingAlgorithm> (*create)(const TrainOptions& options, Comm& comm, const GPT& model);
+    int server_ranks = 0;  // ranks besides the workers' (world rank 0 serves; comm/comm.h)
 };
 
 // Each defined in its algorithm's own file.
 extern const AlgorithmEntry data_parallel_algorithm;  // optim/data_parallel.cpp
 extern const AlgorithmEntry diloco_algorithm;         // optim/diloco.cpp
 extern const AlgorithmEntry streaming_algorithm;      // optim/streaming.cpp
+extern const AlgorithmEntry async_algorithm;          // optim/async_local_sgd.cpp
+
+// Refuses --algo async's own options (--outer-opt delayed-nesterov, --delay-buffer, --dylu,
+// --worker-speeds, --virtual-step-s) for an algorithm that has none of them (optim/async_local_sgd.cpp).
+void refuse_async_options(const TrainOptions& options);
 
 // The entry for `--algo name`; throws Error listing the names it knows.
 const AlgorithmEntry& find_algorithm(const std::string& name);

@@ -27,7 +27,7 @@ struct TrainOptions {
     int workers = 1;          // M replicas; the ranks are split into M workers of R/M
     long inner_steps = 50;    // H
     float outer_lr = 0.7f, outer_momentum = 0.9f;
-    std::string outer_opt = "nesterov";  // nesterov | sgd
+    std::string outer_opt = "nesterov";  // nesterov | sgd | delayed-nesterov (async)
     double drop_prob = 0.0;  // a replica fails to deliver its outer gradient with this probability
     std::string drop_mode = "gradient";  // gradient: lost for the round | replica: the replica also keeps its weights
     bool verify_sync = false;  // check after every outer sync that all replicas hold equal weights
@@ -42,6 +42,11 @@ struct TrainOptions {
     std::string exchange = "reduce-scatter";  // compressed payloads: allgather | reduce-scatter (optim/exchange.h)
     bool eager = false;  // one-round-overlapped outer sync with the eager formula (diloco)
     bool delayed = false;  // one-round-overlapped outer sync, the previous round's average alone (diloco)
+    // Asynchronous Local-SGD (optim/async_local_sgd.h)
+    int delay_buffer = 1;      // N: arrivals per momentum update of delayed Nesterov
+    bool dylu = false;         // dynamic local updates: H scaled by each worker's speed
+    std::string worker_speeds;  // "1,1,0.5,0.25": worker w's inner steps take 1/speed the time
+    double virtual_step_s = 0.0;  // > 0: the virtual clock, a speed-1 inner step takes this long
     // link emulation of the across-worker link
     double outer_gbps = 0.0, outer_latency_ms = 0.0;
     // data

@@ -18,4 +18,10 @@ struct OuterHyper {
 // theta, delta and mom hold n floats; mom starts at zero.
 void outer_step(float* theta, const float* delta, float* mom, size_t n, const OuterHyper& h);
 
+// The Nesterov step with the momentum fed by one input and the step by another (delayed Nesterov,
+// optim/async_local_sgd.h):  mom = mu * mom + into_momentum;  theta -= lr * (into_step + mu * mom).
+// With into_momentum == into_step it is outer_step's nesterov, computed the same way.
+void outer_step_split(float* theta, const float* into_momentum, const float* into_step, float* mom, size_t n,
+                      const OuterHyper& h);
+
 }  // namespace diloco

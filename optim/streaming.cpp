@@ -233,7 +233,10 @@ void Streaming::load_state(std::vector<std::vector<float>> a, long /*step: any; 
 namespace {
 
 // (the streaming options themselves are checked for every run, in optim/train.cpp)
-void check(const TrainOptions& o) { DILOCO_CHECK(!o.delayed, "--delayed applies to --algo diloco"); }
+void check(const TrainOptions& o) {
+    DILOCO_CHECK(!o.delayed, "--delayed applies to --algo diloco");
+    refuse_async_options(o);
+}
 
 std::unique_ptr<TrainingAlgorithm> create(const TrainOptions& o, Comm& comm, const GPT& model) {
     StreamingOptions so;

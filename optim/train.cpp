@@ -89,8 +89,8 @@ static void check_options(const TrainOptions& o) {
     DILOCO_CHECK(o.inner_steps > 0, "--inner-steps must be positive, got " + std::to_string(o.inner_steps));
     DILOCO_CHECK(o.outer_lr > 0, "--outer-lr must be positive");
     DILOCO_CHECK(o.outer_momentum >= 0 && o.outer_momentum < 1, "--outer-momentum must be in [0, 1)");
-    DILOCO_CHECK(o.outer_opt == "nesterov" || o.outer_opt == "sgd",
-                 "--outer-opt must be nesterov or sgd, got '" + o.outer_opt + "'");
+    DILOCO_CHECK(o.outer_opt == "nesterov" || o.outer_opt == "sgd" || o.outer_opt == "delayed-nesterov",
+                 "--outer-opt must be nesterov or sgd (or delayed-nesterov with --algo async), got '" + o.outer_opt + "'");
     DILOCO_CHECK(o.drop_prob >= 0 && o.drop_prob < 1, "--drop-prob must be in [0, 1)");
     DILOCO_CHECK(o.drop_mode == "gradient" || o.drop_mode == "replica",
                  "--drop-mode must be gradient or replica, got '" + o.drop_mode + "'");
@@ -120,7 +120,8 @@ static std::string describe_options(const TrainOptions& o) {
       << o.outer_gbps << '|' << o.outer_latency_ms
       << '|' << o.shard << '|' << o.seed << '|' << o.eval_every << '|' << o.ckpt_every << '|'
       << o.eval_batches << '|' << o.resume << '|' << o.stop_at << '|' << o.device << '|' << o.matmul_precision
-      << '|' << o.ckpt_keep;
+      << '|' << o.ckpt_keep << '|' << o.delay_buffer << '|' << o.dylu << '|' << o.worker_speeds << '|'
+      << o.virtual_step_s;
     return s.str();
 }
 
@@ -334,8 +335,9 @@ void set_up_model_and_algorithm(Run& r) {
     }
     const bool replicas = r.algo->replica_per_worker();
     r.stage_grads = r.dev && (replicas ? r.comm.ranks_per_worker() : r.comm.world_size()) > 1;
-    // one stream of R*B rows per step for a single model; a worker reads its own part, G*B per step
-    r.global_rows = (long)r.comm.world_size() * o.batch;
+    // one stream of R*B rows per step for a single model (R: the ranks that train, not a server);
+    // a worker reads its own part, G*B per step
+    r.global_rows = (long)r.comm.workers() * r.comm.ranks_per_worker() * o.batch;
     r.stream_rows = replicas ? (long)r.comm.ranks_per_worker() * o.batch : r.global_rows;
     r.my_row = (long)(replicas ? r.comm.local() : r.comm.world_rank()) * o.batch;
 }
@@ -511,7 +513,7 @@ void end_round(Run& r, std::vector<PendingStep>& pending, int64_t step, uint64_t
 // each rank's 1/G slice over the M workers.
 void write_summary(Run& r) {
     const TrainOptions& o = r.o;
-    const int M = r.comm.workers(), G = r.comm.ranks_per_worker(), R = r.comm.world_size();
+    const int M = r.comm.workers(), G = r.comm.ranks_per_worker(), R = M * G;  // the ranks that train
     const double wall = r.seconds();
     const long trained = std::max<long>(0, o.steps - r.first_step + 1);
     const double tokens_per_step = (double)r.global_rows * o.seq_len;
@@ -526,8 +528,8 @@ void write_summary(Run& r) {
                  "\"bytes_outer_dp_equivalent\": %.0f, \"peak_bytes_step\": %llu, \"compute_util\": %.4f, "
                  "\"compute_s\": %.3f, \"comm_s\": %.3f, \"stage_s\": %.3f}\n",
                  o.steps, r.val_loss, (double)o.steps * tokens_per_step, wall,
-                 trained > 0 ? trained * tokens_per_step / wall : 0.0, r.model.num_params, o.algo.c_str(), M, R,
-                 r.algo->steps_per_round(), outer_total, dp_outer_total, (unsigned long long)r.peak_bytes_step,
+                 trained > 0 ? trained * tokens_per_step / wall : 0.0, r.model.num_params, o.algo.c_str(), M,
+                 r.comm.world_size(), r.algo->steps_per_round(), outer_total, dp_outer_total, (unsigned long long)r.peak_bytes_step,
                  wall > 0 ? r.spent.compute / wall : 0.0, r.spent.compute, r.spent.comm, r.spent.stage);
     std::fclose(r.metrics);
     std::fprintf(stderr, "train: done in %s | final val_loss %.4f\n", fmt_duration(wall).c_str(), r.val_loss);
@@ -537,11 +539,42 @@ void write_summary(Run& r) {
                      outer_total / 1e6, dp_outer_total / 1e6, dp_outer_total / std::max(outer_total, 1.0));
 }
 
+// The loop's services to an algorithm that runs its own schedule (optim/algorithm.h).
+class RunServices final : public LoopServices {
+public:
+    RunServices(Run& r, TokenStream& train, ReplicaWeights& w, std::vector<int>& tok, std::vector<int>& tgt)
+        : r_(r), train_(train), weights_(w), tok_(tok), tgt_(tgt), resumed_(r.state.step) {}
+    float inner_step(long schedule_step, float* lr, double* compute_seconds) override {
+        const PendingStep p = diloco::inner_step(r_, train_, schedule_step, tok_, tgt_);
+        if (lr) *lr = p.lr;
+        if (compute_seconds) *compute_seconds = p.spent.compute;
+        return (float)p.loss;
+    }
+    ReplicaWeights& weights() override { return weights_; }
+    double evaluate() override { return evaluate_now(r_); }
+    void save_checkpoint(long step) override {
+        r_.state.step = step;
+        save_checkpoints(r_, step);
+    }
+    std::FILE* metrics() override { return r_.metrics; }
+    double seconds() const override { return r_.seconds(); }
+    long resumed_step() const override { return resumed_; }
+    long end_step() const override { return r_.end_step; }
+    void set_final_val_loss(double loss) override { r_.val_loss = loss; }
+
+private:
+    Run& r_;
+    TokenStream& train_;
+    ReplicaWeights& weights_;
+    std::vector<int>&tok_, &tgt_;
+    const long resumed_;
+};
+
 }  // namespace
 
 double run_train(const TrainOptions& o) {
     check_options(o);
-    Comm comm(o.workers);
+    Comm comm(o.workers, find_algorithm(o.algo).server_ranks);
     comm.emulate_outer_link(o.outer_gbps, o.outer_latency_ms);
     const std::string options_text = describe_options(o);
     require_same_on_all_ranks(comm, fnv1a(options_text.data(), options_text.size()), "the configuration (some option)");
@@ -574,7 +607,11 @@ double run_train(const TrainOptions& o) {
     ReplicaWeights weights(r.model, r.dev.get(), comm);
     const long round = r.algo->steps_per_round();
     std::vector<PendingStep> pending;
-    for (int64_t step = r.first_step; step <= r.end_step; step++) {
+    if (r.algo->runs_own_schedule()) {
+        RunServices services(r, train, weights, tok, tgt);
+        r.algo->run_schedule(services);
+    }
+    for (int64_t step = r.first_step; step <= r.end_step && !r.algo->runs_own_schedule(); step++) {
         const uint64_t outer_before = comm.bytes_outer();
         pending.push_back(inner_step(r, train, step, tok, tgt));
         const StepEnd at{step, step % round == 0 || step == r.end_step, step == o.steps};

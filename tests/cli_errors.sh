@@ -103,6 +103,17 @@ expect_error "--quant-block must be an even number from 2 to 65536, got 0" "$BIN
 expect_error "--exchange must be allgather or reduce-scatter, got 'ring'" "$BIN" train --data data --out x $SMALL --steps 8 --algo streaming --exchange ring
 expect_error "--quant-block must be an even number" "$BIN" bench quantize --M 4 --N 4 --quant-block 7
 expect_error "matmul precision" "$BIN" train --data data --out x $SMALL --steps 8 --matmul-precision fp16
+# asynchronous Local-SGD: worker speeds, its own options elsewhere, the server's extra rank
+expect_error "--worker-speeds: worker 1's speed must be positive, got 0" "$BIN" train --data data --out x $SMALL --steps 4 --algo async --workers 2 --worker-speeds 1,0
+expect_error "--worker-speeds: worker 2's speed must be positive, got -0.5" "$BIN" train --data data --out x $SMALL --steps 4 --algo async --workers 3 --worker-speeds 1,1,-0.5
+expect_error "--worker-speeds lists 3 speeds for --workers 2" "$BIN" train --data data --out x $SMALL --steps 4 --algo async --workers 2 --worker-speeds 1,1,1
+expect_error "--worker-speeds: 'fast' is not a number" "$BIN" train --data data --out x $SMALL --steps 4 --algo async --workers 2 --worker-speeds 1,fast
+expect_error "--worker-speeds applies to --algo async" "$BIN" train --data data --out x $SMALL --steps 4 --algo diloco --worker-speeds 1
+expect_error "--dylu applies to --algo async" "$BIN" train --data data --out x $SMALL --steps 4 --algo diloco --dylu
+expect_error "--outer-opt delayed-nesterov applies to --algo async" "$BIN" train --data data --out x $SMALL --steps 4 --algo streaming --outer-opt delayed-nesterov
+expect_error "--delay-buffer must be >= 1, got 0" "$BIN" train --data data --out x $SMALL --steps 4 --algo async --outer-opt delayed-nesterov --delay-buffer 0
+expect_error "--delay-buffer applies to --outer-opt delayed-nesterov" "$BIN" train --data data --out x $SMALL --steps 4 --algo async --delay-buffer 4
+expect_error "--workers 2 needs 3 ranks (mpirun -np 3), got 1" "$BIN" train --data data --out x $SMALL --steps 4 --algo async --workers 2
 
 # config files: every option by name, the command line on top; bad files are refused
 ROOT=$(cd "$(dirname "$BIN")/.." && pwd)

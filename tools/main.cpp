@@ -65,18 +65,28 @@ static void add_train_options(CLI::App* t, TrainOptions& o) {
     t->add_option("--grad-clip", o.grad_clip, "clip the global gradient norm (0: off)")->capture_default_str();
     t->add_option("--inner-opt", o.inner_opt, "adamw or sgd")->capture_default_str();
     // algorithm
-    t->add_option("--algo", o.algo, "dp, diloco or streaming")->capture_default_str();
+    t->add_option("--algo", o.algo, "dp, diloco, streaming or async")->capture_default_str();
     t->add_option("--workers", o.workers, "replicas M; the ranks form M workers of R/M ranks")->capture_default_str();
     t->add_option("--inner-steps", o.inner_steps, "H: inner steps between outer syncs (diloco)")->capture_default_str();
     t->add_option("--outer-lr", o.outer_lr, "outer learning rate")->capture_default_str();
     t->add_option("--outer-momentum", o.outer_momentum, "outer momentum")->capture_default_str();
-    t->add_option("--outer-opt", o.outer_opt, "nesterov or sgd")->capture_default_str();
+    t->add_option("--outer-opt", o.outer_opt, "nesterov or sgd; async also delayed-nesterov")->capture_default_str();
     t->add_option("--drop-prob", o.drop_prob, "probability that a replica's outer gradient is lost in a round")->capture_default_str();
     t->add_option("--drop-mode", o.drop_mode, "gradient: only the outer gradient is lost, the replica still takes the new "
                                               "global model (the DiLoCo paper); replica: it also keeps its own weights")
         ->capture_default_str();
     t->add_flag("--verify-sync", o.verify_sync, "check after every outer sync that the replicas agree");
     t->add_flag("--dump-replicas", o.dump_replicas, "write each replica's weights (llm.c format) to RUNDIR/replicas/ before every outer sync");
+    // Asynchronous Local-SGD (a server rank besides the M workers: M + 1 ranks)
+    t->add_option("--delay-buffer", o.delay_buffer, "N: arrivals per momentum update of delayed-nesterov (async)")
+        ->capture_default_str();
+    t->add_flag("--dylu", o.dylu, "dynamic local updates: worker w runs floor(v(w)/max v * H) inner steps (async)");
+    t->add_option("--worker-speeds", o.worker_speeds, "one speed per worker, e.g. 1,1,0.5,0.25: worker w's inner "
+                                                       "steps take 1/speed the time (async)");
+    t->add_option("--virtual-step-s", o.virtual_step_s, "virtual clock: a speed-1 inner step takes this many "
+                                                         "seconds, pushes apply in virtual-time order, runs are "
+                                                         "reproducible (async; 0: wall clock)")
+        ->capture_default_str();
     // Streaming DiLoCo
     t->add_option("--fragments", o.fragments, "P: fragments of the blocks (streaming)")->capture_default_str();
     t->add_option("--fragment-pattern", o.fragment_pattern, "strided or sequential")->capture_default_str();

@@ -373,7 +373,98 @@ def main():
               a[-1] < a[0] - 1.0 and all(np.array_equal(w[0], x) for x in w[1:]),
               f"loss {a[0]:.3f} -> {a[-1]:.4f}, val {se['final_val_loss']:.4f}")
 
-        # 16. more ranks than cores, OpenMP's thread count left unset: each rank gets its share of the
+        # 16. Asynchronous Local-SGD (optim/async_local_sgd.h): a server rank besides the M workers
+        def async_run(name, M, extra, ranks=None):
+            return run(base + ["--out", D(name), "--batch", "2", "--algo", "async", "--workers", str(M)] + extra,
+                       ranks=ranks or M + 1)
+
+        def async_lines(rundir):
+            lines = [json.loads(l) for l in open(os.path.join(rundir, "metrics.jsonl"))]
+            return ([l for l in lines if "update" in l and "loss" in l], [l for l in lines if "pushes" in l],
+                    [l for l in lines if l.get("summary")][0])
+
+        def final_weights(rundir, steps):
+            return ckpt_params(os.path.join(rundir, "ckpt", f"step_{steps:08d}.ckpt"))
+
+        # one worker: pull, H steps, push, one Nesterov step on the server = DiLoCo M=1, the same
+        # float operations in the same order, so the final weights are equal bit for bit
+        async_run("as-m1", 1, ["--steps", "20", "--inner-steps", "5"])
+        run(base + ["--out", D("dl-m1"), "--steps", "20", "--batch", "2", "--algo", "diloco", "--workers", "1",
+                    "--inner-steps", "5"])
+        a, b = final_weights(D("as-m1"), 20), final_weights(D("dl-m1"), 20)
+        _, _, sa = async_lines(D("as-m1"))
+        _, sb = metrics(D("dl-m1"))
+        check("async with one worker = DiLoCo M=1 (H=5, 20 steps), bit for bit", np.array_equal(a, b) and
+              sa["final_val_loss"] == sb["final_val_loss"],
+              f"max |difference| of the final weights {float(np.max(np.abs(a - b))):.1e}; val "
+              f"{sa['final_val_loss']:.6f} vs {sb['final_val_loss']:.6f}")
+
+        # the virtual clock fixes the arrival order: delayed Nesterov with a buffer of 1 is per-arrival
+        # Nesterov (the same operations), and a buffer of 3 is not; a rerun repeats itself
+        vc = ["--steps", "20", "--inner-steps", "4", "--virtual-step-s", "1", "--worker-speeds", "1,0.5,0.7"]
+        async_run("as-nest", 3, vc)
+        async_run("as-nest2", 3, vc)
+        async_run("as-dn1", 3, vc + ["--outer-opt", "delayed-nesterov", "--delay-buffer", "1"])
+        async_run("as-dn3", 3, vc + ["--outer-opt", "delayed-nesterov", "--delay-buffer", "3"])
+        a, b = final_weights(D("as-nest"), 20), final_weights(D("as-dn1"), 20)
+        a2, c = final_weights(D("as-nest2"), 20), final_weights(D("as-dn3"), 20)
+        order = [l["worker"] for l in async_lines(D("as-nest"))[0]]
+        # H = 4 steps at speeds 1, 0.5, 0.7: arrivals at 4, 5.7, 8, 8, 11.4, 12 virtual seconds from
+        # workers 0, 2, 0, 1 (the tie at 8 to the lower worker), 2, 0
+        check("virtual clock: delayed Nesterov --delay-buffer 1 = per-arrival Nesterov, bit for bit; buffer 3 differs; "
+              "reruns identical", np.array_equal(a, b) and not np.array_equal(a, c) and np.array_equal(a, a2) and
+              order[:6] == [0, 2, 0, 1, 2, 0],
+              f"max |difference| {float(np.max(np.abs(a - b))):.1e} (buffer 1), {float(np.max(np.abs(a - c))):.1e} "
+              f"(buffer 3); first arrivals from workers {order[:6]}")
+
+        # exactly once, wall clock, slow workers, dynamic local updates: the server's update lines
+        # against each worker's own count (its last stderr line), and every push and pull in the bytes
+        p = async_run("as-wall", 3, ["--steps", "30", "--inner-steps", "5", "--worker-speeds", "1,0.5,0.25",
+                                     "--outer-opt", "delayed-nesterov", "--delay-buffer", "3", "--dylu"])
+        ups, per_worker, s = async_lines(D("as-wall"))
+        own = {}
+        for line in p.stderr.splitlines():
+            if line.startswith("async: worker"):
+                w = line.split()
+                own[int(w[2])] = (int(w[4]), int(w[6]))
+        lines_per = {w: sum(1 for u in ups if u["worker"] == w) for w in range(3)}
+        steps_per = {w: sum(u["inner_steps"] for u in ups if u["worker"] == w) for w in range(3)}
+        ok = ([u["update"] for u in ups] == list(range(1, len(ups) + 1)) and
+              all(own.get(w) == (lines_per[w], steps_per[w]) == (pw["pushes"], pw["steps"])
+                  for w, pw in enumerate(per_worker)) and sum(steps_per.values()) == 3 * 30)
+        n = s["params"]
+        pushes = len(ups)  # push: 48-byte header + n floats; pull: 32 + n floats (one per push, one
+        # more per worker at the start); final report: 24 bytes per worker
+        expect = pushes * (48 + 4 * n) + (pushes + 3) * (32 + 4 * n) + 3 * 24
+        check("async, wall clock, speeds 1/0.5/0.25 with --dylu: every push applied exactly once; bytes count "
+              "every push and pull", ok and s["bytes_outer_total"] == expect,
+              f"updates {len(ups)}; per worker (pushes, steps): server {[(lines_per[w], steps_per[w]) for w in range(3)]}, "
+              f"workers' own {[own.get(w) for w in range(3)]}; bytes {s['bytes_outer_total']:.0f} vs {expect}")
+
+        # resume: --stop-at 10, then --resume = one run that checkpoints at step 10 (the same quiet
+        # point), bit for bit on the virtual clock; on the wall clock, consistent: no update lost or repeated
+        dl = vc + ["--outer-opt", "delayed-nesterov", "--delay-buffer", "2", "--dylu"]
+        async_run("as-straight", 3, dl + ["--ckpt-every", "10"])
+        async_run("as-resumed", 3, dl + ["--stop-at", "10"])
+        async_run("as-resumed", 3, dl + ["--resume"])
+        # wall seconds differ, and bytes_outer counts what the server process has sent since it started
+        strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_s", "idle_s", "bytes_outer")} for r in rows]
+        ua, _, _ = async_lines(D("as-straight"))
+        ub, _, _ = async_lines(D("as-resumed"))
+        same = np.array_equal(final_weights(D("as-straight"), 20), final_weights(D("as-resumed"), 20))
+        wall = ["--steps", "20", "--inner-steps", "4", "--worker-speeds", "1,0.5,0.7"]
+        async_run("as-wall-r", 3, wall + ["--stop-at", "10"])
+        async_run("as-wall-r", 3, wall + ["--resume"])
+        uw, pw, _ = async_lines(D("as-wall-r"))
+        consistent = ([u["update"] for u in uw] == list(range(1, len(uw) + 1)) and
+                      sum(u["inner_steps"] for u in uw) == 3 * 20 == sum(x["steps"] for x in pw) and
+                      sum(x["pushes"] for x in pw) == len(uw))
+        check("async resume: virtual clock bit for bit with a straight run; wall clock consistent",
+              same and strip(ua) == strip(ub) and consistent,
+              f"{len(ua)} updates, weights {'equal' if same else 'DIFFER'}; wall-clock resume: {len(uw)} updates "
+              f"numbered without gap, {sum(u['inner_steps'] for u in uw)} inner steps of 60")
+
+        # 17. more ranks than cores, OpenMP's thread count left unset: each rank gets its share of the
         # cores, said in one line (tools/main.cpp). Unbound ranks (--bind-to none) share the machine,
         # and 3 ranks x one thread per core exceed the cores on any machine.
         cores = len(os.sched_getaffinity(0))
@@ -440,6 +531,19 @@ def main():
             ok, detail = same_through_nccl("w2g2", ["--algo", "diloco", "--workers", "2", "--inner-steps", "3",
                                                     "--verify-sync"], 4, 6)
             check("DiLoCo 2 workers x 2 ranks, --device cuda (emulated NCCL in each worker) = on the CPU", ok, detail)
+            # async: the server and the workers stage theta and the pseudo-gradients through the
+            # device copy (ReplicaWeights fetch/store); the fixed arrival order makes them comparable
+            common = ["--steps", "8", "--batch", "2", "--algo", "async", "--workers", "2", "--inner-steps", "4",
+                      "--virtual-step-s", "1", "--worker-speeds", "1,0.5", "--outer-opt", "delayed-nesterov",
+                      "--delay-buffer", "2"]
+            run(emu + ["--out", D("emu-async")] + common, ranks=3)
+            run(base + ["--out", D("cpu-async"), "--device", "cpu"] + common, ranks=3)
+            a = np.array([l["loss"] for l in async_lines(D("emu-async"))[0]])
+            b = np.array([l["loss"] for l in async_lines(D("cpu-async"))[0]])
+            va, vb = async_lines(D("emu-async"))[2]["final_val_loss"], async_lines(D("cpu-async"))[2]["final_val_loss"]
+            check("async M=2 (virtual clock) with --device cuda (emulated) = on the CPU",
+                  len(a) == len(b) > 0 and max_rel(a, b) <= 1e-5 and abs(va - vb) <= 1e-5 * vb,
+                  f"{len(a)} updates, max relative loss difference {max_rel(a, b):.1e}; val {va:.6f} vs {vb:.6f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     failed = RESULTS.count(False)
