@@ -239,7 +239,11 @@ def markdown(fit):
                 cells.append("–")
                 continue
             i = e["N"].index(n)
-            cells.append(f"{e['loss'][i]:.4f}" + (f" ± {e['spread'][i] / 2:.4f} ({e['seeds'][i]})" if e["seeds"][i] > 1 else ""))
+            cell = f"{e['loss'][i]:.4f}" + (f" ± {e['spread'][i] / 2:.4f} ({e['seeds'][i]})" if e["seeds"][i] > 1 else "")
+            dp = fit["methods"].get("dp")
+            if e is not dp and dp and n in dp["N"]:  # relative to data-parallel at the same N
+                cell += f", {100 * (e['loss'][i] / dp['loss'][dp['N'].index(n)] - 1):+.1f}%"
+            cells.append(cell)
         lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
     if fit["best_outer_lr"]:
         lrs = sorted({lr for e in fit["best_outer_lr"] for lr, _ in e["grid"]})
