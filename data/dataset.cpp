@@ -24,7 +24,14 @@ DatasetInfo read_dataset_info(const std::string& dir) {
     DILOCO_CHECK(fs::is_directory(dir), "data directory " + dir + " does not exist");
     const std::string meta = dir + "/meta.json";
     if (!fs::exists(meta)) return {"gpt2", 50257, "", 50256};
-    const std::string text = read_text_file(meta);
+    const DatasetInfo info = parse_dataset_info(read_text_file(meta), meta);
+    if (info.tokenizer == "sp")
+        DILOCO_CHECK(fs::is_regular_file(dir + "/" + info.model_file),
+                     meta + " names the SentencePiece model " + info.model_file + ", which is missing from " + dir);
+    return info;
+}
+
+DatasetInfo parse_dataset_info(const std::string& text, const std::string& meta) {
     const std::string vocab = json_field(text, "vocab");
     DILOCO_CHECK(!vocab.empty() && vocab.size() < 9 && vocab[0] != '-', meta + " has no valid \"vocab\" field");
     DatasetInfo info;
@@ -40,9 +47,7 @@ DatasetInfo read_dataset_info(const std::string& dir) {
         const std::string eos = json_field(text, "eos");
         info.eos = eos.empty() || eos.size() > 6 ? -1 : std::stoi(eos);
         DILOCO_CHECK(!info.model_file.empty() && info.model_file.find('/') == std::string::npos,
-                     meta + ": \"tokenizer\": \"sp\" needs \"tokenizer_model\", a file name in " + dir);
-        DILOCO_CHECK(fs::is_regular_file(dir + "/" + info.model_file),
-                     meta + " names the SentencePiece model " + info.model_file + ", which is missing from " + dir);
+                     meta + ": \"tokenizer\": \"sp\" needs \"tokenizer_model\", a file name in the data directory");
     }
     return info;
 }

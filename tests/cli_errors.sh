@@ -204,5 +204,18 @@ else
     failures=$((failures + 1))
 fi
 
+# a run made to diverge (AdamW steps of 1e30 overflow float32 at the second step) stops with one
+# error line naming the step, the rank and the tensor that first went non-finite, not the loss alone
+cases=$((cases + 1))
+timeout 60 "$BIN" train --data data --out diverge $SMALL --steps 20 --lr 1e30 --warmup 0 --grad-clip 0 >out.txt 2>err.txt
+rc=$?
+pattern='^error: non-finite values at step [0-9]* on rank 0: .*(gradient of|parameter|activation) [a-z0-9_.]* .*lower --lr$'
+if [ "$rc" -ne 0 ] && [ "$rc" -lt 124 ] && [ "$(grep -c '^error:' err.txt)" -eq 1 ] && grep -Eq "$pattern" err.txt; then
+    echo "ok: divergence <- $(grep '^error:' err.txt | head -c 200)"
+else
+    echo "FAIL: a diverging run (exit $rc) did not name step, rank and tensor:"; sed 's/^/    /' err.txt | tail -3
+    failures=$((failures + 1))
+fi
+
 echo "$((cases - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]

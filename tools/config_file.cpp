@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <sstream>
 
 #include "kernels/common.h"
 
@@ -51,6 +52,14 @@ std::string check_alone(void (*define)(CLI::App*), const std::vector<std::string
 std::vector<std::string> config_file_arguments(const std::string& path, void (*define)(CLI::App*)) {
     std::ifstream f(path);
     DILOCO_CHECK(f, "--config " + path + ": cannot read the file");
+    std::ostringstream text;
+    text << f.rdbuf();
+    return config_text_arguments(text.str(), path, define);
+}
+
+std::vector<std::string> config_text_arguments(const std::string& text, const std::string& path,
+                                               void (*define)(CLI::App*)) {
+    std::istringstream f(text);
     CLI::App known;
     define(&known);
     std::vector<std::string> args;
