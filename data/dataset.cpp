@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <regex>
 
 #include "data/io.h"
 #include "kernels/common.h"
@@ -12,12 +11,36 @@ namespace fs = std::filesystem;
 
 namespace diloco {
 
-// The value of "key": "value" or "key": number in a flat JSON text, "" if absent.
+// The value of "key": "value" or "key": number in a flat JSON text, "" if absent: the first
+// occurrence of the key that is followed by one of them. A linear scan: std::regex recursed once
+// per character of a string value, so a meta.json with a 1 MB string overflowed the stack
+// (tests/fuzz/regressions/meta/).
 static std::string json_field(const std::string& text, const std::string& key) {
-    std::smatch m;
-    if (std::regex_search(text, m, std::regex("\"" + key + "\"\\s*:\\s*(\"([^\"]*)\"|-?\\d+)")))
-        return m[2].matched ? m[2].str() : m[1].str();
+    const std::string quoted = "\"" + key + "\"";
+    auto space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; };
+    auto digit = [](char c) { return c >= '0' && c <= '9'; };
+    for (size_t at = text.find(quoted); at != std::string::npos; at = text.find(quoted, at + 1)) {
+        size_t i = at + quoted.size();
+        while (i < text.size() && space(text[i])) i++;
+        if (i >= text.size() || text[i] != ':') continue;
+        i++;
+        while (i < text.size() && space(text[i])) i++;
+        if (i < text.size() && text[i] == '"') {
+            const size_t end = text.find('"', i + 1);
+            if (end != std::string::npos) return text.substr(i + 1, end - i - 1);
+            continue;
+        }
+        size_t end = i < text.size() && text[i] == '-' ? i + 1 : i;
+        const size_t first_digit = end;
+        while (end < text.size() && digit(text[end])) end++;
+        if (end > first_digit) return text.substr(i, end - i);
+    }
     return "";
+}
+
+// Values quoted in error messages, cut so that a damaged file still gives one readable line.
+static std::string shown(const std::string& value) {
+    return value.size() <= 40 ? value : value.substr(0, 40) + "... (" + std::to_string(value.size()) + " bytes)";
 }
 
 DatasetInfo read_dataset_info(const std::string& dir) {
@@ -27,7 +50,7 @@ DatasetInfo read_dataset_info(const std::string& dir) {
     const DatasetInfo info = parse_dataset_info(read_text_file(meta), meta);
     if (info.tokenizer == "sp")
         DILOCO_CHECK(fs::is_regular_file(dir + "/" + info.model_file),
-                     meta + " names the SentencePiece model " + info.model_file + ", which is missing from " + dir);
+                     meta + " names the SentencePiece model " + shown(info.model_file) + ", which is missing from " + dir);
     return info;
 }
 
@@ -39,7 +62,7 @@ DatasetInfo parse_dataset_info(const std::string& text, const std::string& meta)
     info.tokenizer = json_field(text, "tokenizer");
     if (info.tokenizer.empty()) info.tokenizer = "byte";
     DILOCO_CHECK(info.tokenizer == "byte" || info.tokenizer == "sp" || info.tokenizer == "gpt2",
-                 meta + " names an unknown tokenizer '" + info.tokenizer + "' (known: byte, sp, gpt2)");
+                 meta + " names an unknown tokenizer '" + shown(info.tokenizer) + "' (known: byte, sp, gpt2)");
     DILOCO_CHECK(info.vocab > 0 && info.vocab <= kMaxVocab,
                  meta + ": vocab " + std::to_string(info.vocab) + " does not fit uint16 tokens");
     if (info.tokenizer == "sp") {

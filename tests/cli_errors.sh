@@ -144,6 +144,10 @@ expect_ok "export --format hf writes config.json and model.safetensors" bash -c 
 mkdir -p spmissing && cp data/*.bin spmissing/
 echo '{"tokenizer": "sp", "vocab": 256, "tokenizer_model": "tokenizer.model", "eos": 1}' > spmissing/meta.json
 expect_error "names the SentencePiece model tokenizer.model, which is missing" "$BIN" train --data spmissing --out r8 $SMALL --steps 1
+# a 1 MB string value in meta.json (its regex parser overflowed the stack: a segfault, exit 139)
+mkdir -p longmeta && cp data/*.bin longmeta/
+python3 -c "import sys; sys.stdout.write('{\"vocab\": 256, \"tokenizer\": \"' + 'x' * 1000000 + '\"}')" > longmeta/meta.json
+expect_error "names an unknown tokenizer 'xxxxxxxx.*(1000000 bytes)" "$BIN" train --data longmeta --out r8 $SMALL --steps 1
 expect_error "--vocab-size 70000 is out of range" "$BIN" prepare --tokenizer sp --vocab-size 70000 --input corpus.txt --out d3
 expect_error "--vocab-size 100 is out of range" "$BIN" prepare --tokenizer sp --vocab-size 100 --input corpus.txt --out d3
 expect_error "--vocab-size 4096 needs --tokenizer sp" "$BIN" prepare --vocab-size 4096 --input corpus.txt --out d3
