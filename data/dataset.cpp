@@ -54,21 +54,34 @@ DatasetInfo read_dataset_info(const std::string& dir) {
     return info;
 }
 
+// An integer field: an optional minus and at most 8 digits (quoted or not, as the scan above
+// finds it); `fallback` when absent. Anything else is refused, where std::stoi threw
+// std::invalid_argument past the one clear line (found by fuzzing; tests/fuzz/regressions/meta/).
+static int int_field(const std::string& text, const std::string& key, int fallback, const std::string& meta) {
+    const std::string v = json_field(text, key);
+    if (v.empty()) return fallback;
+    const size_t digits = v.size() - (v[0] == '-');
+    const bool ok = digits >= 1 && digits <= 8 &&
+                    std::all_of(v.end() - digits, v.end(), [](char c) { return c >= '0' && c <= '9'; });
+    DILOCO_CHECK(ok, meta + ": \"" + key + "\" is not an integer: '" + shown(v) + "'");
+    return std::stoi(v);
+}
+
 DatasetInfo parse_dataset_info(const std::string& text, const std::string& meta) {
-    const std::string vocab = json_field(text, "vocab");
-    DILOCO_CHECK(!vocab.empty() && vocab.size() < 9 && vocab[0] != '-', meta + " has no valid \"vocab\" field");
     DatasetInfo info;
-    info.vocab = std::stoi(vocab);
+    info.vocab = int_field(text, "vocab", 0, meta);
+    DILOCO_CHECK(info.vocab > 0, meta + " has no valid \"vocab\" field");
     info.tokenizer = json_field(text, "tokenizer");
     if (info.tokenizer.empty()) info.tokenizer = "byte";
     DILOCO_CHECK(info.tokenizer == "byte" || info.tokenizer == "sp" || info.tokenizer == "gpt2",
                  meta + " names an unknown tokenizer '" + shown(info.tokenizer) + "' (known: byte, sp, gpt2)");
-    DILOCO_CHECK(info.vocab > 0 && info.vocab <= kMaxVocab,
-                 meta + ": vocab " + std::to_string(info.vocab) + " does not fit uint16 tokens");
+    DILOCO_CHECK(info.vocab <= kMaxVocab, meta + ": vocab " + std::to_string(info.vocab) + " does not fit uint16 tokens");
     if (info.tokenizer == "sp") {
         info.model_file = json_field(text, "tokenizer_model");
-        const std::string eos = json_field(text, "eos");
-        info.eos = eos.empty() || eos.size() > 6 ? -1 : std::stoi(eos);
+        info.eos = int_field(text, "eos", -1, meta);
+        DILOCO_CHECK(info.eos >= -1 && info.eos < info.vocab,
+                     meta + ": \"eos\" " + std::to_string(info.eos) + " is not a token of the vocabulary of " +
+                         std::to_string(info.vocab));
         DILOCO_CHECK(!info.model_file.empty() && info.model_file.find('/') == std::string::npos,
                      meta + ": \"tokenizer\": \"sp\" needs \"tokenizer_model\", a file name in the data directory");
     }

@@ -51,13 +51,14 @@ for t in "${TARGETS[@]}"; do
     rc=$?
     set -e
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$scratch.log" | tail -1)
+    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$scratch.log" | tail -1)  # until a crash stops it
     last=$(grep -E '^#[0-9]+' "$scratch.log" | tail -1)
     cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
     ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
     found=$(( $(ls "$crashes" | wc -l) - before ))
     [ $rc -eq 0 ] || [ $found -gt 0 ] || found=1  # died without leaving an input: still a failure
     printf '%-11s %8s %12s %10s %8s %8s %8s\n' "$t" "$SECONDS_EACH" "${execs:-0}" \
-        "$(( ${execs:-0} / SECONDS_EACH ))" "${cov:-?}" "${ft:-?}" "$found"
+        "${rate:-0}" "${cov:-?}" "${ft:-?}" "$found"
     if [ $found -gt 0 ]; then
         failed=1
         grep -m3 -E 'ERROR|fuzz target|SUMMARY' "$scratch.log" | sed 's/^/    /' || true
