@@ -176,7 +176,8 @@ static void truncate_metrics(const std::string& path, int64_t step) {
     if (!fs::exists(path)) return;
     std::ifstream f(path);
     std::string line, kept;
-    static const std::regex step_re("\"step\":\\s*(\\d+)");
+    // bounded, so that a damaged line can neither overflow stoll nor make std::regex recurse deep
+    static const std::regex step_re("\"step\":\\s{0,8}(\\d{1,18})");
     while (std::getline(f, line)) {
         std::smatch mt;
         if (line.find("final_val_loss") != std::string::npos) continue;
