@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <regex>
 
 #include "data/io.h"
 #include "kernels/common.h"
@@ -12,37 +11,79 @@ namespace fs = std::filesystem;
 
 namespace diloco {
 
-// The value of "key": "value" or "key": number in a flat JSON text, "" if absent.
+// The value of "key": "value" or "key": number in a flat JSON text, "" if absent: the first
+// occurrence of the key that is followed by one of them. A linear scan: std::regex recursed once
+// per character of a string value, so a meta.json with a 1 MB string overflowed the stack
+// (tests/fuzz/regressions/meta/).
 static std::string json_field(const std::string& text, const std::string& key) {
-    std::smatch m;
-    if (std::regex_search(text, m, std::regex("\"" + key + "\"\\s*:\\s*(\"([^\"]*)\"|-?\\d+)")))
-        return m[2].matched ? m[2].str() : m[1].str();
+    const std::string quoted = "\"" + key + "\"";
+    auto space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; };
+    auto digit = [](char c) { return c >= '0' && c <= '9'; };
+    for (size_t at = text.find(quoted); at != std::string::npos; at = text.find(quoted, at + 1)) {
+        size_t i = at + quoted.size();
+        while (i < text.size() && space(text[i])) i++;
+        if (i >= text.size() || text[i] != ':') continue;
+        i++;
+        while (i < text.size() && space(text[i])) i++;
+        if (i < text.size() && text[i] == '"') {
+            const size_t end = text.find('"', i + 1);
+            if (end != std::string::npos) return text.substr(i + 1, end - i - 1);
+            continue;
+        }
+        size_t end = i < text.size() && text[i] == '-' ? i + 1 : i;
+        const size_t first_digit = end;
+        while (end < text.size() && digit(text[end])) end++;
+        if (end > first_digit) return text.substr(i, end - i);
+    }
     return "";
+}
+
+// Values quoted in error messages, cut so that a damaged file still gives one readable line.
+static std::string shown(const std::string& value) {
+    return value.size() <= 40 ? value : value.substr(0, 40) + "... (" + std::to_string(value.size()) + " bytes)";
 }
 
 DatasetInfo read_dataset_info(const std::string& dir) {
     DILOCO_CHECK(fs::is_directory(dir), "data directory " + dir + " does not exist");
     const std::string meta = dir + "/meta.json";
     if (!fs::exists(meta)) return {"gpt2", 50257, "", 50256};
-    const std::string text = read_text_file(meta);
-    const std::string vocab = json_field(text, "vocab");
-    DILOCO_CHECK(!vocab.empty() && vocab.size() < 9 && vocab[0] != '-', meta + " has no valid \"vocab\" field");
+    const DatasetInfo info = parse_dataset_info(read_text_file(meta), meta);
+    if (info.tokenizer == "sp")
+        DILOCO_CHECK(fs::is_regular_file(dir + "/" + info.model_file),
+                     meta + " names the SentencePiece model " + shown(info.model_file) + ", which is missing from " + dir);
+    return info;
+}
+
+// An integer field: an optional minus and at most 8 digits (quoted or not, as the scan above
+// finds it); `fallback` when absent. Anything else is refused, where std::stoi threw
+// std::invalid_argument past the one clear line (found by fuzzing; tests/fuzz/regressions/meta/).
+static int int_field(const std::string& text, const std::string& key, int fallback, const std::string& meta) {
+    const std::string v = json_field(text, key);
+    if (v.empty()) return fallback;
+    const size_t digits = v.size() - (v[0] == '-');
+    const bool ok = digits >= 1 && digits <= 8 &&
+                    std::all_of(v.end() - digits, v.end(), [](char c) { return c >= '0' && c <= '9'; });
+    DILOCO_CHECK(ok, meta + ": \"" + key + "\" is not an integer: '" + shown(v) + "'");
+    return std::stoi(v);
+}
+
+DatasetInfo parse_dataset_info(const std::string& text, const std::string& meta) {
     DatasetInfo info;
-    info.vocab = std::stoi(vocab);
+    info.vocab = int_field(text, "vocab", 0, meta);
+    DILOCO_CHECK(info.vocab > 0, meta + " has no valid \"vocab\" field");
     info.tokenizer = json_field(text, "tokenizer");
     if (info.tokenizer.empty()) info.tokenizer = "byte";
     DILOCO_CHECK(info.tokenizer == "byte" || info.tokenizer == "sp" || info.tokenizer == "gpt2",
-                 meta + " names an unknown tokenizer '" + info.tokenizer + "' (known: byte, sp, gpt2)");
-    DILOCO_CHECK(info.vocab > 0 && info.vocab <= kMaxVocab,
-                 meta + ": vocab " + std::to_string(info.vocab) + " does not fit uint16 tokens");
+                 meta + " names an unknown tokenizer '" + shown(info.tokenizer) + "' (known: byte, sp, gpt2)");
+    DILOCO_CHECK(info.vocab <= kMaxVocab, meta + ": vocab " + std::to_string(info.vocab) + " does not fit uint16 tokens");
     if (info.tokenizer == "sp") {
         info.model_file = json_field(text, "tokenizer_model");
-        const std::string eos = json_field(text, "eos");
-        info.eos = eos.empty() || eos.size() > 6 ? -1 : std::stoi(eos);
+        info.eos = int_field(text, "eos", -1, meta);
+        DILOCO_CHECK(info.eos >= -1 && info.eos < info.vocab,
+                     meta + ": \"eos\" " + std::to_string(info.eos) + " is not a token of the vocabulary of " +
+                         std::to_string(info.vocab));
         DILOCO_CHECK(!info.model_file.empty() && info.model_file.find('/') == std::string::npos,
-                     meta + ": \"tokenizer\": \"sp\" needs \"tokenizer_model\", a file name in " + dir);
-        DILOCO_CHECK(fs::is_regular_file(dir + "/" + info.model_file),
-                     meta + " names the SentencePiece model " + info.model_file + ", which is missing from " + dir);
+                     meta + ": \"tokenizer\": \"sp\" needs \"tokenizer_model\", a file name in the data directory");
     }
     return info;
 }

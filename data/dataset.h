@@ -41,6 +41,9 @@ struct DatasetInfo {
 
 // Reads and checks meta.json; for "sp", the model file it names must be there.
 DatasetInfo read_dataset_info(const std::string& dir);
+// The checks on meta.json's text that need no directory (`meta` names the file in errors); the
+// fuzz target's entry. read_dataset_info adds that the SentencePiece model named is there.
+DatasetInfo parse_dataset_info(const std::string& text, const std::string& meta);
 
 // The tokenizer a model trained on this data carries in its checkpoints: {"sp", model bytes}, or
 // empty (bytes are implied by vocab 256, and llm.c's GPT-2 tokenizer is not ours to carry). When

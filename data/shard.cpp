@@ -13,31 +13,13 @@
 
 namespace diloco {
 
-Shard::Shard(const std::string& path, int vocab) : path_(path) {
-    int fd = ::open(path.c_str(), O_RDONLY);
-    DILOCO_CHECK(fd >= 0, "cannot open shard " + path + ": " + std::strerror(errno));
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-        ::close(fd);
-        throw Error("cannot stat shard " + path);
-    }
-    const size_t bytes = (size_t)st.st_size;
-    if (bytes < kShardHeaderBytes) {
-        ::close(fd);
+size_t check_shard(const void* data, size_t bytes, int vocab, const std::string& path) {
+    if (bytes < kShardHeaderBytes)
         throw Error("shard " + path + " is truncated: " + std::to_string(bytes) +
                     " bytes, shorter than its 1024-byte header");
-    }
-    void* p = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
-    ::close(fd);
-    DILOCO_CHECK(p != MAP_FAILED, "cannot map shard " + path + ": " + std::strerror(errno));
-    map_ = p;
-    map_bytes_ = bytes;
-    const int32_t* header = static_cast<const int32_t*>(p);
-    auto fail = [&](const std::string& why) {
-        ::munmap(map_, map_bytes_);
-        map_ = nullptr;
-        throw Error("shard " + path + ": " + why);
-    };
+    int32_t header[3];
+    std::memcpy(header, data, sizeof header);
+    auto fail = [&](const std::string& why) { throw Error("shard " + path + ": " + why); };
     if (header[0] != kShardMagic)
         fail("bad magic number " + std::to_string(header[0]) + " (expected " +
              std::to_string(kShardMagic) + "); not a token shard");
@@ -52,12 +34,42 @@ Shard::Shard(const std::string& path, int vocab) : path_(path) {
     if (bytes > want)
         fail("has " + std::to_string(bytes - want) + " trailing bytes after its " +
              std::to_string(ntok) + " tokens");
-    tok_ = reinterpret_cast<const uint16_t*>(static_cast<const char*>(p) + kShardHeaderBytes);
-    ntok_ = ntok;
-    for (size_t i = 0; i < ntok; i++)
-        if (tok_[i] >= vocab)
-            fail("token " + std::to_string(tok_[i]) + " at position " + std::to_string(i) +
+    const char* body = static_cast<const char*>(data) + kShardHeaderBytes;
+    for (size_t i = 0; i < ntok; i++) {
+        uint16_t tok;
+        std::memcpy(&tok, body + 2 * i, 2);
+        if (tok >= vocab)
+            fail("token " + std::to_string(tok) + " at position " + std::to_string(i) +
                  " is outside the vocabulary of " + std::to_string(vocab));
+    }
+    return ntok;
+}
+
+Shard::Shard(const std::string& path, int vocab) : path_(path) {
+    int fd = ::open(path.c_str(), O_RDONLY);
+    DILOCO_CHECK(fd >= 0, "cannot open shard " + path + ": " + std::strerror(errno));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+        ::close(fd);
+        throw Error("cannot stat shard " + path);
+    }
+    const size_t bytes = (size_t)st.st_size;
+    if (bytes < kShardHeaderBytes) {
+        ::close(fd);
+        check_shard(nullptr, bytes, vocab, path);  // throws the truncation error
+    }
+    void* p = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+    ::close(fd);
+    DILOCO_CHECK(p != MAP_FAILED, "cannot map shard " + path + ": " + std::strerror(errno));
+    try {
+        ntok_ = check_shard(p, bytes, vocab, path);
+    } catch (...) {
+        ::munmap(p, bytes);
+        throw;
+    }
+    map_ = p;
+    map_bytes_ = bytes;
+    tok_ = reinterpret_cast<const uint16_t*>(static_cast<const char*>(p) + kShardHeaderBytes);
 }
 
 Shard::Shard(Shard&& o) noexcept

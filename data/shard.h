@@ -14,6 +14,11 @@ constexpr int32_t kShardMagic = 20240520;
 constexpr int32_t kShardVersion = 1;
 constexpr size_t kShardHeaderBytes = 1024;
 
+// Validates a whole shard held in memory (`bytes` of `data`; `path` names it in errors): the
+// magic, the version, the size against the token count, every token against `vocab`. Returns the
+// token count; throws Error. Shard runs it on its map; the fuzz target (tests/fuzz/) on raw bytes.
+size_t check_shard(const void* data, size_t bytes, int vocab, const std::string& path);
+
 // A read-only memory map of one shard, validated at open: the magic, the version, the file's
 // size against the token count, and every token against `vocab`. Throws Error naming the file.
 class Shard {

@@ -42,6 +42,7 @@ struct Reader {
     }
     void get_bytes(void* out, size_t n) {
         DILOCO_CHECK(n <= left, "checkpoint " + path + " is truncated");
+        if (n == 0) return;  // an empty extra array has no storage: memcpy to null is undefined
         std::memcpy(out, p, n);
         p += n;
         left -= n;
@@ -129,20 +130,26 @@ Checkpoint load_checkpoint(const std::string& path) {
     f.seekg(0);
     f.read(buf.data(), (std::streamsize)bytes);
     DILOCO_CHECK(f, "cannot read checkpoint " + path);
-    DILOCO_CHECK(std::memcmp(buf.data(), kMagic, 8) == 0, path + " is not a diloco checkpoint (bad magic)");
+    return parse_checkpoint(buf.data(), bytes, path);
+}
+
+Checkpoint parse_checkpoint(const char* data, size_t bytes, const std::string& path) {
+    DILOCO_CHECK(bytes >= kHeaderBytes, "checkpoint " + path + " is truncated (" +
+                                            std::to_string(bytes) + " bytes)");
+    DILOCO_CHECK(std::memcmp(data, kMagic, 8) == 0, path + " is not a diloco checkpoint (bad magic)");
     uint32_t version, crc;
     uint64_t payload;
-    std::memcpy(&version, buf.data() + 8, 4);
-    std::memcpy(&crc, buf.data() + 12, 4);
-    std::memcpy(&payload, buf.data() + 16, 8);
+    std::memcpy(&version, data + 8, 4);
+    std::memcpy(&crc, data + 12, 4);
+    std::memcpy(&payload, data + 16, 8);
     DILOCO_CHECK(version >= kVersion && version <= kVersionTokenizer,
                  "checkpoint " + path + " has version " + std::to_string(version) + "; this build reads versions 1 to 3");
     DILOCO_CHECK(payload == bytes - kHeaderBytes,
                  "checkpoint " + path + " is truncated: header says " + std::to_string(payload) +
                      " payload bytes, file holds " + std::to_string(bytes - kHeaderBytes));
-    DILOCO_CHECK(crc32_update(0, buf.data() + kHeaderBytes, payload) == crc,
+    DILOCO_CHECK(crc32_update(0, data + kHeaderBytes, payload) == crc,
                  "checkpoint " + path + " is corrupt (CRC32 mismatch)");
-    Reader r{buf.data() + kHeaderBytes, payload, path};
+    Reader r{data + kHeaderBytes, payload, path};
     Checkpoint ck;
     GPTConfig& c = ck.config;
     c.vocab = r.get<int32_t>();
@@ -155,12 +162,9 @@ Checkpoint load_checkpoint(const std::string& path) {
     } catch (const Error& e) {
         throw Error("checkpoint " + path + " holds an invalid config: " + e.what());
     }
-    const uint64_t n = r.get<uint64_t>();
-    GPT shape;
-    gpt_build(shape, c);  // the parameter count this config implies
-    DILOCO_CHECK(n == shape.num_params, "checkpoint " + path + " holds " + std::to_string(n) +
-                                            " parameters but its config implies " +
-                                            std::to_string(shape.num_params));
+    const uint64_t n = r.get<uint64_t>(), implied = gpt_param_count(c);
+    DILOCO_CHECK(n == implied, "checkpoint " + path + " holds " + std::to_string(n) +
+                                   " parameters but its config implies " + std::to_string(implied));
     DILOCO_CHECK(version > kVersion ? payload >= kFixedPayload + 12 * n + 8 : payload == kFixedPayload + 12 * n,
                  "checkpoint " + path + " has a bad size");
     ck.state.step = r.get<int64_t>();

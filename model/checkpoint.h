@@ -46,6 +46,9 @@ void save_checkpoint(const std::string& path, const GPTConfig& config, const Tra
 
 // Reads and validates everything (size, CRC, config, parameter count); throws Error otherwise.
 Checkpoint load_checkpoint(const std::string& path);
+// The same checks on a whole checkpoint file held in memory (`path` names it in errors); what
+// load_checkpoint runs on the file's bytes, and the fuzz target (tests/fuzz/) on raw ones.
+Checkpoint parse_checkpoint(const char* data, size_t bytes, const std::string& path);
 
 // RUNDIR/ckpt/step_NNNNNNNN.ckpt
 std::string checkpoint_path(const std::string& rundir, int64_t step);

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <sstream>
+#include <tuple>
 
 #include "kernels/attention.h"
 #include "kernels/common.h"
@@ -38,6 +39,17 @@ void GPTConfig::validate() const {
                  "head size d_model/n_head = " + std::to_string(d_model / n_head) +
                      " exceeds the supported maximum " + std::to_string(kAttnMaxHead));
     DILOCO_CHECK(vocab <= 1 << 20, "vocab " + std::to_string(vocab) + " is implausibly large");
+    // bounds far above any model this trainer can hold, so that the shapes (4 * d_model) fit an
+    // int and a file's header cannot ask for a table of billions of tensors (tests/fuzz/)
+    DILOCO_CHECK(d_model <= kMaxDModel, "d_model " + std::to_string(d_model) + " is implausibly large");
+    DILOCO_CHECK(n_layer <= kMaxLayers, "n_layer " + std::to_string(n_layer) + " is implausibly large");
+    DILOCO_CHECK(max_seq_len <= kMaxSeqLen, "max_seq_len " + std::to_string(max_seq_len) + " is implausibly large");
+}
+
+uint64_t gpt_param_count(const GPTConfig& c) {
+    c.validate();
+    const uint64_t V = c.vocab, T = c.max_seq_len, L = c.n_layer, C = c.d_model;
+    return V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C;
 }
 
 struct Preset {
@@ -71,6 +83,12 @@ size_t ParamTensor::numel() const {
 }
 
 void gpt_build(GPT& m, const GPTConfig& c) {
+    gpt_layout(m, c);
+    m.params.assign(m.num_params, 0.0f);
+    m.grads.assign(m.num_params, 0.0f);
+}
+
+void gpt_layout(GPT& m, const GPTConfig& c) {
     c.validate();
     m.config = c;
     m.tensors.clear();
@@ -104,8 +122,6 @@ void gpt_build(GPT& m, const GPTConfig& c) {
     m.lnfw = add("lnf.w", {C}, -1);
     m.lnfb = add("lnf.b", {C}, -1);
     m.num_params = off;
-    m.params.assign(off, 0.0f);
-    m.grads.assign(off, 0.0f);
 }
 
 void gpt_init(GPT& m, uint64_t seed) {
@@ -257,6 +273,44 @@ double gpt_flops_per_token(const GPTConfig& c, int T) {
     size_t n = (size_t)c.vocab * C + (size_t)c.max_seq_len * C + 2 * C +
                L * (12 * C * C + 13 * C);
     return 6.0 * (double)n + 6.0 * (double)L * T * C;
+}
+
+}  // namespace diloco
+
+namespace diloco {
+
+std::string first_non_finite_tensor(const GPT& m, const float* flat) {
+    for (const auto& t : m.tensors) {
+        const float* p = flat + t.offset;
+        const size_t n = t.numel();
+        for (size_t i = 0; i < n; i++)
+            if (!std::isfinite(p[i])) return t.name + " (" + std::to_string(p[i]) + " at element " + std::to_string(i) + ")";
+    }
+    return "";
+}
+
+// In the order the forward pass writes them, over the rows of the last pass.
+std::string first_non_finite_activation(const GPT& m) {
+    if (m.acts.empty()) return "";
+    Acts a;
+    layout_acts(a, const_cast<float*>(m.acts.data()), m.config, m.B, m.T);
+    const size_t BT = (size_t)m.cur_B * m.cur_T, C = m.config.d_model;
+    std::vector<std::pair<std::string, std::pair<const float*, size_t>>> order = {{"x0 (embeddings)", {a.x0, BT * C}}};
+    for (size_t l = 0; l < a.layers.size(); l++) {
+        const LayerActs& L = a.layers[l];
+        const std::string p = "h." + std::to_string(l) + ".";
+        for (const auto& [name, buf, width] : std::vector<std::tuple<const char*, const float*, size_t>>{
+                 {"ln1", L.ln1, C}, {"attn.qkv", L.qkv, 3 * C}, {"attn", L.att, C}, {"x_mid", L.x_mid, C},
+                 {"ln2", L.ln2, C}, {"mlp.fc", L.fch, 4 * C}, {"mlp.gelu", L.fch_gelu, 4 * C}, {"x_out", L.x_out, C}})
+            order.push_back({p + name, {buf, BT * width}});
+    }
+    order.push_back({"lnf", {a.lnf, BT * C}});
+    order.push_back({"logits", {a.logits, BT * (size_t)m.config.vocab}});
+    for (const auto& [name, span] : order)
+        for (size_t i = 0; i < span.second; i++)
+            if (!std::isfinite(span.first[i]))
+                return "activation " + name + " (" + std::to_string(span.first[i]) + " at element " + std::to_string(i) + ")";
+    return "";
 }
 
 }  // namespace diloco

@@ -18,6 +18,9 @@
 
 namespace diloco {
 
+// Bounds GPTConfig::validate holds every config to, files' headers included.
+constexpr int kMaxDModel = 1 << 16, kMaxLayers = 1 << 10, kMaxSeqLen = 1 << 20;
+
 struct GPTConfig {
     int vocab = 256;
     int max_seq_len = 256;  // rows of the position embedding
@@ -66,6 +69,21 @@ struct GPT {
 
 // Builds the tensor table and allocates params and grads (zeroed). Validates the config.
 void gpt_build(GPT& m, const GPTConfig& config);
+
+// gpt_build without the parameter and gradient buffers: the table and the offsets only.
+void gpt_layout(GPT& m, const GPTConfig& config);
+
+// The parameter count `config` implies (= gpt_build's num_params), computed without building
+// anything: what readers check a file's size against before they allocate (validates `config`).
+uint64_t gpt_param_count(const GPTConfig& config);
+
+// The first tensor of the table holding a NaN or an infinity in `flat` (params, grads or a
+// moment), with the value and its element, or "" when all are finite: what a run that diverges
+// names (optim/train.cpp).
+std::string first_non_finite_tensor(const GPT& m, const float* flat);
+
+// The same over the activations of the last CPU forward pass, in the order it wrote them.
+std::string first_non_finite_activation(const GPT& m);
 
 // GPT-2 initialisation: normal(0, 0.02); residual output projections (attn proj, mlp proj)
 // scaled by 1/sqrt(2L); biases zero; LayerNorm gains one.

@@ -1,7 +1,6 @@
 #include "model/llmc.h"
 
 #include <cstring>
-#include <fstream>
 
 #include "data/io.h"
 #include "kernels/common.h"
@@ -71,13 +70,14 @@ void write_llmc(const std::string& path, const GPT& m, const float* flat) {
 }
 
 LlmcModel read_llmc(const std::string& path) {
-    std::ifstream f(path, std::ios::binary | std::ios::ate);
-    DILOCO_CHECK(f, "cannot open " + path);
-    const size_t bytes = (size_t)f.tellg();
+    const std::string bytes = read_text_file(path);
+    return parse_llmc(bytes.data(), bytes.size(), path);
+}
+
+LlmcModel parse_llmc(const char* data, size_t bytes, const std::string& path) {
     DILOCO_CHECK(bytes >= 1024, path + " is truncated: shorter than llm.c's 1024-byte header");
-    f.seekg(0);
     int32_t h[256];
-    f.read(reinterpret_cast<char*>(h), sizeof h);
+    std::memcpy(h, data, sizeof h);
     DILOCO_CHECK(h[0] == kLlmcMagic, path + ": bad magic " + std::to_string(h[0]) +
                                          " (an llm.c model file starts with 20240326)");
     DILOCO_CHECK(h[1] == kLlmcVersionFp32, path + ": version " + std::to_string(h[1]) +
@@ -92,18 +92,18 @@ LlmcModel read_llmc(const std::string& path) {
     DILOCO_CHECK(h[7] >= h[3] && h[7] - h[3] < 1 << 16,
                  path + ": padded vocab " + std::to_string(h[7]) + " is smaller than vocab " +
                      std::to_string(h[3]) + " or implausibly padded");
-    GPT m;
-    gpt_build(m, out.config);
-    // the file may pad to another multiple than ours: compute sizes from its own Vp
+    // the file may pad to another multiple than ours: compute sizes from its own Vp. Its size is
+    // checked before anything is built or allocated for the model its header describes.
     const size_t C = out.config.d_model, Vp = (size_t)h[7], V = out.config.vocab;
     const size_t ours_padded = (size_t)llmc_padded_vocab(out.config.vocab);
-    const size_t n_ours = for_each_piece(m, [](size_t, size_t, size_t) {});
+    const size_t n_ours = gpt_param_count(out.config) + (ours_padded - V) * C;
     const size_t n_file = n_ours - ours_padded * C + Vp * C;
     DILOCO_CHECK(bytes == 1024 + 4 * n_file, path + ": size " + std::to_string(bytes) + " bytes, but its header implies " +
                                                  std::to_string(1024 + 4 * n_file));
+    GPT m;
+    gpt_layout(m, out.config);
     std::vector<float> body(n_file);
-    f.read(reinterpret_cast<char*>(body.data()), (std::streamsize)(4 * n_file));
-    DILOCO_CHECK(f, "cannot read " + path);
+    std::memcpy(body.data(), data + 1024, 4 * n_file);
     for (size_t i = V * C; i < Vp * C; i++)
         if (body[i] != 0.0f) out.padding_was_zero = false;
     // shift everything after wte so that the body has our padding, then permute

@@ -34,5 +34,7 @@ struct LlmcModel {
 
 // Reads and validates an llm.c fp32 checkpoint (header fields, file size); throws Error.
 LlmcModel read_llmc(const std::string& path);
+// The same on a whole file held in memory (`path` names it in errors); the fuzz target's entry.
+LlmcModel parse_llmc(const char* data, size_t bytes, const std::string& path);
 
 }  // namespace diloco

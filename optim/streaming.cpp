@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <memory>
 
+#include "data/io.h"
 #include "kernels/common.h"
 #include "optim/diloco.h"
 
@@ -168,6 +169,21 @@ void Streaming::eager_sync(Comm& comm, int p, ReplicaWeights& w, long step, bool
     set_fragment(comm, p, w, s.global);
 }
 
+// --verify-sync: fragment p's global values (theta~, which a replica takes as is or mixes with its
+// local progress) are the same on every worker: the ranks holding the same slice of it compare
+// CRC32s. Every rank sees every checksum, so all of them fail together.
+void Streaming::verify_fragment(int p, long step) {
+    const State& s = st_[p];
+    const uint64_t crc = crc32_update(0, s.global.data(), 4 * s.global.size());
+    const std::vector<uint64_t> all = comm_.allgather_u64(((uint64_t)comm_.local() << 32) | crc);
+    for (size_t r = 0; r < all.size(); r++)
+        for (size_t q = 0; q < r; q++)
+            if (all[r] >> 32 == all[q] >> 32 && all[r] != all[q])
+                throw CollectiveError("after the sync of fragment " + std::to_string(p) + " at step " + std::to_string(step) +
+                                      ", ranks " + std::to_string(q) + " and " + std::to_string(r) +
+                                      " hold different global values of it");
+}
+
 void Streaming::after_inner_step(ReplicaWeights& weights, const StepEnd& at) {
     Comm& comm = comm_;
     const long step = at.step;
@@ -175,18 +191,29 @@ void Streaming::after_inner_step(ReplicaWeights& weights, const StepEnd& at) {
     for (size_t p = 0; p < frags_.size(); p++) {
         State& s = st_[p];
         const bool due = step >= frags_[p].offset && (step - frags_[p].offset) % opt_.H == 0 && step > 0;
+        bool synced = false;
         if (opt_.eager) {
+            // eager copies of theta~ drift apart (each replica steps with its own fresh gradient)
+            // until the last sync ends them on their mean
             if (due || last) eager_sync(comm, (int)p, weights, step, last);
+            synced = last;
         } else {
-            if (s.pending && (last || step - s.started >= opt_.tau)) finish(comm, (int)p, weights, step > s.started);
+            if (s.pending && (last || step - s.started >= opt_.tau)) {
+                finish(comm, (int)p, weights, step > s.started);
+                synced = true;
+            }
             if (due || last) {
                 // outer gradient: old global minus new local (start() copies or encodes it at once)
                 gather((int)p, fetch_fragment(weights, (int)p), s.delta.data(), s.mine.begin, s.mine.count);
                 for (size_t i = 0; i < s.mine.count; i++) s.delta[i] = s.global[i] - s.delta[i];
                 start((int)p, s.delta.data(), step, last);
-                if (opt_.tau == 0 || last) finish(comm, (int)p, weights, false);
+                if (opt_.tau == 0 || last) {
+                    finish(comm, (int)p, weights, false);
+                    synced = true;
+                }
             }
         }
+        if (opt_.verify_sync && synced) verify_fragment((int)p, step);
         if (s.pending && !s.received) s.exchange->progress();  // progress while compute goes on
     }
 }
@@ -253,6 +280,7 @@ std::unique_ptr<TrainingAlgorithm> create(const TrainOptions& o, Comm& comm, con
     so.drop_prob = o.drop_prob;
     so.keep_local = o.drop_mode == "replica";
     so.seed = o.seed;
+    so.verify_sync = o.verify_sync;
     char buf[160];
     std::snprintf(buf, sizeof buf, " P=%d %s tau=%ld alpha=%.2g %s", o.fragments, o.fragment_pattern.c_str(),
                   o.overlap, o.alpha, o.quant.c_str());

@@ -54,6 +54,7 @@ struct StreamingOptions {
     double drop_prob = 0.0;
     bool keep_local = false;  // --drop-mode replica: a replica that missed a round keeps its values
     uint64_t seed = 0;  // of the drop-out draws
+    bool verify_sync = false;  // after every fragment's sync, check that the workers' theta~ agree
 };
 
 // `--algo streaming` (streaming_algorithm) behind the interface of optim/algorithm.h.
@@ -95,6 +96,7 @@ private:
     void finish(Comm& comm, int p, ReplicaWeights& w, bool mix);
     void eager_sync(Comm& comm, int p, ReplicaWeights& w, long step, bool last);
     float* fetch_fragment(ReplicaWeights& w, int p) const;
+    void verify_fragment(int p, long step);
     void set_fragment(Comm& comm, int p, ReplicaWeights& w, const std::vector<float>& values);
     // copies between the flat buffer and the packed fragment, for packed indices [lo, lo + n)
     void gather(int p, const float* params, float* out, size_t lo, size_t n) const;

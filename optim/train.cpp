@@ -177,7 +177,8 @@ static void truncate_metrics(const std::string& path, int64_t step) {
     if (!fs::exists(path)) return;
     std::ifstream f(path);
     std::string line, kept;
-    static const std::regex step_re("\"step\":\\s*(\\d+)");
+    // bounded, so that a damaged line can neither overflow stoll nor make std::regex recurse deep
+    static const std::regex step_re("\"step\":\\s{0,8}(\\d{1,18})");
     while (std::getline(f, line)) {
         std::smatch mt;
         if (line.find("final_val_loss") != std::string::npos) continue;
@@ -383,6 +384,22 @@ bool average_gradients(Run& r, StepSeconds& spent) {
     return false;
 }
 
+// A NaN or an infinity ends the run with the step, the rank and what first went non-finite: the
+// first parameter tensor (an outer update may have made it so), else the first activation of the
+// forward pass, else the loss itself. The CUDA trainer names the loss only: its tensors are on the
+// device.
+[[noreturn]] void stop_non_finite(Run& r, int64_t step, const std::string& what) {
+    std::string first = what;
+    if (!r.dev && what.starts_with("the loss")) {
+        const std::string param = first_non_finite_tensor(r.model, r.model.params.data());
+        const std::string act = first_non_finite_activation(r.model);
+        if (!param.empty()) first += "; parameter " + param + " was already non-finite before the step's forward pass";
+        else if (!act.empty()) first += "; every parameter is finite, the first non-finite tensor of the forward pass is " + act;
+    }
+    throw Error("non-finite values at step " + std::to_string(step) + " on rank " + std::to_string(r.comm.world_rank()) +
+                ": " + first + "; lower --lr");
+}
+
 // One inner step: this rank's rows of the step's batch, forward and backward, the gradients
 // averaged over the ranks that train one model, the inner optimizer's step.
 PendingStep inner_step(Run& r, TokenStream& train, int64_t step, std::vector<int>& tok, std::vector<int>& tgt) {
@@ -398,8 +415,11 @@ PendingStep inner_step(Run& r, TokenStream& train, int64_t step, std::vector<int
                      : compute_gradients(r.model, tok.data(), tgt.data(), B, T);
     }
     spent.compute += r.seconds() - t;
-    DILOCO_CHECK(std::isfinite(loss), "loss became " + std::to_string(loss) + " at step " + std::to_string(step) +
-                                          " on rank " + std::to_string(r.comm.world_rank()) + "; lower --lr");
+    if (!std::isfinite(loss)) stop_non_finite(r, step, "the loss is " + std::to_string(loss));
+    if (!r.dev) {  // this rank's own gradients, before averaging spreads a NaN to every rank
+        const std::string bad = first_non_finite_tensor(r.model, r.model.grads.data());
+        if (!bad.empty()) stop_non_finite(r, step, "the gradient of " + bad + " is the first non-finite tensor");
+    }
     const bool on_device = average_gradients(r, spent);
     t = r.seconds();
     InnerStepInfo si;
@@ -408,6 +428,10 @@ PendingStep inner_step(Run& r, TokenStream& train, int64_t step, std::vector<int
         si = r.dev ? r.dev->inner_update(step) : inner_update(r.inner, r.model, step);
     }
     spent.compute += r.seconds() - t;
+    if (!r.dev) {
+        const std::string bad = first_non_finite_tensor(r.model, r.model.params.data());
+        if (!bad.empty()) stop_non_finite(r, step, "the inner update made parameter " + bad + " the first non-finite tensor");
+    }
     if (on_device) {  // the optimizer waited for the average on the device: move its time to comm
         const double avg = std::min(r.dev->last_average_seconds(), spent.compute);
         spent.compute -= avg;

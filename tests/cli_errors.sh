@@ -155,6 +155,10 @@ expect_ok "export --format hf writes config.json and model.safetensors" bash -c 
 mkdir -p spmissing && cp data/*.bin spmissing/
 echo '{"tokenizer": "sp", "vocab": 256, "tokenizer_model": "tokenizer.model", "eos": 1}' > spmissing/meta.json
 expect_error "names the SentencePiece model tokenizer.model, which is missing" "$BIN" train --data spmissing --out r8 $SMALL --steps 1
+# a 1 MB string value in meta.json (its regex parser overflowed the stack: a segfault, exit 139)
+mkdir -p longmeta && cp data/*.bin longmeta/
+python3 -c "import sys; sys.stdout.write('{\"vocab\": 256, \"tokenizer\": \"' + 'x' * 1000000 + '\"}')" > longmeta/meta.json
+expect_error "names an unknown tokenizer 'xxxxxxxx.*(1000000 bytes)" "$BIN" train --data longmeta --out r8 $SMALL --steps 1
 expect_error "--vocab-size 70000 is out of range" "$BIN" prepare --tokenizer sp --vocab-size 70000 --input corpus.txt --out d3
 expect_error "--vocab-size 100 is out of range" "$BIN" prepare --tokenizer sp --vocab-size 100 --input corpus.txt --out d3
 expect_error "--vocab-size 4096 needs --tokenizer sp" "$BIN" prepare --vocab-size 4096 --input corpus.txt --out d3
@@ -212,6 +216,19 @@ if [ "$n_bad" -eq 0 ] && [ "$n_ok" -ge 3 ] && timeout 120 "$BIN" train --data da
     echo "ok: killed run left $n_ok complete checkpoints; resume from step $last succeeded"
 else
     echo "FAIL: killed run: $n_ok good, $n_bad bad checkpoints, resume:"; sed 's/^/    /' resume.txt | head -5
+    failures=$((failures + 1))
+fi
+
+# a run made to diverge (AdamW steps of 1e30 overflow float32 at the second step) stops with one
+# error line naming the step, the rank and the tensor that first went non-finite, not the loss alone
+cases=$((cases + 1))
+timeout 60 "$BIN" train --data data --out diverge $SMALL --steps 20 --lr 1e30 --warmup 0 --grad-clip 0 >out.txt 2>err.txt
+rc=$?
+pattern='^error: non-finite values at step [0-9]* on rank 0: .*(gradient of|parameter|activation) [a-z0-9_.]* .*lower --lr$'
+if [ "$rc" -ne 0 ] && [ "$rc" -lt 124 ] && [ "$(grep -c '^error:' err.txt)" -eq 1 ] && grep -Eq "$pattern" err.txt; then
+    echo "ok: divergence <- $(grep '^error:' err.txt | head -c 200)"
+else
+    echo "FAIL: a diverging run (exit $rc) did not name step, rank and tensor:"; sed 's/^/    /' err.txt | tail -3
     failures=$((failures + 1))
 fi
 

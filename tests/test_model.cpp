@@ -183,3 +183,48 @@ TEST(GPT, ForwardWithFewerRowsThanAllocatedMatchesExactAllocation) {
     for (auto& t : tgt) t = (int)rng.below(32);
     EXPECT_EQ(gpt_forward(a, tok.data(), tgt.data(), 2, 9), gpt_forward(b, tok.data(), tgt.data(), 2, 9));
 }
+
+namespace {
+
+// A diverging run names the first tensor holding a NaN or an infinity (optim/train.cpp): the
+// table's order, the value and the element; "" while all are finite.
+TEST(GPT, FirstNonFiniteTensorIsNamedInTableOrder) {
+    GPT m;
+    gpt_build(m, GPTConfig{32, 8, 2, 2, 16});
+    gpt_init(m, 3);
+    EXPECT_EQ(first_non_finite_tensor(m, m.params.data()), "");
+    const BlockParams& b1 = m.blocks[1];
+    m.params[b1.fcw + 5] = INFINITY;
+    EXPECT_EQ(first_non_finite_tensor(m, m.params.data()).rfind("h.1.mlp.fc.w (inf at element 5)", 0), 0u);
+    m.params[m.blocks[0].ln2b + 2] = NAN;  // earlier in the table: now the first
+    EXPECT_EQ(first_non_finite_tensor(m, m.params.data()).rfind("h.0.ln2.b (nan at element 2)", 0), 0u);
+    // activations: a NaN in a gain reaches ln1 of block 0 first
+    m.params.assign(m.num_params, 0.0f);
+    gpt_init(m, 3);
+    m.params[m.blocks[0].ln1w] = NAN;
+    gpt_allocate(m, 2, 8);
+    std::vector<int> tok(16, 1);
+    gpt_forward(m, tok.data(), tok.data(), 2, 8);
+    EXPECT_EQ(first_non_finite_activation(m).rfind("activation h.0.ln1 (nan at element 0)", 0), 0u)
+        << first_non_finite_activation(m);
+}
+
+}  // namespace
+
+namespace {
+
+// Readers check a file's size against gpt_param_count before building anything (tests/fuzz/),
+// so it must equal what gpt_build lays out; configs past the plausibility bounds are refused.
+TEST(GPT, ParamCountWithoutBuildingEqualsTheLayout) {
+    for (const GPTConfig& c : {GPTConfig{256, 128, 4, 4, 128}, GPTConfig{67, 24, 3, 2, 18}, GPTConfig{50257, 1024, 2, 12, 768}}) {
+        GPT m;
+        gpt_layout(m, c);
+        EXPECT_EQ(gpt_param_count(c), m.num_params) << c.describe();
+        EXPECT_TRUE(m.params.empty());  // the layout allocates no parameters
+    }
+    EXPECT_THROW(gpt_param_count(GPTConfig{256, 8, 196608, 524288, 16777216}), Error);  // an llm.c header found by fuzzing
+    EXPECT_THROW(gpt_param_count(GPTConfig{256, 8, kMaxLayers + 1, 1, 8}), Error);
+    EXPECT_THROW(gpt_param_count(GPTConfig{256, kMaxSeqLen + 1, 1, 1, 8}), Error);
+}
+
+}  // namespace

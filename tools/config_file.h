@@ -21,6 +21,9 @@ namespace diloco {
 // The command-line words ("--steps", "2000", "--eager", ...) that FILE stands for, each checked by
 // parsing it alone with a fresh copy of the options `define` adds to an app. Throws Error.
 std::vector<std::string> config_file_arguments(const std::string& path, void (*define)(CLI::App*));
+// The same on the file's text (`path` names it in errors); the fuzz target's entry.
+std::vector<std::string> config_text_arguments(const std::string& text, const std::string& path,
+                                               void (*define)(CLI::App*));
 
 // argv with every `--config FILE` (or `--config=FILE`) after `subcommand` replaced by the file's
 // arguments, placed right after the subcommand so that the rest of the command line wins.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the build, the tests and the demo need, and nothing that is already there:
-# Debian packages (compiler, CMake, CLI11, OpenBLAS, GoogleTest, Open MPI, SentencePiece, the
+# Debian packages (compilers: g++, and clang for the fuzz targets; CMake, CLI11, OpenBLAS, GoogleTest, Open MPI, SentencePiece, the
 # corpora) and a project-local Python virtual environment (.venv) with numpy, matplotlib, safetensors, and JAX + optax on
 # the CPU for the framework oracle tests (tests/oracle/, docs/testing.md), and the header-only
 # cudnn-frontend for the CUDA bench's cuDNN attention peer. Safe to re-run.
@@ -8,7 +8,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 PKGS=(g++ cmake ninja-build pkg-config libcli11-dev libopenblas-dev googletest libgtest-dev
-      libopenmpi-dev openmpi-bin bible-kjv dict-gcide python3 libsentencepiece-dev sentencepiece)
+      libopenmpi-dev openmpi-bin bible-kjv dict-gcide python3 libsentencepiece-dev sentencepiece
+      clang libclang-rt-dev)  # clang: the libFuzzer targets (tools/fuzz.sh); the rest builds with g++
 python3 -c "import venv, ensurepip" 2>/dev/null || PKGS+=(python3-venv)
 
 missing=()

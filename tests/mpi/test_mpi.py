@@ -259,12 +259,15 @@ def main():
         ratio = s2["peak_bytes_step"] / s1["peak_bytes_step"]
         check("peak bytes per sync with P=2 are about half of P=1's", 0.4 <= ratio <= 0.6,
               f"{s2['peak_bytes_step']} / {s1['peak_bytes_step']} = {ratio:.3f}")
-        run(sbase + ["--out", D("s-eager"), "--algo", "streaming", "--fragments", "2", "--eager"], ranks=4)
-        run(sbase + ["--out", D("s-drop"), "--algo", "streaming", "--fragments", "2", "--drop-prob", "0.5"], ranks=4)
+        # --verify-sync: every fragment's global values checked equal on both workers after each of its
+        # syncs (the eager run: after the last, where the drifting copies end on their mean)
+        run(sbase + ["--out", D("s-eager"), "--algo", "streaming", "--fragments", "2", "--eager", "--verify-sync"], ranks=4)
+        run(sbase + ["--out", D("s-drop"), "--algo", "streaming", "--fragments", "2", "--drop-prob", "0.5", "--verify-sync"],
+            ranks=4)
         a, se = metrics(D("s-eager"))
         b, sdr = metrics(D("s-drop"))
         c, _ = metrics(D("s-p2"))
-        check("streaming eager (M=2) and streaming with drop-out train and differ from plain streaming",
+        check("streaming eager (M=2) and streaming with drop-out train, differ from plain streaming, fragments verified equal",
               a[-1] < a[0] - 1.0 and b[-1] < b[0] - 1.0 and not np.array_equal(a, c) and not np.array_equal(b, c),
               f"val eager {se['final_val_loss']:.4f}, drop 0.5 {sdr['final_val_loss']:.4f}")
         run(sbase + ["--out", D("s-e3m0"), "--algo", "streaming", "--fragments", "1", "--quant", "e3m0", "--overlap", "1"], ranks=4)
