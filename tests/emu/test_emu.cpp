@@ -10,8 +10,10 @@
 #include "kernels/cuda_compat.h"
 #include "kernels/common.h"
 #include "tests/emu/emu_test_kernels.h"
+#include "tests/files.h"
 
 using namespace diloco;
+using diloco::test::expect_error;
 
 namespace {
 
@@ -19,16 +21,6 @@ std::vector<float> iota_floats(int n) {
     std::vector<float> v(n);
     for (int i = 0; i < n; i++) v[i] = (float)(i % 7) - 3.0f;  // small integers: sums are exact
     return v;
-}
-
-template <typename F>
-void expect_error(F fn, const std::string& needle) {
-    try {
-        fn();
-        ADD_FAILURE() << "the emulator did not report: " << needle;
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    }
 }
 
 }  // namespace

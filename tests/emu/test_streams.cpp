@@ -10,8 +10,10 @@
 #include "kernels/common.h"
 #include "kernels/cuda_compat.h"
 #include "tests/emu/emu_test_kernels.h"
+#include "tests/files.h"
 
 using namespace diloco;
+using diloco::test::expect_error;
 
 namespace {
 
@@ -45,16 +47,6 @@ protected:
     cudaEvent_t ready = nullptr, start = nullptr, done = nullptr;
     std::vector<float> in = std::vector<float>(64, 1.0f), out = std::vector<float>(4, 0.0f);  // a block of 128
 };
-
-template <typename F>
-void expect_error(F fn, const std::string& needle) {
-    try {
-        fn();
-        ADD_FAILURE() << "the emulator did not report: " << needle;
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    }
-}
 
 }  // namespace
 
