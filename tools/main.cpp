@@ -101,6 +101,59 @@ static void print_info() {
 #endif
 }
 
+static void run_eval(const std::string& ckpt, const std::string& data, int batches, int batch, int seq_len) {
+    Checkpoint ck = load_checkpoint(ckpt);
+    GPT m;
+    gpt_build(m, ck.config);
+    m.params = std::move(ck.params);
+    const int T = seq_len > 0 ? seq_len : ck.config.max_seq_len;
+    DILOCO_CHECK(batch > 0 && batches > 0, "--batch and --batches must be positive");
+    gpt_allocate(m, batch, T);
+    std::printf("val_loss %.6f\n", evaluate(m, data, T, (long)batch * batches, batch));
+}
+
+static void run_export(const std::string& ckpt, const std::string& out, const std::string& format) {
+    Checkpoint ck = load_checkpoint(ckpt);
+    GPT m;
+    gpt_build(m, ck.config);
+    if (format == "hf")
+        write_hf(out, m, ck.params.data());
+    else
+        write_llmc(out, m, ck.params.data());
+    std::fprintf(stderr, "export: %s -> %s (%s)\n", ckpt.c_str(), out.c_str(), ck.config.describe().c_str());
+}
+
+static void run_import(const std::string& in, const std::string& out) {
+    LlmcModel lm = read_llmc(in);
+    if (!lm.padding_was_zero)
+        std::fprintf(stderr, "import: warning: the padded vocabulary rows of %s were not zero and were dropped\n",
+                     in.c_str());
+    std::vector<float> zeros(lm.params.size(), 0.0f);
+    save_checkpoint(out, lm.config, TrainState{}, lm.params.data(), zeros.data(), zeros.data(), lm.params.size());
+    std::fprintf(stderr, "import: %s -> %s (%s)\n", in.c_str(), out.c_str(), lm.config.describe().c_str());
+}
+
+static void add_bench_options(CLI::App* b, BenchOptions& bench) {
+    b->add_option("kernel", bench.kernel, "gemm, layernorm, attention, adamw, gelu, crossentropy, quantize, train")->required();
+    b->add_option("--variant", bench.variant, "kernel variant")->capture_default_str();
+    b->add_option("--device", bench.device, "cpu or cuda")->capture_default_str();
+    b->add_option("--matmul-precision", bench.matmul_precision, "fp32 or tf32 (tensor cores; --device cuda)")
+        ->capture_default_str();
+    b->add_option("--B", bench.B, "batch")->capture_default_str();
+    b->add_option("--T", bench.T, "sequence length")->capture_default_str();
+    b->add_option("--C", bench.C, "channels")->capture_default_str();
+    b->add_option("--NH", bench.NH, "heads")->capture_default_str();
+    b->add_option("--V", bench.V, "vocabulary")->capture_default_str();
+    b->add_option("--M", bench.M, "gemm M")->capture_default_str();
+    b->add_option("--N", bench.N, "gemm N")->capture_default_str();
+    b->add_option("--K", bench.K, "gemm K")->capture_default_str();
+    b->add_option("--model", bench.model, "preset for the train bench")->capture_default_str();
+    b->add_option("--quant-block", bench.quant_block, "values per fp32 scale of int8, e2m1, e3m0 (quantize bench)")
+        ->capture_default_str();
+    b->add_option("--repeats", bench.repeats, "timed repeats (median reported)")->capture_default_str();
+    b->add_option("--warmup", bench.warmup, "untimed warm-up calls")->capture_default_str();
+}
+
 int main(int argc, char** argv) {
 #if defined(DILOCO_HAVE_CUDA) || defined(DILOCO_EMULATE)
     register_cuda_backend();
@@ -154,24 +207,7 @@ int main(int argc, char** argv) {
 
     BenchOptions bench;
     auto* b = app.add_subcommand("bench", "time one kernel in isolation");
-    b->add_option("kernel", bench.kernel, "gemm, layernorm, attention, adamw, gelu, crossentropy, quantize, train")->required();
-    b->add_option("--variant", bench.variant, "kernel variant")->capture_default_str();
-    b->add_option("--device", bench.device, "cpu or cuda")->capture_default_str();
-    b->add_option("--matmul-precision", bench.matmul_precision, "fp32 or tf32 (tensor cores; --device cuda)")
-        ->capture_default_str();
-    b->add_option("--B", bench.B, "batch")->capture_default_str();
-    b->add_option("--T", bench.T, "sequence length")->capture_default_str();
-    b->add_option("--C", bench.C, "channels")->capture_default_str();
-    b->add_option("--NH", bench.NH, "heads")->capture_default_str();
-    b->add_option("--V", bench.V, "vocabulary")->capture_default_str();
-    b->add_option("--M", bench.M, "gemm M")->capture_default_str();
-    b->add_option("--N", bench.N, "gemm N")->capture_default_str();
-    b->add_option("--K", bench.K, "gemm K")->capture_default_str();
-    b->add_option("--model", bench.model, "preset for the train bench")->capture_default_str();
-    b->add_option("--quant-block", bench.quant_block, "values per fp32 scale of int8, e2m1, e3m0 (quantize bench)")
-        ->capture_default_str();
-    b->add_option("--repeats", bench.repeats, "timed repeats (median reported)")->capture_default_str();
-    b->add_option("--warmup", bench.warmup, "untimed warm-up calls")->capture_default_str();
+    add_bench_options(b, bench);
 
     std::string export_ckpt, export_out, export_format = "llmc", import_in, import_out;
     auto* ex = app.add_subcommand("export", "write a checkpoint's weights for llm.c or Hugging Face transformers");
@@ -239,34 +275,11 @@ int main(int argc, char** argv) {
             std::string text = run_generate(gen);
             std::printf("%s%s\n", gen.prompt.c_str(), text.c_str());
         } else if (*e) {
-            Checkpoint ck = load_checkpoint(eval_ckpt);
-            GPT m;
-            gpt_build(m, ck.config);
-            m.params = std::move(ck.params);
-            const int T = eval_seq > 0 ? eval_seq : ck.config.max_seq_len;
-            DILOCO_CHECK(eval_batch > 0 && eval_batches > 0, "--batch and --batches must be positive");
-            gpt_allocate(m, eval_batch, T);
-            std::printf("val_loss %.6f\n", evaluate(m, eval_data, T, (long)eval_batch * eval_batches, eval_batch));
+            run_eval(eval_ckpt, eval_data, eval_batches, eval_batch, eval_seq);
         } else if (*ex) {
-            Checkpoint ck = load_checkpoint(export_ckpt);
-            GPT m;
-            gpt_build(m, ck.config);
-            if (export_format == "hf")
-                write_hf(export_out, m, ck.params.data());
-            else
-                write_llmc(export_out, m, ck.params.data());
-            std::fprintf(stderr, "export: %s -> %s (%s)\n", export_ckpt.c_str(), export_out.c_str(),
-                         ck.config.describe().c_str());
+            run_export(export_ckpt, export_out, export_format);
         } else if (*im) {
-            LlmcModel lm = read_llmc(import_in);
-            if (!lm.padding_was_zero)
-                std::fprintf(stderr, "import: warning: the padded vocabulary rows of %s were not zero "
-                                     "and were dropped\n", import_in.c_str());
-            std::vector<float> zeros(lm.params.size(), 0.0f);
-            save_checkpoint(import_out, lm.config, TrainState{}, lm.params.data(), zeros.data(),
-                            zeros.data(), lm.params.size());
-            std::fprintf(stderr, "import: %s -> %s (%s)\n", import_in.c_str(), import_out.c_str(),
-                         lm.config.describe().c_str());
+            run_import(import_in, import_out);
         } else if (*b) {
             return run_bench(bench);
         } else {
