@@ -35,6 +35,16 @@ struct Slot {
     bool parked = false;
 };
 
+// A cp.async copy issued but not yet landed: its source is read at issue, its destination written
+// only when a cp_async_wait covers its group (or the thread ends), so that a kernel reading the
+// destination too early reads the poison that was there.
+struct AsyncCopy {
+    char* dst;
+    int bytes;
+    int group;  // the commit group: the number of commits before it
+    unsigned char data[16];
+};
+
 struct Fiber {
     jmp_buf jump;  // switches use _setjmp/_longjmp: no signal mask saved, no system call
     bool started = false;
@@ -44,11 +54,15 @@ struct Fiber {
     State state = State::Runnable;
     const char* barrier_file = nullptr;
     int barrier_line = 0;
+    std::vector<AsyncCopy> copies;  // cp.async in flight, oldest first
+    int commits = 0;
 };
 
+constexpr int kWarpBytes = 64;  // the most one lane contributes to a warp collective
+
 struct Warp {
-    uint64_t slot[32];
-    uint64_t snapshot[2][32];
+    unsigned char slot[32][kWarpBytes];
+    unsigned char snapshot[2][32][kWarpBytes];
     unsigned arrived = 0;
     unsigned mask = 0;
     unsigned gen = 0;
@@ -105,6 +119,15 @@ void check_launch(const void* kernel, const char* name, dim3 grid, size_t nthrea
 
 void trampoline();
 
+// Writes the copies of all committed groups but the `keep` most recent, as cp.async.wait_group
+// does (copies not yet committed stay in flight).
+void land_copies(Fiber& f, int keep) {
+    size_t n = 0;
+    for (; n < f.copies.size() && f.copies[n].group < f.commits - keep; n++)
+        std::memcpy(f.copies[n].dst, f.copies[n].data, (size_t)f.copies[n].bytes);
+    f.copies.erase(f.copies.begin(), f.copies.begin() + (long)n);
+}
+
 void run_fiber(Scheduler& s, Fiber& f) {
     if (_setjmp(s.main_jump)) return;  // the fiber yielded, waits, or ended
     if (f.started) _longjmp(f.jump, 1);
@@ -142,6 +165,10 @@ void trampoline() {
         Scheduler& s = *t_sched;
         (*s.body)();
         Fiber& f = *s.current;
+        // Copies never waited for are dropped: on a GPU they land after the thread has gone, where
+        // no reader can be ordered after them, so a kernel that relies on them is already wrong.
+        f.copies.clear();
+        f.commits = 0;
         f.state = State::Done;
         s.live--;
         if (!_setjmp(f.slot->park)) {
@@ -160,12 +187,14 @@ std::string where(const Fiber& f) {
 
 void run_block(Scheduler& s) {
     const size_t n = s.fibers.size();
-    for (auto& w : s.warps) w = Warp{};
+    for (auto& w : s.warps) w.arrived = w.mask = w.gen = 0;
     std::fill(s.smem.begin(), s.smem.end(), (char)0xFF);  // poison: NaN floats, -1 ints
     t_dynamic_smem = s.smem.data();
     for (size_t i = 0; i < n; i++) {
         s.fibers[i].state = State::Runnable;
         s.fibers[i].started = false;
+        s.fibers[i].copies.clear();
+        s.fibers[i].commits = 0;
     }
     s.live = (int)n;
     // the runnable fibers, kept incrementally: a fiber leaves when it waits at a barrier or ends
@@ -240,7 +269,10 @@ static Warp& my_warp(int* lane) {
     return s.warps[s.current->linear / 32];
 }
 
-uint64_t warp_exchange(unsigned mask, uint64_t value, int src, int* lane_out) {
+// The one warp collective: every lane of `mask` deposits `bytes` (at most kWarpBytes); the last to
+// arrive publishes them, and each lane returns a pointer to the 32 published slots (lane-major,
+// kWarpBytes apart), valid until the warp's next-but-one collective.
+static const unsigned char* warp_gather(unsigned mask, const void* mine, size_t bytes, int* lane_out) {
     Scheduler& s = *t_sched;
     int lane;
     Warp& w = my_warp(&lane);
@@ -258,7 +290,7 @@ uint64_t warp_exchange(unsigned mask, uint64_t value, int src, int* lane_out) {
     if (w.arrived == 0) w.mask = mask;
     else if (w.mask != mask) fail("lanes of one warp use different masks in the same warp operation (" + where(*s.current) + ")");
     const unsigned my_gen = w.gen;
-    w.slot[lane] = value;
+    std::memcpy(w.slot[lane], mine, bytes);
     w.arrived |= 1u << lane;
     if ((w.arrived & mask) == mask) {  // the last to arrive publishes the values, wakes the others
         std::memcpy(w.snapshot[my_gen & 1], w.slot, sizeof w.slot);
@@ -274,23 +306,116 @@ uint64_t warp_exchange(unsigned mask, uint64_t value, int src, int* lane_out) {
         s.current->state = State::AtWarp;
         yield();
     }
+    return &w.snapshot[my_gen & 1][0][0];
+}
+
+uint64_t warp_exchange(unsigned mask, uint64_t value, int src, int* lane_out) {
+    const unsigned char* all = warp_gather(mask, &value, sizeof value, lane_out);
     if (src < 0 || src >= 32 || !(mask >> src & 1)) return value;  // CUDA: own value for outside lanes
-    return w.snapshot[my_gen & 1][src];
+    uint64_t out;
+    std::memcpy(&out, all + src * kWarpBytes, sizeof out);
+    return out;
 }
 
 void syncwarp(unsigned mask) { (void)warp_exchange(mask, 0, -1, nullptr); }
 
 unsigned warp_ballot(unsigned mask, bool pred) {
-    Scheduler& s = *t_sched;
-    int lane;
-    Warp& w = my_warp(&lane);
-    const unsigned gen = w.gen;
-    (void)warp_exchange(mask, pred ? 1 : 0, -1, nullptr);
+    const unsigned char mine = pred ? 1 : 0;
+    const unsigned char* all = warp_gather(mask, &mine, 1, nullptr);
     unsigned out = 0;
     for (int l = 0; l < 32; l++)
-        if ((mask >> l & 1) && w.snapshot[gen & 1][l]) out |= 1u << l;
-    (void)s;
+        if ((mask >> l & 1) && all[l * kWarpBytes]) out |= 1u << l;
     return out;
+}
+
+// ---- tensor-core instructions and cp.async ------------------------------------------------------
+
+static bool in_shared(const void* p, size_t bytes) {
+    const Scheduler& s = *t_sched;
+    const char* c = static_cast<const char*>(p);
+    return c >= s.smem.data() && c + bytes <= s.smem.data() + s.smem.size();
+}
+
+static std::string hex(const void* p) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%p", p);
+    return b;
+}
+
+void cp_async(void* dst, const void* src, int bytes, int src_bytes) {
+    Scheduler& s = *t_sched;
+    if (bytes != 4 && bytes != 8 && bytes != 16) fail("cp.async of " + std::to_string(bytes) + " bytes (4, 8 or 16 allowed)");
+    if (!in_shared(dst, (size_t)bytes) || reinterpret_cast<uintptr_t>(dst) % (uintptr_t)bytes)
+        fail("cp.async destination " + hex(dst) + " is not " + std::to_string(bytes) +
+             "-byte aligned dynamic shared memory (" + where(*s.current) + ")");
+    if (reinterpret_cast<uintptr_t>(src) % (uintptr_t)bytes)
+        fail("cp.async source " + hex(src) + " is not " + std::to_string(bytes) + "-byte aligned (" + where(*s.current) + ")");
+    AsyncCopy c{static_cast<char*>(dst), bytes, s.current->commits, {}};
+    const int n = std::clamp(src_bytes, 0, bytes);  // the rest is zero-filled, as PTX's src-size does
+    std::memset(c.data, 0, sizeof c.data);
+    if (n > 0) std::memcpy(c.data, src, (size_t)n);
+    s.current->copies.push_back(c);
+}
+
+void cp_async_commit() { t_sched->current->commits++; }
+
+void cp_async_wait(int pending_groups) { land_copies(*t_sched->current, std::max(pending_groups, 0)); }
+
+
+void ldmatrix(int count, bool trans, const void* row_address, uint32_t out[4]) {
+    Scheduler& s = *t_sched;
+    int lane;
+    const unsigned char* all = warp_gather(0xffffffffu, &row_address, sizeof row_address, &lane);
+    const int g = lane / 4, t = lane % 4;
+    for (int m = 0; m < count; m++) {
+        uint16_t rows[8][8];  // matrix m: the 8 rows the lanes 8m .. 8m+7 point at
+        for (int r = 0; r < 8; r++) {
+            const void* p;
+            std::memcpy(&p, all + (m * 8 + r) * kWarpBytes, sizeof p);
+            if (!in_shared(p, 16) || reinterpret_cast<uintptr_t>(p) % 16)
+                fail("ldmatrix row address " + hex(p) + " of lane " + std::to_string(m * 8 + r) +
+                     " is not 16-byte aligned dynamic shared memory (" + where(*s.current) + ")");
+            std::memcpy(rows[r], p, 16);
+        }
+        // PTX: lane l holds row l/4, columns 2(l%4) and 2(l%4)+1; transposed, the same of the transpose
+        const uint16_t lo = trans ? rows[2 * t][g] : rows[g][2 * t];
+        const uint16_t hi = trans ? rows[2 * t + 1][g] : rows[g][2 * t + 1];
+        out[m] = (uint32_t)lo | (uint32_t)hi << 16;
+    }
+}
+
+void mma_bf16_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+    struct Frag { uint32_t a[4], b[2]; float c[4]; } mine;
+    std::memcpy(mine.a, a, sizeof mine.a);
+    std::memcpy(mine.b, b, sizeof mine.b);
+    std::memcpy(mine.c, c, sizeof mine.c);
+    int lane;
+    const unsigned char* all = warp_gather(0xffffffffu, &mine, sizeof mine, &lane);
+    // The whole tile, placed by the PTX ISA's fragment layouts (groupID = lane / 4, tig = lane % 4):
+    // A 16x16: a_i at row gid + 8 [i in 2,3,6,7], column 2 tig + (i & 1) + 8 [i >= 4]; B 16x8: b_i at
+    // row 2 tig + (i & 1) + 8 [i >= 2], column gid; C 16x8: c_i at row gid + 8 [i >= 2], column 2 tig + (i & 1).
+    float A[16][16], B[16][8], C[16][8];
+    for (int l = 0; l < 32; l++) {
+        Frag f;
+        std::memcpy(&f, all + l * kWarpBytes, sizeof f);
+        const int gid = l / 4, tig = l % 4;
+        for (int i = 0; i < 8; i++) {
+            const uint16_t bits = (uint16_t)(f.a[i / 2] >> (16 * (i & 1)));
+            A[gid + ((i / 2) % 2) * 8][2 * tig + (i & 1) + (i >= 4 ? 8 : 0)] = bf16_value(bits);
+        }
+        for (int i = 0; i < 4; i++)
+            B[2 * tig + (i & 1) + (i >= 2 ? 8 : 0)][gid] = bf16_value((uint16_t)(f.b[i / 2] >> (16 * (i & 1))));
+        for (int i = 0; i < 4; i++) C[gid + (i >= 2 ? 8 : 0)][2 * tig + (i & 1)] = f.c[i];
+    }
+    // Products of two bf16 values are exact in fp32; the sum runs in fp32 in k order (the hardware's
+    // order and internal width are unspecified: tests allow for fp32 accumulation in any order).
+    const int gid = lane / 4, tig = lane % 4;
+    for (int i = 0; i < 4; i++) {
+        const int row = gid + (i >= 2 ? 8 : 0), col = 2 * tig + (i & 1);
+        float acc = C[row][col];
+        for (int k = 0; k < 16; k++) acc += A[row][k] * B[k][col];
+        d[i] = acc;
+    }
 }
 
 void inject_launch_error(int error) { g_injected = error; }

@@ -26,6 +26,8 @@
 #include <functional>
 #include <string>
 
+#include "kernels/bf16.h"
+
 // ---- language ----------------------------------------------------------------------------------
 #define __global__
 #define __device__
@@ -79,6 +81,20 @@ void inject_launch_error(int error);
 
 // The schedule seed used by later launches; tests run kernels under two seeds and compare.
 void set_schedule_seed(uint64_t seed);
+
+// Tensor-core instructions and asynchronous copies (kernels/tensor_core.h wraps them; inline PTX
+// under nvcc). Each checks what the hardware requires and fails the launch with a clear error:
+//   mma_bf16_m16n8k16: D = A B + C, a 16x16 bf16 tile by a 16x8 one into fp32, a collective of the
+//     whole warp; fragments in the PTX ISA's layouts (emu.cpp spells them out).
+//   ldmatrix: `count` 8x8 matrices of 16-bit elements (1, 2 or 4), lane 8m + r giving the address of
+//     row r of matrix m; a collective of the whole warp; rows 16-byte aligned in shared memory.
+//   cp_async: a copy of 4, 8 or 16 bytes from global to shared memory, the bytes past src_bytes
+//     zero-filled; it lands at cp_async_wait(n) once n or fewer later commit groups are pending.
+void mma_bf16_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]);
+void ldmatrix(int count, bool trans, const void* row_address, uint32_t out[4]);
+void cp_async(void* dst, const void* src, int bytes, int src_bytes);
+void cp_async_commit();
+void cp_async_wait(int pending_groups);
 
 inline dim3 to_dim3(dim3 d) { return d; }
 inline dim3 to_dim3(unsigned x) { return dim3(x); }
@@ -164,6 +180,20 @@ inline int atomicCAS(int* p, int cmp, int v) {
 }
 template <typename T>
 T atomicExch(T* p, T v) { return std::atomic_ref<T>(*p).exchange(v); }
+
+// ---- bf16 (cuda_bf16.h's names; kernels convert explicitly, no arithmetic operators) -----------
+struct __nv_bfloat16 {
+    unsigned short __x;
+};
+struct alignas(4) __nv_bfloat162 {
+    __nv_bfloat16 x, y;
+};
+// round to nearest even, as __float2bfloat16_rn (kernels/bf16.h, the host twins' rounding)
+inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16{diloco::bf16_bits(f)}; }
+inline __nv_bfloat16 __float2bfloat16(float f) { return __float2bfloat16_rn(f); }
+inline float __bfloat162float(__nv_bfloat16 h) { return diloco::bf16_value(h.__x); }
+inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__float2bfloat16_rn(a), __float2bfloat16_rn(b)}; }
+inline float2 __bfloat1622float2(__nv_bfloat162 h) { return {__bfloat162float(h.x), __bfloat162float(h.y)}; }
 
 // ---- math intrinsics ----------------------------------------------------------------------------
 inline float __expf(float x) { return std::exp(x); }

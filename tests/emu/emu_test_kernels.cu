@@ -120,3 +120,115 @@ void uninitialised_shared(float* out, int block) {
 void partial_warp_shuffle(float* out) { DILOCO_LAUNCH(partial_warp_shuffle_kernel, 1, 48, 0, nullptr, out); }
 
 }  // namespace diloco::emutest
+
+// ---- tensor-core instructions ----------------------------------------------------------------------
+#include "kernels/tensor_core.h"
+
+namespace diloco::emutest {
+
+// One warp: d (16x8) = a (16x16, row-major bf16 bits) b (16x8, row-major bf16 bits) + c (16x8),
+// each lane loading its fragments straight from global memory by the PTX ISA's formulas, written
+// here independently of the emulator's.
+__global__ void mma_direct_kernel(float* d, const uint16_t* a, const uint16_t* b, const float* c) {
+    const int lane = threadIdx.x, gid = lane >> 2, tig = lane % 4;
+    uint32_t af[4], bf[2];
+    float cf[4], df[4];
+    for (int r = 0; r < 4; r++) {  // register r holds a_{2r} (low half) and a_{2r+1}
+        const int row = gid + (r % 2 == 1 ? 8 : 0), col = tig * 2 + (r >= 2 ? 8 : 0);
+        af[r] = (uint32_t)a[row * 16 + col] | (uint32_t)a[row * 16 + col + 1] << 16;
+    }
+    for (int r = 0; r < 2; r++) {  // register r holds b_{2r}, b_{2r+1}: rows k, k+1 of column gid
+        const int k = tig * 2 + r * 8;
+        bf[r] = (uint32_t)b[k * 8 + gid] | (uint32_t)b[(k + 1) * 8 + gid] << 16;
+    }
+    for (int i = 0; i < 4; i++) cf[i] = c[(gid + (i >= 2 ? 8 : 0)) * 8 + tig * 2 + (i & 1)];
+    mma_m16n8k16_bf16(df, af, bf, cf);
+    for (int i = 0; i < 4; i++) d[(gid + (i >= 2 ? 8 : 0)) * 8 + tig * 2 + (i & 1)] = df[i];
+}
+
+// One warp, the way attention and matmul kernels load operands: a (16x16 row-major) and bt (8x16
+// row-major: b transposed, n by k) staged into shared memory, a by ldmatrix_x4, b by ldmatrix_x2 on
+// bt's rows; or, with b_by_trans, b (16x8 row-major, k by n) by ldmatrix_x2_trans. d = a b + 0.
+__global__ void mma_ldmatrix_kernel(float* d, const uint16_t* a, const uint16_t* b_or_bt, bool b_by_trans) {
+    DILOCO_DYNAMIC_SHARED(uint16_t, smem);  // a: 16 x 16, then b: 128 elements
+    const int lane = threadIdx.x;
+    for (int i = lane; i < 256; i += 32) smem[i] = a[i];
+    for (int i = lane; i < 128; i += 32) smem[256 + i] = b_or_bt[i];
+    __syncwarp();
+    uint32_t af[4], bf[2];
+    ldmatrix_x4(af, smem + (lane % 16) * 16 + (lane / 16) * 8);  // matrices: rows 0-7|8-15 x cols 0-7|8-15
+    if (b_by_trans) ldmatrix_x2_trans(bf, smem + 256 + (lane % 16) * 8);  // rows k 0-7, then 8-15
+    else ldmatrix_x2(bf, smem + 256 + (lane % 8) * 16 + (lane / 8 % 2) * 8);  // bt rows n, cols k 0-7 | 8-15
+    float cf[4] = {0, 0, 0, 0}, df[4];
+    mma_m16n8k16_bf16(df, af, bf, cf);
+    const int gid = lane >> 2, tig = lane % 4;
+    for (int i = 0; i < 4; i++) d[(gid + (i >= 2 ? 8 : 0)) * 8 + tig * 2 + (i & 1)] = df[i];
+}
+
+// One warp: the 16x16 tile `a` staged in shared memory; each lane writes its four ldmatrix_x4
+// registers (lane 8m + j pointing at row j of matrix m = the 8x8 block (m % 2, m / 2)) to out[lane*4..].
+__global__ void ldmatrix_kernel(uint32_t* out, const uint16_t* a, bool trans) {
+    DILOCO_DYNAMIC_SHARED(uint16_t, smem);
+    const int lane = threadIdx.x;
+    for (int i = lane; i < 256; i += 32) smem[i] = a[i];
+    __syncwarp();
+    uint32_t r[4];
+    const uint16_t* row = smem + (lane % 16) * 16 + (lane / 16) * 8;
+    if (trans) ldmatrix_x4_trans(r, row);
+    else ldmatrix_x4(r, row);
+    for (int m = 0; m < 4; m++) out[lane * 4 + m] = r[m];
+}
+
+// Broken: ldmatrix straight from global memory.
+__global__ void ldmatrix_global_kernel(uint32_t* out, const uint16_t* a) {
+    uint32_t r[4];
+    ldmatrix_x4(r, a + (threadIdx.x % 16) * 16);
+    out[threadIdx.x] = r[0];
+}
+
+// cp.async: `block` threads copy n floats (n % 4 == 0) to shared memory in two commit groups (the
+// first half, then the second), then read back per `mode`:
+//   0: wait for both, barrier, read all (correct);
+//   1: wait until one group is pending, barrier, read all (the second half is still in flight);
+//   2: read without waiting at all;
+// with src_bytes < 16 each copy fills its last 16 - src_bytes bytes with zeros.
+__global__ void cp_async_kernel(float* out, const float* in, int n, int mode, int src_bytes) {
+    DILOCO_DYNAMIC_SHARED(float, s);
+    const int chunks = n / 4, half = chunks / 2;
+    for (int c = threadIdx.x; c < half; c += blockDim.x) cp_async_16(s + 4 * c, in + 4 * c, src_bytes);
+    cp_async_commit();
+    for (int c = half + threadIdx.x; c < chunks; c += blockDim.x) cp_async_16(s + 4 * c, in + 4 * c, src_bytes);
+    cp_async_commit();
+    if (mode == 0) cp_async_wait<0>();
+    if (mode == 1) cp_async_wait<1>();
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = s[i];
+}
+
+// Broken: a cp.async destination 4 bytes off 16-byte alignment.
+__global__ void cp_async_misaligned_kernel(float* out, const float* in) {
+    DILOCO_DYNAMIC_SHARED(float, s);
+    cp_async_16(s + 1, in);
+    cp_async_commit();
+    cp_async_wait<0>();
+    out[threadIdx.x] = s[1];
+}
+
+void mma_direct(float* d, const uint16_t* a, const uint16_t* b, const float* c) {
+    DILOCO_LAUNCH(mma_direct_kernel, 1, 32, 0, nullptr, d, a, b, c);
+}
+void mma_ldmatrix(float* d, const uint16_t* a, const uint16_t* b_or_bt, bool b_by_trans) {
+    DILOCO_LAUNCH(mma_ldmatrix_kernel, 1, 32, (256 + 128) * sizeof(uint16_t), nullptr, d, a, b_or_bt, b_by_trans);
+}
+void ldmatrix_x4_tile(uint32_t* out, const uint16_t* a, bool trans) {
+    DILOCO_LAUNCH(ldmatrix_kernel, 1, 32, 256 * sizeof(uint16_t), nullptr, out, a, trans);
+}
+void ldmatrix_from_global(uint32_t* out, const uint16_t* a) { DILOCO_LAUNCH(ldmatrix_global_kernel, 1, 32, 0, nullptr, out, a); }
+void cp_async_copy(float* out, const float* in, int n, int block, int mode, int src_bytes) {
+    DILOCO_LAUNCH(cp_async_kernel, 1, block, n * sizeof(float), nullptr, out, in, n, mode, src_bytes);
+}
+void cp_async_misaligned(float* out, const float* in) {
+    DILOCO_LAUNCH(cp_async_misaligned_kernel, 1, 1, 64, nullptr, out, in);
+}
+
+}  // namespace diloco::emutest
