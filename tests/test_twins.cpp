@@ -31,49 +31,12 @@
 #include "kernels/residual_cuda.h"
 #include "tests/compare.h"
 
-#ifndef DILOCO_EMULATE
-#include "kernels/cuda_info.h"
-#endif
+#include "tests/twins.h"
 
 using namespace diloco;
 using namespace diloco::test;
 
 namespace {
-
-#ifdef DILOCO_EMULATE
-#define REQUIRE_DEVICE() (void)0
-void use_schedule(uint64_t seed) { diloco::emu::set_schedule_seed(seed); }
-#else
-#define REQUIRE_DEVICE()                                                                          \
-    do {                                                                                          \
-        if (cuda_device_count() == 0)                                                             \
-            GTEST_SKIP() << "no CUDA device (" << cuda_summary() << "); native GPU test not run"; \
-    } while (0)
-void use_schedule(uint64_t) {}
-#endif
-
-#define CUDA_OK(call) ASSERT_EQ((call), cudaSuccess)
-
-// A device copy of a host vector, freed at scope exit.
-template <typename T>
-struct Dev {
-    T* p = nullptr;
-    size_t n = 0;
-    explicit Dev(size_t count) : n(count) {
-        EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(1, n) * sizeof(T)), cudaSuccess);
-        poison();
-    }
-    explicit Dev(const std::vector<T>& v) : Dev(v.size()) { upload(v); }
-    ~Dev() { cudaFree(p); }
-    void upload(const std::vector<T>& v) { cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice); }
-    void poison() { cudaMemset(p, 0xFF, n * sizeof(T)); }
-    std::vector<T> get() const {
-        std::vector<T> v(n);
-        cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost);
-        cudaDeviceSynchronize();
-        return v;
-    }
-};
 
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
     return a.size() == b.size() && std::memcmp(a.data(), b.data(), 4 * a.size()) == 0;
