@@ -1,6 +1,7 @@
 // `diloco bench KERNEL --device cuda`: each CUDA kernel checked against its CPU twin, then timed
 // with CUDA events after warm-up, the median of repeats with the L2 cache flushed between them,
 // next to the device's measured ceilings (a large device-to-device copy, a cuBLAS SGEMM).
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include "kernels/adamw_cuda.h"
 #include "kernels/attention.h"
 #include "kernels/attention_cuda.h"
+#include "kernels/bf16.h"
 #include "kernels/common.h"
 #include "kernels/crossentropy.h"
 #include "kernels/crossentropy_cuda.h"
@@ -89,15 +91,108 @@ double time_ms(const std::function<void()>& fn, int warmup, int repeats) {
 }
 
 struct Ceilings {
-    double copy_gbs, sgemm_tflops;
+    double copy_gbs, sgemm_tflops, bf16_tflops;
 };
 
-void report(const char* what, double ms, double flops, double bytes, const Ceilings& c, double err) {
-    std::printf("%-24s %9.3f ms", what, ms);
-    if (flops > 0) std::printf(" %8.2f TFLOP/s (%5.1f%% of SGEMM)", flops / ms / 1e9, 100 * flops / ms / 1e9 / c.sgemm_tflops);
+void report(const char* what, double ms, double flops, double bytes, const Ceilings& c, double err, bool bf16 = false) {
+    std::printf("%-28s %9.3f ms", what, ms);
+    if (flops > 0 && !bf16) std::printf(" %8.2f TFLOP/s (%5.1f%% of SGEMM)", flops / ms / 1e9, 100 * flops / ms / 1e9 / c.sgemm_tflops);
+    if (flops > 0 && bf16) std::printf(" %8.2f TFLOP/s (%5.1f%% of bf16 GEMM)", flops / ms / 1e9, 100 * flops / ms / 1e9 / c.bf16_tflops);
     if (bytes > 0) std::printf(" %8.1f GB/s (%5.1f%% of copy)", bytes / ms / 1e6, 100 * bytes / ms / 1e6 / c.copy_gbs);
     if (err >= 0) std::printf("  max rel err vs CPU twin %.1e", err);
     std::printf("\n");
+}
+
+struct DevBits {  // bf16 tensors as 16-bit patterns
+    uint16_t* p = nullptr;
+    size_t n = 0;
+    explicit DevBits(const std::vector<float>& v) : n(v.size()) {
+        std::vector<uint16_t> b(n);
+        for (size_t i = 0; i < n; i++) b[i] = bf16_bits(v[i]);
+        ck(cudaMalloc(&p, std::max<size_t>(n, 1) * 2), "cudaMalloc");
+        ck(cudaMemcpy(p, b.data(), n * 2, cudaMemcpyHostToDevice), "cudaMemcpy");
+    }
+    explicit DevBits(size_t count) : n(count) { ck(cudaMalloc(&p, std::max<size_t>(n, 1) * 2), "cudaMalloc"); }
+    ~DevBits() { cudaFree(p); }
+    std::vector<float> get() const {
+        std::vector<uint16_t> b(n);
+        ck(cudaMemcpy(b.data(), p, n * 2, cudaMemcpyDeviceToHost), "cudaMemcpy");
+        std::vector<float> v(n);
+        for (size_t i = 0; i < n; i++) v[i] = bf16_value(b[i]);
+        return v;
+    }
+};
+
+// cuBLAS bf16 GEMM (fp32 accumulation) at 8192^3: the tensor-core ceiling bf16 kernels are shown against.
+double bf16_gemm_tflops() {
+    cublasHandle_t h;
+    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) return NAN;
+    const int g = 8192;
+    DevBits A((size_t)g * g), B((size_t)g * g), C((size_t)g * g);
+    cudaMemset(A.p, 0, A.n * 2);
+    cudaMemset(B.p, 0, B.n * 2);
+    const float one = 1.0f, zero = 0.0f;
+    const double ms = time_ms([&] {
+        cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, g, g, g, &one, A.p, CUDA_R_16BF, g, B.p, CUDA_R_16BF, g, &zero, C.p,
+                     CUDA_R_16BF, g, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    }, 2, 5);
+    cublasDestroy(h);
+    return 2.0 * g * g * (double)g / ms / 1e9;
+}
+
+// Causal attention: variant 1 (fp32, CUDA cores) and variant 2 (bf16, tensor cores), forward and
+// forward + backward, and cuDNN's fused SDPA forward; each checked against the fp32 CPU twin (for
+// variant 2, the twin runs on the same bf16-rounded inputs).
+void bench_attention(const BenchOptions& o, const Ceilings& c, Rng& rng) {
+    const long N = (long)o.B * o.T;
+    auto qkv = randn(N * 3 * o.C, rng), dy = randn(N * o.C, rng);
+    const double flops = 4.0 * o.B * o.NH * (o.T * (o.T + 1) / 2.0) * (o.C / o.NH);
+    std::printf("attention B=%d T=%d C=%d NH=%d hs=%d | forward flops = 4 B NH T(T+1)/2 hs (causal); backward 2.5x that\n",
+                o.B, o.T, o.C, o.NH, o.C / o.NH);
+    DevBuf work(attention_backward_workspace(o.B, o.T, o.NH));
+    if (o.variant == 0 || o.variant == 1) {
+        std::vector<float> out(N * o.C), lse(N * o.NH);
+        attention_forward_cpu(out.data(), lse.data(), qkv.data(), o.B, o.T, o.C, o.NH);
+        DevBuf dq(qkv), dout(N * o.C), dl(N * o.NH), ddy(dy), dg(N * 3 * o.C);
+        auto fwd = [&] { attention_forward_cuda(dout.p, dl.p, dq.p, o.B, o.T, o.C, o.NH, nullptr); };
+        auto both = [&] {
+            fwd();
+            attention_backward_cuda(dg.p, ddy.p, dq.p, dout.p, dl.p, o.B, o.T, o.C, o.NH, work.p, nullptr);
+        };
+        fwd();
+        report("attention v1 forward", time_ms(fwd, o.warmup, o.repeats), flops, 0, c, max_rel_err(dout.get(), out));
+        report("attention v1 fwd+bwd", time_ms(both, o.warmup, o.repeats), 3.5 * flops, 0, c, -1);
+    }
+    if (o.variant == 0 || o.variant == 2) {
+        if ((o.C / o.NH != 64 && o.C / o.NH != 128) || o.C % o.NH) {
+            std::printf("attention v2: not run: head size %d (variant 2 takes 64 and 128)\n", o.C / o.NH);
+        } else {
+            std::vector<float> rounded(qkv.size()), out(N * o.C), lse(N * o.NH);
+            for (size_t i = 0; i < qkv.size(); i++) rounded[i] = round_bf16(qkv[i]);
+            attention_forward_cpu(out.data(), lse.data(), rounded.data(), o.B, o.T, o.C, o.NH);
+            DevBits dq(qkv), dout(N * o.C), ddy(dy), dg(N * 3 * o.C);
+            DevBuf dl(N * o.NH);
+            auto fwd = [&] { ck(attention_forward_bf16_cuda(dout.p, dl.p, dq.p, o.B, o.T, o.C, o.NH, nullptr), "attention v2"); };
+            auto both = [&] {
+                fwd();
+                attention_backward_bf16_cuda(dg.p, ddy.p, dq.p, dout.p, dl.p, o.B, o.T, o.C, o.NH, work.p, nullptr);
+            };
+            fwd();
+            report("attention v2 forward", time_ms(fwd, o.warmup, o.repeats), flops, 0, c, max_rel_err(dout.get(), out), true);
+            report("attention v2 fwd+bwd", time_ms(both, o.warmup, o.repeats), 3.5 * flops, 0, c, -1, true);
+            std::printf("  (v2: bf16 in and out, fp32 accumulation on tensor cores; errors of order 1e-2 are bf16's 8 bits)\n");
+        }
+    }
+    const CudnnAttention peer = cudnn_attention_forward(
+        qkv, o.B, o.T, o.C, o.NH, [&](const std::function<void()>& fn) { return time_ms(fn, o.warmup, o.repeats); });
+    if (peer.available) {
+        std::vector<float> out(N * o.C), lse(N * o.NH);
+        attention_forward_cpu(out.data(), lse.data(), qkv.data(), o.B, o.T, o.C, o.NH);
+        report("cuDNN SDPA forward (fused)", peer.ms, flops, 0, c, max_rel_err(peer.out, out), true);
+        std::printf("  (cuDNN: %s)\n", peer.precision.c_str());
+    } else {
+        std::printf("cuDNN SDPA: not run: %s\n", peer.why_not.c_str());
+    }
 }
 
 }  // namespace
@@ -105,7 +200,8 @@ void report(const char* what, double ms, double flops, double bytes, const Ceili
 int run_bench_cuda(const BenchOptions& o) {
     int ndev = 0;
     DILOCO_CHECK(cudaGetDeviceCount(&ndev) == cudaSuccess && ndev > 0, "bench --device cuda: no CUDA device");
-    DILOCO_CHECK(o.variant == 0 || o.variant == 1, "the CUDA kernels have one variant so far (1)");
+    DILOCO_CHECK(o.variant == 0 || o.variant == 1 || (o.kernel == "attention" && o.variant == 2),
+                 "bench --device cuda: attention has variants 1 and 2, the other kernels variant 1 (0 runs all)");
     cudaDeviceProp prop{};
     cudaGetDeviceProperties(&prop, 0);
     BlasHandle blas;
@@ -124,9 +220,11 @@ int run_bench_cuda(const BenchOptions& o) {
         const double gms = time_ms([&] { matmul_forward_cuda(C.p, A.p, B.p, nullptr, g, g, g, blas, nullptr); }, 2, 5);
         c.sgemm_tflops = 2.0 * g * g * (double)g / gms / 1e9;
     }
-    std::printf("device %s (sm_%d%d) | ceilings: device copy %.0f GB/s (read + write), cuBLAS SGEMM 8192^3 %.1f TFLOP/s (%s)\n",
+    c.bf16_tflops = bf16_gemm_tflops();
+    std::printf("device %s (sm_%d%d) | ceilings: device copy %.0f GB/s (read + write), cuBLAS SGEMM 8192^3 %.1f TFLOP/s (%s), "
+                "cuBLAS bf16 GEMM 8192^3 %.1f TFLOP/s\n",
                 prop.name, prop.major, prop.minor, c.copy_gbs, c.sgemm_tflops,
-                blas.precision == MatmulPrecision::tf32 ? "tf32 tensor cores" : "fp32, no TF32");
+                blas.precision == MatmulPrecision::tf32 ? "tf32 tensor cores" : "fp32, no TF32", c.bf16_tflops);
     Rng rng(1);
     const std::string& k = o.kernel;
     const long N = (long)o.B * o.T;
@@ -141,25 +239,7 @@ int run_bench_cuda(const BenchOptions& o) {
         report("layernorm forward v1", time_ms(run, o.warmup, o.repeats), 0, 4.0 * (2.0 * N * o.C + 2.0 * N), c,
                max_rel_err(dout.get(), out));
     } else if (k == "attention") {
-        auto qkv = randn(N * 3 * o.C, rng);
-        std::vector<float> out(N * o.C), lse(N * o.NH);
-        attention_forward_cpu(out.data(), lse.data(), qkv.data(), o.B, o.T, o.C, o.NH);
-        DevBuf dq(qkv), dout(N * o.C), dl(N * o.NH);
-        auto run = [&] { attention_forward_cuda(dout.p, dl.p, dq.p, o.B, o.T, o.C, o.NH, nullptr); };
-        run();
-        const double flops = 4.0 * o.B * o.NH * (o.T * (o.T + 1) / 2.0) * (o.C / o.NH);
-        std::printf("attention forward B=%d T=%d C=%d NH=%d | flops = 4 B NH T(T+1)/2 hs (causal)\n", o.B, o.T, o.C, o.NH);
-        report("attention forward v1", time_ms(run, o.warmup, o.repeats), flops, 0, c, max_rel_err(dout.get(), out));
-        std::printf("  (ours: fp32 inputs, fp32 arithmetic on CUDA cores)\n");
-        const CudnnAttention peer = cudnn_attention_forward(
-            qkv, o.B, o.T, o.C, o.NH, [&](const std::function<void()>& fn) { return time_ms(fn, o.warmup, o.repeats); });
-        if (peer.available) {
-            report("cuDNN SDPA (fused)", peer.ms, flops, 0, c, max_rel_err(peer.out, out));
-            std::printf("  (cuDNN: %s; bf16 keeps 8 significant bits, so expect errors of order 1e-2 against the fp32 twin)\n",
-                        peer.precision.c_str());
-        } else {
-            std::printf("cuDNN SDPA: not run: %s\n", peer.why_not.c_str());
-        }
+        bench_attention(o, c, rng);
     } else if (k == "gelu") {
         const long n = N * 4 * o.C;
         auto x = randn(n, rng);
