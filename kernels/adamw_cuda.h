@@ -1,5 +1,7 @@
 // CUDA twin of adamw.h: fused AdamW over the flat buffer, one launch (device pointers).
 #pragma once
+#include <cstdint>
+
 #include "kernels/adamw.h"
 #include "kernels/cuda_compat.h"
 
@@ -17,8 +19,10 @@ struct AdamWSegmentsDevice {
 cudaError_t adamw_upload_segments(AdamWSegmentsDevice& dev, const AdamWSegment* segments, int nsegments);
 void adamw_free_segments(AdamWSegmentsDevice& dev);
 
+// params_bf16 (optional, the same layout as params, as 16-bit patterns): also receives every updated
+// weight rounded to bf16 (nearest even), in the same pass.
 cudaError_t adamw_update_cuda(float* params, float* m, float* v, const float* grads,
                               const AdamWSegmentsDevice& segments, const AdamWHyper& h, long t,
-                              float grad_scale, cudaStream_t stream);
+                              float grad_scale, cudaStream_t stream, uint16_t* params_bf16 = nullptr);
 
 }  // namespace diloco

@@ -13,6 +13,7 @@
 #include "kernels/adamw_cuda.h"
 #include "kernels/attention.h"
 #include "kernels/attention_cuda.h"
+#include "kernels/bf16.h"
 #include "kernels/crossentropy.h"
 #include "kernels/crossentropy_cuda.h"
 #include "kernels/embedding.h"
@@ -181,13 +182,21 @@ TEST(Twin, AdamWMatchesCpu) {
     AdamWSegmentsDevice dsegs;
     CUDA_OK(adamw_upload_segments(dsegs, segs.data(), (int)segs.size()));
     Dev<float> dp(p), dm(m0), dv(v0), dg(n);
+    Dev<uint16_t> dcopy(n);  // the bf16 copy, written on the last step only
     for (long t = 1; t <= 3; t++) {
         auto g = randn(n, rng);
         adamw_update_cpu(P.data(), M.data(), Vv.data(), g.data(), segs.data(), (int)segs.size(), h, t, 0.5f);
         dg.upload(g);
-        CUDA_OK(adamw_update_cuda(dp.p, dm.p, dv.p, dg.p, dsegs, h, t, 0.5f, nullptr));
+        CUDA_OK(adamw_update_cuda(dp.p, dm.p, dv.p, dg.p, dsegs, h, t, 0.5f, nullptr, t == 3 ? dcopy.p : nullptr));
     }
     adamw_free_segments(dsegs);
+    // the bf16 copy is the updated master weights rounded to nearest even, bit for bit, in both the
+    // vector and the scalar paths (the segment boundaries above are not multiples of 4)
+    const std::vector<float> master = dp.get();
+    const std::vector<uint16_t> copy = dcopy.get();
+    size_t wrong = 0;
+    for (size_t i = 0; i < n; i++) wrong += copy[i] != bf16_bits(master[i]);
+    EXPECT_EQ(wrong, 0u) << "bf16 copy elements that are not the rounded master weight";
     // the same per-element formula: differences come from sqrtf / division rounding only
     EXPECT_TRUE(close_rel("adamw params", dp.get(), to_double(P), 3 * 8 * kU32, 3 * 8 * kU32 * 1e-2));
     EXPECT_TRUE(close_rel("adamw m", dm.get(), to_double(M), 3 * 8 * kU32, 1e-9));
