@@ -1,5 +1,7 @@
 // CUDA twins of crossentropy.h (device pointers; same shapes and semantics).
 #pragma once
+#include <cstdint>
+
 #include "kernels/cuda_compat.h"
 
 namespace diloco {
@@ -9,5 +11,10 @@ cudaError_t crossentropy_forward_cuda(float* losses, float* lse, const float* lo
 
 cudaError_t crossentropy_backward_cuda(float* dlogits, const float* logits, const float* lse,
                                        const int* targets, float dloss, int N, int V, cudaStream_t stream);
+// bf16 logits (16-bit patterns), fp32 losses and lse; the backward may overwrite the logits.
+cudaError_t crossentropy_forward_cuda(float* losses, float* lse, const uint16_t* logits, const int* targets, int N, int V,
+                                      cudaStream_t stream);
+cudaError_t crossentropy_backward_cuda(uint16_t* dlogits, const uint16_t* logits, const float* lse, const int* targets,
+                                       float dloss, int N, int V, cudaStream_t stream);
 
 }  // namespace diloco

@@ -1,5 +1,7 @@
 // CUDA twins of embedding.h (device pointers, except where noted).
 #pragma once
+#include <cstdint>
+
 #include "kernels/cuda_compat.h"
 
 namespace diloco {
@@ -16,5 +18,10 @@ inline long embedding_backward_workspace(int B, int T) { return 3L * B * T + 1; 
 // `workspace` holds embedding_backward_workspace(B, T) ints of device memory.
 cudaError_t embedding_backward_cuda(float* dwte, float* dwpe, const float* dout, const int* tokens_host,
                                     int B, int T, int C, int* workspace, cudaStream_t stream);
+// bf16 storage (16-bit patterns) for out, wte, wpe and dout; dwte, dwpe fp32.
+cudaError_t embedding_forward_cuda(uint16_t* out, const int* tokens, const uint16_t* wte, const uint16_t* wpe, int B, int T,
+                                   int C, cudaStream_t stream);
+cudaError_t embedding_backward_cuda(float* dwte, float* dwpe, const uint16_t* dout, const int* tokens_host, int B, int T,
+                                    int C, int* workspace, cudaStream_t stream);
 
 }  // namespace diloco

@@ -1,21 +1,30 @@
-// CUDA twin of residual_cpu.cpp: out = a + b, one thread per element.
+// CUDA twin of residual_cpu.cpp: out = a + b, one thread per element; T = float or bf16 storage.
+#include "kernels/bf16_cuda.h"
 #include "kernels/cuda_compat.h"
 #include "kernels/residual_cuda.h"
 
 namespace diloco {
 
-__global__ void residual_forward_kernel(float* out, const float* a, const float* b, long n) {
+template <typename T>
+__global__ void residual_forward_kernel(T* out, const T* a, const T* b, long n) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = a[i] + b[i];
+    if (i < n) store(out + i, load(a + i) + load(b + i));
 }
 
-cudaError_t residual_forward_cuda(float* out, const float* a, const float* b, long n,
-                                  cudaStream_t stream) {
+template <typename T>
+static cudaError_t residual_forward(T* out, const T* a, const T* b, long n, cudaStream_t stream) {
     if (n <= 0) return cudaSuccess;
     const int block = 256;
     const long grid = (n + block - 1) / block;
-    DILOCO_LAUNCH(residual_forward_kernel, (unsigned)grid, block, 0, stream, out, a, b, n);
+    DILOCO_LAUNCH(residual_forward_kernel<T>, (unsigned)grid, block, 0, stream, out, a, b, n);
     return cudaGetLastError();
+}
+
+cudaError_t residual_forward_cuda(float* out, const float* a, const float* b, long n, cudaStream_t stream) {
+    return residual_forward(out, a, b, n, stream);
+}
+cudaError_t residual_forward_cuda(uint16_t* out, const uint16_t* a, const uint16_t* b, long n, cudaStream_t stream) {
+    return residual_forward(as_bf16(out), as_bf16(a), as_bf16(b), n, stream);
 }
 
 }  // namespace diloco

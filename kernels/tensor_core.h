@@ -14,22 +14,10 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/bf16_cuda.h"
 #include "kernels/cuda_compat.h"
-#if defined(__CUDACC__)
-#include <cuda_bf16.h>
-#endif
 
 namespace diloco {
-
-using bf16 = __nv_bfloat16;
-
-// Two floats as a bf16 pair in one 32-bit register: `lo` in bits 0..15, the fragments' element order.
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-    const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
-    uint32_t u;
-    memcpy(&u, &p, sizeof u);
-    return u;
-}
 
 #if defined(__CUDACC__)
 
