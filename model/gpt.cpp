@@ -209,8 +209,9 @@ const float* gpt_logits(const GPT& m) {
     return a.logits;
 }
 
-void gpt_backward(GPT& m) {
+void gpt_backward(GPT& m, int micro_batches) {
     DILOCO_CHECK(m.have_targets, "backward needs a forward pass with targets");
+    DILOCO_CHECK(micro_batches >= 1, "backward: micro_batches must be >= 1");
     const GPTConfig& c = m.config;
     const int B = m.cur_B, T = m.cur_T, C = c.d_model, NH = c.n_head, V = c.vocab, N = B * T;
     const float* P = m.params.data();
@@ -218,7 +219,7 @@ void gpt_backward(GPT& m) {
     Acts a = acts_of(m);
 
     // dlogits overwrite the logits in place: the probabilities are never stored
-    crossentropy_backward_cpu(a.logits, a.logits, a.lse, m.targets.data(), 1.0f / N, N, V);
+    crossentropy_backward_cpu(a.logits, a.logits, a.lse, m.targets.data(), 1.0f / (float)((long)N * micro_batches), N, V);
     const float* x_last = c.n_layer ? a.layers.back().x_out : a.x0;
     matmul_backward_cpu(a.dtmp, G + m.wte, nullptr, a.logits, a.lnf, P + m.wte, N, C, V);
     std::fill_n(a.dres, (size_t)N * C, 0.0f);

@@ -100,7 +100,10 @@ float gpt_forward(GPT& m, const int* tokens, const int* targets, int B, int T);
 const float* gpt_logits(const GPT& m);
 
 // Backward of the mean loss of the last forward (which needs targets); accumulates into grads.
-void gpt_backward(GPT& m);
+// With micro_batches = K the gradient is weighted 1/K: K backward passes over K equal micro-batches
+// then add up to the gradient of the mean over all their rows (gradient accumulation). The weight
+// is applied as dloss = 1/(K*B*T), the very float one batch of K*B rows would use.
+void gpt_backward(GPT& m, int micro_batches = 1);
 
 void gpt_zero_grad(GPT& m);
 

@@ -98,14 +98,15 @@ float gpt_cuda_forward(GPTCuda& m, const int* tokens, const int* targets, int B,
     return (float)(sum / N);
 }
 
-void gpt_cuda_backward(GPTCuda& m) {
+void gpt_cuda_backward(GPTCuda& m, int micro_batches) {
+    DILOCO_CHECK(micro_batches >= 1, "backward: micro_batches must be >= 1");
     const GPTConfig& c = m.layout.config;
     const int B = m.cur_B, T = m.cur_T, C = c.d_model, NH = c.n_head, V = c.vocab, N = B * T;
     const float* P = m.params;
     float* G = m.grads;
     Acts a = device_acts(m);
     cudaStream_t st = m.stream;
-    DILOCO_CUDA_CHECK(crossentropy_backward_cuda(a.logits, a.logits, a.lse, m.targets, 1.0f / N, N, V, st));
+    DILOCO_CUDA_CHECK(crossentropy_backward_cuda(a.logits, a.logits, a.lse, m.targets, 1.0f / (float)((long)N * micro_batches), N, V, st));
     const float* x_last = c.n_layer ? a.layers.back().x_out : a.x0;
     DILOCO_CUDA_CHECK(matmul_backward_cuda(a.dtmp, G + m.layout.wte, nullptr, a.logits, a.lnf, P + m.layout.wte, N, C, V,
                                            m.mm_workspace, m.blas, st));

@@ -34,8 +34,9 @@ void gpt_cuda_destroy(GPTCuda& m);
 
 // Forward on host tokens/targets (B,T); returns the mean loss (NaN without targets).
 float gpt_cuda_forward(GPTCuda& m, const int* tokens, const int* targets, int B, int T);
-// Backward of the last forward's mean loss; accumulates into m.grads.
-void gpt_cuda_backward(GPTCuda& m);
+// Backward of the last forward's mean loss; accumulates into m.grads, weighted 1/micro_batches
+// as gpt_backward (model/gpt.h) for gradient accumulation.
+void gpt_cuda_backward(GPTCuda& m, int micro_batches = 1);
 void gpt_cuda_zero_grad(GPTCuda& m);
 
 // Copies a device buffer of the model (params or grads) to the host.

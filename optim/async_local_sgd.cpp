@@ -338,7 +338,7 @@ bool AsyncLocalSGD::end_phase(LoopServices& loop, float* theta) {
 void AsyncLocalSGD::write_arrival(LoopServices& loop, int w, const PushHeader& h, long staleness) {
     const long step = global_step();
     std::FILE* f = loop.metrics();
-    const double tokens = (double)applied_steps_ * o_.batch * o_.seq_len;
+    const double tokens = (double)applied_steps_ * o_.batch * o_.grad_accum * o_.seq_len;
     std::fprintf(f,
                  "{\"step\": %ld, \"update\": %ld, \"worker\": %d, \"loss\": %.9g, \"lr\": %.6g, "
                  "\"inner_steps\": %ld, \"staleness\": %ld, \"tokens\": %.0f, \"wall_s\": %.3f, "

@@ -19,7 +19,9 @@ namespace diloco {
 class DeviceTrainer {
 public:
     virtual ~DeviceTrainer() = default;
-    virtual float compute_gradients(const int* tokens, const int* targets, int B, int T) = 0;
+    // Zeroes the gradients, then forward and backward over micro_batches x B rows, B at a time,
+    // each micro-batch's gradient weighted 1/micro_batches (compute_gradients, optim/inner.h).
+    virtual float compute_gradients(const int* tokens, const int* targets, int B, int T, int micro_batches) = 0;
     virtual InnerStepInfo inner_update(long step) = 0;
     // mean loss of a forward pass (evaluation), no gradients
     virtual float forward_loss(const int* tokens, const int* targets, int B, int T) = 0;

@@ -1,5 +1,6 @@
 #include "optim/inner.h"
 
+#include "kernels/common.h"
 #include "kernels/gradnorm.h"
 #include "optim/schedule.h"
 
@@ -12,11 +13,18 @@ void inner_init(InnerOptimizer& opt, const GPT& model, const InnerHyper& h) {
     opt.segments = gpt_adamw_segments(model);
 }
 
-float compute_gradients(GPT& model, const int* tokens, const int* targets, int B, int T) {
-    gpt_zero_grad(model);
-    const float loss = gpt_forward(model, tokens, targets, B, T);
-    gpt_backward(model);
-    return loss;
+float compute_gradients(GPT& model, const int* tokens, const int* targets, int B, int T, int micro_batches) {
+    DILOCO_CHECK(micro_batches >= 1, "compute_gradients: micro_batches must be >= 1");
+    gpt_zero_grad(model);  // once per step: every backward adds into the gradients (model/gpt.h)
+    const size_t rows = (size_t)B * T;
+    // the micro-batches' mean losses; equal sizes, so their mean is the mean over all rows. With
+    // one micro-batch this returns the forward's float unchanged, so K = 1 runs as before to the bit.
+    double sum = 0.0;
+    for (int k = 0; k < micro_batches; k++) {
+        sum += gpt_forward(model, tokens + k * rows, targets + k * rows, B, T);
+        gpt_backward(model, micro_batches);
+    }
+    return (float)(sum / micro_batches);
 }
 
 static void sgd_update(float* p, const float* g, const std::vector<AdamWSegment>& segs, float lr,

@@ -25,7 +25,11 @@ struct InnerOptimizer {
 void inner_init(InnerOptimizer& opt, const GPT& model, const InnerHyper& h);
 
 // Zeroes the gradients, runs forward and backward on one batch; returns its mean loss.
-float compute_gradients(GPT& model, const int* tokens, const int* targets, int B, int T);
+// With micro_batches = K > 1 (gradient accumulation, --grad-accum) tokens and targets hold K*B rows
+// and the model's activations need only B: the gradients are zeroed once, then each micro-batch
+// of B rows adds its gradient weighted 1/K, so the sum is the gradient of the mean loss over all
+// K*B rows, as one batch of K*B would give to float rounding. Returns that mean loss.
+float compute_gradients(GPT& model, const int* tokens, const int* targets, int B, int T, int micro_batches = 1);
 
 struct InnerStepInfo {
     float lr;

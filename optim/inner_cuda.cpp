@@ -11,6 +11,18 @@
 
 namespace diloco {
 
+float compute_gradients_cuda(GPTCuda& model, const int* tokens, const int* targets, int B, int T, int micro_batches) {
+    DILOCO_CHECK(micro_batches >= 1, "compute_gradients: micro_batches must be >= 1");
+    gpt_cuda_zero_grad(model);  // once per step: every backward adds into the gradients
+    const size_t rows = (size_t)B * T;
+    double sum = 0.0;  // as on the CPU: with one micro-batch the forward's float comes back unchanged
+    for (int k = 0; k < micro_batches; k++) {
+        sum += gpt_cuda_forward(model, tokens + k * rows, targets + k * rows, B, T);
+        gpt_cuda_backward(model, micro_batches);
+    }
+    return (float)(sum / micro_batches);
+}
+
 void inner_cuda_create(InnerOptimizerCuda& opt, const GPTCuda& model, const InnerHyper& h) {
     DILOCO_CHECK(h.opt == "adamw", "the CUDA inner optimizer is AdamW (--inner-opt sgd runs on the CPU)");
     opt.h = h;

@@ -16,6 +16,11 @@ struct InnerOptimizerCuda {
     double* norm_out = nullptr;
 };
 
+// compute_gradients of optim/inner.h on the device: tokens and targets (host) hold micro_batches
+// x B rows, the gradients are zeroed once and each micro-batch of B adds its gradient weighted
+// 1/micro_batches; returns the mean loss over all rows.
+float compute_gradients_cuda(GPTCuda& model, const int* tokens, const int* targets, int B, int T, int micro_batches = 1);
+
 void inner_cuda_create(InnerOptimizerCuda& opt, const GPTCuda& model, const InnerHyper& h);
 void inner_cuda_destroy(InnerOptimizerCuda& opt);
 // Step `step` (from 1) from model.grads; the norm is the one value that comes back to the host.

@@ -16,6 +16,7 @@ struct TrainOptions {
     int max_seq_len = 0;  // position-embedding rows; 0 = the preset's, or seq_len
     // batch and length
     int batch = 16;
+    int grad_accum = 1;  // K: micro-batches of --batch per inner step, their gradients added (optim/inner.h)
     long steps = 1000;
     // inner optimizer
     float lr = 1e-3f, min_lr_frac = 0.1f, weight_decay = 0.1f, beta1 = 0.9f, beta2 = 0.95f;

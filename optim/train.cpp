@@ -63,9 +63,27 @@ GPTConfig resolve_config(const TrainOptions& o, int vocab) {
     return c;
 }
 
+// Gradient accumulation's K: at least one micro-batch, and few enough that a rank's step (K * B * T
+// tokens, read into host buffers at once) fits an int and a few GB; GPT-2's 0.5M-token batch is
+// 2^19 tokens, far below the bound. K = 1 leaves --batch to its own checks, as before.
+static void check_grad_accum(const TrainOptions& o) {
+    constexpr long kMaxAccum = 1 << 16, kMaxStepTokens = 1L << 28;
+    DILOCO_CHECK(o.grad_accum >= 1, "--grad-accum must be >= 1 (micro-batches per inner step), got " +
+                                        std::to_string(o.grad_accum));
+    DILOCO_CHECK(o.grad_accum <= kMaxAccum, "--grad-accum " + std::to_string(o.grad_accum) +
+                                                " is implausibly large (at most " + std::to_string(kMaxAccum) + ")");
+    const long tokens = (long)o.grad_accum * o.batch * std::max(o.seq_len, 1);
+    DILOCO_CHECK(o.grad_accum == 1 || tokens <= kMaxStepTokens, "--grad-accum " + std::to_string(o.grad_accum) + " x --batch " +
+                                               std::to_string(o.batch) + " x --seq-len " + std::to_string(o.seq_len) +
+                                               " = " + std::to_string(tokens) +
+                                               " tokens per rank per step is implausibly large (at most " +
+                                               std::to_string(kMaxStepTokens) + ")");
+}
+
 static void check_options(const TrainOptions& o) {
     DILOCO_CHECK(o.batch > 0, "--batch must be positive, got " + std::to_string(o.batch));
     DILOCO_CHECK(o.steps > 0, "--steps must be positive, got " + std::to_string(o.steps));
+    check_grad_accum(o);
     DILOCO_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr must be positive");
     DILOCO_CHECK(o.warmup >= 0, "--warmup must be >= 0");
     DILOCO_CHECK(o.min_lr_frac >= 0 && o.min_lr_frac <= 1, "--min-lr-frac must be in [0, 1]");
@@ -121,7 +139,7 @@ static std::string describe_options(const TrainOptions& o) {
       << '|' << o.shard << '|' << o.seed << '|' << o.eval_every << '|' << o.ckpt_every << '|'
       << o.eval_batches << '|' << o.resume << '|' << o.stop_at << '|' << o.device << '|' << o.matmul_precision
       << '|' << o.ckpt_keep << '|' << o.delay_buffer << '|' << o.dylu << '|' << o.worker_speeds << '|'
-      << o.virtual_step_s;
+      << o.virtual_step_s << '|' << o.grad_accum;
     return s.str();
 }
 
@@ -336,11 +354,13 @@ void set_up_model_and_algorithm(Run& r) {
     }
     const bool replicas = r.algo->replica_per_worker();
     r.stage_grads = r.dev && (replicas ? r.comm.ranks_per_worker() : r.comm.world_size()) > 1;
-    // one stream of R*B rows per step for a single model (R: the ranks that train, not a server);
-    // a worker reads its own part, G*B per step
-    r.global_rows = (long)r.comm.workers() * r.comm.ranks_per_worker() * o.batch;
-    r.stream_rows = replicas ? (long)r.comm.ranks_per_worker() * o.batch : r.global_rows;
-    r.my_row = (long)(replicas ? r.comm.local() : r.comm.world_rank()) * o.batch;
+    // one stream of R*K*B rows per step for a single model (R: the ranks that train, not a server;
+    // K micro-batches of B per rank, consecutive, so that they are the rows a batch of K*B reads);
+    // a worker reads its own part, G*K*B per step
+    const long rank_rows = (long)o.grad_accum * o.batch;
+    r.global_rows = (long)r.comm.workers() * r.comm.ranks_per_worker() * rank_rows;
+    r.stream_rows = replicas ? (long)r.comm.ranks_per_worker() * rank_rows : r.global_rows;
+    r.my_row = (long)(replicas ? r.comm.local() : r.comm.world_rank()) * rank_rows;
 }
 
 double evaluate_now(Run& r) {
@@ -353,12 +373,14 @@ double evaluate_now(Run& r) {
 void print_header(const Run& r, const TokenStream& train) {
     const TrainOptions& o = r.o;
     const std::string where = r.dev ? device_backend().name : "cpu, " + std::to_string(omp_get_max_threads()) + " threads";
+    // without accumulation the line reads as it always has (scripts read it)
+    const std::string accum = o.grad_accum == 1 ? "" : " x " + std::to_string(o.grad_accum) + " micro-batches accumulated";
     std::fprintf(stderr,
-                 "train: %s | %.2fM params | %s%s | %d ranks (%d workers x %d) | batch %d x %d per rank | %ld steps "
+                 "train: %s | %.2fM params | %s%s | %d ranks (%d workers x %d) | batch %d x %d per rank%s | %ld steps "
                  "| %s | train %.2fM tokens\n",
                  r.cfg.describe().c_str(), r.model.num_params / 1e6, o.algo.c_str(), r.algo->describe().c_str(),
-                 r.comm.world_size(), r.comm.workers(), r.comm.ranks_per_worker(), o.batch, o.seq_len, o.steps,
-                 where.c_str(), train.num_tokens() / 1e6);
+                 r.comm.world_size(), r.comm.workers(), r.comm.ranks_per_worker(), o.batch, o.seq_len, accum.c_str(),
+                 o.steps, where.c_str(), train.num_tokens() / 1e6);
 }
 
 // The step's gradients, averaged over the ranks that train one model: on the device (NCCL) when
@@ -400,19 +422,20 @@ bool average_gradients(Run& r, StepSeconds& spent) {
                 ": " + first + "; lower --lr");
 }
 
-// One inner step: this rank's rows of the step's batch, forward and backward, the gradients
-// averaged over the ranks that train one model, the inner optimizer's step.
+// One inner step: this rank's rows of the step's batch, forward and backward (over --grad-accum
+// micro-batches, their gradients added), the gradients averaged over the ranks that train one
+// model, the inner optimizer's step.
 PendingStep inner_step(Run& r, TokenStream& train, int64_t step, std::vector<int>& tok, std::vector<int>& tgt) {
-    const int B = r.o.batch, T = r.o.seq_len;
-    train.read_rows(r.state.data_cursor + r.my_row, B, tok.data(), tgt.data());
+    const int B = r.o.batch, T = r.o.seq_len, K = r.o.grad_accum;
+    train.read_rows(r.state.data_cursor + r.my_row, K * B, tok.data(), tgt.data());
     r.state.data_cursor += r.stream_rows;
     StepSeconds spent;
     double t = r.seconds();
     float loss;
     {
         TraceRange trace("forward and backward");
-        loss = r.dev ? r.dev->compute_gradients(tok.data(), tgt.data(), B, T)
-                     : compute_gradients(r.model, tok.data(), tgt.data(), B, T);
+        loss = r.dev ? r.dev->compute_gradients(tok.data(), tgt.data(), B, T, K)
+                     : compute_gradients(r.model, tok.data(), tgt.data(), B, T, K);
     }
     spent.compute += r.seconds() - t;
     if (!std::isfinite(loss)) stop_non_finite(r, step, "the loss is " + std::to_string(loss));
@@ -616,7 +639,7 @@ double run_train(const TrainOptions& o) {
     TokenStream train(o.data, "train", r.cfg.vocab, o.seq_len, true, o.seed);
     if (r.algo->replica_per_worker()) train.set_partition(comm.workers(), comm.worker(), o.shard == "noniid");
     gpt_allocate(r.model, o.batch, o.seq_len);
-    std::vector<int> tok((size_t)o.batch * o.seq_len), tgt(tok.size());
+    std::vector<int> tok((size_t)o.grad_accum * o.batch * o.seq_len), tgt(tok.size());  // a step's K micro-batches
     if (r.root()) {
         r.metrics = std::fopen(r.metrics_path.c_str(), "a");
         DILOCO_CHECK(r.metrics, "cannot open " + r.metrics_path + " for writing");

@@ -52,11 +52,8 @@ public:
         inner_cuda_destroy(opt_);
         gpt_cuda_destroy(model_);
     }
-    float compute_gradients(const int* tokens, const int* targets, int B, int T) override {
-        gpt_cuda_zero_grad(model_);
-        const float loss = gpt_cuda_forward(model_, tokens, targets, B, T);
-        gpt_cuda_backward(model_);
-        return loss;
+    float compute_gradients(const int* tokens, const int* targets, int B, int T, int micro_batches) override {
+        return compute_gradients_cuda(model_, tokens, targets, B, T, micro_batches);
     }
     InnerStepInfo inner_update(long step) override { return inner_update_cuda(opt_, model_, step); }
     float forward_loss(const int* tokens, const int* targets, int B, int T) override {

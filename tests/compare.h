@@ -70,4 +70,24 @@ inline ::testing::AssertionResult close_max(const std::string& what, const std::
     return all_close(what, got.data(), ref.data(), got.size(), [&](size_t) { return t; });
 }
 
+// Per named tensor of a flat model buffer (parameters or gradients): ||got - ref||_2 <= rel *
+// ||ref||_2 + abs, over each tensor's elements. For results that are sums of the same terms in
+// another order, whose error follows the tensor's size rather than any one element's.
+template <typename Tensors>
+::testing::AssertionResult close_per_tensor(const std::string& what, const Tensors& tensors, const float* got,
+                                            const float* ref, double rel, double abs = 0.0) {
+    for (const auto& t : tensors) {
+        double diff = 0.0, norm = 0.0;
+        for (size_t i = t.offset; i < t.offset + t.numel(); i++) {
+            diff += std::pow((double)got[i] - ref[i], 2);
+            norm += std::pow((double)ref[i], 2);
+        }
+        if (!(std::sqrt(diff) <= rel * std::sqrt(norm) + abs))
+            return ::testing::AssertionFailure() << what << ": tensor " << t.name << " differs by "
+                                                 << std::sqrt(diff) << " in norm, " << std::sqrt(diff / norm)
+                                                 << " relative (tolerance " << rel << ")";
+    }
+    return ::testing::AssertionSuccess();
+}
+
 }  // namespace diloco::test

@@ -113,3 +113,99 @@ TEST(CudaModel, ThreeAdamWStepsMatchCpu) {
     inner_cuda_destroy(opt_dev);
     gpt_cuda_destroy(dev);
 }
+
+// Gradient accumulation on the device (compute_gradients_cuda, --grad-accum): K = 3 micro-batches
+// of B = 2 against one batch of 6 on the same device code, and after one AdamW step the same
+// change of the weights. The tolerance is tests/test_optim.cpp's, argued there: the two differ
+// only in the order of each parameter gradient's sum over the n = K*B*T rows, so per tensor in
+// norm by at most about 2*n*u; we allow 4*n*u (2.7e-5 for n = 114). The wrong weighting (1
+// instead of 1/K) must miss by O(1).
+TEST(CudaModel, GradientAccumulationMatchesOneBatch) {
+#ifndef DILOCO_EMULATE
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (" << cuda_summary() << "); native GPU test not run";
+#endif
+    const GPTConfig cfg{67, 24, 2, 2, 64};
+    const int K = 3, B = 2, T = 19;
+    const double tol = 4.0 * K * B * T * kU32;
+    GPT host;
+    gpt_build(host, cfg);
+    gpt_init(host, 31);
+    Rng rng(32);
+    std::vector<int> tok(K * B * T), tgt(K * B * T);
+    for (auto& t : tok) t = (int)rng.below(cfg.vocab);
+    for (auto& t : tgt) t = (int)rng.below(cfg.vocab);
+    InnerHyper h;
+    h.lr = 1e-2f, h.warmup = 0, h.total_steps = 10;
+    // [0]: one batch of K*B, [1]: K micro-batches of B, [2]: K micro-batches each weighted 1
+    std::vector<float> grads[3], updates[2];
+    float loss[3];
+    for (int run = 0; run < 3; run++) {
+        GPTCuda dev;
+        gpt_cuda_create(dev, host, run == 0 ? K * B : B, T);
+        if (run == 0) loss[run] = compute_gradients_cuda(dev, tok.data(), tgt.data(), K * B, T);
+        if (run == 1) loss[run] = compute_gradients_cuda(dev, tok.data(), tgt.data(), B, T, K);
+        if (run == 2) {
+            gpt_cuda_zero_grad(dev);
+            for (int k = 0; k < K; k++) {
+                loss[run] = gpt_cuda_forward(dev, tok.data() + k * B * T, tgt.data() + k * B * T, B, T);
+                gpt_cuda_backward(dev);
+            }
+        }
+        grads[run] = gpt_cuda_download(dev, dev.grads);
+        if (run < 2) {
+            InnerOptimizerCuda opt;
+            inner_cuda_create(opt, dev, h);
+            inner_update_cuda(opt, dev, 1);
+            updates[run] = gpt_cuda_download(dev, dev.params);
+            for (size_t i = 0; i < host.num_params; i++) updates[run][i] -= host.params[i];
+            inner_cuda_destroy(opt);
+        }
+        gpt_cuda_destroy(dev);
+    }
+    EXPECT_NEAR(loss[1], loss[0], 16 * kU32 * loss[0]);
+    double norm = 0;
+    for (float g : grads[0]) norm += (double)g * g;
+    ASSERT_GT(std::sqrt(norm), 1e-2) << "the gradients should be far from zero";
+    EXPECT_TRUE(close_per_tensor("device gradients, accumulated against one batch", host.tensors, grads[1].data(),
+                                 grads[0].data(), tol));
+    EXPECT_FALSE(close_per_tensor("device gradients, unweighted", host.tensors, grads[2].data(), grads[0].data(), tol));
+    // AdamW's first step is g/(|g|+eps): the key bias's gradient is rounding noise (docs/testing.md)
+    std::vector<ParamTensor> checked;
+    for (const auto& t : host.tensors)
+        if (t.name.find("attn.qkv.b") == std::string::npos) checked.push_back(t);
+    EXPECT_TRUE(close_per_tensor("device AdamW update, accumulated against one batch", checked, updates[1].data(),
+                                 updates[0].data(), tol));
+}
+
+// K = 1 on the device is the plain step: zero, forward, backward, bit for bit.
+TEST(CudaModel, OneMicroBatchIsThePlainStepBitForBit) {
+#ifndef DILOCO_EMULATE
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (" << cuda_summary() << "); native GPU test not run";
+#endif
+    const GPTConfig cfg{67, 24, 2, 2, 64};
+    const int B = 3, T = 19;
+    GPT host;
+    gpt_build(host, cfg);
+    gpt_init(host, 41);
+    Rng rng(42);
+    std::vector<int> tok(B * T), tgt(B * T);
+    for (auto& t : tok) t = (int)rng.below(cfg.vocab);
+    for (auto& t : tgt) t = (int)rng.below(cfg.vocab);
+    std::vector<float> grads[2];
+    float loss[2];
+    for (int run = 0; run < 2; run++) {
+        GPTCuda dev;
+        gpt_cuda_create(dev, host, B, T);
+        if (run == 0) {
+            gpt_cuda_zero_grad(dev);
+            loss[run] = gpt_cuda_forward(dev, tok.data(), tgt.data(), B, T);
+            gpt_cuda_backward(dev);
+        } else {
+            loss[run] = compute_gradients_cuda(dev, tok.data(), tgt.data(), B, T, 1);
+        }
+        grads[run] = gpt_cuda_download(dev, dev.grads);
+        gpt_cuda_destroy(dev);
+    }
+    EXPECT_EQ(std::memcmp(&loss[0], &loss[1], sizeof(float)), 0);
+    EXPECT_EQ(std::memcmp(grads[0].data(), grads[1].data(), 4 * grads[0].size()), 0);
+}

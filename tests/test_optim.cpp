@@ -1,16 +1,19 @@
-// The outer optimizer, the llm.c weight interchange, fragments and the outer-gradient exchange.
+// The outer optimizer, the llm.c weight interchange, fragments and the outer-gradient exchange;
+// gradient accumulation in the inner step.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 
 #include "kernels/common.h"
 #include "model/llmc.h"
 #include "comm/comm.h"
 #include "optim/exchange.h"
+#include "optim/inner.h"
 #include "optim/outer.h"
 #include "optim/streaming.h"
 #include "tests/compare.h"
@@ -176,4 +179,140 @@ TEST(Exchange, OneWorkerGetsItsOwnDecodedGradient) {
             EXPECT_EQ(sum, f == QuantFormat::fp32 ? g : want) << ex.method();
             EXPECT_EQ(own, sum) << ex.method();
         }
+}
+
+// ---- gradient accumulation (--grad-accum K): K micro-batches of B against one batch of K*B ----
+//
+// Why the tolerance is what it is. Every activation and every activation gradient of a row depends
+// on that row's sequence alone, and the loss gradient uses dloss = 1/(K*B*T) in both runs (the same
+// float), so the two runs differ only in how each parameter gradient, a sum over the n = K*B*T
+// rows (tokens) of per-row terms, is ordered: once over n rows, or K partial sums over B*T rows
+// added into the buffer (plus the products' own blocking, which may depend on the row count).
+// fp32 summation of n terms in any order errs by at most about n*u*sum|t_i| (u = 2^-24), and by
+// sqrt(n)*u*sum|t_i| typically; for terms of mixed sign sum|t_i| is about sqrt(n)*|sum t_i|. Both
+// orders err that way, so per tensor in norm the difference stays within 2*n*u of the gradient;
+// we allow 4*n*u (4e-5 for n = 165). The loss is a mean of n per-token losses summed in double in
+// both runs; the micro-batch means are rounded to float once each before their mean, so it agrees
+// to a few u; we allow 16u. The wrong variants below miss by O(1), far outside either.
+namespace {
+
+const GPTConfig kAccumCfg{67, 16, 2, 2, 32};  // vocab 67, T 11 below: multiples of no tile
+
+double accum_tolerance(int n_rows) { return 4.0 * n_rows * kU32; }
+
+GPT accum_model(int rows, int T) {
+    GPT m;
+    gpt_build(m, kAccumCfg);
+    gpt_init(m, 31);
+    gpt_allocate(m, rows, T);
+    return m;
+}
+
+void random_rows(std::vector<int>& tok, std::vector<int>& tgt, size_t n, uint64_t seed) {
+    Rng rng(seed);
+    tok.resize(n);
+    tgt.resize(n);
+    for (auto& t : tok) t = (int)rng.below(kAccumCfg.vocab);
+    for (auto& t : tgt) t = (int)rng.below(kAccumCfg.vocab);
+}
+
+// One inner step from `m`'s gradients on a copy; returns the parameter change it made.
+std::vector<float> one_step_update(const GPT& m, const InnerHyper& h, double* grad_norm) {
+    GPT c = m;
+    InnerOptimizer opt;
+    inner_init(opt, c, h);
+    *grad_norm = inner_update(opt, c, 1).grad_norm;
+    for (size_t i = 0; i < c.num_params; i++) c.params[i] -= m.params[i];
+    return c.params;
+}
+
+// The step from K micro-batches against the step from one batch of K*B: the same clipped norm,
+// the same parameter change. AdamW's first step is g/(|g|+eps) elementwise, so the key bias, whose
+// gradient is rounding noise (its exact value is 0; docs/testing.md), is left out of AdamW's check.
+// The change is read back as p1 - p0, which adds up to u*|p| per element: SGD takes lr 1 so that
+// this stays far below the tolerance (AdamW's first step moves each weight by about lr anyway).
+void expect_same_step(const GPT& big, const GPT& acc, const std::string& opt, double tol) {
+    InnerHyper h;
+    h.opt = opt, h.lr = opt == "sgd" ? 1.0f : 1e-2f, h.warmup = 0, h.total_steps = 10;
+    double norm_big = 0, norm_acc = 0;
+    const std::vector<float> up_big = one_step_update(big, h, &norm_big);
+    h.grad_clip = (float)(0.5 * norm_big);  // exercise clipping: its factor follows the norm
+    const std::vector<float> clipped_big = one_step_update(big, h, &norm_big);
+    const std::vector<float> clipped_acc = one_step_update(acc, h, &norm_acc);
+    EXPECT_NEAR(norm_acc, norm_big, tol * norm_big) << opt;
+    std::vector<ParamTensor> checked;
+    for (const auto& t : big.tensors)
+        if (opt != "adamw" || t.name.find("attn.qkv.b") == std::string::npos) checked.push_back(t);
+    EXPECT_TRUE(close_per_tensor(opt + " update, accumulated against one batch", checked, clipped_acc.data(),
+                                 clipped_big.data(), tol));
+    EXPECT_FALSE(close_per_tensor(opt + " update, clipped against unclipped", checked, clipped_big.data(),
+                                  up_big.data(), tol))
+        << "clipping should change the step by far more than the tolerance";
+}
+
+void check_accumulation(int K, int B, int T) {
+    SCOPED_TRACE("K=" + std::to_string(K) + " B=" + std::to_string(B) + " T=" + std::to_string(T));
+    std::vector<int> tok, tgt;
+    random_rows(tok, tgt, (size_t)K * B * T, 32 + K);
+    GPT big = accum_model(K * B, T), acc = accum_model(B, T);
+    const float loss_big = compute_gradients(big, tok.data(), tgt.data(), K * B, T);
+    const float loss_acc = compute_gradients(acc, tok.data(), tgt.data(), B, T, K);
+    EXPECT_NEAR(loss_acc, loss_big, 16 * kU32 * loss_big);
+    double norm = 0;
+    for (float g : big.grads) norm += (double)g * g;
+    ASSERT_GT(std::sqrt(norm), 1e-2) << "the gradients should be far from zero";
+    const double tol = accum_tolerance(K * B * T);
+    EXPECT_TRUE(close_per_tensor("gradients, accumulated against one batch", big.tensors, acc.grads.data(),
+                                 big.grads.data(), tol));
+
+    // the check can fail: without the 1/K weight, and with the gradients zeroed per micro-batch
+    const size_t rows = (size_t)B * T;
+    GPT wrong = accum_model(B, T);
+    gpt_zero_grad(wrong);
+    for (int k = 0; k < K; k++) {
+        gpt_forward(wrong, tok.data() + k * rows, tgt.data() + k * rows, B, T);
+        gpt_backward(wrong);  // weight 1: K times the mean gradient
+    }
+    EXPECT_FALSE(close_per_tensor("unweighted", big.tensors, wrong.grads.data(), big.grads.data(), tol));
+    for (int k = 0; k < K; k++) {
+        gpt_zero_grad(wrong);  // zeroed per micro-batch: the last micro-batch's share alone
+        gpt_forward(wrong, tok.data() + k * rows, tgt.data() + k * rows, B, T);
+        gpt_backward(wrong, K);
+    }
+    EXPECT_FALSE(close_per_tensor("zeroed per micro-batch", big.tensors, wrong.grads.data(), big.grads.data(), tol));
+
+    expect_same_step(big, acc, "adamw", tol);
+    expect_same_step(big, acc, "sgd", tol);
+}
+
+}  // namespace
+
+TEST(GradAccum, MicroBatchesEqualOneBatchOfKTimesB) {
+    check_accumulation(3, 5, 11);  // an awkward B: odd, not a divisor of any tile
+    check_accumulation(4, 1, 11);  // micro-batches of one sequence
+    check_accumulation(2, 3, 16);  // T = max_seq_len
+}
+
+// K = 1 is the step every run without --grad-accum takes: the same loss and gradients, bit for bit,
+// as zeroing, one forward and one backward.
+TEST(GradAccum, OneMicroBatchIsThePlainStepBitForBit) {
+    const int B = 5, T = 11;
+    std::vector<int> tok, tgt;
+    random_rows(tok, tgt, (size_t)B * T, 40);
+    GPT plain = accum_model(B, T), one = accum_model(B, T);
+    gpt_zero_grad(plain);
+    const float loss_plain = gpt_forward(plain, tok.data(), tgt.data(), B, T);
+    gpt_backward(plain);
+    const float loss_one = compute_gradients(one, tok.data(), tgt.data(), B, T, 1);
+    EXPECT_EQ(std::memcmp(&loss_one, &loss_plain, sizeof(float)), 0);
+    EXPECT_EQ(std::memcmp(one.grads.data(), plain.grads.data(), 4 * one.num_params), 0);
+    // two micro-batches of the same rows: the same mean exactly (halving is exact in binary), and
+    // the same gradients to one rounding (wte's two contributions are added in another order)
+    GPT two = accum_model(B, T);
+    std::vector<int> tok2(tok), tgt2(tgt);
+    tok2.insert(tok2.end(), tok.begin(), tok.end());
+    tgt2.insert(tgt2.end(), tgt.begin(), tgt.end());
+    const float loss_two = compute_gradients(two, tok2.data(), tgt2.data(), B, T, 2);
+    EXPECT_EQ(loss_two, loss_plain) << "the same rows twice: the same mean";
+    EXPECT_TRUE(close_per_tensor("the same rows twice", plain.tensors, two.grads.data(), plain.grads.data(), 4 * kU32));
 }

@@ -20,7 +20,10 @@ void add_train_options(CLI::App* t, TrainOptions& o) {
     t->add_option("--seq-len", o.seq_len, "training sequence length")->capture_default_str();
     t->add_option("--max-seq-len", o.max_seq_len, "position-embedding rows (0: preset's or --seq-len)");
     // batch and length
-    t->add_option("--batch", o.batch, "sequences per rank per inner step")->capture_default_str();
+    t->add_option("--batch", o.batch, "sequences per rank per forward pass (a micro-batch)")->capture_default_str();
+    t->add_option("--grad-accum", o.grad_accum, "K: micro-batches of --batch per inner step, gradients added "
+                                                "(a step trains on K x --batch sequences per rank)")
+        ->capture_default_str();
     t->add_option("--steps", o.steps, "inner steps")->capture_default_str();
     // inner optimizer
     t->add_option("--lr", o.lr, "peak learning rate")->capture_default_str();
