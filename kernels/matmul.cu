@@ -4,12 +4,16 @@
 #include <string>
 #include <vector>
 
+#include "kernels/bf16.h"
+#include "kernels/bf16_cuda.h"
 #include "kernels/common.h"
 #include "kernels/cuda_common.h"
+#include "kernels/gelu.h"
 #include "kernels/matmul.h"
 #include "kernels/matmul_cuda.h"
 
 #if defined(__CUDACC__)
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #endif
 
@@ -27,13 +31,14 @@ __global__ void add_bias_kernel(float* out, const float* bias, int N, int OC) {
 // 8 phases, then N / kBiasRows chunks: far fewer than the N successive additions of one thread.
 constexpr int kBiasRows = 256, kBiasPhases = 8;
 
-__global__ void bias_grad_partial_kernel(float* partial, const float* dout, int N, int OC) {
+template <typename T>
+__global__ void bias_grad_partial_kernel(float* partial, const T* dout, int N, int OC) {
     DILOCO_DYNAMIC_SHARED(float, sums);  // kBiasPhases x 32
     const int c = blockIdx.x * 32 + threadIdx.x, chunk = blockIdx.y;
     const int r1 = min(N, (chunk + 1) * kBiasRows);
     float s = 0.0f;
     if (c < OC)
-        for (int r = chunk * kBiasRows + threadIdx.y; r < r1; r += kBiasPhases) s += dout[(long)r * OC + c];
+        for (int r = chunk * kBiasRows + threadIdx.y; r < r1; r += kBiasPhases) s += load(dout + (long)r * OC + c);
     sums[threadIdx.y * 32 + threadIdx.x] = s;
     __syncthreads();
     if (threadIdx.y != 0 || c >= OC) return;
@@ -55,9 +60,10 @@ static int bias_chunks(int N) { return (N + kBiasRows - 1) / kBiasRows; }
 
 long matmul_backward_workspace(int N, int OC) { return (long)bias_chunks(N) * OC; }
 
-static cudaError_t bias_grad(float* dbias, const float* dout, int N, int OC, float* workspace, cudaStream_t stream) {
+template <typename T>
+static cudaError_t bias_grad(float* dbias, const T* dout, int N, int OC, float* workspace, cudaStream_t stream) {
     const dim3 grid((OC + 31) / 32, bias_chunks(N)), block(32, kBiasPhases);
-    DILOCO_LAUNCH(bias_grad_partial_kernel, grid, block, kBiasPhases * 32 * sizeof(float), stream, workspace, dout,
+    DILOCO_LAUNCH(bias_grad_partial_kernel<T>, grid, block, kBiasPhases * 32 * sizeof(float), stream, workspace, dout,
                   N, OC);
     DILOCO_LAUNCH(bias_grad_final_kernel, (OC + 127) / 128, 128, 0, stream, dbias, workspace, bias_chunks(N), OC);
     return cudaGetLastError();
@@ -92,11 +98,17 @@ void blas_create(BlasHandle& h) {
     cublasHandle_t c;
     blas_check(cublasCreate(&c), "cublasCreate");
     h.handle = c;
+    cublasLtHandle_t lt;
+    blas_check(cublasLtCreate(&lt), "cublasLtCreate");
+    h.lt = lt;
+    if (cudaMalloc(&h.lt_workspace, kLtWorkspaceBytes) != cudaSuccess) throw Error("CUDA: cannot allocate the cuBLASLt workspace");
     blas_set_precision(h, h.precision);
 }
 void blas_destroy(BlasHandle& h) {
     if (h.handle) cublasDestroy(static_cast<cublasHandle_t>(h.handle));
-    h.handle = nullptr;
+    if (h.lt) cublasLtDestroy(static_cast<cublasLtHandle_t>(h.lt));
+    if (h.lt_workspace) cudaFree(h.lt_workspace);
+    h.handle = h.lt = h.lt_workspace = nullptr;
 }
 
 void blas_set_precision(BlasHandle& h, MatmulPrecision p) {
@@ -164,6 +176,127 @@ cudaError_t matmul_backward_cuda(float* dinp, float* dw, float* dbias, const flo
     const ProductInput g(dout, (long)N * OC, blas.precision), a(inp, (long)N * C, blas.precision),
         b(w, (long)OC * C, dinp ? blas.precision : MatmulPrecision::fp32);  // w only serves dinp
     matmul_backward_cpu(dinp, dw, nullptr, g.p, a.p, b.p, N, C, OC);
+#endif
+    if (dbias) return bias_grad(dbias, dout, N, OC, workspace, stream);
+    return cudaGetLastError();
+}
+
+// ---- bf16 (mixed precision) ----------------------------------------------------------------------
+
+#if defined(__CUDACC__)
+
+// out (N,OC) = epilogue(inp (N,C) w^T + bias) through cuBLASLt, fp32 accumulation, bf16 out; with
+// gelu_pre, the epilogue also stores the pre-activation there (GELU_AUX_BIAS), as the backward needs.
+static void lt_forward(BlasHandle& b, cudaStream_t stream, bf16* out, bf16* gelu_pre, const bf16* inp, const bf16* w,
+                       const bf16* bias, int N, int C, int OC) {
+    auto ok = [](cublasStatus_t s, const char* call) { blas_check(s, call); };
+    cublasLtMatmulDesc_t desc;
+    ok(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;  // column-major: out^T = w (C x OC)^T inp^T
+    ok(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "TRANSA");
+    ok(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "TRANSB");
+    cublasLtEpilogue_t epi = gelu_pre ? (bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX)
+                                      : (bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT);
+    ok(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi), "EPILOGUE");
+    if (bias) {
+        const cudaDataType_t bt = CUDA_R_16BF;
+        ok(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias), "BIAS_POINTER");
+        ok(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt), "BIAS_DATA_TYPE");
+    }
+    if (gelu_pre) {
+        const int64_t ld = OC;
+        const cudaDataType_t at = CUDA_R_16BF;
+        ok(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &gelu_pre, sizeof gelu_pre), "AUX_POINTER");
+        ok(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof ld), "AUX_LD");
+        ok(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, &at, sizeof at), "AUX_DATA_TYPE");
+    }
+    cublasLtMatrixLayout_t A, B, D;
+    ok(cublasLtMatrixLayoutCreate(&A, CUDA_R_16BF, C, OC, C), "layout A");
+    ok(cublasLtMatrixLayoutCreate(&B, CUDA_R_16BF, C, N, C), "layout B");
+    ok(cublasLtMatrixLayoutCreate(&D, CUDA_R_16BF, OC, N, OC), "layout D");
+    cublasLtMatmulPreference_t pref;
+    ok(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
+    const size_t ws = kLtWorkspaceBytes;
+    ok(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws), "workspace");
+    cublasLtMatmulHeuristicResult_t heur{};
+    int found = 0;
+    const auto lt = static_cast<cublasLtHandle_t>(b.lt);
+    ok(cublasLtMatmulAlgoGetHeuristic(lt, desc, A, B, D, D, pref, 1, &heur, &found), "cublasLtMatmulAlgoGetHeuristic");
+    if (found == 0)
+        throw Error("cuBLASLt: no algorithm for the bf16 product (N=" + std::to_string(N) + " C=" + std::to_string(C) +
+                    " OC=" + std::to_string(OC) + ", epilogue " + std::to_string((int)epi) + ")");
+    const float one = 1.0f, zero = 0.0f;
+    const cublasStatus_t s = cublasLtMatmul(lt, desc, &one, w, A, inp, B, &zero, out, D, out, D, &heur.algo, b.lt_workspace,
+                                            ws, stream);
+    cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatrixLayoutDestroy(A);
+    cublasLtMatrixLayoutDestroy(B);
+    cublasLtMatrixLayoutDestroy(D);
+    cublasLtMatmulDescDestroy(desc);
+    if (s != CUBLAS_STATUS_SUCCESS)
+        throw Error("cuBLASLt: cublasLtMatmul bf16 (N=" + std::to_string(N) + " C=" + std::to_string(C) + " OC=" +
+                    std::to_string(OC) + "): " + cublas_status_name(s));
+}
+
+// C (m x n, column-major, type ctype) = op(A) op(B) + beta C, bf16 A and B, fp32 accumulation.
+static void gemm_bf16(BlasHandle& b, cudaStream_t stream, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                      const bf16* A, int lda, const bf16* B, int ldb, float beta, void* Cm, cudaDataType_t ctype, int ldc) {
+    cublasHandle_t h = static_cast<cublasHandle_t>(b.handle);
+    blas_check(cublasSetStream(h, stream), "cublasSetStream");
+    const float one = 1.0f;
+    const cublasStatus_t s = cublasGemmEx(h, ta, tb, m, n, k, &one, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, &beta, Cm, ctype,
+                                          ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (s != CUBLAS_STATUS_SUCCESS)
+        throw Error("cuBLAS: cublasGemmEx bf16 (m=" + std::to_string(m) + " n=" + std::to_string(n) + " k=" +
+                    std::to_string(k) + "): " + cublas_status_name(s));
+}
+
+#else  // emulated: the CPU BLAS on the bf16 values, in fp32, then one rounding (the fused epilogue's)
+
+static std::vector<float> widen(const bf16* x, long n) {
+    std::vector<float> v(x ? n : 0);
+    for (long i = 0; i < (long)v.size(); i++) v[i] = __bfloat162float(x[i]);
+    return v;
+}
+
+#endif
+
+cudaError_t matmul_forward_cuda(uint16_t* out16, const uint16_t* inp16, const uint16_t* w16, const uint16_t* bias16, int N,
+                                int C, int OC, BlasHandle& blas, cudaStream_t stream, uint16_t* gelu_pre16) {
+    if (N <= 0 || OC <= 0) return cudaSuccess;
+    bf16* out = as_bf16(out16);
+    bf16* pre = gelu_pre16 ? as_bf16(gelu_pre16) : nullptr;
+    const bf16 *inp = as_bf16(inp16), *w = as_bf16(w16), *bias = bias16 ? as_bf16(bias16) : nullptr;
+#if defined(__CUDACC__)
+    lt_forward(blas, stream, out, pre, inp, w, bias, N, C, OC);
+#else
+    const long n = (long)N * OC;
+    const auto a = widen(inp, (long)N * C), wf = widen(w, (long)OC * C), bf = widen(bias, OC);
+    std::vector<float> acc(n), act(pre ? n : 0);
+    matmul_forward_cpu(acc.data(), a.data(), wf.data(), bias ? bf.data() : nullptr, N, C, OC);
+    if (pre) gelu_forward_cpu(act.data(), acc.data(), n);
+    for (long i = 0; i < n; i++) {
+        if (pre) pre[i] = __float2bfloat16_rn(acc[i]);
+        out[i] = __float2bfloat16_rn(pre ? act[i] : acc[i]);
+    }
+#endif
+    return cudaGetLastError();
+}
+
+cudaError_t matmul_backward_cuda(uint16_t* dinp16, float* dw, float* dbias, const uint16_t* dout16, const uint16_t* inp16,
+                                 const uint16_t* w16, int N, int C, int OC, float* workspace, BlasHandle& blas,
+                                 cudaStream_t stream) {
+    if (N <= 0 || OC <= 0) return cudaSuccess;
+    bf16* dinp = dinp16 ? as_bf16(dinp16) : nullptr;
+    const bf16 *dout = as_bf16(dout16), *inp = as_bf16(inp16), *w = as_bf16(w16);
+#if defined(__CUDACC__)
+    if (dinp) gemm_bf16(blas, stream, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, 0.0f, dinp, CUDA_R_16BF, C);
+    gemm_bf16(blas, stream, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, 1.0f, dw, CUDA_R_32F, C);
+#else
+    const auto g = widen(dout, (long)N * OC), a = widen(inp, (long)N * C), wf = widen(dinp ? w : nullptr, (long)OC * C);
+    std::vector<float> di(dinp ? (size_t)N * C : 0);
+    matmul_backward_cpu(dinp ? di.data() : nullptr, dw, nullptr, g.data(), a.data(), wf.data(), N, C, OC);
+    for (size_t i = 0; i < di.size(); i++) dinp[i] = __float2bfloat16_rn(di[i]);
 #endif
     if (dbias) return bias_grad(dbias, dout, N, OC, workspace, stream);
     return cudaGetLastError();

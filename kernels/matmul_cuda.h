@@ -5,6 +5,9 @@
 // (e.g. "cuBLAS: cublasSgemm (m=768 n=8192 k=3072): CUBLAS_STATUS_EXECUTION_FAILED"), since
 // cudaError_t has no code for it; the cudaError_t returned is the bias kernels' launch status.
 #pragma once
+#include <cstddef>
+#include <cstdint>
+
 #include "kernels/cuda_compat.h"
 #include "kernels/matmul.h"
 
@@ -12,8 +15,11 @@ namespace diloco {
 
 struct BlasHandle {
     void* handle = nullptr;  // cublasHandle_t natively; unused when emulated
+    void* lt = nullptr;      // cublasLtHandle_t natively (the bf16 products with fused epilogues)
+    void* lt_workspace = nullptr;  // kLtWorkspaceBytes of device memory for cuBLASLt
     MatmulPrecision precision = MatmulPrecision::fp32;
 };
+constexpr size_t kLtWorkspaceBytes = (size_t)32 << 20;
 void blas_create(BlasHandle& h);  // throws on failure, naming the cuBLAS status
 void blas_destroy(BlasHandle& h);
 
@@ -41,6 +47,19 @@ long matmul_backward_workspace(int N, int OC);
 // result is deterministic (though not the CPU twin's bits: the order of the additions differs).
 cudaError_t matmul_backward_cuda(float* dinp, float* dw, float* dbias, const float* dout, const float* inp,
                                  const float* w, int N, int C, int OC, float* workspace, BlasHandle& blas,
+                                 cudaStream_t stream);
+
+// Mixed precision (bf16 tensors as 16-bit patterns; fp32 accumulation on tensor cores).
+// out (N,OC) = inp (N,C) @ w^T + bias, bias (OC) optional, rounded to bf16 once, after the bias
+// (cuBLASLt's fused epilogue natively; emulated, the CPU BLAS in fp32 on the bf16 values). With
+// gelu_pre: gelu_pre = the rounded pre-activation (inp w^T + bias) and out = gelu(pre-activation)
+// (tanh form), both from the same fp32 value, in the same pass.
+cudaError_t matmul_forward_cuda(uint16_t* out, const uint16_t* inp, const uint16_t* w, const uint16_t* bias, int N, int C,
+                                int OC, BlasHandle& blas, cudaStream_t stream, uint16_t* gelu_pre = nullptr);
+// dinp (N,C) bf16 = dout @ w (overwrites; null skips); dw (OC,C) fp32 += dout^T @ inp; dbias fp32 +=
+// column sums of dout (null skips), deterministic as above.
+cudaError_t matmul_backward_cuda(uint16_t* dinp, float* dw, float* dbias, const uint16_t* dout, const uint16_t* inp,
+                                 const uint16_t* w, int N, int C, int OC, float* workspace, BlasHandle& blas,
                                  cudaStream_t stream);
 
 }  // namespace diloco

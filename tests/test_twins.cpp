@@ -439,3 +439,63 @@ TEST(Twin, CublasFailuresNameTheStatus) {
     blas_destroy(blas);
 }
 #endif
+
+// Mixed precision: the bf16 products (cuBLASLt with the bias, and bias + GELU, fused; cuBLAS for the
+// backward) against float64 from the same bf16 values. A bf16 output is its fp32 value rounded
+// once: the fp32 bound above plus half a bf16 spacing, 2^-8 |value|. Shapes keep C and OC multiples
+// of 8 (cuBLASLt's bf16 alignment); N is awkward.
+TEST(Twin, MatmulBf16WithinItsBound) {
+    REQUIRE_DEVICE();
+    struct Shape { int N, C, OC; };
+    Rng rng(42);
+    const double half_spacing = 1.0 / 256;
+    auto rounded = [](std::vector<float> v, std::vector<uint16_t>* bits) {
+        bits->resize(v.size());
+        for (size_t i = 0; i < v.size(); i++) (*bits)[i] = bf16_bits(v[i]), v[i] = bf16_value((*bits)[i]);
+        return v;
+    };
+    auto widen = [](const std::vector<uint16_t>& b) {
+        std::vector<float> v(b.size());
+        for (size_t i = 0; i < b.size(); i++) v[i] = bf16_value(b[i]);
+        return v;
+    };
+    for (Shape s : {Shape{1, 8, 8}, Shape{257, 24, 72}, Shape{513, 40, 136}, Shape{1000, 16, 32}}) {
+        std::vector<uint16_t> xb, wb, bb, gb;
+        const auto x = rounded(randn((size_t)s.N * s.C, rng), &xb), w = rounded(randn((size_t)s.OC * s.C, rng), &wb),
+                   b = rounded(randn(s.OC, rng), &bb), g = rounded(randn((size_t)s.N * s.OC, rng), &gb);
+        const auto dw0 = randn(w.size(), rng), db0 = randn(s.OC, rng);
+        const MatmulRef want = matmul_reference(x, w, b, g, dw0, db0, s.N, s.C, s.OC);
+        BlasHandle blas;
+        blas_create(blas);
+        Dev<uint16_t> dX(xb), dW(wb), dB(bb), dG(gb), out((size_t)s.N * s.OC), act((size_t)s.N * s.OC), gX((size_t)s.N * s.C);
+        Dev<float> gW(dw0), gB(db0), work(std::max(1L, matmul_backward_workspace(s.N, s.OC)));
+        CUDA_OK(matmul_forward_cuda(out.p, dX.p, dW.p, dB.p, s.N, s.C, s.OC, blas, nullptr));
+        std::vector<uint16_t> pre_bits;
+        {
+            Dev<uint16_t> pre((size_t)s.N * s.OC);
+            CUDA_OK(matmul_forward_cuda(act.p, dX.p, dW.p, dB.p, s.N, s.C, s.OC, blas, nullptr, pre.p));
+            pre_bits = pre.get();
+        }
+        CUDA_OK(matmul_backward_cuda(gX.p, gW.p, gB.p, dG.p, dX.p, dW.p, s.N, s.C, s.OC, work.p, blas, nullptr));
+        blas_destroy(blas);
+        const auto got_out = widen(out.get()), got_pre = widen(pre_bits), got_act = widen(act.get()), got_dx = widen(gX.get());
+        const std::string shape = std::to_string(s.N) + "x" + std::to_string(s.C) + "x" + std::to_string(s.OC);
+        auto bound = [&](const std::vector<double>& ref, const std::vector<double>& mag, double n) {
+            return [&ref, &mag, n, half_spacing](size_t i) { return half_spacing * std::fabs(ref[i]) + n * kU32 * mag[i] * 1.01 + 1e-30; };
+        };
+        EXPECT_TRUE(all_close(shape + " out", got_out.data(), want.out.data(), got_out.size(), bound(want.out, want.out_mag, s.C + 2)));
+        EXPECT_TRUE(all_close(shape + " gelu pre-activation", got_pre.data(), want.out.data(), got_pre.size(),
+                              bound(want.out, want.out_mag, s.C + 2)));
+        // gelu(pre) with pre off by e: gelu' is at most 1.13, and tanhf adds a few ulp (the gelu twin test's bound)
+        std::vector<float> pre_f(want.out.begin(), want.out.end()), gelu_ref(pre_f.size());
+        gelu_forward_cpu(gelu_ref.data(), pre_f.data(), (long)pre_f.size());
+        const auto gelu_want = to_double(gelu_ref);
+        EXPECT_TRUE(all_close(shape + " gelu out", got_act.data(), gelu_want.data(), got_act.size(), [&](size_t i) {
+            return half_spacing * std::fabs(gelu_want[i]) + 1.2 * (s.C + 2) * kU32 * want.out_mag[i] +
+                   8 * kU32 * (std::fabs(gelu_want[i]) + std::fabs(want.out[i])) + 1e-30;
+        }));
+        EXPECT_TRUE(all_close(shape + " dx", got_dx.data(), want.dx.data(), got_dx.size(), bound(want.dx, want.dx_mag, s.OC + 1)));
+        EXPECT_TRUE(within(shape + " dw (fp32)", gW.get(), want.dw, want.dw_mag, (s.N + 2) * kU32));
+        EXPECT_TRUE(within(shape + " dbias (fp32)", gB.get(), want.db, want.db_mag, (32 + 8 + (s.N + 255) / 256 + 2) * kU32));
+    }
+}
