@@ -27,4 +27,15 @@ cudaError_t residual_forward_cuda(uint16_t* out, const uint16_t* a, const uint16
     return residual_forward(as_bf16(out), as_bf16(a), as_bf16(b), n, stream);
 }
 
+__global__ void bf16_copy_kernel(bf16* dst, const float* src, long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+cudaError_t bf16_copy_cuda(uint16_t* dst, const float* src, long n, cudaStream_t stream) {
+    if (n <= 0) return cudaSuccess;
+    DILOCO_LAUNCH(bf16_copy_kernel, (unsigned)((n + 255) / 256), 256, 0, stream, as_bf16(dst), src, n);
+    return cudaGetLastError();
+}
+
 }  // namespace diloco

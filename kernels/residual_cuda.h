@@ -13,4 +13,7 @@ cudaError_t residual_forward_cuda(float* out, const float* a, const float* b, lo
 // bf16 storage (16-bit patterns), fp32 sum, rounded once
 cudaError_t residual_forward_cuda(uint16_t* out, const uint16_t* a, const uint16_t* b, long n, cudaStream_t stream);
 
+// dst (bf16, 16-bit patterns) = src rounded to nearest even: the weights' bf16 copy.
+cudaError_t bf16_copy_cuda(uint16_t* dst, const float* src, long n, cudaStream_t stream);
+
 }  // namespace diloco

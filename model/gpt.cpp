@@ -314,4 +314,20 @@ std::string first_non_finite_activation(const GPT& m) {
     return "";
 }
 
+Precision parse_precision(const std::string& name) {
+    if (name == "fp32") return Precision::fp32;
+    if (name == "bf16") return Precision::bf16;
+    throw Error("unknown precision '" + name + "' (known: fp32, bf16)");
+}
+
+const char* precision_name(Precision p) { return p == Precision::bf16 ? "bf16" : "fp32"; }
+
+bool bf16_supports(const GPTConfig& c, std::string* why) {
+    const int hs = c.n_head > 0 ? c.d_model / c.n_head : 0;
+    if (hs == 64 || hs == 128) return true;
+    if (why) *why = "--precision bf16 needs a head size (d_model / n_head) of 64 or 128 (attention variant 2); this model's is " +
+                    std::to_string(hs);
+    return false;
+}
+
 }  // namespace diloco

@@ -33,6 +33,16 @@ struct GPTConfig {
     void validate() const;  // throws Error naming the first bad field
 };
 
+// Storage of the forward and backward on the CUDA path: fp32 throughout, or mixed precision (bf16
+// weight copy and activations; fp32 master weights, gradients and optimizer state:
+// model/gpt_cuda_bf16.cpp). The CPU model is fp32.
+enum class Precision { fp32, bf16 };
+Precision parse_precision(const std::string& name);  // "fp32" or "bf16", else an Error naming them
+const char* precision_name(Precision p);
+// Whether the bf16 path can run this model (head size 64 or 128, attention variant 2's); if not,
+// why, in one line.
+bool bf16_supports(const GPTConfig& c, std::string* why);
+
 // Named presets; throws Error listing the known names when `name` is unknown.
 GPTConfig gpt_preset(const std::string& name, int vocab);
 std::vector<std::string> gpt_preset_names();

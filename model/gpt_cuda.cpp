@@ -14,7 +14,7 @@
 
 namespace diloco {
 
-void gpt_cuda_create(GPTCuda& m, const GPT& host, int B, int T) {
+void gpt_cuda_create(GPTCuda& m, const GPT& host, int B, int T, Precision precision) {
     gpt_build(m.layout, host.config);
     m.layout.params.clear();
     m.layout.params.shrink_to_fit();
@@ -25,12 +25,14 @@ void gpt_cuda_create(GPTCuda& m, const GPT& host, int B, int T) {
                  "the CUDA attention supports head sizes up to " + std::to_string(kAttnCudaMaxHead));
     m.B = B;
     m.T = T;
+    m.precision = precision;
     const size_t n = host.num_params;
-    Acts a;
-    const size_t nacts = layout_acts(a, nullptr, host.config, B, T);
     DILOCO_CUDA_CHECK(cudaMalloc(&m.params, n * sizeof(float)));
     DILOCO_CUDA_CHECK(cudaMalloc(&m.grads, n * sizeof(float)));
-    DILOCO_CUDA_CHECK(cudaMalloc(&m.acts, nacts * sizeof(float)));
+    if (precision == Precision::fp32) {
+        Acts a;
+        DILOCO_CUDA_CHECK(cudaMalloc(&m.acts, layout_acts(a, nullptr, host.config, B, T) * sizeof(float)));
+    }
     DILOCO_CUDA_CHECK(cudaMalloc(&m.tokens, (size_t)B * T * sizeof(int)));
     DILOCO_CUDA_CHECK(cudaMalloc(&m.targets, (size_t)B * T * sizeof(int)));
     DILOCO_CUDA_CHECK(cudaMalloc(&m.att_workspace, attention_backward_workspace(B, T, host.config.n_head) * sizeof(float)));
@@ -41,11 +43,13 @@ void gpt_cuda_create(GPTCuda& m, const GPT& host, int B, int T) {
     DILOCO_CUDA_CHECK(cudaMemcpy(m.params, host.params.data(), n * sizeof(float), cudaMemcpyHostToDevice));
     DILOCO_CUDA_CHECK(cudaMemset(m.grads, 0, n * sizeof(float)));
     blas_create(m.blas);
+    if (precision == Precision::bf16) gpt_cuda_alloc_bf16(m);  // the copy is taken from params above
 }
 
 void gpt_cuda_destroy(GPTCuda& m) {
     for (void* p : {(void*)m.params, (void*)m.grads, (void*)m.acts, (void*)m.tokens, (void*)m.targets,
-                    (void*)m.att_workspace, (void*)m.emb_workspace, (void*)m.mm_workspace})
+                    (void*)m.att_workspace, (void*)m.emb_workspace, (void*)m.mm_workspace, (void*)m.params16,
+                    (void*)m.acts16})
         if (p) cudaFree(p);
     blas_destroy(m.blas);
     m = GPTCuda{};
@@ -69,6 +73,7 @@ float gpt_cuda_forward(GPTCuda& m, const int* tokens, const int* targets, int B,
     m.cur_T = T;
     DILOCO_CUDA_CHECK(cudaMemcpy(m.tokens, tokens, N * sizeof(int), cudaMemcpyHostToDevice));
     if (targets) DILOCO_CUDA_CHECK(cudaMemcpy(m.targets, targets, N * sizeof(int), cudaMemcpyHostToDevice));
+    if (m.precision == Precision::bf16) return gpt_cuda_forward_bf16(m, B, T, targets != nullptr);
 
     DILOCO_CUDA_CHECK(embedding_forward_cuda(a.x0, m.tokens, P + m.layout.wte, P + m.layout.wpe, B, T, C, st));
     const float* x = a.x0;
@@ -100,6 +105,7 @@ float gpt_cuda_forward(GPTCuda& m, const int* tokens, const int* targets, int B,
 
 void gpt_cuda_backward(GPTCuda& m, int micro_batches) {
     DILOCO_CHECK(micro_batches >= 1, "backward: micro_batches must be >= 1");
+    if (m.precision == Precision::bf16) return gpt_cuda_backward_bf16(m, micro_batches);
     const GPTConfig& c = m.layout.config;
     const int B = m.cur_B, T = m.cur_T, C = c.d_model, NH = c.n_head, V = c.vocab, N = B * T;
     const float* P = m.params;

@@ -3,6 +3,8 @@
 // built emulated (DILOCO_EMULATE) so that CI runs a whole training step through the kernels' own
 // source, with the CPU BLAS in place of cuBLAS.
 #pragma once
+#include <cstdint>
+#include <string>
 #include <vector>
 
 #include "kernels/adamw_cuda.h"
@@ -16,7 +18,10 @@ struct GPTCuda {
     GPT layout;  // config and tensor table (its host buffers stay empty)
     float* params = nullptr;  // device, flat, block-major as on the host
     float* grads = nullptr;
-    float* acts = nullptr;
+    float* acts = nullptr;  // fp32: every activation; bf16: only the fp32 statistics
+    Precision precision = Precision::fp32;
+    uint16_t* params16 = nullptr;  // bf16: the weights' bf16 copy, the flat layout of params
+    uint16_t* acts16 = nullptr;    // bf16: the activations and their gradients
     int B = 0, T = 0, cur_B = 0, cur_T = 0;
     int* tokens = nullptr;   // device
     int* targets = nullptr;  // device
@@ -29,7 +34,7 @@ struct GPTCuda {
 };
 
 // Allocates everything for batches of up to B x T and copies the host model's parameters.
-void gpt_cuda_create(GPTCuda& m, const GPT& host, int B, int T);
+void gpt_cuda_create(GPTCuda& m, const GPT& host, int B, int T, Precision precision = Precision::fp32);
 void gpt_cuda_destroy(GPTCuda& m);
 
 // Forward on host tokens/targets (B,T); returns the mean loss (NaN without targets).
@@ -38,6 +43,15 @@ float gpt_cuda_forward(GPTCuda& m, const int* tokens, const int* targets, int B,
 // as gpt_backward (model/gpt.h) for gradient accumulation.
 void gpt_cuda_backward(GPTCuda& m, int micro_batches = 1);
 void gpt_cuda_zero_grad(GPTCuda& m);
+
+// bf16: rewrites the bf16 copy of params[begin, begin + count) from the master weights; call after
+// anything but AdamW changed them (a copy from the host, an all-gather). No-op in fp32.
+void gpt_cuda_refresh_bf16(GPTCuda& m, size_t begin, size_t count);
+
+// The bf16 path's pieces (model/gpt_cuda_bf16.cpp), called through the functions above.
+void gpt_cuda_alloc_bf16(GPTCuda& m);
+float gpt_cuda_forward_bf16(GPTCuda& m, int B, int T, bool with_targets);
+void gpt_cuda_backward_bf16(GPTCuda& m, int micro_batches);
 
 // Copies a device buffer of the model (params or grads) to the host.
 std::vector<float> gpt_cuda_download(const GPTCuda& m, const float* device_buffer);

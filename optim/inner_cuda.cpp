@@ -54,7 +54,8 @@ InnerStepInfo inner_update_cuda(InnerOptimizerCuda& opt, GPTCuda& model, long st
     const float lr = lr_at(step, h.total_steps, h.warmup, h.lr, h.min_lr_frac);
     const AdamWHyper ah{lr, h.beta1, h.beta2, h.eps, h.weight_decay};
     DILOCO_CUDA_CHECK(adamw_update_cuda(model.params, opt.m, opt.v, model.grads, opt.segments, ah, step,
-                               clip_scale(norm, h.grad_clip), model.stream));
+                               clip_scale(norm, h.grad_clip), model.stream,
+                               model.precision == Precision::bf16 ? model.params16 : nullptr));
     return {lr, norm};
 }
 

@@ -61,6 +61,9 @@ struct TrainOptions {
     long stop_at = 0;  // leave after this step with a checkpoint (0: run to --steps)
     std::string device = "auto";
     std::string matmul_precision = "fp32";  // fp32 | tf32 (tensor cores; --device cuda only)
+    // auto | fp32 | bf16 (mixed precision, --device cuda only); auto: bf16 on a device when the
+    // model's head size allows it (64 or 128), else fp32
+    std::string precision = "auto";
 };
 
 }  // namespace diloco

@@ -122,6 +122,8 @@ static void check_options(const TrainOptions& o) {
     DILOCO_CHECK(!o.data.empty() && !o.out.empty(), "train needs --data and --out");
     DILOCO_CHECK(o.stop_at >= 0, "--stop-at must be >= 0");
     (void)parse_matmul_precision(o.matmul_precision);
+    DILOCO_CHECK(o.precision == "auto" || o.precision == "fp32" || o.precision == "bf16",
+                 "--precision must be auto, fp32 or bf16, got '" + o.precision + "'");
     find_algorithm(o.algo).check_options(o);  // what the chosen algorithm refuses
 }
 
@@ -137,7 +139,7 @@ static std::string describe_options(const TrainOptions& o) {
       << o.fragment_pattern << '|' << o.overlap << '|' << o.alpha << '|' << o.quant << '|' << o.quant_block << '|' << o.exchange << '|' << o.eager << '|'
       << o.outer_gbps << '|' << o.outer_latency_ms
       << '|' << o.shard << '|' << o.seed << '|' << o.eval_every << '|' << o.ckpt_every << '|'
-      << o.eval_batches << '|' << o.resume << '|' << o.stop_at << '|' << o.device << '|' << o.matmul_precision
+      << o.eval_batches << '|' << o.resume << '|' << o.stop_at << '|' << o.device << '|' << o.matmul_precision << '|' << o.precision
       << '|' << o.ckpt_keep << '|' << o.delay_buffer << '|' << o.dylu << '|' << o.worker_speeds << '|'
       << o.virtual_step_s << '|' << o.grad_accum;
     return s.str();
@@ -187,6 +189,19 @@ static bool use_device(const TrainOptions& o) {
         return true;
     }
     return o.device == "auto" && be.create && n > 0;
+}
+
+// --precision resolved: bf16 only on a device, and only for head sizes the bf16 path runs; auto
+// takes it where it can.
+static Precision storage_precision(const TrainOptions& o, const GPTConfig& c, bool on_device) {
+    std::string why;
+    const bool supported = bf16_supports(c, &why);
+    if (o.precision == "bf16") {
+        DILOCO_CHECK(on_device, "--precision bf16 needs --device cuda: the CPU trainer computes in fp32");
+        DILOCO_CHECK(supported, why);
+        return Precision::bf16;
+    }
+    return o.precision == "auto" && on_device && supported ? Precision::bf16 : Precision::fp32;
 }
 
 // Keeps the metrics lines a resumed run has already reproduced (step <= resumed step), drops the
@@ -260,6 +275,7 @@ struct Run {
     Rng rng{0};
     std::unique_ptr<TrainingAlgorithm> algo;
     std::unique_ptr<DeviceTrainer> dev;  // null: training on the CPU
+    Precision precision = Precision::fp32;  // of the device's forward and backward (--precision)
     TokenizerBlob tokenizer;             // the data's subword tokenizer, carried in rank 0's checkpoints
     bool stage_grads = false;            // gradients cross the host for their average
     long global_rows = 0;                // rows of one inner step, all replicas together
@@ -347,9 +363,10 @@ void set_up_model_and_algorithm(Run& r) {
     const bool on_device = use_device(o);
     DILOCO_CHECK(on_device || o.matmul_precision == "fp32",
                  "--matmul-precision " + o.matmul_precision + " needs --device cuda: the CPU products are fp32");
+    r.precision = storage_precision(o, r.cfg, on_device);
     if (on_device) {
         r.dev = device_backend().create(r.model, inner_hyper(o), o.batch, o.seq_len, r.comm,
-                                        parse_matmul_precision(o.matmul_precision));
+                                        parse_matmul_precision(o.matmul_precision), r.precision);
         if (r.state.step > 0) r.dev->moments_from_host(r.inner.m.data(), r.inner.v.data());
     }
     const bool replicas = r.algo->replica_per_worker();
@@ -372,7 +389,8 @@ double evaluate_now(Run& r) {
 
 void print_header(const Run& r, const TokenStream& train) {
     const TrainOptions& o = r.o;
-    const std::string where = r.dev ? device_backend().name : "cpu, " + std::to_string(omp_get_max_threads()) + " threads";
+    const std::string where = r.dev ? device_backend().name + (r.precision == Precision::bf16 ? ", bf16 mixed precision" : "")
+                                    : "cpu, " + std::to_string(omp_get_max_threads()) + " threads";
     // without accumulation the line reads as it always has (scripts read it)
     const std::string accum = o.grad_accum == 1 ? "" : " x " + std::to_string(o.grad_accum) + " micro-batches accumulated";
     std::fprintf(stderr,

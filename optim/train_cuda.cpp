@@ -23,7 +23,7 @@ void check(cudaError_t e, const char* what) {
 
 class CudaTrainer : public DeviceTrainer {
 public:
-    CudaTrainer(const GPT& host, const InnerHyper& h, int B, int T, Comm& comm, MatmulPrecision precision) {
+    CudaTrainer(const GPT& host, const InnerHyper& h, int B, int T, Comm& comm, MatmulPrecision precision, Precision storage) {
         // the device first: everything below allocates on it. With NCCL the worker's gradients are
         // averaged on the device even for one rank, so that one GPU runs the path many GPUs take.
 #ifdef DILOCO_HAVE_NCCL
@@ -36,7 +36,7 @@ public:
 #else
         (void)comm;
 #endif
-        gpt_cuda_create(model_, host, B, T);
+        gpt_cuda_create(model_, host, B, T, storage);
         blas_set_precision(model_.blas, precision);
         inner_cuda_create(opt_, model_, h);
 #ifdef DILOCO_HAVE_NCCL
@@ -62,12 +62,16 @@ public:
     void grads_to_host(float* h) override { copy(h, model_.grads, cudaMemcpyDeviceToHost); }
     void grads_from_host(const float* h) override { copy(model_.grads, h, cudaMemcpyHostToDevice); }
     void params_to_host(float* h) override { copy(h, model_.params, cudaMemcpyDeviceToHost); }
-    void params_from_host(const float* h) override { copy(model_.params, h, cudaMemcpyHostToDevice); }
+    void params_from_host(const float* h) override {
+        copy(model_.params, h, cudaMemcpyHostToDevice);
+        gpt_cuda_refresh_bf16(model_, 0, model_.layout.num_params);
+    }
     void params_to_host(float* h, size_t begin, size_t count) override {
         check(cudaMemcpy(h + begin, model_.params + begin, count * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
     }
     void params_from_host(const float* h, size_t begin, size_t count) override {
         check(cudaMemcpy(model_.params + begin, h + begin, count * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
+        gpt_cuda_refresh_bf16(model_, begin, count);
     }
     void moments_to_host(float* m, float* v) override {
         copy(m, opt_.m, cudaMemcpyDeviceToHost);
@@ -107,6 +111,7 @@ public:
     bool allgather_param_slices_in_worker() override {
 #ifdef DILOCO_HAVE_NCCL
         nccl_->allgather_slices(model_.params, model_.layout.num_params, model_.stream);
+        gpt_cuda_refresh_bf16(model_, 0, model_.layout.num_params);
         check(cudaStreamSynchronize(model_.stream), "cudaStreamSynchronize");
         return true;
 #else
@@ -138,8 +143,8 @@ int count_devices() {
 }
 
 std::unique_ptr<DeviceTrainer> create(const GPT& host, const InnerHyper& h, int B, int T, Comm& comm,
-                                      MatmulPrecision precision) {
-    return std::make_unique<CudaTrainer>(host, h, B, T, comm, precision);
+                                      MatmulPrecision precision, Precision storage) {
+    return std::make_unique<CudaTrainer>(host, h, B, T, comm, precision, storage);
 }
 
 }  // namespace

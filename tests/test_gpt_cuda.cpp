@@ -209,3 +209,109 @@ TEST(CudaModel, OneMicroBatchIsThePlainStepBitForBit) {
     EXPECT_EQ(std::memcmp(&loss[0], &loss[1], sizeof(float)), 0);
     EXPECT_EQ(std::memcmp(grads[0].data(), grads[1].data(), 4 * grads[0].size()), 0);
 }
+
+// Mixed precision (--precision bf16) against the fp32 CPU step. Every stored activation and the
+// weight copy are rounded to bf16 (relative error up to 2^-8 each); a gradient reaches a tensor
+// through at most ~25 such roundings in this 2-layer model (weights, layernorm outputs, products,
+// attention's P and dS, GELU, the residual stream, the logits and their gradient), so even adding
+// them linearly the per-tensor error stays under 25 * 2^-8 = 0.1 of the gradient's norm; a wrong
+// index or layout gives errors of order 1. The loss: the logits carry ~2^-8 relative error, which
+// moves a cross-entropy near log(67) = 4.2 by well under 1%.
+TEST(CudaModel, Bf16TrainingStepWithinItsBound) {
+#ifndef DILOCO_EMULATE
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (" << cuda_summary() << "); native GPU test not run";
+#endif
+    const GPTConfig cfg{67, 24, 2, 2, 128};  // head size 64: attention variant 2
+    const int B = 2, T = 19;
+    GPT cpu;
+    gpt_build(cpu, cfg);
+    gpt_init(cpu, 13);
+    gpt_allocate(cpu, B, T);
+    Rng rng(14);
+    std::vector<int> tok(B * T), tgt(B * T);
+    for (auto& t : tok) t = (int)rng.below(cfg.vocab);
+    for (auto& t : tgt) t = (int)rng.below(cfg.vocab);
+    gpt_zero_grad(cpu);
+    const float cpu_loss = gpt_forward(cpu, tok.data(), tgt.data(), B, T);
+    gpt_backward(cpu);
+
+    std::vector<float> grads[2];
+    for (int run = 0; run < 2; run++) {
+#ifdef DILOCO_EMULATE
+        diloco::emu::set_schedule_seed(800 + run);
+#endif
+        GPTCuda dev;
+        gpt_cuda_create(dev, cpu, B, T, Precision::bf16);
+        gpt_cuda_zero_grad(dev);
+        const float loss = gpt_cuda_forward(dev, tok.data(), tgt.data(), B, T);
+        gpt_cuda_backward(dev);
+        grads[run] = gpt_cuda_download(dev, dev.grads);
+        gpt_cuda_destroy(dev);
+        EXPECT_NEAR(loss, cpu_loss, 0.01 * cpu_loss);
+        EXPECT_NE(loss, cpu_loss) << "bit-equal to fp32: is the bf16 path running at all?";
+    }
+    EXPECT_EQ(std::memcmp(grads[0].data(), grads[1].data(), 4 * grads[0].size()), 0) << "the gradients depend on the schedule";
+    double worst = 0;
+    for (const auto& t : cpu.tensors) {
+        double diff = 0, norm = 0;
+        for (size_t i = t.offset; i < t.offset + t.numel(); i++) {
+            diff += std::pow((double)grads[0][i] - cpu.grads[i], 2);
+            norm += std::pow((double)cpu.grads[i], 2);
+        }
+        EXPECT_LE(std::sqrt(diff), 0.1 * std::sqrt(norm) + 1e-9) << t.name;
+        worst = std::max(worst, std::sqrt(diff) / (std::sqrt(norm) + 1e-30));
+    }
+    std::printf("bf16 step: worst per-tensor relative gradient error %.4f (bound 0.1)\n", worst);
+}
+
+TEST(CudaModel, Bf16RefusesOtherHeadSizes) {
+    GPT cpu;
+    gpt_build(cpu, GPTConfig{67, 24, 2, 2, 64});  // head size 32
+    std::string why;
+    EXPECT_FALSE(bf16_supports(cpu.config, &why));
+    EXPECT_NE(why.find("64 or 128"), std::string::npos) << why;
+    EXPECT_TRUE(bf16_supports(GPTConfig{67, 24, 2, 2, 128}, nullptr));
+}
+
+// Ten AdamW steps on one repeated batch, mixed precision on the device against fp32 on the CPU:
+// the bf16 run must learn as the fp32 one does. Each step's loss differs by the logits' rounding
+// (under 1%, above) plus the drift of the weights: AdamW's update is the ratio of moments, so a
+// gradient off by up to 10% moves each weight by at most lr per step either way, and over 10 steps
+// at lr 3e-3 that drift changes the loss by less than another 1% here. Bound: 2% a step. The bf16
+// copy must follow the master weights: a stale copy would leave the bf16 loss where it started.
+TEST(CudaModel, Bf16TrainsLikeFp32) {
+#ifndef DILOCO_EMULATE
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (" << cuda_summary() << "); native GPU test not run";
+#endif
+    const GPTConfig cfg{67, 24, 2, 2, 128};
+    const int B = 2, T = 19, steps = 10;
+    GPT cpu;
+    gpt_build(cpu, cfg);
+    gpt_init(cpu, 31);
+    gpt_allocate(cpu, B, T);
+    InnerHyper h;
+    h.lr = 3e-3f, h.warmup = 0, h.total_steps = steps, h.grad_clip = 1.0f, h.min_lr_frac = 1.0f;
+    InnerOptimizer opt_cpu;
+    inner_init(opt_cpu, cpu, h);
+    GPTCuda dev;
+    gpt_cuda_create(dev, cpu, B, T, Precision::bf16);
+    InnerOptimizerCuda opt_dev;
+    inner_cuda_create(opt_dev, dev, h);
+    Rng rng(32);
+    std::vector<int> tok(B * T), tgt(B * T);
+    for (auto& t : tok) t = (int)rng.below(cfg.vocab);
+    for (auto& t : tgt) t = (int)rng.below(cfg.vocab);
+    float first_cpu = 0, first_dev = 0, lc = 0, ld = 0;
+    for (int step = 1; step <= steps; step++) {
+        lc = compute_gradients(cpu, tok.data(), tgt.data(), B, T);
+        inner_update(opt_cpu, cpu, step);
+        ld = compute_gradients_cuda(dev, tok.data(), tgt.data(), B, T);
+        inner_update_cuda(opt_dev, dev, step);
+        if (step == 1) first_cpu = lc, first_dev = ld;
+        EXPECT_NEAR(ld, lc, 0.02 * lc) << "step " << step;
+    }
+    EXPECT_LT(lc, first_cpu - 0.5) << "the fp32 run should learn this batch";
+    EXPECT_LT(ld, first_dev - 0.5 * (first_cpu - lc)) << "the bf16 run learns less than half of what fp32 learns";
+    inner_cuda_destroy(opt_dev);
+    gpt_cuda_destroy(dev);
+}

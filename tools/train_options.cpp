@@ -87,6 +87,10 @@ void add_train_options(CLI::App* t, TrainOptions& o) {
     t->add_option("--device", o.device, "auto, cpu or cuda")->capture_default_str();
     t->add_option("--matmul-precision", o.matmul_precision, "matrix products on --device cuda: fp32 or tf32 (tensor cores)")
         ->capture_default_str();
+    t->add_option("--precision", o.precision,
+                  "auto, fp32 or bf16 (mixed precision on --device cuda: bf16 weights copy and activations, fp32 master "
+                  "weights and optimizer state); auto: bf16 on a device when the head size is 64 or 128")
+        ->capture_default_str();
 }
 
 void add_train_options_scratch(CLI::App* app) {
