@@ -176,20 +176,24 @@ phase_gpt2() {
             number "GPT-2 124M: the largest batch of T=1024 rows that fits (of 64, 32): $b"; fits=$b; break
         fi
     done
-    local runs=("fp32 $GPT2_B") prec
-    [ $fits -gt $GPT2_B ] && runs+=("fp32 $fits")
-    [ $DRY = 1 ] || runs+=("tf32 $GPT2_B")  # TF32 tensor-core products: --matmul-precision tf32
+    # modes: fp32 (fp32 storage, cuBLAS without tensor cores), tf32 (fp32 storage, TF32 products),
+    # bf16 (mixed precision: bf16 activations and weight copy, tensor cores, attention variant 2)
+    local runs=("bf16 $GPT2_B" "fp32 $GPT2_B") mode
+    [ $fits -gt $GPT2_B ] && runs+=("bf16 $fits")
+    [ $DRY = 1 ] || runs+=("tf32 $GPT2_B")
     for r in "${runs[@]}"; do
-        read -r prec b <<< "$r"
-        local run="$WORK/gpt2-$prec-b$b"
-        step "gpt2 ours $prec B=$b" 150 "${MPIRUN[@]}" "$BIN/diloco" train --data "$data" --out "$run" "${size[@]}" \
-            --batch $b --steps $steps --warmup 2 --eval-batches 1 --log-every 1 --device $DEVICE --matmul-precision $prec
+        read -r mode b <<< "$r"
+        local run="$WORK/gpt2-$mode-b$b" flags=(--precision fp32 --matmul-precision $mode)
+        [ $mode = bf16 ] && flags=(--precision bf16)
+        [ $mode = bf16 ] && [ $DRY = 1 ] && continue  # head size 32 in the dry run: no bf16 path
+        step "gpt2 ours $mode B=$b" 150 "${MPIRUN[@]}" "$BIN/diloco" train --data "$data" --out "$run" "${size[@]}" \
+            --batch $b --steps $steps --warmup 2 --eval-batches 1 --log-every 1 --device $DEVICE "${flags[@]}"
         [ -f "$run/metrics.jsonl" ] || continue
-        sed "s/^{/{\"run\": \"ours-$prec-b$b\", /" "$run/metrics.jsonl" >> "$OUT/gpt2.jsonl"
+        sed "s/^{/{\"run\": \"ours-$mode-b$b\", /" "$run/metrics.jsonl" >> "$OUT/gpt2.jsonl"
         local tps; tps=$(steady_tok_s "$run/metrics.jsonl")
         # 6N + 6LTC FLOPs per token (N = 124.5M with the padded vocabulary; L=12, T=1024, C=768)
-        number "GPT-2 124M ours ($prec, B=$b, T=1024): $tps tok/s; MFU vs 989 TFLOP/s bf16 dense: $(python3 -c "print(f'{$tps * (6 * 124.48e6 + 6 * 12 * 1024 * 768) / 989e12:.2%}')" 2>/dev/null)"
-        [ $prec = fp32 ] && echo "ours_b$b=$tps" >> "$WORK/tok_s"
+        number "GPT-2 124M ours ($mode, B=$b, T=1024): $tps tok/s; MFU vs 989 TFLOP/s bf16 dense: $(python3 -c "print(f'{$tps * (6 * 124.48e6 + 6 * 12 * 1024 * 768) / 989e12:.2%}')" 2>/dev/null)"
+        echo "ours_${mode}_b$b=$tps" >> "$WORK/tok_s"
     done
 }
 
@@ -212,11 +216,12 @@ phase_peer() {
 import json, os, sys
 peer = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 ours = dict(l.strip().split("=") for l in open(sys.argv[2])) if os.path.exists(sys.argv[2]) else {}
-mine = float(ours.get(f"ours_b{sys.argv[3]}", "nan"))
 for p in peer:
     tps = p["tokens_per_s"]
+    mode = "bf16" if p["mode"] == "bf16" else "fp32"  # like for like: our bf16 against PyTorch's
+    mine = float(ours.get(f"ours_{mode}_b{sys.argv[3]}", "nan"))
     print(f"- PyTorch {p['mode']}{' + compile' if p['compile'] else ''} B={p['batch']}: {tps:.0f} tok/s, "
-          f"MFU {p['mfu_diloco']:.2%} (6N+6LTC, vs {p['peak_tflops']} TFLOP/s); ours fp32 / PyTorch = {mine / tps:.3f}")
+          f"MFU {p['mfu_diloco']:.2%} (6N+6LTC, vs {p['peak_tflops']} TFLOP/s); ours {mode} / PyTorch = {mine / tps:.3f}")
 PY
 }
 
@@ -229,7 +234,7 @@ phase_oracle() {
     [ $DRY = 1 ] && size=(--n-layer 2 --n-head 2 --d-model 64 --seq-len 64) T=64 dev=cpu
     [ -f "$data/meta.json" ] || step "gpt2 shards" 60 make_gpt2_shards "$data" $([ $DRY = 1 ] && echo 200000 || echo 2000000)
     step "oracle ours" 120 "${MPIRUN[@]}" "$BIN/diloco" train --data "$data" --out "$run" "${size[@]}" --batch 4 \
-        --steps 1 --lr 1e-12 --warmup 0 --ckpt-every 1 --eval-batches 2 --log-every 0 --device $DEVICE || return
+        --steps 1 --lr 1e-12 --warmup 0 --ckpt-every 1 --eval-batches 2 --log-every 0 --device $DEVICE --precision fp32 || return
     step "oracle export" 60 "$BIN/diloco" export --ckpt "$run/ckpt/step_00000001.ckpt" --out "$WORK/oracle.bin" || return
     $PYTHON -c "import torch" 2>/dev/null || { echo "oracle: no torch in $PYTHON"; return; }
     step "oracle torch" 120 $PYTHON "$ROOT/tools/peer_torch.py" --device $dev --load-llmc "$WORK/oracle.bin" \
