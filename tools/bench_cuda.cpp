@@ -22,6 +22,7 @@
 #include "kernels/gelu_cuda.h"
 #include "kernels/layernorm.h"
 #include "kernels/layernorm_cuda.h"
+#include "kernels/residual_cuda.h"
 #include "kernels/matmul_cuda.h"
 #include "kernels/quantize_cuda.h"
 #include "kernels/rng.h"
@@ -235,9 +236,24 @@ int run_bench_cuda(const BenchOptions& o) {
         DevBuf dx(x), dw(w), db(b), dout(N * o.C), dm(N), dr(N);
         auto run = [&] { layernorm_forward_cuda(dout.p, dm.p, dr.p, dx.p, dw.p, db.p, (int)N, o.C, nullptr); };
         run();
-        std::printf("layernorm forward N=%ld C=%d | bytes = 4 (2 N C + 2 N)\n", N, o.C);
+        std::printf("layernorm forward N=%ld C=%d | bytes = 4 (2 N C + 2 N); bf16 residual + layernorm: 2 (4 N C) + 8 N\n",
+                    N, o.C);
         report("layernorm forward v1", time_ms(run, o.warmup, o.repeats), 0, 4.0 * (2.0 * N * o.C + 2.0 * N), c,
                max_rel_err(dout.get(), out));
+        // mixed precision's fused form: residual = x + y written, then normalised (reads x, y; writes
+        // residual and out). Checked against the twin on the bf16-rounded sum.
+        auto y = randn(N * o.C, rng);
+        std::vector<float> sum(N * o.C), out16(N * o.C), wr(o.C), br(o.C);
+        for (long i = 0; i < N * o.C; i++) sum[i] = round_bf16(round_bf16(x[i]) + round_bf16(y[i]));
+        for (int i = 0; i < o.C; i++) wr[i] = round_bf16(w[i]), br[i] = round_bf16(b[i]);
+        layernorm_forward_cpu(out16.data(), mean.data(), rstd.data(), sum.data(), wr.data(), br.data(), (int)N, o.C);
+        DevBits hx(x), hy(y), hw(w), hb(b), hres(N * o.C), hout(N * o.C);
+        auto fused = [&] {
+            residual_layernorm_forward_cuda(hres.p, hout.p, dm.p, dr.p, hx.p, hy.p, hw.p, hb.p, (int)N, o.C, nullptr);
+        };
+        fused();
+        report("residual+layernorm bf16", time_ms(fused, o.warmup, o.repeats), 0, 2.0 * 4 * N * o.C + 8.0 * N, c,
+               max_rel_err(hout.get(), out16));
     } else if (k == "attention") {
         bench_attention(o, c, rng);
     } else if (k == "gelu") {
@@ -275,8 +291,11 @@ int run_bench_cuda(const BenchOptions& o) {
         const AdamWHyper h{1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f};
         long t = 1;
         auto run = [&] { adamw_update_cuda(dp.p, dm.p, dv.p, dg.p, segs, h, t++, 1.0f, nullptr); };
-        std::printf("adamw n=%zu | bytes = 4 n (4 reads + 3 writes)\n", n);
+        std::printf("adamw n=%zu | bytes = 4 n (4 reads + 3 writes); with the bf16 copy + 2 n\n", n);
         report("adamw v1", time_ms(run, o.warmup, o.repeats), 0, 28.0 * n, c, -1);
+        DevBits copy(n);
+        auto run16 = [&] { adamw_update_cuda(dp.p, dm.p, dv.p, dg.p, segs, h, t++, 1.0f, nullptr, copy.p); };
+        report("adamw + bf16 copy", time_ms(run16, o.warmup, o.repeats), 0, 30.0 * n, c, -1);
         adamw_free_segments(segs);
     } else if (k == "quantize") {
         const size_t n = (size_t)o.M * o.N * 4;
