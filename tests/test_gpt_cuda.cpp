@@ -315,3 +315,35 @@ TEST(CudaModel, Bf16TrainsLikeFp32) {
     inner_cuda_destroy(opt_dev);
     gpt_cuda_destroy(dev);
 }
+
+// The bf16 copy follows master weights written from outside (an outer step, a resume, a fragment):
+// after new weights are copied in and refreshed, in two ranges, the forward is bit for bit that of
+// a model built from those weights; without the refresh it is not.
+TEST(CudaModel, Bf16CopyFollowsWeightsSetFromOutside) {
+#ifndef DILOCO_EMULATE
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (" << cuda_summary() << "); native GPU test not run";
+#endif
+    const GPTConfig cfg{67, 24, 1, 2, 128};
+    const int B = 1, T = 9;
+    GPT a, b;
+    gpt_build(a, cfg), gpt_build(b, cfg);
+    gpt_init(a, 41), gpt_init(b, 42);
+    Rng rng(43);
+    std::vector<int> tok(B * T), tgt(B * T);
+    for (auto& t : tok) t = (int)rng.below(cfg.vocab);
+    for (auto& t : tgt) t = (int)rng.below(cfg.vocab);
+    GPTCuda fresh;
+    gpt_cuda_create(fresh, b, B, T, Precision::bf16);
+    const float want = gpt_cuda_forward(fresh, tok.data(), tgt.data(), B, T);
+    gpt_cuda_destroy(fresh);
+    GPTCuda dev;
+    gpt_cuda_create(dev, a, B, T, Precision::bf16);
+    const size_t n = a.num_params, half = n / 2;
+    ASSERT_EQ(cudaMemcpy(dev.params, b.params.data(), n * sizeof(float), cudaMemcpyHostToDevice), cudaSuccess);
+    const float stale = gpt_cuda_forward(dev, tok.data(), tgt.data(), B, T);
+    EXPECT_NE(stale, want) << "the forward read the master weights, not the bf16 copy";
+    gpt_cuda_refresh_bf16(dev, 0, half);
+    gpt_cuda_refresh_bf16(dev, half, n - half);
+    EXPECT_EQ(gpt_cuda_forward(dev, tok.data(), tgt.data(), B, T), want);
+    gpt_cuda_destroy(dev);
+}
