@@ -190,6 +190,8 @@ void bench_attention(const BenchOptions& o, const Ceilings& c, Rng& rng) {
         std::vector<float> out(N * o.C), lse(N * o.NH);
         attention_forward_cpu(out.data(), lse.data(), qkv.data(), o.B, o.T, o.C, o.NH);
         report("cuDNN SDPA forward (fused)", peer.ms, flops, 0, c, max_rel_err(peer.out, out), true);
+        if (peer.ms_fwd_bwd > 0) report("cuDNN SDPA fwd+bwd", peer.ms_fwd_bwd, 3.5 * flops, 0, c, -1, true);
+        else std::printf("cuDNN SDPA backward: not run: %s\n", peer.why_not_backward.c_str());
         std::printf("  (cuDNN: %s)\n", peer.precision.c_str());
     } else {
         std::printf("cuDNN SDPA: not run: %s\n", peer.why_not.c_str());
