@@ -221,7 +221,7 @@ TEST(CudaModel, Bf16TrainingStepWithinItsBound) {
 #ifndef DILOCO_EMULATE
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (" << cuda_summary() << "); native GPU test not run";
 #endif
-    const GPTConfig cfg{67, 24, 2, 2, 128};  // head size 64: attention variant 2
+    const GPTConfig cfg{67, 24, 2, 1, 64};  // head size 64: attention variant 2
     const int B = 2, T = 19;
     GPT cpu;
     gpt_build(cpu, cfg);
@@ -283,7 +283,7 @@ TEST(CudaModel, Bf16TrainsLikeFp32) {
 #ifndef DILOCO_EMULATE
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (" << cuda_summary() << "); native GPU test not run";
 #endif
-    const GPTConfig cfg{67, 24, 2, 2, 128};
+    const GPTConfig cfg{67, 24, 2, 1, 64};  // head size 64
     const int B = 2, T = 19, steps = 10;
     GPT cpu;
     gpt_build(cpu, cfg);
@@ -323,7 +323,7 @@ TEST(CudaModel, Bf16CopyFollowsWeightsSetFromOutside) {
 #ifndef DILOCO_EMULATE
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (" << cuda_summary() << "); native GPU test not run";
 #endif
-    const GPTConfig cfg{67, 24, 1, 2, 128};
+    const GPTConfig cfg{67, 24, 1, 1, 64};
     const int B = 1, T = 9;
     GPT a, b;
     gpt_build(a, cfg), gpt_build(b, cfg);

@@ -63,6 +63,8 @@ constexpr int kWarpBytes = 64;  // the most one lane contributes to a warp colle
 struct Warp {
     unsigned char slot[32][kWarpBytes];
     unsigned char snapshot[2][32][kWarpBytes];
+    unsigned mma_gen = ~0u;  // the collective whose product mma_d holds: computed once per warp
+    float mma_d[16][8];
     unsigned arrived = 0;
     unsigned mask = 0;
     unsigned gen = 0;
@@ -187,7 +189,7 @@ std::string where(const Fiber& f) {
 
 void run_block(Scheduler& s) {
     const size_t n = s.fibers.size();
-    for (auto& w : s.warps) w.arrived = w.mask = w.gen = 0;
+    for (auto& w : s.warps) w.arrived = w.mask = w.gen = 0, w.mma_gen = ~0u;
     std::fill(s.smem.begin(), s.smem.end(), (char)0xFF);  // poison: NaN floats, -1 ints
     t_dynamic_smem = s.smem.data();
     for (size_t i = 0; i < n; i++) {
@@ -272,7 +274,8 @@ static Warp& my_warp(int* lane) {
 // The one warp collective: every lane of `mask` deposits `bytes` (at most kWarpBytes); the last to
 // arrive publishes them, and each lane returns a pointer to the 32 published slots (lane-major,
 // kWarpBytes apart), valid until the warp's next-but-one collective.
-static const unsigned char* warp_gather(unsigned mask, const void* mine, size_t bytes, int* lane_out) {
+static const unsigned char* warp_gather(unsigned mask, const void* mine, size_t bytes, int* lane_out,
+                                        unsigned* gen_out = nullptr) {
     Scheduler& s = *t_sched;
     int lane;
     Warp& w = my_warp(&lane);
@@ -290,6 +293,7 @@ static const unsigned char* warp_gather(unsigned mask, const void* mine, size_t 
     if (w.arrived == 0) w.mask = mask;
     else if (w.mask != mask) fail("lanes of one warp use different masks in the same warp operation (" + where(*s.current) + ")");
     const unsigned my_gen = w.gen;
+    if (gen_out) *gen_out = my_gen;
     std::memcpy(w.slot[lane], mine, bytes);
     w.arrived |= 1u << lane;
     if ((w.arrived & mask) == mask) {  // the last to arrive publishes the values, wakes the others
@@ -390,32 +394,38 @@ void mma_bf16_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], con
     std::memcpy(mine.b, b, sizeof mine.b);
     std::memcpy(mine.c, c, sizeof mine.c);
     int lane;
-    const unsigned char* all = warp_gather(0xffffffffu, &mine, sizeof mine, &lane);
-    // The whole tile, placed by the PTX ISA's fragment layouts (groupID = lane / 4, tig = lane % 4):
-    // A 16x16: a_i at row gid + 8 [i in 2,3,6,7], column 2 tig + (i & 1) + 8 [i >= 4]; B 16x8: b_i at
-    // row 2 tig + (i & 1) + 8 [i >= 2], column gid; C 16x8: c_i at row gid + 8 [i >= 2], column 2 tig + (i & 1).
-    float A[16][16], B[16][8], C[16][8];
-    for (int l = 0; l < 32; l++) {
-        Frag f;
-        std::memcpy(&f, all + l * kWarpBytes, sizeof f);
-        const int gid = l / 4, tig = l % 4;
-        for (int i = 0; i < 8; i++) {
-            const uint16_t bits = (uint16_t)(f.a[i / 2] >> (16 * (i & 1)));
-            A[gid + ((i / 2) % 2) * 8][2 * tig + (i & 1) + (i >= 4 ? 8 : 0)] = bf16_value(bits);
-        }
-        for (int i = 0; i < 4; i++)
-            B[2 * tig + (i & 1) + (i >= 2 ? 8 : 0)][gid] = bf16_value((uint16_t)(f.b[i / 2] >> (16 * (i & 1))));
-        for (int i = 0; i < 4; i++) C[gid + (i >= 2 ? 8 : 0)][2 * tig + (i & 1)] = f.c[i];
-    }
-    // Products of two bf16 values are exact in fp32; the sum runs in fp32 in k order (the hardware's
-    // order and internal width are unspecified: tests allow for fp32 accumulation in any order).
+    unsigned gen;
+    const unsigned char* all = warp_gather(0xffffffffu, &mine, sizeof mine, &lane, &gen);
+    Warp& w = t_sched->warps[t_sched->current->linear / 32];
     const int gid = lane / 4, tig = lane % 4;
-    for (int i = 0; i < 4; i++) {
-        const int row = gid + (i >= 2 ? 8 : 0), col = 2 * tig + (i & 1);
-        float acc = C[row][col];
-        for (int k = 0; k < 16; k++) acc += A[row][k] * B[k][col];
-        d[i] = acc;
+    if (w.mma_gen != gen) {  // the first lane back computes the whole tile; the others read it
+        // The tile, placed by the PTX ISA's fragment layouts (groupID = lane / 4, tig = lane % 4):
+        // A 16x16: a_i at row gid + 8 [i in 2,3,6,7], column 2 tig + (i & 1) + 8 [i >= 4]; B 16x8: b_i at
+        // row 2 tig + (i & 1) + 8 [i >= 2], column gid; C 16x8: c_i at row gid + 8 [i >= 2], column 2 tig + (i & 1).
+        float A[16][16], B[16][8];
+        for (int l = 0; l < 32; l++) {
+            Frag f;
+            std::memcpy(&f, all + l * kWarpBytes, sizeof f);
+            const int g = l / 4, t = l % 4;
+            for (int i = 0; i < 8; i++) {
+                const uint16_t bits = (uint16_t)(f.a[i / 2] >> (16 * (i & 1)));
+                A[g + ((i / 2) % 2) * 8][2 * t + (i & 1) + (i >= 4 ? 8 : 0)] = bf16_value(bits);
+            }
+            for (int i = 0; i < 4; i++)
+                B[2 * t + (i & 1) + (i >= 2 ? 8 : 0)][g] = bf16_value((uint16_t)(f.b[i / 2] >> (16 * (i & 1))));
+            for (int i = 0; i < 4; i++) w.mma_d[g + (i >= 2 ? 8 : 0)][2 * t + (i & 1)] = f.c[i];
+        }
+        // Products of two bf16 values are exact in fp32; each sum runs in fp32 in k order (the
+        // hardware's order and internal width are unspecified: tests allow any fp32 order).
+        for (int row = 0; row < 16; row++)
+            for (int col = 0; col < 8; col++) {
+                float acc = w.mma_d[row][col];
+                for (int k = 0; k < 16; k++) acc += A[row][k] * B[k][col];
+                w.mma_d[row][col] = acc;
+            }
+        w.mma_gen = gen;
     }
+    for (int i = 0; i < 4; i++) d[i] = w.mma_d[gid + (i >= 2 ? 8 : 0)][2 * tig + (i & 1)];
 }
 
 void inject_launch_error(int error) { g_injected = error; }
