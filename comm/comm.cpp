@@ -12,6 +12,8 @@
 
 #ifdef DILOCO_HAVE_MPI
 #include <mpi.h>
+
+#include "comm/mpi_chunked.h"
 #endif
 
 namespace diloco {
@@ -45,11 +47,15 @@ uint64_t ring_allgather_bytes(size_t bytes, int P) { return P > 1 ? (uint64_t)by
 
 static MPI_Comm as_comm(void* p) { return *static_cast<MPI_Comm*>(p); }
 
-// A non-blocking collective in flight: MPI reads the count and displacement arrays of the
-// v-variants until the request completes, so they live with it.
+// A non-blocking exchange in flight: one request per piece (comm/mpi_chunked.h); MPI reads the
+// count and displacement arrays of the v-variants until the request completes, so they live with it.
 struct InFlight {
-    MPI_Request req = MPI_REQUEST_NULL;
+    std::vector<MPI_Request> reqs;
     std::vector<int> counts;
+    MPI_Request* one() {
+        reqs.assign(1, MPI_REQUEST_NULL);
+        return &reqs[0];
+    }
 };
 
 bool mpi_active() {
@@ -119,7 +125,7 @@ Comm::~Comm() {
 
 void Comm::average_worker(float* x, size_t n) {
     if (G_ == 1) return;
-    MPI_Allreduce(MPI_IN_PLACE, x, (int)n, MPI_FLOAT, MPI_SUM, as_comm(worker_comm_));
+    chunked::allreduce(x, n, MPI_FLOAT, MPI_SUM, as_comm(worker_comm_));
     bytes_inner_ += ring_allreduce_bytes(4 * n, G_);
     const float inv = 1.0f / G_;
     for (size_t i = 0; i < n; i++) x[i] *= inv;
@@ -128,35 +134,47 @@ void Comm::average_worker(float* x, size_t n) {
 void Comm::sum_across_workers(float* x, size_t n) {
     if (M_ == 1) return;
     const double t0 = now_seconds();
-    MPI_Allreduce(MPI_IN_PLACE, x, (int)n, MPI_FLOAT, MPI_SUM, as_comm(cross_comm_));
+    chunked::allreduce(x, n, MPI_FLOAT, MPI_SUM, as_comm(cross_comm_));
     bytes_outer_ += ring_allreduce_bytes(4 * n, M_);
     sleep_until(t0 + link_seconds(ring_allreduce_bytes(4 * n, M_)));
 }
 
 void Comm::allgather_worker(float* x, size_t n) {
     if (G_ == 1) return;
-    std::vector<int> counts(G_), displs(G_);
-    for (int g = 0; g < G_; g++) {
-        Slice s = slice_of(n, G_, g);
-        counts[g] = (int)s.count;
-        displs[g] = (int)s.begin;
+    if (n <= chunked::limit(4)) {  // every count and displacement fits one call
+        std::vector<int> counts(G_), displs(G_);
+        for (int g = 0; g < G_; g++) {
+            Slice s = slice_of(n, G_, g);
+            counts[g] = (int)s.count;
+            displs[g] = (int)s.begin;
+        }
+        MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x, counts.data(), displs.data(), MPI_FLOAT,
+                       as_comm(worker_comm_));
+    } else {  // displacements past int: each slice from its owner, in pieces
+        for (int g = 0; g < G_; g++) {
+            const Slice s = slice_of(n, G_, g);
+            chunked::bcast(x + s.begin, s.count, MPI_FLOAT, g, as_comm(worker_comm_));
+        }
     }
-    MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x, counts.data(), displs.data(), MPI_FLOAT,
-                   as_comm(worker_comm_));
     bytes_inner_ += ring_allgather_bytes(4 * n, G_);
 }
 
 void Comm::average_world(float* x, size_t n) {
     if (world_size_ == 1) return;
     const Slice mine = slice_of(n, G_, g_);
-    if (G_ > 1) {
+    if (G_ > 1 && n <= chunked::limit(4)) {
         std::vector<int> counts(G_);
         for (int g = 0; g < G_; g++) counts[g] = (int)slice_of(n, G_, g).count;
         // in place: the reduced slice lands at the start of x, then moves to its own place
         MPI_Reduce_scatter(MPI_IN_PLACE, x, counts.data(), MPI_FLOAT, MPI_SUM, as_comm(worker_comm_));
-        bytes_inner_ += ring_allgather_bytes(4 * n, G_);
         if (mine.begin) std::memmove(x + mine.begin, x, 4 * mine.count);
+    } else if (G_ > 1) {  // past one call: each slice reduced onto its owner, in pieces, in place
+        for (int g = 0; g < G_; g++) {
+            const Slice s = slice_of(n, G_, g);
+            chunked::reduce(x + s.begin, s.count, MPI_FLOAT, MPI_SUM, g, as_comm(worker_comm_));
+        }
     }
+    if (G_ > 1) bytes_inner_ += ring_allgather_bytes(4 * n, G_);
     sum_across_workers(x + mine.begin, mine.count);
     const float inv = 1.0f / world_size_;
     for (size_t i = mine.begin; i < mine.begin + mine.count; i++) x[i] *= inv;
@@ -183,7 +201,13 @@ Comm::Request Comm::iallgather_across_workers(const void* in, size_t bytes, void
         return r;
     }
     auto* f = new InFlight;
-    MPI_Iallgather(in, (int)bytes, MPI_BYTE, out, (int)bytes, MPI_BYTE, as_comm(channel_comm(channel)), &f->req);
+    const MPI_Comm c = as_comm(channel_comm(channel));
+    if ((uint64_t)bytes * M_ <= chunked::limit(1)) {
+        MPI_Iallgather(in, (int)bytes, MPI_BYTE, out, (int)bytes, MPI_BYTE, c, f->one());
+    } else {  // past one call: each worker's part from its owner, in pieces
+        std::memcpy(static_cast<char*>(out) + (size_t)m_ * bytes, in, bytes);
+        for (int j = 0; j < M_; j++) chunked::ibcast(static_cast<char*>(out) + (size_t)j * bytes, bytes, MPI_BYTE, j, c, f->reqs);
+    }
     bytes_outer_ += (uint64_t)bytes * (M_ - 1);
     r.handle = f;
     r.send = in;
@@ -197,20 +221,20 @@ Comm::Request Comm::isum_across_workers(float* x, size_t n, int channel) {
     Request r;
     if (M_ == 1) return r;
     auto* f = new InFlight;
-    MPI_Iallreduce(MPI_IN_PLACE, x, (int)n, MPI_FLOAT, MPI_SUM, as_comm(channel_comm(channel)), &f->req);
+    chunked::iallreduce(x, n, MPI_FLOAT, MPI_SUM, as_comm(channel_comm(channel)), f->reqs);
     bytes_outer_ += ring_allreduce_bytes(4 * n, M_);
     r.handle = f;
     r.ready_at = now_seconds() + link_seconds(ring_allreduce_bytes(4 * n, M_));
     return r;
 }
 
-// counts[0..M) then displacements[M..2M) of parts of `bytes`, back to back
+// counts[0..M) then displacements[M..2M) of parts of `bytes`, back to back (the caller checked
+// that the total fits one call)
 static std::vector<int> counts_and_displacements(const std::vector<size_t>& bytes) {
     const size_t M = bytes.size();
     std::vector<int> a(2 * M);
     size_t at = 0;
     for (size_t j = 0; j < M; j++) {
-        DILOCO_CHECK(bytes[j] <= (size_t)INT32_MAX && at <= (size_t)INT32_MAX, "a message part over 2 GiB");
         a[j] = (int)bytes[j];
         a[M + j] = (int)at;
         at += bytes[j];
@@ -224,6 +248,25 @@ static size_t total_of(const std::vector<size_t>& bytes) {
     return t;
 }
 
+// Past one call, the all-to-all is what it means: a message to and from every other rank, in pieces.
+static void ialltoallv_in_pieces(const void* in, const std::vector<size_t>& bytes, void* out, int me, MPI_Comm c,
+                                 std::vector<MPI_Request>& reqs) {
+    const int tag = 0x5d1c;  // the channel's own point-to-point space: no other messages there
+    const size_t M = bytes.size(), mine = bytes[me];
+    size_t at = 0;
+    for (size_t j = 0; j < M; j++) {
+        const char* part = static_cast<const char*>(in) + at;
+        char* slot = static_cast<char*>(out) + j * mine;
+        if ((int)j == me)
+            std::memcpy(slot, part, mine);
+        else {
+            chunked::irecv(slot, mine, MPI_BYTE, (int)j, tag, c, reqs);
+            chunked::isend(part, bytes[j], MPI_BYTE, (int)j, tag, c, reqs);
+        }
+        at += bytes[j];
+    }
+}
+
 Comm::Request Comm::ialltoallv_across_workers(const void* in, const std::vector<size_t>& bytes, void* out, int channel) {
     DILOCO_CHECK(bytes.size() == (size_t)M_, "ialltoallv_across_workers: one part per worker");
     Request r;
@@ -232,13 +275,18 @@ Comm::Request Comm::ialltoallv_across_workers(const void* in, const std::vector<
         return r;
     }
     auto* f = new InFlight;
-    f->counts = counts_and_displacements(bytes);  // sends: [0, 2M)
-    const std::vector<size_t> mine(M_, bytes[m_]);
-    const std::vector<int> recv = counts_and_displacements(mine);  // receives: [2M, 4M)
-    f->counts.insert(f->counts.end(), recv.begin(), recv.end());
-    const int* c = f->counts.data();
-    MPI_Ialltoallv(in, c, c + M_, MPI_BYTE, out, c + 2 * M_, c + 3 * M_, MPI_BYTE, as_comm(channel_comm(channel)),
-                   &f->req);
+    const size_t lim = chunked::limit(1);
+    if (total_of(bytes) <= lim && (uint64_t)bytes[m_] * M_ <= lim) {
+        f->counts = counts_and_displacements(bytes);  // sends: [0, 2M)
+        const std::vector<size_t> mine(M_, bytes[m_]);
+        const std::vector<int> recv = counts_and_displacements(mine);  // receives: [2M, 4M)
+        f->counts.insert(f->counts.end(), recv.begin(), recv.end());
+        const int* c = f->counts.data();
+        MPI_Ialltoallv(in, c, c + M_, MPI_BYTE, out, c + 2 * M_, c + 3 * M_, MPI_BYTE,
+                       as_comm(channel_comm(channel)), f->one());
+    } else {
+        ialltoallv_in_pieces(in, bytes, out, m_, as_comm(channel_comm(channel)), f->reqs);
+    }
     const uint64_t sent = total_of(bytes) - bytes[m_];
     bytes_outer_ += sent;
     r.handle = f;
@@ -257,9 +305,19 @@ Comm::Request Comm::iallgatherv_across_workers(const void* in, const std::vector
         return r;
     }
     auto* f = new InFlight;
-    f->counts = counts_and_displacements(bytes);
-    const int* c = f->counts.data();
-    MPI_Iallgatherv(in, c[m_], MPI_BYTE, out, c, c + M_, MPI_BYTE, as_comm(channel_comm(channel)), &f->req);
+    if (total_of(bytes) <= chunked::limit(1)) {
+        f->counts = counts_and_displacements(bytes);
+        const int* c = f->counts.data();
+        MPI_Iallgatherv(in, c[m_], MPI_BYTE, out, c, c + M_, MPI_BYTE, as_comm(channel_comm(channel)), f->one());
+    } else {  // past one call: each worker's part from its owner, in pieces
+        size_t at = 0;
+        for (int j = 0; j < M_; j++) {
+            char* part = static_cast<char*>(out) + at;
+            if (j == m_) std::memcpy(part, in, bytes[j]);
+            chunked::ibcast(part, bytes[j], MPI_BYTE, j, as_comm(channel_comm(channel)), f->reqs);
+            at += bytes[j];
+        }
+    }
     const uint64_t sent = ring_allgather_bytes(total_of(bytes), M_);
     bytes_outer_ += sent;
     r.handle = f;
@@ -282,7 +340,8 @@ static void check_send_buffer(Comm::Request& r) {
 bool Comm::test(Request& r) {
     if (r.handle) {  // let MPI progress; the emulated link may still be busy afterwards
         int done = 0;
-        MPI_Test(&static_cast<InFlight*>(r.handle)->req, &done, MPI_STATUS_IGNORE);
+        auto& reqs = static_cast<InFlight*>(r.handle)->reqs;
+        MPI_Testall((int)reqs.size(), reqs.data(), &done, MPI_STATUSES_IGNORE);
         if (done) {
             delete static_cast<InFlight*>(r.handle);
             r.handle = nullptr;
@@ -294,7 +353,8 @@ bool Comm::test(Request& r) {
 
 void Comm::wait(Request& r) {
     if (r.handle) {
-        MPI_Wait(&static_cast<InFlight*>(r.handle)->req, MPI_STATUS_IGNORE);
+        auto& reqs = static_cast<InFlight*>(r.handle)->reqs;
+        MPI_Waitall((int)reqs.size(), reqs.data(), MPI_STATUSES_IGNORE);
         delete static_cast<InFlight*>(r.handle);
         r.handle = nullptr;
         check_send_buffer(r);
@@ -304,12 +364,11 @@ void Comm::wait(Request& r) {
 }
 
 void Comm::send(int to, int tag, const void* data, size_t bytes) {
-    DILOCO_CHECK(bytes <= (size_t)INT32_MAX, "a message over 2 GiB");
     const double t0 = now_seconds();
-    MPI_Request req;  // a large message waits for its receiver: wait politely, as wait_message does
-    MPI_Isend(data, (int)bytes, MPI_BYTE, to, tag, MPI_COMM_WORLD, &req);
+    std::vector<MPI_Request> reqs;  // a large message waits for its receiver: wait politely, as wait_message does
+    chunked::isend(data, bytes, MPI_BYTE, to, tag, MPI_COMM_WORLD, reqs);
     for (int done = 0;;) {
-        MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+        MPI_Testall((int)reqs.size(), reqs.data(), &done, MPI_STATUSES_IGNORE);
         if (done) break;
         std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
@@ -328,20 +387,12 @@ int Comm::wait_message(int from, int tag) {
 }
 
 void Comm::recv(int from, int tag, void* data, size_t bytes) {
-    MPI_Status status;
-    MPI_Recv(data, (int)bytes, MPI_BYTE, from, tag, MPI_COMM_WORLD, &status);
-    int got = 0;
-    MPI_Get_count(&status, MPI_BYTE, &got);
-    DILOCO_CHECK((size_t)got == bytes, "a message of " + std::to_string(got) + " bytes from rank " +
-                                           std::to_string(from) + " where " + std::to_string(bytes) + " were expected");
+    chunked::recv(data, bytes, MPI_BYTE, from, tag, MPI_COMM_WORLD);  // checks each piece's size
 }
 
 void Comm::reduce_to_root(double* x, size_t n) {
     if (world_size_ == 1) return;
-    if (world_rank_ == 0)
-        MPI_Reduce(MPI_IN_PLACE, x, (int)n, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
-    else
-        MPI_Reduce(x, nullptr, (int)n, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
+    chunked::reduce(x, n, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
     bytes_outer_ += 8 * n;  // a reduction tree sends each rank's buffer once
 }
 

@@ -155,6 +155,14 @@ private:
     void* channel_comm(int channel) const;  // MPI_Comm* of a channel
 };
 
+// MPI counts are int: every call in comm/ carries at most a chunk of elements, and a larger buffer
+// takes several calls (comm/mpi_chunked.h). The chunk is 2^30 bytes' worth of elements unless
+// forced: by this call (n > 0; 0 = not forced), else by the environment variable
+// DILOCO_MPI_CHUNK_ELEMENTS. Tests force tiny chunks to check that the pieces add up to the same
+// bits. It must be the same on every rank.
+void set_mpi_chunk_elements(size_t n);
+size_t mpi_chunk_elements_forced();  // 0 when not forced
+
 // True when this process runs under MPI with more than one rank.
 bool mpi_active();
 // Ends the whole job after a failure on one rank, so that no rank waits forever.
