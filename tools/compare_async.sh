@@ -16,7 +16,7 @@ BIN=${BIN:-$ROOT/build/diloco}
 SPEEDS=1,1,0.5,0.25
 SEEDS=${SEEDS:-1 2}
 RUNS=${RUNS:-sync naive delayed dylu}
-: "${GRID_sync:=0.2 0.4 0.7 1.0}" "${GRID_naive:=0.025 0.05 0.1 0.2 0.4}" "${GRID_delayed:=0.15 0.3 0.5 0.7}" "${GRID_dylu:=0.15 0.3 0.5 0.7}"
+: "${GRID_sync:=0.2 0.4 0.7 1.0}" "${GRID_naive:=0.0125 0.025 0.05 0.1 0.2 0.4}" "${GRID_delayed:=0.15 0.3 0.5 0.7}" "${GRID_dylu:=0.15 0.3 0.5 0.7}"
 DATA="$ROOT/runs/data-kjv"
 [ -f "$DATA/meta.json" ] || { bible -f "Gen1:1-Rev22:21" > "$ROOT/runs/kjv.txt"; "$BIN" prepare --input "$ROOT/runs/kjv.txt" --out "$DATA"; }
 export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
