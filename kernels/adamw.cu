@@ -63,11 +63,7 @@ __global__ void adamw_kernel(float* params, float* m, float* v, const float* gra
         *reinterpret_cast<float4*>(params + i) = p4;
         *reinterpret_cast<float4*>(m + i) = m4;
         *reinterpret_cast<float4*>(v + i) = v4;
-        if (params_bf16) {
-            const uint32_t lo = pack_bf16x2(p4.x, p4.y), hi = pack_bf16x2(p4.z, p4.w);
-            memcpy(params_bf16 + i, &lo, 4);
-            memcpy(params_bf16 + i + 2, &hi, 4);
-        }
+        if (params_bf16) store_bf16x4(params_bf16 + i, pack_bf16x2(p4.x, p4.y), pack_bf16x2(p4.z, p4.w));
     } else {
         for (unsigned long long j = i; j < i + 4 && j < end; j++) {
             const int sj = segment_of(bounds, nseg, j);

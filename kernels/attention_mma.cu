@@ -105,8 +105,8 @@ __device__ __forceinline__ void fa_store(bf16* dst, long stride, int row0, int T
         for (int half = 0; half < 2; half++) {
             const int row = row0 + frag_row(2 * half);
             if (row >= T) continue;
-            const __nv_bfloat162 v = __floats2bfloat162_rn(acc[n][2 * half] * scale[half], acc[n][2 * half + 1] * scale[half]);
-            memcpy(dst + (long)row * stride + frag_col(n, 0), &v, sizeof v);
+            store_bf16x2(dst + (long)row * stride + frag_col(n, 0),
+                         pack_bf16x2(acc[n][2 * half] * scale[half], acc[n][2 * half + 1] * scale[half]));
         }
 }
 

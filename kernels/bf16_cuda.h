@@ -28,6 +28,24 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     return u;
 }
 
+// Stores of packed pairs: one 4-byte (or 8-byte) store, where a memcpy into a bf16 pointer would
+// compile to byte stores (the compiler knows only 2-byte alignment). dst 4- (8-) byte aligned.
+__device__ __forceinline__ void store_bf16x2(bf16* dst, uint32_t pair) {
+#if defined(__CUDACC__)
+    *reinterpret_cast<uint32_t*>(dst) = pair;
+#else
+    memcpy(dst, &pair, 4);
+#endif
+}
+__device__ __forceinline__ void store_bf16x4(bf16* dst, uint32_t lo, uint32_t hi) {
+#if defined(__CUDACC__)
+    *reinterpret_cast<uint2*>(dst) = make_uint2(lo, hi);
+#else
+    memcpy(dst, &lo, 4);
+    memcpy(dst + 2, &hi, 4);
+#endif
+}
+
 // Host wrappers take bf16 tensors as their 16-bit patterns (uint16_t*, the type host code has).
 __host__ __device__ __forceinline__ bf16* as_bf16(uint16_t* p) { return reinterpret_cast<bf16*>(p); }
 __host__ __device__ __forceinline__ const bf16* as_bf16(const uint16_t* p) { return reinterpret_cast<const bf16*>(p); }

@@ -185,70 +185,103 @@ cudaError_t matmul_backward_cuda(float* dinp, float* dw, float* dbias, const flo
 
 #if defined(__CUDACC__)
 
-// out (N,OC) = epilogue(inp (N,C) w^T + bias) through cuBLASLt, fp32 accumulation, bf16 out; with
-// gelu_pre, the epilogue also stores the pre-activation there (GELU_AUX_BIAS), as the backward needs.
-static void lt_forward(BlasHandle& b, cudaStream_t stream, bf16* out, bf16* gelu_pre, const bf16* inp, const bf16* w,
-                       const bf16* bias, int N, int C, int OC) {
-    auto ok = [](cublasStatus_t s, const char* call) { blas_check(s, call); };
-    cublasLtMatmulDesc_t desc;
-    ok(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
-    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;  // column-major: out^T = w (C x OC)^T inp^T
-    ok(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "TRANSA");
-    ok(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "TRANSB");
-    cublasLtEpilogue_t epi = gelu_pre ? (bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX)
-                                      : (bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT);
-    ok(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi), "EPILOGUE");
-    if (bias) {
-        const cudaDataType_t bt = CUDA_R_16BF;
-        ok(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias), "BIAS_POINTER");
-        ok(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt), "BIAS_DATA_TYPE");
-    }
-    if (gelu_pre) {
-        const int64_t ld = OC;
-        const cudaDataType_t at = CUDA_R_16BF;
-        ok(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &gelu_pre, sizeof gelu_pre), "AUX_POINTER");
-        ok(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof ld), "AUX_LD");
-        ok(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, &at, sizeof at), "AUX_DATA_TYPE");
-    }
-    cublasLtMatrixLayout_t A, B, D;
-    ok(cublasLtMatrixLayoutCreate(&A, CUDA_R_16BF, C, OC, C), "layout A");
-    ok(cublasLtMatrixLayoutCreate(&B, CUDA_R_16BF, C, N, C), "layout B");
-    ok(cublasLtMatrixLayoutCreate(&D, CUDA_R_16BF, OC, N, OC), "layout D");
-    cublasLtMatmulPreference_t pref;
-    ok(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
-    const size_t ws = kLtWorkspaceBytes;
-    ok(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws), "workspace");
-    cublasLtMatmulHeuristicResult_t heur{};
-    int found = 0;
-    const auto lt = static_cast<cublasLtHandle_t>(b.lt);
-    ok(cublasLtMatmulAlgoGetHeuristic(lt, desc, A, B, D, D, pref, 1, &heur, &found), "cublasLtMatmulAlgoGetHeuristic");
-    if (found == 0)
-        throw Error("cuBLASLt: no algorithm for the bf16 product (N=" + std::to_string(N) + " C=" + std::to_string(C) +
-                    " OC=" + std::to_string(OC) + ", epilogue " + std::to_string((int)epi) + ")");
-    const float one = 1.0f, zero = 0.0f;
-    const cublasStatus_t s = cublasLtMatmul(lt, desc, &one, w, A, inp, B, &zero, out, D, out, D, &heur.algo, b.lt_workspace,
-                                            ws, stream);
-    cublasLtMatmulPreferenceDestroy(pref);
-    cublasLtMatrixLayoutDestroy(A);
-    cublasLtMatrixLayoutDestroy(B);
-    cublasLtMatrixLayoutDestroy(D);
-    cublasLtMatmulDescDestroy(desc);
-    if (s != CUBLAS_STATUS_SUCCESS)
-        throw Error("cuBLASLt: cublasLtMatmul bf16 (N=" + std::to_string(N) + " C=" + std::to_string(C) + " OC=" +
-                    std::to_string(OC) + "): " + cublas_status_name(s));
-}
-
 // C (m x n, column-major, type ctype) = op(A) op(B) + beta C, bf16 A and B, fp32 accumulation.
+// Default math (tensor cores) rather than the handle's pedantic fp32 mode, but never a split-K
+// reduction in reduced precision: the sum is fp32 until the one rounding of the output.
 static void gemm_bf16(BlasHandle& b, cudaStream_t stream, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                       const bf16* A, int lda, const bf16* B, int ldb, float beta, void* Cm, cudaDataType_t ctype, int ldc) {
     cublasHandle_t h = static_cast<cublasHandle_t>(b.handle);
     blas_check(cublasSetStream(h, stream), "cublasSetStream");
+    blas_check(cublasSetMathMode(h, (cublasMath_t)(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)),
+               "cublasSetMathMode");
     const float one = 1.0f;
     const cublasStatus_t s = cublasGemmEx(h, ta, tb, m, n, k, &one, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, &beta, Cm, ctype,
                                           ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    blas_set_precision(b, b.precision);  // the fp32 products keep their mode
     if (s != CUBLAS_STATUS_SUCCESS)
         throw Error("cuBLAS: cublasGemmEx bf16 (m=" + std::to_string(m) + " n=" + std::to_string(n) + " k=" +
                     std::to_string(k) + "): " + cublas_status_name(s));
+}
+
+// The largest power of two, up to 256, that divides the address: cuBLASLt's heuristic otherwise
+// assumes 256-byte alignment and may pick an algorithm the real pointers cannot run.
+static uint32_t alignment_of(const void* p) {
+    uint32_t a = 256;
+    while (a > 1 && reinterpret_cast<uintptr_t>(p) % a) a /= 2;
+    return a;
+}
+
+// cuBLASLt's descriptors, destroyed however lt_forward leaves.
+struct LtDescriptors {
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t A = nullptr, B = nullptr, D = nullptr;
+    cublasLtMatmulPreference_t pref = nullptr;
+    ~LtDescriptors() {
+        if (pref) cublasLtMatmulPreferenceDestroy(pref);
+        for (auto l : {A, B, D})
+            if (l) cublasLtMatrixLayoutDestroy(l);
+        if (desc) cublasLtMatmulDescDestroy(desc);
+    }
+};
+
+// out (N,OC) = epilogue(inp (N,C) w^T + bias) through cuBLASLt, fp32 accumulation, bf16 out; with
+// gelu_pre, the epilogue also stores the pre-activation there (GELU_AUX_BIAS), as the backward needs.
+// Without an epilogue and without an algorithm for these pointers and strides (an odd vocabulary
+// as the logits' leading dimension, say), the product falls back to cublasGemmEx.
+static void lt_forward(BlasHandle& b, cudaStream_t stream, bf16* out, bf16* gelu_pre, const bf16* inp, const bf16* w,
+                       const bf16* bias, int N, int C, int OC) {
+    auto ok = [](cublasStatus_t s, const char* call) { blas_check(s, call); };
+    LtDescriptors d;
+    ok(cublasLtMatmulDescCreate(&d.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;  // column-major: out^T = w (C x OC)^T inp^T
+    ok(cublasLtMatmulDescSetAttribute(d.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "TRANSA");
+    ok(cublasLtMatmulDescSetAttribute(d.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "TRANSB");
+    cublasLtEpilogue_t epi = gelu_pre ? (bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX)
+                                      : (bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT);
+    ok(cublasLtMatmulDescSetAttribute(d.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi), "EPILOGUE");
+    if (bias) {  // bf16, D's type (the default, set for the reader)
+        const cudaDataType_t bt = CUDA_R_16BF;
+        ok(cublasLtMatmulDescSetAttribute(d.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias), "BIAS_POINTER");
+        ok(cublasLtMatmulDescSetAttribute(d.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt), "BIAS_DATA_TYPE");
+    }
+    if (gelu_pre) {  // in D's type, bf16; ld a multiple of 8 (4C)
+        const int64_t ld = OC;
+        ok(cublasLtMatmulDescSetAttribute(d.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &gelu_pre, sizeof gelu_pre), "AUX_POINTER");
+        ok(cublasLtMatmulDescSetAttribute(d.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof ld), "AUX_LD");
+    }
+    ok(cublasLtMatrixLayoutCreate(&d.A, CUDA_R_16BF, C, OC, C), "layout A");
+    ok(cublasLtMatrixLayoutCreate(&d.B, CUDA_R_16BF, C, N, C), "layout B");
+    ok(cublasLtMatrixLayoutCreate(&d.D, CUDA_R_16BF, OC, N, OC), "layout D");
+    ok(cublasLtMatmulPreferenceCreate(&d.pref), "cublasLtMatmulPreferenceCreate");
+    const size_t ws = kLtWorkspaceBytes;
+    ok(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws), "workspace");
+    const uint32_t align_a = alignment_of(w), align_b = alignment_of(inp), align_d = alignment_of(out);
+    ok(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof align_a), "align A");
+    ok(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof align_b), "align B");
+    ok(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d, sizeof align_d), "align C");
+    ok(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof align_d), "align D");
+    // a split-K reduction in fp32 or none: one rounding of the output, as the twins assume
+    const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE | CUBLASLT_REDUCTION_SCHEME_NONE;
+    ok(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes, sizeof schemes),
+       "reduction scheme");
+    cublasLtMatmulHeuristicResult_t heur{};
+    int found = 0;
+    const auto lt = static_cast<cublasLtHandle_t>(b.lt);
+    const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(lt, d.desc, d.A, d.B, d.D, d.D, d.pref, 1, &heur, &found);
+    if (hs != CUBLAS_STATUS_SUCCESS || found == 0) {
+        if (!bias && !gelu_pre) {
+            gemm_bf16(b, stream, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, 0.0f, out, CUDA_R_16BF, OC);
+            return;
+        }
+        throw Error("cuBLASLt: no algorithm for the bf16 product (N=" + std::to_string(N) + " C=" + std::to_string(C) +
+                    " OC=" + std::to_string(OC) + ", epilogue " + std::to_string((int)epi) + "): " + cublas_status_name(hs));
+    }
+    const float one = 1.0f, zero = 0.0f;
+    const cublasStatus_t s = cublasLtMatmul(lt, d.desc, &one, w, d.A, inp, d.B, &zero, out, d.D, out, d.D, &heur.algo,
+                                            b.lt_workspace, ws, stream);
+    if (s != CUBLAS_STATUS_SUCCESS)
+        throw Error("cuBLASLt: cublasLtMatmul bf16 (N=" + std::to_string(N) + " C=" + std::to_string(C) + " OC=" +
+                    std::to_string(OC) + "): " + cublas_status_name(s));
 }
 
 #else  // emulated: the CPU BLAS on the bf16 values, in fp32, then one rounding (the fused epilogue's)
