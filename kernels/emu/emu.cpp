@@ -35,9 +35,12 @@ struct Slot {
     bool parked = false;
 };
 
-// A cp.async copy issued but not yet landed: its source is read at issue, its destination written
-// only when a cp_async_wait covers its group (or the thread ends), so that a kernel reading the
-// destination too early reads the poison that was there.
+// A cp.async copy issued but not yet landed: its source is read at issue; its destination is
+// written when a cp_async_wait covers its group, or earlier, at random (seeded), whenever the
+// issuing thread reaches a synchronisation point, as a GPU may land it any time after issue. A
+// kernel that reads a destination before waiting reads, for some of its copies, the poison that
+// was there; one that copies into a buffer other threads still read (a missing barrier before the
+// next tile) shows as a result that changes with the schedule.
 struct AsyncCopy {
     char* dst;
     int bytes;
@@ -156,8 +159,19 @@ void fail(const std::string& msg) {
 }
 
 // Gives control back to the scheduler; the fiber resumes here when it is picked again.
+// At a synchronisation point: each copy in flight lands now with probability 1/2.
+void land_some_copies(Scheduler& s, Fiber& f) {
+    size_t kept = 0;
+    for (auto& c : f.copies) {
+        if (s.rng.below(2)) std::memcpy(c.dst, c.data, (size_t)c.bytes);
+        else f.copies[kept++] = c;
+    }
+    f.copies.resize(kept);
+}
+
 void yield() {
     Scheduler& s = *t_sched;
+    if (!s.current->copies.empty()) land_some_copies(s, *s.current);
     if (!_setjmp(s.current->jump)) to_scheduler(s);
     if (!s.error.empty()) fail(s.error);
 }
