@@ -44,7 +44,8 @@ double Comm::link_seconds(uint64_t bytes) const {
 uint64_t ring_allreduce_bytes(size_t bytes, int P) { return P > 1 ? 2 * (uint64_t)bytes * (P - 1) / P : 0; }
 uint64_t ring_allgather_bytes(size_t bytes, int P) { return P > 1 ? (uint64_t)bytes * (P - 1) / P : 0; }
 
-void Comm::set_timeout(double seconds) { watchdog_.set_timeout(seconds, g_ == 0 ? 0.0 : 2.0); }
+// One process waits on nobody: no thread there.
+void Comm::set_timeout(double seconds) { watchdog_.set_timeout(world_size_ > 1 ? seconds : 0.0, g_ == 0 ? 0.0 : 2.0); }
 
 const std::string& Comm::host_of(int world_rank) const {
     static const std::string none;
