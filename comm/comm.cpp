@@ -3,6 +3,7 @@
 #include "data/io.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <chrono>
 #include <cstring>
@@ -42,6 +43,64 @@ double Comm::link_seconds(uint64_t bytes) const {
 
 uint64_t ring_allreduce_bytes(size_t bytes, int P) { return P > 1 ? 2 * (uint64_t)bytes * (P - 1) / P : 0; }
 uint64_t ring_allgather_bytes(size_t bytes, int P) { return P > 1 ? (uint64_t)bytes * (P - 1) / P : 0; }
+
+// One process waits on nobody: no thread there.
+void Comm::set_timeout(double seconds) { watchdog_.set_timeout(world_size_ > 1 ? seconds : 0.0, g_ == 0 ? 0.0 : 2.0); }
+
+const std::string& Comm::host_of(int world_rank) const {
+    static const std::string none;
+    return world_rank >= 0 && (size_t)world_rank < hosts_.size() ? hosts_[world_rank] : none;
+}
+
+// Built with += alone: GCC 12 warns (-Wrestrict, a false positive) on chains of std::string +.
+std::string Comm::describe_worker(int m) const {
+    std::string hosts;
+    for (int g = 0; g < G_; g++) {
+        const std::string& h = host_of(rank_of(m, g));
+        if (h.empty() || hosts.find(h) != std::string::npos) continue;
+        if (!hosts.empty()) hosts += '+';
+        hosts += h;
+    }
+    std::string s = "worker ";
+    s += std::to_string(m);
+    s += " on ";
+    s += hosts.empty() ? "?" : hosts;
+    s += G_ > 1 ? " (ranks " : " (rank ";
+    s += std::to_string(rank_of(m, 0));
+    if (G_ > 1) {
+        s += '-';
+        s += std::to_string(rank_of(m, G_ - 1));
+    }
+    s += ')';
+    return s;
+}
+
+// The surviving side of a stuck collective cannot tell which peer went silent, only which peers
+// it was waiting with: with two workers that is exactly the other one.
+std::string Comm::lost_line(const char* call) const {
+    std::string others;
+    int n = 0;
+    for (int m = 0; m < M_; m++) {
+        if (!server_ && m == m_) continue;
+        if (n++) others += ", ";
+        others += describe_worker(m);
+    }
+    char secs[32];
+    std::snprintf(secs, sizeof secs, "%g", watchdog_.timeout());
+    std::string s = "error: rank ";
+    s += std::to_string(world_rank_);
+    s += server_ ? " (the server on " : " (worker " + std::to_string(m_) + " on ";
+    s += host_of(world_rank_);
+    s += "): ";
+    s += call;
+    s += " has not completed in ";
+    s += secs;
+    s += " s (--comm-timeout): lost contact with ";
+    if (n > 1) s += "one of ";
+    s += others;
+    s += "; ending the job";
+    return s;
+}
 
 #ifdef DILOCO_HAVE_MPI
 
@@ -107,7 +166,20 @@ Comm::Comm(int workers, int server_ranks) {
         MPI_Comm_split(MPI_COMM_WORLD, server_ ? MPI_UNDEFINED : g_, m_, cc);
         worker_comm_ = wc;
         cross_comm_ = cc;
+        gather_hosts();
     }
+}
+
+// Every rank's host name, so that a rank can name the host of a worker it lost contact with.
+void Comm::gather_hosts() {
+    char mine[MPI_MAX_PROCESSOR_NAME] = {0};
+    int len = 0;
+    MPI_Get_processor_name(mine, &len);
+    std::vector<char> all((size_t)world_size_ * MPI_MAX_PROCESSOR_NAME);
+    MPI_Allgather(mine, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, all.data(), MPI_MAX_PROCESSOR_NAME, MPI_CHAR, MPI_COMM_WORLD);
+    hosts_.resize(world_size_);
+    for (int r = 0; r < world_size_; r++)
+        hosts_[r] = std::string(&all[(size_t)r * MPI_MAX_PROCESSOR_NAME], strnlen(&all[(size_t)r * MPI_MAX_PROCESSOR_NAME], MPI_MAX_PROCESSOR_NAME));
 }
 
 Comm::~Comm() {
@@ -134,7 +206,10 @@ void Comm::average_worker(float* x, size_t n) {
 void Comm::sum_across_workers(float* x, size_t n) {
     if (M_ == 1) return;
     const double t0 = now_seconds();
-    chunked::allreduce(x, n, MPI_FLOAT, MPI_SUM, as_comm(cross_comm_));
+    {
+        Deadline d(watchdog_, lost_line("the outer sync (sum across workers)"));
+        chunked::allreduce(x, n, MPI_FLOAT, MPI_SUM, as_comm(cross_comm_));
+    }
     bytes_outer_ += ring_allreduce_bytes(4 * n, M_);
     sleep_until(t0 + link_seconds(ring_allreduce_bytes(4 * n, M_)));
 }
@@ -354,6 +429,7 @@ bool Comm::test(Request& r) {
 void Comm::wait(Request& r) {
     if (r.handle) {
         auto& reqs = static_cast<InFlight*>(r.handle)->reqs;
+        Deadline d(watchdog_, lost_line("an exchange across workers"));
         MPI_Waitall((int)reqs.size(), reqs.data(), MPI_STATUSES_IGNORE);
         delete static_cast<InFlight*>(r.handle);
         r.handle = nullptr;
@@ -392,29 +468,40 @@ void Comm::recv(int from, int tag, void* data, size_t bytes) {
 
 void Comm::reduce_to_root(double* x, size_t n) {
     if (world_size_ == 1) return;
+    Deadline d(watchdog_, lost_line("a reduction over all ranks"));
     chunked::reduce(x, n, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
     bytes_outer_ += 8 * n;  // a reduction tree sends each rank's buffer once
 }
 
 std::vector<uint64_t> Comm::allgather_u64(uint64_t v) {
     std::vector<uint64_t> all(world_size_, v);
+    Deadline d(watchdog_, world_size_ > 1 ? lost_line("an all-gather over all ranks") : "");
     if (world_size_ > 1)
         MPI_Allgather(&v, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD);
     return all;
 }
 
 double Comm::max_world(double v) {
-    if (world_size_ > 1) MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    if (world_size_ > 1) {
+        Deadline d(watchdog_, lost_line("a reduction over all ranks"));
+        MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    }
     return v;
 }
 
 double Comm::sum_world(double v) {
-    if (world_size_ > 1) MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    if (world_size_ > 1) {
+        Deadline d(watchdog_, lost_line("a reduction over all ranks"));
+        MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    }
     return v;
 }
 
 void Comm::barrier() {
-    if (world_size_ > 1) MPI_Barrier(MPI_COMM_WORLD);
+    if (world_size_ > 1) {
+        Deadline d(watchdog_, lost_line("a barrier over all ranks"));
+        MPI_Barrier(MPI_COMM_WORLD);
+    }
 }
 
 int Comm::node_local_rank() const {

@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include "comm/watchdog.h"
+
 namespace diloco {
 
 struct Slice {
@@ -139,6 +141,16 @@ public:
         link_latency_ms_ = latency_ms;
     }
 
+    // A deadline on every blocking call that crosses workers (the outer sync, the world-wide
+    // reductions): one that has not returned within `seconds` ends this process with one line naming
+    // the workers (and hosts) it was waiting for, and Open MPI then ends the job. 0 = off. The
+    // ranks other than a worker's local rank 0 wait 2 s more, so that one line speaks for the worker.
+    void set_timeout(double seconds);
+    // The host (MPI_Get_processor_name, gathered at start) of a world rank; "" without MPI.
+    const std::string& host_of(int world_rank) const;
+    // "worker 1 on h1 (ranks 2-3)"; a worker over several hosts lists them ("h1+h2").
+    std::string describe_worker(int m) const;
+
     uint64_t bytes_inner() const { return bytes_inner_; }
     uint64_t bytes_outer() const { return bytes_outer_; }
 
@@ -151,6 +163,10 @@ private:
     std::vector<void*> channels_;  // MPI_Comm*: the cross communicator's duplicates, channel 1, 2, ...
     uint64_t bytes_inner_ = 0, bytes_outer_ = 0;
     double link_gbps_ = 0.0, link_latency_ms_ = 0.0;
+    std::vector<std::string> hosts_;  // by world rank
+    Watchdog watchdog_;
+    std::string lost_line(const char* call) const;
+    void gather_hosts();  // what the watchdog says when `call` is stuck
     double link_seconds(uint64_t bytes) const;
     void* channel_comm(int channel) const;  // MPI_Comm* of a channel
 };

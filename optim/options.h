@@ -50,6 +50,9 @@ struct TrainOptions {
     double virtual_step_s = 0.0;  // > 0: the virtual clock, a speed-1 inner step takes this long
     // link emulation of the across-worker link
     double outer_gbps = 0.0, outer_latency_ms = 0.0;
+    // seconds a blocking call across workers may take before the job is ended as a lost worker
+    // (comm/watchdog.h); 0 = off
+    double comm_timeout = 120.0;
     // data
     std::string shard = "iid";
     uint64_t seed = 1337;

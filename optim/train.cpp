@@ -103,6 +103,11 @@ static void check_options(const TrainOptions& o) {
     DILOCO_CHECK(!(o.eager && o.drop_prob > 0), "--eager and --drop-prob do not combine");
     DILOCO_CHECK(!(o.eager && o.overlap > 0), "--eager overlaps a whole round by itself: leave --overlap at 0");
     DILOCO_CHECK(o.outer_gbps >= 0 && o.outer_latency_ms >= 0, "--outer-gbps and --outer-latency-ms must be >= 0");
+    if (!(std::isfinite(o.comm_timeout) && o.comm_timeout >= 0)) {
+        char got[32];
+        std::snprintf(got, sizeof got, "%g", o.comm_timeout);
+        throw Error(std::string("--comm-timeout must be a number of seconds >= 0 (0: off), got ") + got);
+    }
     DILOCO_CHECK(o.workers > 0, "--workers must be positive, got " + std::to_string(o.workers));
     DILOCO_CHECK(o.inner_steps > 0, "--inner-steps must be positive, got " + std::to_string(o.inner_steps));
     DILOCO_CHECK(o.outer_lr > 0, "--outer-lr must be positive");
@@ -137,7 +142,7 @@ static std::string describe_options(const TrainOptions& o) {
       << '|' << o.algo << '|' << o.workers << '|' << o.inner_steps << '|' << o.outer_lr << '|'
       << o.outer_momentum << '|' << o.outer_opt << '|' << o.drop_prob << '|' << o.drop_mode << '|' << o.delayed << '|' << o.verify_sync << '|' << o.dump_replicas << '|' << o.fragments << '|'
       << o.fragment_pattern << '|' << o.overlap << '|' << o.alpha << '|' << o.quant << '|' << o.quant_block << '|' << o.exchange << '|' << o.eager << '|'
-      << o.outer_gbps << '|' << o.outer_latency_ms
+      << o.outer_gbps << '|' << o.outer_latency_ms << '|' << o.comm_timeout
       << '|' << o.shard << '|' << o.seed << '|' << o.eval_every << '|' << o.ckpt_every << '|'
       << o.eval_batches << '|' << o.resume << '|' << o.stop_at << '|' << o.device << '|' << o.matmul_precision << '|' << o.precision
       << '|' << o.ckpt_keep << '|' << o.delay_buffer << '|' << o.dylu << '|' << o.worker_speeds << '|'
@@ -637,10 +642,22 @@ private:
 
 }  // namespace
 
+// Which worker runs on which host, once at start: Open MPI's report of a dead rank names its rank
+// and node, and this line turns that into a worker.
+static void print_rank_map(const Comm& comm) {
+    if (!comm.is_root() || comm.world_size() == 1) return;
+    std::string line = "ranks:";
+    if (comm.world_size() > comm.workers() * comm.ranks_per_worker()) line += " server on " + comm.host_of(0) + " (rank 0),";
+    for (int m = 0; m < comm.workers(); m++) line += (m ? ", " : " ") + comm.describe_worker(m);
+    std::fprintf(stderr, "%s\n", line.c_str());
+}
+
 double run_train(const TrainOptions& o) {
     check_options(o);
     Comm comm(o.workers, find_algorithm(o.algo).server_ranks);
     comm.emulate_outer_link(o.outer_gbps, o.outer_latency_ms);
+    comm.set_timeout(o.comm_timeout);
+    print_rank_map(comm);
     const std::string options_text = describe_options(o);
     require_same_on_all_ranks(comm, fnv1a(options_text.data(), options_text.size()), "the configuration (some option)");
     const DatasetInfo data_info = read_dataset_info(o.data);

@@ -77,6 +77,9 @@ expect_error "must divide d_model" "$BIN" train --data data --out r7 $SMALL --st
 expect_error "exceeds the model's max_seq_len" "$BIN" train --data data --out r7 --model tiny --seq-len 512 --steps 1
 expect_error "unknown model preset 'huge'" "$BIN" train --data data --out r7 --model huge --steps 1
 expect_error "--lr must be positive" "$BIN" train --data data --out r7 $SMALL --steps 1 --lr -1
+expect_error "--comm-timeout must be a number of seconds >= 0" "$BIN" train --data data --out r7 $SMALL --steps 1 --comm-timeout -1
+expect_error "--comm-timeout must be a number of seconds >= 0" "$BIN" train --data data --out r7 $SMALL --steps 1 --comm-timeout nan
+expect_error "error:" "$BIN" train --data data --out r7 $SMALL --steps 1 --comm-timeout soon
 expect_error "error:" "$BIN" train --data data --out r7 $SMALL --steps abc
 expect_error "error:" "$BIN" train --data data --out r7 $SMALL --no-such-option 1
 
@@ -141,6 +144,9 @@ printf 'steps = 5\n[[[\n' > bad2.toml
 expect_error "bad2.toml:2: unknown section" "$BIN" train --data data --out x --config bad2.toml
 printf 'steps = 5\nstepz = 5\n' > bad3.toml
 expect_error "bad3.toml:2: unknown key 'stepz'" "$BIN" train --data data --out x --config bad3.toml
+printf 'comm_timeout = -5\n' > bad5.toml
+expect_error "--comm-timeout must be a number of seconds >= 0 (0: off), got -5" "$BIN" train --data data --out x $SMALL --steps 1 --config bad5.toml
+expect_ok "a config file sets --comm-timeout" bash -c "printf 'comm-timeout = 30\\n' > ct.toml && '$BIN' train --data data --out ct $SMALL --steps 1 --config ct.toml"
 printf 'eager = maybe\n' > bad4.toml
 expect_error "bad4.toml:1: key 'eager' is a flag" "$BIN" train --data data --out x --config bad4.toml
 printf 'steps 5\n' > bad5.toml

@@ -175,7 +175,7 @@ up() {
     done
     write_launcher "${hosts% }"
     cat > "$DIR/mpirun.args" << EOF
---hostfile $DIR/hostfile --mca plm_rsh_agent $DIR/launcher --mca plm_rsh_no_tree_spawn 1 --mca btl tcp,vader,self --mca btl_tcp_if_include $SUBNET.0/24 --mca oob_tcp_if_include $SUBNET.0/24 -x NCCL_SOCKET_IFNAME=dleth0
+--hostfile $DIR/hostfile --mca plm_rsh_agent $DIR/launcher --mca plm_rsh_no_tree_spawn 1 --mca btl tcp,vader,self --mca btl_tcp_if_include $SUBNET.0/24 --mca oob_tcp_if_include $SUBNET.0/24 --mca oob_tcp_keepalive_time 2 --mca oob_tcp_keepalive_intvl 1 --mca oob_tcp_keepalive_probes 3 -x NCCL_SOCKET_IFNAME=dleth0
 EOF
     echo "$config" > "$DIR/config"
     UP_OK=1

@@ -73,6 +73,10 @@ void add_train_options(CLI::App* t, TrainOptions& o) {
     t->add_flag("--delayed", o.delayed, "naive one-round delay: overlap a whole round, apply the previous round's average (diloco)");
     t->add_option("--outer-gbps", o.outer_gbps, "emulate an across-worker link of this many Gbit/s (0: off)")->capture_default_str();
     t->add_option("--outer-latency-ms", o.outer_latency_ms, "emulated latency per across-worker message")->capture_default_str();
+    t->add_option("--comm-timeout", o.comm_timeout,
+                  "seconds an outer sync (any blocking call across workers) may wait before the job ends, "
+                  "naming the lost worker (0: wait for ever)")
+        ->capture_default_str();
     // data
     t->add_option("--shard", o.shard, "iid or noniid (replicas' data)")->capture_default_str();
     t->add_option("--seed", o.seed, "initialisation and data-order seed")->capture_default_str();
