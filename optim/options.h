@@ -52,7 +52,7 @@ struct TrainOptions {
     double outer_gbps = 0.0, outer_latency_ms = 0.0;
     // seconds a blocking call across workers may take before the job is ended as a lost worker
     // (comm/watchdog.h); 0 = off
-    double comm_timeout = 120.0;
+    double comm_timeout = 600.0;
     // data
     std::string shard = "iid";
     uint64_t seed = 1337;
