@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "data/documents.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
 
@@ -61,6 +62,13 @@ public:
     // Restricts this stream to part `index` of `parts` (see above). Call before reading.
     void set_partition(int parts, int index, bool contiguous);
 
+    // Restricts this stream to the tokens of `spans` (token ranges of the split, in order, within
+    // its token count): they are put back to back, held in memory, and cut into chunks as one
+    // shard would be; set_partition may then split them further. DiPaCo's paths train on their
+    // documents this way. Throws Error when they hold too few tokens for one sequence. Call before
+    // reading.
+    void restrict_to(const std::vector<TokenRange>& spans);
+
     uint64_t num_chunks() const { return total_chunks_; }
     uint64_t part_chunks() const { return part_hi_ - part_lo_; }
     uint64_t num_tokens() const { return total_tokens_; }
@@ -81,6 +89,7 @@ private:
     uint64_t part_lo_ = 0, part_hi_ = 0;
     int64_t perm_epoch_ = -1;
     std::vector<uint32_t> perm_;
+    std::vector<uint16_t> own_;  // restrict_to: the spans' tokens, read instead of the shards
 };
 
 }  // namespace diloco

@@ -11,6 +11,7 @@
 #include <cstdlib>
 
 #include "data/prepare.h"
+#include "data/routing.h"
 #include "data/tokenizer.h"
 #include "kernels/common.h"
 #include "model/checkpoint.h"
@@ -172,6 +173,18 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     p->add_option("--vocab-size", prep.vocab_size, "sp: vocabulary size, 258 to 65536 (default 4096)");
     p->add_option("--sp-model-type", prep.sp_model_type, "sp: bpe or unigram")->capture_default_str();
+    p->add_option("--documents", prep.documents, "what a document is (DIR/*.docs, for `route`): files (each input) "
+                                                 "or paragraphs (lines up to an empty line)")
+        ->capture_default_str();
+
+    RouteOptions route;
+    auto* ro = app.add_subcommand("route", "DiPaCo: route every document of prepared data to one of K^L paths "
+                                           "(k-means tree on the histogram of its first tokens) -> DIR/routes.idx");
+    ro->add_option("--data", route.data, "prepared data directory")->required();
+    ro->add_option("--levels", route.levels, "L: levels of the modular model")->capture_default_str();
+    ro->add_option("--modules", route.modules, "K: modules per level")->capture_default_str();
+    ro->add_option("--prefix", route.prefix, "tokens of a document's beginning its feature reads")->capture_default_str();
+    ro->add_option("--seed", route.seed, "k-means seed")->capture_default_str();
 
     TrainOptions train;
     auto* t = app.add_subcommand("train", "train a model");
@@ -269,6 +282,8 @@ int main(int argc, char** argv) {
         export_ckpt = checkpoint_of(export_ckpt, export_run, ex->parsed());
         if (*p) {
             prepare_dataset(prep);
+        } else if (*ro) {
+            run_route(route);
         } else if (*t) {
             run_train(train);
         } else if (*g) {

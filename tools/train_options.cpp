@@ -33,7 +33,7 @@ void add_train_options(CLI::App* t, TrainOptions& o) {
     t->add_option("--grad-clip", o.grad_clip, "clip the global gradient norm (0: off)")->capture_default_str();
     t->add_option("--inner-opt", o.inner_opt, "adamw or sgd")->capture_default_str();
     // algorithm
-    t->add_option("--algo", o.algo, "dp, diloco, streaming or async")->capture_default_str();
+    t->add_option("--algo", o.algo, "dp, diloco, streaming, async or dipaco")->capture_default_str();
     t->add_option("--workers", o.workers, "replicas M; the ranks form M workers of R/M ranks")->capture_default_str();
     t->add_option("--inner-steps", o.inner_steps, "H: inner steps between outer syncs (diloco)")->capture_default_str();
     t->add_option("--outer-lr", o.outer_lr, "outer learning rate")->capture_default_str();
@@ -55,6 +55,9 @@ void add_train_options(CLI::App* t, TrainOptions& o) {
                                                          "seconds, pushes apply in virtual-time order, runs are "
                                                          "reproducible (async; 0: wall clock)")
         ->capture_default_str();
+    // DiPaCo (the data's documents routed by `diloco route` to K^L paths)
+    t->add_option("--levels", o.levels, "L: levels the blocks are cut into (dipaco)")->capture_default_str();
+    t->add_option("--modules", o.modules, "K: modules per level (dipaco)")->capture_default_str();
     // Streaming DiLoCo
     t->add_option("--fragments", o.fragments, "P: fragments of the blocks (streaming)")->capture_default_str();
     t->add_option("--fragment-pattern", o.fragment_pattern, "strided or sequential")->capture_default_str();

@@ -1,0 +1,214 @@
+// DiPaCo: the modular layout, the module average, path assignment, document boundaries, routing,
+// and the restriction of a path's training stream to its documents.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <fstream>
+#include <set>
+
+#include "data/dataset.h"
+#include "data/documents.h"
+#include "data/io.h"
+#include "data/prepare.h"
+#include "data/routing.h"
+#include "kernels/rng.h"
+#include "model/gpt.h"
+#include "optim/dipaco.h"
+#include "tests/files.h"
+
+using namespace diloco;
+using namespace diloco::test;
+
+namespace {
+
+GPT layout_of(int n_layer) {
+    GPT m;
+    gpt_layout(m, GPTConfig{256, 16, n_layer, 2, 16});
+    return m;
+}
+
+TEST(DiPaCoLayout, EveryParameterInExactlyOneModuleOfEveryPath) {
+    const int n = 6, L = 3, K = 2;
+    const GPT m = layout_of(n);
+    const PathLayout layout = path_layout(m, L);
+    for (int p = 0; p < num_paths(L, K); p++) {
+        std::vector<int> cover(m.num_params, 0);
+        std::set<int> levels;
+        for (int mod : path_modules(p, L, K)) {
+            if (mod > 0) levels.insert((mod - 1) / K);
+            for (const Slice& r : module_ranges(layout, mod, K))
+                for (size_t i = r.begin; i < r.begin + r.count; i++) cover[i]++;
+        }
+        for (size_t i = 0; i < m.num_params; i++) ASSERT_EQ(cover[i], 1) << "path " << p << " element " << i;
+        EXPECT_EQ(levels.size(), (size_t)L) << "path " << p << " holds one module per level";
+        // each tensor lies inside one module: block b's in level b / (n/L), the rest in the shared one
+        for (const ParamTensor& t : m.tensors) {
+            int holder = -1, holders = 0;
+            for (int mod : path_modules(p, L, K))
+                for (const Slice& r : module_ranges(layout, mod, K))
+                    if (t.offset >= r.begin && t.offset + t.numel() <= r.begin + r.count) holder = mod, holders++;
+            ASSERT_EQ(holders, 1) << t.name;
+            if (t.block < 0)
+                EXPECT_EQ(holder, 0) << t.name;
+            else
+                EXPECT_EQ((holder - 1) / K, t.block / (n / L)) << t.name;
+        }
+    }
+    // every level-module belongs to K^(L-1) paths, the shared one to all
+    std::vector<int> paths_of(num_modules(L, K), 0);
+    for (int p = 0; p < num_paths(L, K); p++)
+        for (int mod : path_modules(p, L, K)) paths_of[mod]++;
+    EXPECT_EQ(paths_of[0], 8);
+    for (int mod = 1; mod < num_modules(L, K); mod++) EXPECT_EQ(paths_of[mod], 4);
+}
+
+TEST(DiPaCoLayout, RefusesLevelsThatDoNotDivideTheBlocks) {
+    expect_error([] { path_layout(layout_of(6), 4); }, "--levels 4 does not divide the model's 6 blocks");
+    expect_error([] { num_paths(2, 0); }, "--modules must be >= 1, got 0");
+    expect_error([] { num_paths(0, 2); }, "--levels must be >= 1, got 0");
+}
+
+TEST(DiPaCoModuleMean, WeightedMeanAgainstADirectComputation) {
+    Rng rng(7);
+    const size_t n = 257;
+    std::vector<std::vector<float>> d(3, std::vector<float>(n));
+    for (auto& v : d)
+        for (float& x : v) x = (float)rng.normal();
+    const std::vector<double> w = {0.5, 0.125, 0.25};
+    const std::vector<float> got = module_mean(d, w);
+    for (size_t i = 0; i < n; i++) {
+        const double want = (0.5 * d[0][i] + 0.125 * d[1][i] + 0.25 * d[2][i]) / 0.875;
+        EXPECT_NEAR(got[i], want, 1e-6 * (1 + std::abs(want))) << i;
+    }
+    // equal weights: DiLoCo's mean, the sum times 1/n, bit for bit
+    const std::vector<float> eq = module_mean(d, {0.3, 0.3, 0.3});
+    for (size_t i = 0; i < n; i++) EXPECT_EQ(eq[i], ((0.0f + d[0][i]) + d[1][i] + d[2][i]) * (1.0f / 3.0f)) << i;
+}
+
+TEST(DiPaCoAssign, WorkersFollowTheShareOfTheData) {
+    EXPECT_EQ(assign_paths({0.25, 0.5, 0.25}, 3), (std::vector<int>{0, 1, 2}));
+    // extra workers: 0.5/1 > 0.25/1, then 0.5/2 ties 0.25/1 and the lower path (0) wins
+    EXPECT_EQ(assign_paths({0.25, 0.5, 0.25}, 5), (std::vector<int>{0, 0, 1, 1, 2}));
+    expect_error([] { assign_paths({0.5, 0.5, 0.0}, 3); }, "path 2 has no training documents");
+    expect_error([] { assign_paths({0.5, 0.5}, 1); }, "--workers 1 is fewer");
+}
+
+TEST(Documents, ParagraphStartsAndIndexChecks) {
+    EXPECT_EQ(paragraph_starts("ab\ncd\n\n\nef\n\ngh"), (std::vector<size_t>{0, 8, 12}));
+    const std::string dir = fresh_dir("docs_index");
+    write_documents(dir + "/x.docs", {0, 5, 9}, 12);
+    const std::vector<TokenRange> d = read_documents(dir + "/x.docs", 12);
+    ASSERT_EQ(d.size(), 3u);
+    EXPECT_EQ(d[1].begin, 5u);
+    EXPECT_EQ(d[2].end, 12u);
+    expect_error([&] { read_documents(dir + "/x.docs", 13); }, "belongs to other shards");
+    std::string bytes = read_text_file(dir + "/x.docs");
+    expect_error([&] { parse_documents(bytes.data(), bytes.size() - 1, 12, "cut"); }, "cut holds");
+    uint64_t late = 10;
+    std::memcpy(bytes.data() + 16 + 8, &late, 8);  // document 1 would start after document 2 does
+    expect_error([&] { parse_documents(bytes.data(), bytes.size(), 12, "x"); }, "document 1 is empty or out of order");
+    int32_t huge = 1 << 30;
+    std::memcpy(bytes.data() + 8, &huge, 4);
+    expect_error([&] { parse_documents(bytes.data(), bytes.size(), 12, "x"); }, "header says 1073741824 documents");
+}
+
+// Two kinds of paragraphs: letters a-d, and digits. Returns the prepared directory.
+std::string prepare_two_kinds(const std::string& name) {
+    const std::string dir = fresh_dir(name);
+    Rng rng(3);
+    std::string text;
+    for (int d = 0; d < 60; d++) {
+        const bool digits = rng.below(2);
+        const int len = 40 + (int)rng.below(160);
+        for (int i = 0; i < len; i++) text += (char)((digits ? '0' : 'a') + rng.below(4));
+        text += "\n\n";
+    }
+    write_bytes(dir + "/in.txt", text);
+    PrepareOptions p;
+    p.inputs = {dir + "/in.txt"};
+    p.out_dir = dir + "/data";
+    p.val_fraction = 0.2;
+    p.documents = "paragraphs";
+    prepare_dataset(p);
+    return dir + "/data";
+}
+
+TEST(Documents, PrepareKeepsParagraphsAndCutsValidationAtOne) {
+    const std::string data = prepare_two_kinds("prep_docs");
+    const std::string text = read_text_file(data + "/../in.txt");
+    const std::vector<size_t> starts = paragraph_starts(text);
+    TokenStream train(data, "train", 256, 16, false, 0), val(data, "val", 256, 16, false, 0);
+    const std::vector<TokenRange> td = read_documents(documents_path(data, "train"), train.num_tokens());
+    const std::vector<TokenRange> vd = read_documents(documents_path(data, "val"), val.num_tokens());
+    EXPECT_EQ(td.size() + vd.size(), starts.size());  // none split between the two
+    for (size_t i = 0; i < td.size(); i++) EXPECT_EQ(td[i].begin, starts[i]);
+    EXPECT_EQ(vd[0].begin, 0u);
+    EXPECT_EQ(td.back().end, starts[td.size()]);  // the cut is a document start
+}
+
+TEST(Routing, DeterministicForASeedAndSplitsTheKinds) {
+    const std::string data = prepare_two_kinds("route_det");
+    RouteOptions o;
+    o.data = data;
+    o.levels = 1;
+    o.modules = 2;
+    o.prefix = 32;
+    run_route(o);
+    const std::string first = read_text_file(routes_path(data));
+    run_route(o);
+    EXPECT_EQ(read_text_file(routes_path(data)), first);
+    const Routes r = read_routes(routes_path(data));
+    // every path holds one kind: its documents' first byte is a letter, or a digit, never both
+    const std::string text = read_text_file(data + "/../in.txt");
+    const std::vector<size_t> starts = paragraph_starts(text);
+    std::set<std::pair<int, bool>> kinds;
+    for (size_t d = 0; d < r.train.size(); d++) kinds.insert({r.train[d], text[starts[d]] >= 'a'});
+    EXPECT_EQ(kinds.size(), 2u);
+    // a file that does not match: another L or K, or other documents
+    expect_error([&] { read_routes_for(data, 1, 3, r.train.size(), r.val.size()); }, "not --modules 3 ^ --levels 1");
+    expect_error([&] { read_routes_for(data, 1, 2, r.train.size() + 1, r.val.size()); }, "does not match the data");
+    std::string bytes = first;
+    expect_error([&] { parse_routes(bytes.data(), bytes.size() - 2, "r"); }, "r holds");
+    uint16_t bad = 2;
+    std::memcpy(bytes.data() + 40, &bad, 2);
+    expect_error([&] { parse_routes(bytes.data(), bytes.size(), "r"); }, "path 2 is not below 2");
+}
+
+// A document routed to path p reaches only the stream of p's workers: the stream restricted to
+// p's spans reads exactly p's documents, back to back.
+TEST(Routing, APathsStreamHoldsOnlyItsDocuments) {
+    const std::string data = prepare_two_kinds("route_stream");
+    RouteOptions o;
+    o.data = data;
+    o.levels = 1;
+    o.modules = 2;
+    run_route(o);
+    const Routes r = read_routes(routes_path(data));
+    const int T = 16;
+    TokenStream whole(data, "train", 256, T, false, 0);
+    const std::vector<TokenRange> docs = read_documents(documents_path(data, "train"), whole.num_tokens());
+    const std::string text = read_text_file(data + "/../in.txt");
+    for (int p = 0; p < 2; p++) {
+        std::string expected;
+        for (const TokenRange& s : routed_spans(r.train, docs, p)) expected += text.substr(s.begin, s.end - s.begin);
+        TokenStream mine(data, "train", 256, T, false, 0);
+        mine.restrict_to(routed_spans(r.train, docs, p));
+        ASSERT_EQ(mine.num_tokens(), expected.size());
+        std::vector<int> tok(T), tgt(T);
+        for (uint64_t c = 0; c < mine.num_chunks(); c++) {
+            mine.read_rows(c, 1, tok.data(), tgt.data());
+            for (int t = 0; t < T; t++) ASSERT_EQ(tok[t], (unsigned char)expected[c * T + t]) << "path " << p;
+        }
+        // and shuffled, over two epochs: only this path's kind of text
+        TokenStream shuffled(data, "train", 256, T, true, 9);
+        shuffled.restrict_to(routed_spans(r.train, docs, p));
+        const bool letters = expected[0] >= 'a';
+        for (uint64_t row = 0; row < 2 * shuffled.num_chunks(); row++) {
+            shuffled.read_rows(row, 1, tok.data(), tgt.data());
+            for (int t = 0; t < T; t++)
+                if (tok[t] != '\n') ASSERT_EQ(tok[t] >= 'a', letters) << "path " << p << " row " << row;
+        }
+    }
+}
+
+}  // namespace
