@@ -13,6 +13,7 @@
 #include "optim/algorithm.h"
 #include "optim/diloco.h"
 #include "optim/outer.h"
+#include "optim/train.h"
 
 namespace diloco {
 
@@ -285,7 +286,7 @@ private:
         for (const ModuleExchange& x : exchanges_)
             line += " module " + std::to_string(x.module) + " " + std::to_string(x.bytes) + " B,";
         const std::vector<uint64_t> sent = comm_.allgather_u64(comm_.bytes_outer());
-        if (comm_.local() == 0 && o_.log_every > 0)
+        if (comm_.local() == 0)
             std::fprintf(stderr, "dipaco: worker %d (path %d), rank %d sent%s %.2f MB across workers in all\n",
                          comm_.worker(), path_, comm_.world_rank(), line.c_str(), sent[comm_.world_rank()] / 1e6);
     }
@@ -324,6 +325,39 @@ std::unique_ptr<TrainingAlgorithm> create(const TrainOptions& o, Comm& comm, con
 }
 
 }  // namespace
+
+double routed_validation_loss(const std::string& data, int T, int batch, const std::function<GPT&(int)>& model_of,
+                              std::vector<double>* per_path) {
+    const Routes head = read_routes(routes_path(data));
+    const int vocab = read_dataset_info(data).vocab;
+    const std::vector<TokenRange> val = read_documents(documents_path(data, "val"), split_token_count(data, "val", vocab));
+    const std::vector<TokenRange> train = read_documents(documents_path(data, "train"),
+                                                         split_token_count(data, "train", vocab));
+    const Routes r = read_routes_for(data, head.levels, head.modules, train.size(), val.size());
+    const int P = num_paths(r.levels, r.modules);
+    double sum = 0.0;
+    long rows_all = 0;
+    if (per_path) per_path->assign(P, NAN);
+    for (int p = 0; p < P; p++) {
+        const std::vector<TokenRange> spans = routed_spans(r.val, val, p);
+        uint64_t tokens = 0;
+        for (const TokenRange& s : spans) tokens += s.end - s.begin;
+        const long rows = tokens > (uint64_t)T ? (long)((tokens - 1) / T) : 0;
+        if (rows == 0) continue;
+        TokenStream stream(data, "val", vocab, T, false, 0);
+        stream.restrict_to(spans);
+        GPT& m = model_of(p);
+        const double loss = evaluate_stream(
+            [&](const int* tok, const int* tgt, int n, int t) { return gpt_forward(m, tok, tgt, n, t); }, stream, T,
+            rows, batch);
+        if (per_path) (*per_path)[p] = loss;
+        sum += loss * rows;
+        rows_all += rows;
+    }
+    DILOCO_CHECK(rows_all > 0, "the validation documents of " + data + " hold too few tokens for one row of " +
+                                   std::to_string(T + 1));
+    return sum / rows_all;
+}
 
 void refuse_dipaco_options(const TrainOptions& o) {
     DILOCO_CHECK(o.levels == 1 && o.modules == 1, "--levels and --modules apply to --algo dipaco");

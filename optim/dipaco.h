@@ -32,6 +32,7 @@
 // path's buffer and exchanges only that slice.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -73,5 +74,13 @@ MemberScale member_scale(const std::vector<double>& member_weights, double mine)
 // The weighted mean of the members' outer gradients (each n floats) as step 2 computes it with
 // member_scale, in the members' order: what the exchange does, without the exchange.
 std::vector<float> module_mean(const std::vector<std::vector<float>>& deltas, const std::vector<double>& weights);
+
+// `diloco eval --routed`: the validation documents of `data`, each scored by the model of its
+// path (DIR/routes.idx): for every path, every row of its validation documents back to back, as
+// a DiPaCo run evaluates itself; the loss is the mean over all those rows. `model_of(p)` gives
+// path p's model, allocated for `batch` rows of T (the same model for all paths scores a dense
+// model on the same rows). `per_path` receives each path's mean loss (NaN where it has no row).
+double routed_validation_loss(const std::string& data, int T, int batch, const std::function<GPT&(int)>& model_of,
+                              std::vector<double>* per_path);
 
 }  // namespace diloco

@@ -8,11 +8,13 @@
 #include <vector>
 
 #include "data/io.h"
+#include "data/routing.h"
 #include "data/tokenizer.h"
 #include "kernels/common.h"
 #include "kernels/rng.h"
 #include "model/checkpoint.h"
 #include "model/kv_cache.h"
+#include "model/llmc.h"
 
 namespace fs = std::filesystem;
 
@@ -87,6 +89,23 @@ std::string continuation_text(const Tokenizer* tok, const std::vector<int>& prom
 // window of tokens and continues from there: each restart costs one batched pass over half a
 // window, paid once per half window of new tokens, where sliding by one token would need a pass
 // over the whole window for every token (the positions of every cached key change).
+// The prompt's path (data/routing.h), its model file beside the run of `ckpt`, loaded into `params`.
+static void take_routed_path(const GenerateOptions& o, const std::vector<int>& prompt, const GPTConfig& config,
+                             std::vector<float>& params) {
+    const Routes r = read_routes(routes_path(o.route_data));
+    const std::vector<uint16_t> t(prompt.begin(), prompt.end());
+    const std::vector<double> f = document_feature(t.data(), t.size(), r.prefix);
+    const int p = route_feature(r, f.data());
+    char name[32];
+    std::snprintf(name, sizeof name, "path_%03d.bin", p);
+    const std::string file = (fs::path(o.ckpt).parent_path().parent_path() / "paths" / name).string();
+    LlmcModel lm = read_llmc(file);
+    DILOCO_CHECK(lm.config == config, file + " holds another model (" + lm.config.describe() + ") than " + o.ckpt);
+    params = std::move(lm.params);
+    std::fprintf(stderr, "generate: the prompt routes to path %d of %d (%s)\n", p, num_paths(r.levels, r.modules),
+                 file.c_str());
+}
+
 std::string run_generate(const GenerateOptions& o) {
     DILOCO_CHECK(o.tokens >= 0, "--tokens must be >= 0");
     Checkpoint ck = load_checkpoint(o.ckpt);
@@ -98,6 +117,7 @@ std::string run_generate(const GenerateOptions& o) {
     const int maxT = ck.config.max_seq_len, window = std::max(1, maxT / 2);
     std::vector<int> ctx = prompt_tokens(o, tok.get(), ck.config.vocab);
     const std::vector<int> prompt = ctx;
+    if (!o.route_data.empty()) take_routed_path(o, prompt, ck.config, m.params);
     KVCache kv;
     kv_cache_init(kv, ck.config);
     Rng rng(o.seed);

@@ -140,9 +140,8 @@ static void require_same_on_all_ranks(Comm& comm, uint64_t value, const std::str
             throw CollectiveError(what + " differs between rank 0 and rank " + std::to_string(r));
 }
 
-// The mean loss over the first `rows` rows of `val`, `chunk` rows at a time.
-static double evaluate_stream(const std::function<float(const int*, const int*, int, int)>& forward, TokenStream& val,
-                              int T, long rows, int chunk) {
+double evaluate_stream(const std::function<float(const int*, const int*, int, int)>& forward, TokenStream& val, int T,
+                       long rows, int chunk) {
     std::vector<int> tok((size_t)chunk * T), tgt((size_t)chunk * T);
     double sum = 0.0;
     for (long r0 = 0; r0 < rows; r0 += chunk) {

@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 
 #include "data/prepare.h"
 #include "data/routing.h"
@@ -17,6 +18,7 @@
 #include "model/checkpoint.h"
 #include "model/hf_export.h"
 #include "model/llmc.h"
+#include "optim/dipaco.h"
 #include "optim/generate.h"
 #include "optim/train.h"
 #include "tools/bench.h"
@@ -113,6 +115,39 @@ static void run_eval(const std::string& ckpt, const std::string& data, int batch
     std::printf("val_loss %.6f\n", evaluate(m, data, T, (long)batch * batches, batch));
 }
 
+// `eval --routed`: each validation document scored by its path's model (optim/dipaco.h), the
+// paths' models from `paths_dir` (RUNDIR/paths of a DiPaCo run), or the one checkpoint for all.
+static void run_routed_eval(const std::string& ckpt, const std::string& paths_dir, const std::string& data, int batch,
+                            int seq_len) {
+    DILOCO_CHECK(batch > 0, "--batch must be positive");
+    std::map<int, GPT> models;
+    auto model_of = [&](int p) -> GPT& {
+        const int key = paths_dir.empty() ? -1 : p;
+        auto it = models.find(key);
+        if (it != models.end()) return it->second;
+        GPT& m = models[key];
+        if (paths_dir.empty()) {
+            Checkpoint ck = load_checkpoint(ckpt);
+            gpt_build(m, ck.config);
+            m.params = std::move(ck.params);
+        } else {
+            char name[32];
+            std::snprintf(name, sizeof name, "/path_%03d.bin", p);
+            LlmcModel lm = read_llmc(paths_dir + name);
+            gpt_build(m, lm.config);
+            m.params = std::move(lm.params);
+        }
+        DILOCO_CHECK(seq_len <= m.config.max_seq_len, "--seq-len exceeds the model's max_seq_len");
+        gpt_allocate(m, batch, seq_len > 0 ? seq_len : m.config.max_seq_len);
+        return m;
+    };
+    DILOCO_CHECK(seq_len > 0, "eval --routed needs --seq-len (the training sequence length)");
+    std::vector<double> per_path;
+    const double loss = routed_validation_loss(data, seq_len, batch, model_of, &per_path);
+    for (size_t p = 0; p < per_path.size(); p++) std::printf("path %zu val_loss %.6f\n", p, per_path[p]);
+    std::printf("val_loss %.6f\n", loss);
+}
+
 static void run_export(const std::string& ckpt, const std::string& out, const std::string& format) {
     Checkpoint ck = load_checkpoint(ckpt);
     GPT m;
@@ -206,6 +241,8 @@ int main(int argc, char** argv) {
     g->add_option("--temperature", gen.temperature, "0 for greedy")->capture_default_str();
     g->add_option("--seed", gen.seed, "sampling seed")->capture_default_str();
     g->add_option("--tokenizer-model", gen.tokenizer_model, "SentencePiece model file to encode and decode with");
+    g->add_option("--route", gen.route_data, "DiPaCo: a data directory with routes.idx; the prompt picks its path, "
+                                             "whose weights (RUNDIR/paths/) replace the checkpoint's");
 
     std::string eval_ckpt, eval_data;
     int eval_batches = 16, eval_batch = 8, eval_seq = 0;
@@ -217,6 +254,12 @@ int main(int argc, char** argv) {
     e->add_option("--batches", eval_batches, "batches")->capture_default_str();
     e->add_option("--batch", eval_batch, "sequences per batch")->capture_default_str();
     e->add_option("--seq-len", eval_seq, "sequence length (0: the model's max_seq_len)");
+    bool eval_routed = false;
+    std::string eval_paths;
+    e->add_flag("--routed", eval_routed, "DiPaCo: every validation document, each scored by the model of its path "
+                                         "(DIR/routes.idx), as a dipaco run evaluates itself");
+    e->add_option("--paths", eval_paths, "with --routed: the directory of the paths' models (RUNDIR/paths); "
+                                         "without it, the --ckpt model scores every path's documents");
 
     BenchOptions bench;
     auto* b = app.add_subcommand("bench", "time one kernel in isolation");
@@ -278,7 +321,7 @@ int main(int argc, char** argv) {
 
     try {
         gen.ckpt = checkpoint_of(gen.ckpt, gen_run, g->parsed());
-        eval_ckpt = checkpoint_of(eval_ckpt, eval_run, e->parsed());
+        eval_ckpt = checkpoint_of(eval_ckpt, eval_run, e->parsed() && eval_paths.empty());
         export_ckpt = checkpoint_of(export_ckpt, export_run, ex->parsed());
         if (*p) {
             prepare_dataset(prep);
@@ -290,7 +333,10 @@ int main(int argc, char** argv) {
             std::string text = run_generate(gen);
             std::printf("%s%s\n", gen.prompt.c_str(), text.c_str());
         } else if (*e) {
-            run_eval(eval_ckpt, eval_data, eval_batches, eval_batch, eval_seq);
+            if (eval_routed)
+                run_routed_eval(eval_ckpt, eval_paths, eval_data, eval_batch, eval_seq);
+            else
+                run_eval(eval_ckpt, eval_data, eval_batches, eval_batch, eval_seq);
         } else if (*ex) {
             run_export(export_ckpt, export_out, export_format);
         } else if (*im) {

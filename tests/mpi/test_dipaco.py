@@ -34,7 +34,7 @@ def check(name, ok, detail):
 
 def run(args, ranks=None):
     cmd = (["mpirun", "--oversubscribe", "-np", str(ranks)] if ranks else []) + args
-    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, errors="replace", timeout=300)
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-2000:]}")
     return p
@@ -79,6 +79,38 @@ def path_shares(data, P):
     for d in range(n):
         share[path[d]] += starts[d + 1] - starts[d]
     return share / share.sum()
+
+
+def read_routes(data):
+    """DIR/routes.idx (docs/formats.md): header, paths, and the routing tree's centroids."""
+    raw = open(os.path.join(data, "routes.idx"), "rb").read()
+    _, _, L, K, prefix, F, nt, nv = struct.unpack_from("<8i", raw, 0)
+    paths = np.frombuffer(raw, dtype=np.uint16, count=nt + nv, offset=40)
+    cents = np.frombuffer(raw, dtype=np.float32, offset=40 + 2 * (nt + nv)).astype(np.float64)
+    return L, K, prefix, F, paths, cents
+
+
+def walk(tokens, L, K, prefix, F, cents):
+    """A document's path down the tree: at each level the nearest of its parent's K centroids, to
+    the byte histogram of its first `prefix` tokens (data/routing.h)."""
+    first = np.asarray(tokens[:prefix]).astype(np.int64) % F
+    f = np.bincount(first, minlength=F) / max(len(first), 1)
+    q, off, parents = 0, 0, 1
+    for _ in range(L):
+        c = cents[off + q * K * F: off + (q + 1) * K * F].reshape(K, F)
+        q = q * K + int(np.argmin(((c - f) ** 2).sum(axis=1)))
+        off += parents * K * F
+        parents *= K
+    return q
+
+
+def split_docs(data, split):
+    tok = np.concatenate([np.fromfile(f, dtype=np.uint16, offset=1024)
+                          for f in sorted(glob.glob(os.path.join(data, f"{split}_*.bin")))])
+    raw = open(os.path.join(data, f"{split}.docs"), "rb").read()
+    n = struct.unpack_from("<i", raw, 8)[0]
+    at = np.frombuffer(raw, dtype=np.uint64, count=n + 1, offset=16).astype(np.int64)
+    return [tok[at[i]:at[i + 1]] for i in range(n)]
 
 
 def make_corpus(path):
@@ -175,6 +207,24 @@ def main():
         check("resume after 8 of 12 steps: losses, routed val loss and every path bit for bit",
               np.array_equal(a, b) and sa["final_val_loss"] == sb["final_val_loss"] and same_paths,
               f"{len(a)} losses, val {sa['final_val_loss']:.6f} / {sb['final_val_loss']:.6f}, paths equal {same_paths}")
+
+        # 5. routing at evaluation and generation time: every document, training and held-out, sits
+        # on the path the stored tree gives it; `eval --routed` of the run's paths is its val loss;
+        # a prompt picks the path the tree gives it
+        L, K, prefix, F, paths, cents = read_routes(D("d22"))
+        docs = split_docs(D("d22"), "train") + split_docs(D("d22"), "val")
+        walked = [walk(d, L, K, prefix, F, cents) for d in docs]
+        ev = run([B, "eval", "--routed", "--paths", D("resumed", "paths"), "--data", D("d22"), "--seq-len", str(T)])
+        offline = float(ev.stdout.split("val_loss ")[-1])
+        picks = []
+        for prompt in ("Ge7:1 and the lord said", "<hw>W3</hw> (n.) aaa bbb"):
+            g = run([B, "generate", "--run", D("resumed"), "--route", D("d22"), "--prompt", prompt, "--tokens", "4"])
+            said = int(g.stderr.split("routes to path ")[1].split()[0])
+            picks.append((said, walk(np.frombuffer(prompt.encode(), dtype=np.uint8), L, K, prefix, F, cents)))
+        check("routing: documents on the tree's paths; offline routed eval = the run's; prompts pick the tree's path",
+              list(paths) == walked and abs(offline - sb["final_val_loss"]) < 1e-6 and all(a == b for a, b in picks)
+              and len(set(paths)) == 4,
+              f"{len(docs)} documents, paths used {sorted(set(int(p) for p in paths))}; eval {offline:.6f}; prompts {picks}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     passed = sum(RESULTS)
