@@ -122,10 +122,11 @@ int route_feature(const Routes& r, const double* feature) {
 }
 
 Routes fit_routes(const std::vector<double>& train, const std::vector<double>& val, int levels, int modules,
-                  uint64_t seed) {
+                  uint64_t seed, int dims) {
     Routes r;
     r.levels = levels;
     r.modules = modules;
+    r.dims = dims;
     const int K = modules, F = r.dims, P = num_paths(levels, modules);
     const size_t n = train.size() / F;
     r.centroids.assign(level_offset(levels, K, F), 0.0f);
@@ -163,8 +164,8 @@ uint64_t documents_fingerprint(const std::string& dir) {
 }
 
 void write_routes(const std::string& path, const Routes& r) {
-    const int32_t header[8] = {kRoutesMagic, kRoutesVersion,         r.levels,           r.modules,
-                               r.prefix,     r.dims,                 (int32_t)r.train.size(), (int32_t)r.val.size()};
+    const int32_t header[10] = {kRoutesMagic, kRoutesVersion, r.levels, r.modules, r.prefix, r.dims,
+                                (int32_t)r.train.size(), (int32_t)r.val.size(), r.feature, 0};
     std::string bytes(sizeof header + 8, '\0');
     std::memcpy(bytes.data(), header, sizeof header);
     std::memcpy(bytes.data() + sizeof header, &r.fingerprint, 8);
@@ -175,21 +176,23 @@ void write_routes(const std::string& path, const Routes& r) {
 }
 
 Routes parse_routes(const void* data, size_t bytes, const std::string& path) {
-    DILOCO_CHECK(bytes >= 40, path + " is too short for a route file header (" + std::to_string(bytes) + " bytes)");
-    int32_t h[8];
+    DILOCO_CHECK(bytes >= 48, path + " is too short for a route file header (" + std::to_string(bytes) + " bytes)");
+    int32_t h[10];
     std::memcpy(h, data, sizeof h);
     DILOCO_CHECK(h[0] == kRoutesMagic, path + " is not a route file (bad magic)");
     DILOCO_CHECK(h[1] == kRoutesVersion, path + ": unsupported route file version " + std::to_string(h[1]));
     Routes r;
-    r.levels = h[2], r.modules = h[3], r.prefix = h[4], r.dims = h[5];
+    r.levels = h[2], r.modules = h[3], r.prefix = h[4], r.dims = h[5], r.feature = h[8];
     const int P = num_paths(r.levels, r.modules);  // bounds L and K before sizes are computed
-    DILOCO_CHECK(r.dims == kRouteFeatureDims && r.prefix > 0 && h[6] >= 0 && h[7] >= 0,
-                 path + ": bad header (feature dimensions, prefix or document counts)");
+    const bool dims_ok = r.feature == 0 ? r.dims == kRouteFeatureDims
+                                        : r.feature == 1 && r.dims > 0 && r.dims <= kMaxRouteFeatureDims;
+    DILOCO_CHECK(dims_ok && r.prefix > 0 && h[6] >= 0 && h[7] >= 0 && h[9] == 0,
+                 path + ": bad header (feature kind or dimensions, prefix or document counts)");
     const size_t ncent = level_offset(r.levels, r.modules, r.dims);
-    const size_t want = 40 + 2 * ((size_t)h[6] + (size_t)h[7]) + 4 * ncent;
+    const size_t want = 48 + 2 * ((size_t)h[6] + (size_t)h[7]) + 4 * ncent;
     DILOCO_CHECK(bytes == want, path + " holds " + std::to_string(bytes) + " bytes but its header implies " +
                                     std::to_string(want));
-    const char* p = (const char*)data + 32;
+    const char* p = (const char*)data + 40;
     std::memcpy(&r.fingerprint, p, 8);
     r.train.resize(h[6]);
     r.val.resize(h[7]);
@@ -240,16 +243,17 @@ std::vector<uint16_t> split_tokens(const std::string& dir, const std::string& sp
 
 // Features of every document of one split (n x F), checking the index against the shards.
 std::vector<double> split_features(const std::string& dir, const std::string& split, int vocab, int prefix,
-                                   std::vector<TokenRange>& docs) {
+                                   const RouteFeature& feature, std::vector<TokenRange>& docs) {
     const std::vector<uint16_t> tokens = split_tokens(dir, split, vocab);
     const std::string index = documents_path(dir, split);
     DILOCO_CHECK(std::ifstream(index).good(), dir + " has no document index " + index +
                                                   ": prepare it again with this version of `diloco prepare`");
     docs = read_documents(index, tokens.size());
     std::vector<double> f;
-    f.reserve(docs.size() * kRouteFeatureDims);
+    f.reserve(docs.size() * kRouteFeatureDims);  // the histogram's size; the hidden one grows it
     for (const TokenRange& d : docs) {
-        const std::vector<double> x = document_feature(tokens.data() + d.begin, d.end - d.begin, prefix);
+        const size_t n = std::min<size_t>(d.end - d.begin, prefix);
+        const std::vector<double> x = feature(tokens.data() + d.begin, n);
         f.insert(f.end(), x.begin(), x.end());
     }
     return f;
@@ -292,21 +296,25 @@ void report(const std::string& dir, const Routes& r, const std::vector<TokenRang
 
 }  // namespace
 
-void run_route(const RouteOptions& o) {
+void run_route(const RouteOptions& o, const RouteFeature& hidden, int dims) {
     const int P = num_paths(o.levels, o.modules);
     DILOCO_CHECK(o.prefix > 0, "--prefix must be positive, got " + std::to_string(o.prefix));
     const DatasetInfo info = read_dataset_info(o.data);
+    const RouteFeature histogram = [&](const uint16_t* t, size_t n) { return document_feature(t, n, o.prefix); };
+    const RouteFeature& feature = hidden ? hidden : histogram;
     std::vector<TokenRange> train_docs, val_docs;
-    const std::vector<double> train = split_features(o.data, "train", info.vocab, o.prefix, train_docs);
-    const std::vector<double> val = split_features(o.data, "val", info.vocab, o.prefix, val_docs);
+    const std::vector<double> train = split_features(o.data, "train", info.vocab, o.prefix, feature, train_docs);
+    const std::vector<double> val = split_features(o.data, "val", info.vocab, o.prefix, feature, val_docs);
     DILOCO_CHECK(train_docs.size() < (size_t)INT32_MAX && val_docs.size() < (size_t)INT32_MAX, "too many documents");
-    Routes r = fit_routes(train, val, o.levels, o.modules, o.seed);
+    Routes r = fit_routes(train, val, o.levels, o.modules, o.seed, hidden ? dims : kRouteFeatureDims);
+    r.feature = hidden ? 1 : 0;
     r.prefix = o.prefix;
     r.fingerprint = documents_fingerprint(o.data);
     write_routes(routes_path(o.data), r);
     report(o.data, r, train_docs);
-    std::fprintf(stderr, "route: %zu training and %zu validation documents to %d paths -> %s\n", train_docs.size(),
-                 val_docs.size(), P, routes_path(o.data).c_str());
+    std::fprintf(stderr, "route: %zu training and %zu validation documents to %d paths by the %s of their first %d "
+                         "tokens -> %s\n", train_docs.size(), val_docs.size(), P,
+                 hidden ? "mean hidden state of the model" : "byte histogram", o.prefix, routes_path(o.data).c_str());
 }
 
 }  // namespace diloco

@@ -1,10 +1,15 @@
 // DiPaCo's offline routing (Douillard et al. 2024): every document of a prepared corpus goes to one
 // of K^L paths, a path being one module per level (optim/dipaco.h).
 //
-// The feature of a document is the normalised histogram of its first `prefix` tokens, each token
-// counted in bucket (token mod 256): for byte-level data, the byte frequencies of the document's
-// beginning. It needs no trained model, and it separates kinds of text that differ in their
-// characters (verse numbers and prose against a dictionary's headwords and markup).
+// The feature of a document is computed from its first `prefix` tokens, one of two kinds:
+//   histogram (0): the normalised histogram of those tokens, each counted in bucket (token mod
+//     256): for byte-level data, the byte frequencies of the document's beginning. It needs no
+//     trained model, and it separates kinds of text that differ in their characters (verse
+//     numbers and prose against a dictionary's headwords and markup). F = 256.
+//   hidden (1): the mean over those tokens of the final hidden state of a small dense model trained
+//     first (`route --ckpt FILE`), as the paper routes by a base model's features; F = its d_model.
+//     Its weights are kept beside the route file (DIR/router.bin, llm.c format), so that a prompt
+//     can be routed later.
 //
 // The routing is a tree of k-means: level 0 splits all training documents into K clusters; level l
 // splits the documents of each cluster of level l-1 into K again. A document's path is its clusters
@@ -15,14 +20,15 @@
 // at generation time, go down the same tree to the nearest centroid of each level.
 //
 // DIR/routes.idx (docs/formats.md), little-endian:
-//   header: 8 int32 (32 bytes): magic 20241201, version 1, levels L, modules K, prefix, feature
-//           dimensions F (256), training documents n_train, validation documents n_val;
-//           then uint64: the FNV-1a hash of DIR/train.docs and DIR/val.docs, which ties the file to
+//   header: 10 int32 (40 bytes): magic 20241201, version 1, levels L, modules K, prefix, feature
+//           dimensions F, training documents n_train, validation documents n_val, feature kind
+//           (0 histogram, 1 hidden), 0; then uint64: the FNV-1a hash of DIR/train.docs and DIR/val.docs, which ties the file to
 //           the data it routed
 //   body:   n_train + n_val uint16 paths; then the tree's centroids, float32: for each level l,
 //           K^l parents x K children x F
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -34,6 +40,7 @@ constexpr int32_t kRoutesMagic = 20241201;
 constexpr int32_t kRoutesVersion = 1;
 constexpr int kRouteFeatureDims = 256;
 constexpr int kMaxPaths = 4096;
+constexpr int kMaxRouteFeatureDims = 1 << 16;
 
 // K^L; throws Error unless L >= 1, K >= 1 and K^L <= kMaxPaths.
 int num_paths(int levels, int modules);
@@ -42,6 +49,7 @@ int module_of_path(int path, int level, int levels, int modules);
 
 struct Routes {
     int levels = 1, modules = 1, prefix = 256, dims = kRouteFeatureDims;
+    int feature = 0;  // 0 histogram, 1 hidden
     uint64_t fingerprint = 0;
     std::vector<uint16_t> train, val;  // the path of each document
     std::vector<float> centroids;      // the tree, as in the file
@@ -50,9 +58,9 @@ struct Routes {
 // The feature of one document: its first `prefix` tokens (all when it holds fewer).
 std::vector<double> document_feature(const uint16_t* tokens, size_t n, int prefix);
 
-// Fits the tree on `train` (n x F features, row-major) and routes `train` and then `val` by it.
+// Fits the tree on `train` (n x dims features, row-major) and routes `train` and then `val` by it.
 Routes fit_routes(const std::vector<double>& train, const std::vector<double>& val, int levels, int modules,
-                  uint64_t seed);
+                  uint64_t seed, int dims = kRouteFeatureDims);
 // The path a feature goes to, down the tree of `r`.
 int route_feature(const Routes& r, const double* feature);
 
@@ -73,10 +81,15 @@ struct RouteOptions {
     int levels = 1, modules = 2;
     int prefix = 256;
     uint64_t seed = 1337;
+    std::string ckpt;  // a dense model's checkpoint: the hidden feature (optim/dipaco.h)
 };
 
+// A document's feature from its tokens (all of them; the caller passes at most `prefix`).
+using RouteFeature = std::function<std::vector<double>(const uint16_t* tokens, size_t n)>;
+
 // `diloco route`: routes every document of DIR and writes DIR/routes.idx atomically; prints to
-// stderr how many documents and tokens of each input went to each path.
-void run_route(const RouteOptions& o);
+// stderr how many documents and tokens of each input went to each path. `hidden`, when given, is
+// the hidden feature of `dims` dimensions; otherwise the histogram.
+void run_route(const RouteOptions& o, const RouteFeature& hidden = nullptr, int dims = kRouteFeatureDims);
 
 }  // namespace diloco

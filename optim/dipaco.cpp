@@ -9,6 +9,7 @@
 #include "data/dataset.h"
 #include "data/routing.h"
 #include "kernels/common.h"
+#include "model/checkpoint.h"
 #include "model/llmc.h"
 #include "optim/algorithm.h"
 #include "optim/diloco.h"
@@ -325,6 +326,49 @@ std::unique_ptr<TrainingAlgorithm> create(const TrainOptions& o, Comm& comm, con
 }
 
 }  // namespace
+
+namespace {
+
+std::string router_path(const std::string& dir) { return dir + "/router.bin"; }
+
+// The dense model a hidden feature reads, allocated for one row of up to `prefix` tokens.
+void allocate_router(GPT& m, int prefix) { gpt_allocate(m, 1, std::min(prefix, m.config.max_seq_len)); }
+
+std::vector<double> hidden_feature(GPT& m, const uint16_t* tokens, size_t n) {
+    const int k = (int)std::min<size_t>(n, (size_t)m.T);
+    const std::vector<int> ids(tokens, tokens + k);
+    return gpt_mean_hidden_state(m, ids.data(), k);
+}
+
+}  // namespace
+
+void route_data(const RouteOptions& o) {
+    if (o.ckpt.empty()) return run_route(o);
+    Checkpoint ck = load_checkpoint(o.ckpt);
+    const int vocab = read_dataset_info(o.data).vocab;
+    DILOCO_CHECK(ck.config.vocab == vocab, "--ckpt " + o.ckpt + " was trained on a vocabulary of " +
+                                               std::to_string(ck.config.vocab) + ", the data has " + std::to_string(vocab));
+    GPT m;
+    gpt_build(m, ck.config);
+    m.params = std::move(ck.params);
+    DILOCO_CHECK(o.prefix > 0, "--prefix must be positive, got " + std::to_string(o.prefix));
+    allocate_router(m, o.prefix);
+    run_route(o, [&](const uint16_t* t, size_t n) { return hidden_feature(m, t, n); }, m.config.d_model);
+    write_llmc(router_path(o.data), m, m.params.data());
+}
+
+std::vector<double> routing_feature(const Routes& r, const std::string& dir, const std::vector<int>& tokens) {
+    const std::vector<uint16_t> t(tokens.begin(), tokens.begin() + std::min<size_t>(tokens.size(), r.prefix));
+    if (r.feature == 0) return document_feature(t.data(), t.size(), r.prefix);
+    DILOCO_CHECK(!t.empty(), "an empty text has no hidden state to route by");
+    LlmcModel lm = read_llmc(router_path(dir));
+    DILOCO_CHECK(lm.config.d_model == r.dims, router_path(dir) + " is not the model " + routes_path(dir) + " was routed by");
+    GPT m;
+    gpt_build(m, lm.config);
+    m.params = std::move(lm.params);
+    allocate_router(m, r.prefix);
+    return hidden_feature(m, t.data(), t.size());
+}
 
 double routed_validation_loss(const std::string& data, int T, int batch, const std::function<GPT&(int)>& model_of,
                               std::vector<double>* per_path) {

@@ -38,6 +38,7 @@
 
 #include "comm/comm.h"
 #include "data/documents.h"
+#include "data/routing.h"
 #include "model/gpt.h"
 
 namespace diloco {
@@ -74,6 +75,12 @@ MemberScale member_scale(const std::vector<double>& member_weights, double mine)
 // The weighted mean of the members' outer gradients (each n floats) as step 2 computes it with
 // member_scale, in the members' order: what the exchange does, without the exchange.
 std::vector<float> module_mean(const std::vector<std::vector<float>>& deltas, const std::vector<double>& weights);
+
+// `diloco route`: with o.ckpt, routes by the mean hidden state of that dense model (its weights are
+// copied to DIR/router.bin, so that prompts can be routed later); otherwise by the histogram.
+void route_data(const RouteOptions& o);
+// The feature of `tokens` (its first r.prefix) as the route file `r` of data directory `dir` wants.
+std::vector<double> routing_feature(const Routes& r, const std::string& dir, const std::vector<int>& tokens);
 
 // `diloco eval --routed`: the validation documents of `data`, each scored by the model of its
 // path (DIR/routes.idx): for every path, every row of its validation documents back to back, as

@@ -15,6 +15,7 @@
 #include "model/checkpoint.h"
 #include "model/kv_cache.h"
 #include "model/llmc.h"
+#include "optim/dipaco.h"
 
 namespace fs = std::filesystem;
 
@@ -93,8 +94,7 @@ std::string continuation_text(const Tokenizer* tok, const std::vector<int>& prom
 static void take_routed_path(const GenerateOptions& o, const std::vector<int>& prompt, const GPTConfig& config,
                              std::vector<float>& params) {
     const Routes r = read_routes(routes_path(o.route_data));
-    const std::vector<uint16_t> t(prompt.begin(), prompt.end());
-    const std::vector<double> f = document_feature(t.data(), t.size(), r.prefix);
+    const std::vector<double> f = routing_feature(r, o.route_data, prompt);
     const int p = route_feature(r, f.data());
     char name[32];
     std::snprintf(name, sizeof name, "path_%03d.bin", p);

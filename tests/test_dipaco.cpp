@@ -12,9 +12,11 @@
 #include "data/prepare.h"
 #include "data/routing.h"
 #include "kernels/rng.h"
+#include "model/checkpoint.h"
 #include "model/gpt.h"
 #include "optim/dipaco.h"
 #include "tests/files.h"
+#include "tests/reference.h"
 
 using namespace diloco;
 using namespace diloco::test;
@@ -170,7 +172,7 @@ TEST(Routing, DeterministicForASeedAndSplitsTheKinds) {
     std::string bytes = first;
     expect_error([&] { parse_routes(bytes.data(), bytes.size() - 2, "r"); }, "r holds");
     uint16_t bad = 2;
-    std::memcpy(bytes.data() + 40, &bad, 2);
+    std::memcpy(bytes.data() + 48, &bad, 2);
     expect_error([&] { parse_routes(bytes.data(), bytes.size(), "r"); }, "path 2 is not below 2");
 }
 
@@ -209,6 +211,87 @@ TEST(Routing, APathsStreamHoldsOnlyItsDocuments) {
                 if (tok[t] != '\n') ASSERT_EQ(tok[t] >= 'a', letters) << "path " << p << " row " << row;
         }
     }
+}
+
+// The final LayerNorm's output of tokens (1, T) in float64, from tests/reference.h alone.
+std::vector<double> reference_hidden(const GPT& m, const std::vector<int>& tok) {
+    const GPTConfig& c = m.config;
+    const int C = c.d_model, T = (int)tok.size();
+    std::vector<double> P(m.params.begin(), m.params.end());
+    auto slice = [&](size_t off, size_t n) { return ref::Vec(P.begin() + off, P.begin() + off + n); };
+    ref::Vec x, ln, mean, rstd, qkv, att, proj, fc, lse;
+    ref::embedding_forward(x, tok.data(), slice(m.wte, (size_t)c.vocab * C), slice(m.wpe, (size_t)c.max_seq_len * C), 1,
+                           T, C);
+    for (int l = 0; l < c.n_layer; l++) {
+        const BlockParams& w = m.blocks[l];
+        ref::layernorm_forward(ln, mean, rstd, x, slice(w.ln1w, C), slice(w.ln1b, C), T, C);
+        ref::Vec bq = slice(w.qkvb, 3 * C), bp = slice(w.attprojb, C), bf = slice(w.fcb, 4 * C), bo = slice(w.fcprojb, C);
+        ref::matmul_forward(qkv, ln, slice(w.qkvw, (size_t)3 * C * C), &bq, T, C, 3 * C);
+        ref::attention_forward(att, lse, qkv, 1, T, C, c.n_head);
+        ref::matmul_forward(proj, att, slice(w.attprojw, (size_t)C * C), &bp, T, C, C);
+        for (size_t i = 0; i < x.size(); i++) x[i] += proj[i];
+        ref::layernorm_forward(ln, mean, rstd, x, slice(w.ln2w, C), slice(w.ln2b, C), T, C);
+        ref::matmul_forward(fc, ln, slice(w.fcw, (size_t)4 * C * C), &bf, T, C, 4 * C);
+        for (auto& v : fc) v = ref::gelu(v);
+        ref::matmul_forward(proj, fc, slice(w.fcprojw, (size_t)4 * C * C), &bo, T, 4 * C, C);
+        for (size_t i = 0; i < x.size(); i++) x[i] += proj[i];
+    }
+    ref::layernorm_forward(ln, mean, rstd, x, slice(m.lnfw, C), slice(m.lnfb, C), T, C);
+    return ln;
+}
+
+TEST(Routing, MeanHiddenStateAgainstAFloat64Forward) {
+    GPT m;
+    gpt_build(m, GPTConfig{256, 24, 2, 2, 16});
+    gpt_init(m, 5);
+    gpt_allocate(m, 1, 24);
+    const std::vector<int> tok = {72, 101, 108, 108, 111, 10, 32, 7, 200, 33, 64};
+    const std::vector<double> got = gpt_mean_hidden_state(m, tok.data(), (int)tok.size());
+    const std::vector<double> h = reference_hidden(m, tok);
+    for (int c = 0; c < 16; c++) {
+        double want = 0;
+        for (size_t t = 0; t < tok.size(); t++) want += h[t * 16 + c];
+        want /= tok.size();
+        EXPECT_NEAR(got[c], want, 1e-5) << c;
+    }
+}
+
+// Routing by a dense model's hidden state: deterministic, the model kept beside the route file, and
+// every document on the path its own feature gives it down the stored tree.
+TEST(Routing, ByAModelsHiddenState) {
+    const std::string data = prepare_two_kinds("route_hidden");
+    GPT m;
+    gpt_build(m, GPTConfig{256, 32, 1, 2, 16});
+    gpt_init(m, 9);
+    TrainState st;
+    const std::string ckpt = data + "/../dense.ckpt";
+    save_checkpoint(ckpt, m.config, st, m.params.data(), m.params.data(), m.params.data(), m.num_params, {});
+    RouteOptions o;
+    o.data = data;
+    o.levels = 2;
+    o.modules = 2;
+    o.prefix = 48;
+    o.ckpt = ckpt;
+    route_data(o);
+    const std::string first = read_text_file(routes_path(data));
+    route_data(o);
+    EXPECT_EQ(read_text_file(routes_path(data)), first);
+    const Routes r = read_routes(routes_path(data));
+    EXPECT_EQ(r.feature, 1);
+    EXPECT_EQ(r.dims, 16);
+    TokenStream whole(data, "train", 256, 16, false, 0);
+    const std::vector<TokenRange> docs = read_documents(documents_path(data, "train"), whole.num_tokens());
+    const std::string text = read_text_file(data + "/../in.txt");
+    std::set<int> used;
+    for (size_t d = 0; d < docs.size(); d++) {
+        const std::vector<int> tok(text.begin() + docs[d].begin, text.begin() + docs[d].end);
+        const std::vector<double> f = routing_feature(r, data, tok);  // through DIR/router.bin
+        EXPECT_EQ(route_feature(r, f.data()), r.train[d]) << "document " << d;
+        used.insert(r.train[d]);
+    }
+    EXPECT_GT(used.size(), 1u);
+    o.ckpt = data + "/../nothing.ckpt";
+    expect_error([&] { route_data(o); }, "nothing.ckpt");
 }
 
 }  // namespace

@@ -220,6 +220,8 @@ int main(int argc, char** argv) {
     ro->add_option("--modules", route.modules, "K: modules per level")->capture_default_str();
     ro->add_option("--prefix", route.prefix, "tokens of a document's beginning its feature reads")->capture_default_str();
     ro->add_option("--seed", route.seed, "k-means seed")->capture_default_str();
+    ro->add_option("--ckpt", route.ckpt, "a dense model's checkpoint: route by its mean final hidden state over a "
+                                         "document's first tokens instead of their byte histogram");
 
     TrainOptions train;
     auto* t = app.add_subcommand("train", "train a model");
@@ -326,7 +328,7 @@ int main(int argc, char** argv) {
         if (*p) {
             prepare_dataset(prep);
         } else if (*ro) {
-            run_route(route);
+            route_data(route);
         } else if (*t) {
             run_train(train);
         } else if (*g) {

@@ -74,7 +74,7 @@ def path_shares(data, P):
     n = struct.unpack_from("<i", docs, 8)[0]
     starts = np.frombuffer(docs, dtype=np.uint64, count=n + 1, offset=16).astype(np.int64)
     routes = open(os.path.join(data, "routes.idx"), "rb").read()
-    path = np.frombuffer(routes, dtype=np.uint16, count=n, offset=40)
+    path = np.frombuffer(routes, dtype=np.uint16, count=n, offset=48)
     share = np.zeros(P)
     for d in range(n):
         share[path[d]] += starts[d + 1] - starts[d]
@@ -84,9 +84,10 @@ def path_shares(data, P):
 def read_routes(data):
     """DIR/routes.idx (docs/formats.md): header, paths, and the routing tree's centroids."""
     raw = open(os.path.join(data, "routes.idx"), "rb").read()
-    _, _, L, K, prefix, F, nt, nv = struct.unpack_from("<8i", raw, 0)
-    paths = np.frombuffer(raw, dtype=np.uint16, count=nt + nv, offset=40)
-    cents = np.frombuffer(raw, dtype=np.float32, offset=40 + 2 * (nt + nv)).astype(np.float64)
+    _, _, L, K, prefix, F, nt, nv, kind, _ = struct.unpack_from("<10i", raw, 0)
+    assert kind == 0, "the byte histogram"
+    paths = np.frombuffer(raw, dtype=np.uint16, count=nt + nv, offset=48)
+    cents = np.frombuffer(raw, dtype=np.float32, offset=48 + 2 * (nt + nv)).astype(np.float64)
     return L, K, prefix, F, paths, cents
 
 
