@@ -128,9 +128,10 @@ public:
 
     std::string describe() const override {
         char buf[200];
-        std::snprintf(buf, sizeof buf, " L=%d K=%d: %d paths of %.2fM params over %d modules, %.2fM params in all;",
+        std::snprintf(buf, sizeof buf,
+                      " L=%d K=%d: %d paths of %.2fM params over %d modules, %.2fM params in all, %s-weighted;",
                       o_.levels, o_.modules, P_, path_params_ / 1e6, num_modules(o_.levels, o_.modules),
-                      all_params_ / 1e6);
+                      all_params_ / 1e6, o_.module_weights.c_str());
         return buf + outer_description(o_, comm_.workers());
     }
     bool replica_per_worker() const override { return true; }
@@ -235,9 +236,11 @@ private:
         }
     }
 
+    // w_m = share(p(m)) / workers(p(m)), or 1 / workers(p(m)) with --module-weights uniform
     double weight_of(int worker) const {
         const int p = path_of_[worker];
-        return share_[p] / (double)std::count(path_of_.begin(), path_of_.end(), p);
+        const double path_weight = o_.module_weights == "uniform" ? 1.0 : share_[p];
+        return path_weight / (double)std::count(path_of_.begin(), path_of_.end(), p);
     }
 
     // 2 and 3 for one module, on this rank's part of it.
@@ -312,6 +315,8 @@ private:
 
 void check(const TrainOptions& o) {
     (void)num_paths(o.levels, o.modules);
+    DILOCO_CHECK(o.module_weights == "share" || o.module_weights == "uniform",
+                 "--module-weights must be share or uniform, got '" + o.module_weights + "'");
     DILOCO_CHECK(!o.model.empty() || (o.n_layer > 0 && o.n_layer % o.levels == 0),
                  "--levels " + std::to_string(o.levels) + " does not divide the model's " + std::to_string(o.n_layer) +
                      " blocks");
@@ -404,7 +409,8 @@ double routed_validation_loss(const std::string& data, int T, int batch, const s
 }
 
 void refuse_dipaco_options(const TrainOptions& o) {
-    DILOCO_CHECK(o.levels == 1 && o.modules == 1, "--levels and --modules apply to --algo dipaco");
+    DILOCO_CHECK(o.levels == 1 && o.modules == 1 && o.module_weights == "share",
+                 "--levels, --modules and --module-weights apply to --algo dipaco");
 }
 
 const AlgorithmEntry dipaco_algorithm{"dipaco", check, create};

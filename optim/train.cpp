@@ -121,7 +121,7 @@ static std::string describe_options(const TrainOptions& o) {
       << '|' << o.shard << '|' << o.seed << '|' << o.eval_every << '|' << o.ckpt_every << '|'
       << o.eval_batches << '|' << o.resume << '|' << o.stop_at << '|' << o.device << '|' << o.matmul_precision
       << '|' << o.ckpt_keep << '|' << o.delay_buffer << '|' << o.dylu << '|' << o.worker_speeds << '|'
-      << o.virtual_step_s << '|' << o.levels << '|' << o.modules;
+      << o.virtual_step_s << '|' << o.levels << '|' << o.modules << '|' << o.module_weights;
     return s.str();
 }
 

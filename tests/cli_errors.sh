@@ -119,7 +119,8 @@ cp -r data rdata
 expect_error "--levels 3 does not divide the model's 2 blocks" "$BIN" train --data rdata --out x $SMALL --n-layer 2 --steps 4 --algo dipaco --levels 3
 expect_error "--modules must be >= 1, got 0" "$BIN" train --data rdata --out x $SMALL --steps 4 --algo dipaco --modules 0
 expect_error "--modules must be >= 1, got 0" "$BIN" route --data rdata --levels 1 --modules 0
-expect_error "--levels and --modules apply to --algo dipaco" "$BIN" train --data rdata --out x $SMALL --steps 4 --algo diloco --levels 2
+expect_error "--levels, --modules and --module-weights apply to --algo dipaco" "$BIN" train --data rdata --out x $SMALL --steps 4 --algo diloco --levels 2
+expect_error "--module-weights must be share or uniform, got 'tokens'" "$BIN" train --data rdata --out x $SMALL --steps 4 --algo dipaco --modules 2 --module-weights tokens
 expect_error "routes to 2^1 paths, not --modules 3 ^ --levels 1" "$BIN" train --data rdata --out x $SMALL --steps 4 --algo dipaco --modules 3
 expect_error "--workers 1 is fewer" "$BIN" train --data rdata --out x $SMALL --steps 4 --algo dipaco --modules 2
 expect_error "no route file data/routes.idx" "$BIN" train --data data --out x $SMALL --steps 4 --algo dipaco --modules 2

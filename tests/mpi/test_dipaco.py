@@ -159,38 +159,41 @@ def main():
         # H = 4 on L = 2, K = 2 (4 paths, one worker each) against a float64 computation from the
         # dumped paths before and after the sync
         lr, mu = 0.7, 0.9
-        run(base + ["--data", D("d22"), "--out", D("mean"), "--algo", "dipaco", "--levels", "2", "--modules", "2",
-                    "--workers", "4", "--steps", "4", "--inner-steps", "4", "--outer-lr", str(lr),
-                    "--outer-momentum", str(mu), "--dump-replicas"], ranks=4)
         share = path_shares(D("d22"), 4)
-        rep = lambda m, s: llmc(D("mean", "replicas", f"step_{4 if s != 0 else 0:08d}.replica_{m:03d}"
-                                                     f"{'.synced' if s != 'pre' else ''}.bin"))
-        theta0 = rep(0, 0)
-        pre = [rep(m, "pre") for m in range(4)]
-        post = [rep(m, "post") for m in range(4)]
         level = llmc_levels(256, T)
-        worst, uniform_gap = 0.0, 0.0
-        for m in range(4):  # path m = (module m // 2 at level 0, module m % 2 at level 1)
-            for lv in (-1, 0, 1):
-                mine = (m // 2, m % 2)[lv] if lv >= 0 else 0
-                members = [q for q in range(4) if lv < 0 or (q // 2, q % 2)[lv] == mine]
-                sel = level == lv
-                w = np.array([share[q] for q in members])
-                delta = sum(w[i] * (theta0[sel] - pre[q][sel]) for i, q in enumerate(members)) / w.sum()
-                want = theta0[sel] - lr * (1 + mu) * delta  # Nesterov from zero momentum
-                worst = max(worst, float(np.max(np.abs(post[m][sel] - want))))
-                flat = sum(theta0[sel] - pre[q][sel] for q in members) / len(members)
-                uniform_gap = max(uniform_gap, float(np.max(np.abs(post[m][sel] - (theta0[sel] - lr * (1 + mu) * flat)))))
-        check("each module steps with the share-weighted mean of its paths' outer gradients (float64 reference)",
-              worst < 1e-6 and uniform_gap > 100 * worst and np.ptp(share) > 0.01,
-              f"max |diff| {worst:.2e}; the uniform mean would be off by {uniform_gap:.2e}; shares {np.round(share, 3)}")
+        for mode in ("share", "uniform"):
+            run(base + ["--data", D("d22"), "--out", D(f"mean-{mode}"), "--algo", "dipaco", "--levels", "2",
+                        "--modules", "2", "--workers", "4", "--steps", "4", "--inner-steps", "4", "--outer-lr", str(lr),
+                        "--outer-momentum", str(mu), "--dump-replicas", "--module-weights", mode], ranks=4)
+            rep = lambda m, s: llmc(D(f"mean-{mode}", "replicas", f"step_{4 if s != 0 else 0:08d}.replica_{m:03d}"
+                                                                  f"{'.synced' if s != 'pre' else ''}.bin"))
+            theta0 = rep(0, 0)
+            pre = [rep(m, "pre") for m in range(4)]
+            post = [rep(m, "post") for m in range(4)]
+            worst, other_gap = 0.0, 0.0
+            for m in range(4):  # path m = (module m // 2 at level 0, module m % 2 at level 1)
+                for lv in (-1, 0, 1):
+                    mine = (m // 2, m % 2)[lv] if lv >= 0 else 0
+                    members = [q for q in range(4) if lv < 0 or (q // 2, q % 2)[lv] == mine]
+                    sel = level == lv
+                    means = {}
+                    for name, w in (("share", [share[q] for q in members]), ("uniform", [1.0] * len(members))):
+                        means[name] = sum(w[i] * (theta0[sel] - pre[q][sel]) for i, q in enumerate(members)) / sum(w)
+                    step = lambda d: theta0[sel] - lr * (1 + mu) * d  # Nesterov from zero momentum
+                    worst = max(worst, float(np.max(np.abs(post[m][sel] - step(means[mode])))))
+                    other = "uniform" if mode == "share" else "share"
+                    other_gap = max(other_gap, float(np.max(np.abs(post[m][sel] - step(means[other])))))
+            check(f"--module-weights {mode}: each module steps with that mean of its paths' outer gradients "
+                  "(float64 reference)", worst < 1e-6 and other_gap > 100 * worst and np.ptp(share) > 0.01,
+                  f"max |diff| {worst:.2e}; the other weighting would be off by {other_gap:.2e}; "
+                  f"shares {np.round(share, 3)}")
 
         # 3. bytes: every round, each rank sends the ring allreduce of each of its modules over the
         # paths holding it: the shared module over 4, each level module over 2
         ring = lambda nbytes, p: 2 * nbytes * (p - 1) // p
         n_shared = 256 * C + T * C + 2 * C
         n_block = 12 * C * C + 13 * C
-        _, s = metrics(D("mean"))
+        _, s = metrics(D("mean-share"))
         per_rank = (s["bytes_outer_total"] - 8 * 4 * 4) / 4
         want = ring(4 * n_shared, 4) + 2 * ring(4 * n_block, 2)
         check("bytes counted per module exchange", per_rank == want, f"{per_rank:.0f} per rank, expected {want}")
