@@ -114,6 +114,12 @@ std::vector<std::string> list_shards(const std::string& dir, const std::string& 
     return out;
 }
 
+uint64_t split_token_count(const std::string& dir, const std::string& split, int vocab) {
+    uint64_t n = 0;
+    for (const std::string& path : list_shards(dir, split)) n += Shard(path, vocab).size();
+    return n;
+}
+
 TokenStream::TokenStream(const std::string& dir, const std::string& split, int vocab, int T,
                          bool shuffle, uint64_t seed)
     : T_(T), shuffle_(shuffle), seed_(seed) {

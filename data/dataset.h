@@ -54,6 +54,9 @@ TokenizerBlob read_dataset_tokenizer(const std::string& dir, const DatasetInfo& 
 // Shard files of one split ("train" or "val") in name order; throws if there are none.
 std::vector<std::string> list_shards(const std::string& dir, const std::string& split);
 
+// The token count of a split: its shards' together (each checked as Shard checks it).
+uint64_t split_token_count(const std::string& dir, const std::string& split, int vocab);
+
 class TokenStream {
 public:
     TokenStream(const std::string& dir, const std::string& split, int vocab, int T, bool shuffle,

@@ -9,12 +9,10 @@
 #include "data/dataset.h"
 #include "data/routing.h"
 #include "kernels/common.h"
-#include "model/checkpoint.h"
 #include "model/llmc.h"
 #include "optim/algorithm.h"
 #include "optim/diloco.h"
 #include "optim/outer.h"
-#include "optim/train.h"
 
 namespace diloco {
 
@@ -92,13 +90,6 @@ std::vector<float> module_mean(const std::vector<std::vector<float>>& deltas, co
 }
 
 namespace {
-
-// The training split's token count, which the document index must end at.
-uint64_t split_token_count(const std::string& dir, const std::string& split, int vocab) {
-    uint64_t n = 0;
-    for (const std::string& path : list_shards(dir, split)) n += Shard(path, vocab).size();
-    return n;
-}
 
 // One exchange of one module, as this rank takes part in it.
 struct ModuleExchange {
@@ -331,82 +322,6 @@ std::unique_ptr<TrainingAlgorithm> create(const TrainOptions& o, Comm& comm, con
 }
 
 }  // namespace
-
-namespace {
-
-std::string router_path(const std::string& dir) { return dir + "/router.bin"; }
-
-// The dense model a hidden feature reads, allocated for one row of up to `prefix` tokens.
-void allocate_router(GPT& m, int prefix) { gpt_allocate(m, 1, std::min(prefix, m.config.max_seq_len)); }
-
-std::vector<double> hidden_feature(GPT& m, const uint16_t* tokens, size_t n) {
-    const int k = (int)std::min<size_t>(n, (size_t)m.T);
-    const std::vector<int> ids(tokens, tokens + k);
-    return gpt_mean_hidden_state(m, ids.data(), k);
-}
-
-}  // namespace
-
-void route_data(const RouteOptions& o) {
-    if (o.ckpt.empty()) return run_route(o);
-    Checkpoint ck = load_checkpoint(o.ckpt);
-    const int vocab = read_dataset_info(o.data).vocab;
-    DILOCO_CHECK(ck.config.vocab == vocab, "--ckpt " + o.ckpt + " was trained on a vocabulary of " +
-                                               std::to_string(ck.config.vocab) + ", the data has " + std::to_string(vocab));
-    GPT m;
-    gpt_build(m, ck.config);
-    m.params = std::move(ck.params);
-    DILOCO_CHECK(o.prefix > 0, "--prefix must be positive, got " + std::to_string(o.prefix));
-    allocate_router(m, o.prefix);
-    run_route(o, [&](const uint16_t* t, size_t n) { return hidden_feature(m, t, n); }, m.config.d_model);
-    write_llmc(router_path(o.data), m, m.params.data());
-}
-
-std::vector<double> routing_feature(const Routes& r, const std::string& dir, const std::vector<int>& tokens) {
-    const std::vector<uint16_t> t(tokens.begin(), tokens.begin() + std::min<size_t>(tokens.size(), r.prefix));
-    if (r.feature == 0) return document_feature(t.data(), t.size(), r.prefix);
-    DILOCO_CHECK(!t.empty(), "an empty text has no hidden state to route by");
-    LlmcModel lm = read_llmc(router_path(dir));
-    DILOCO_CHECK(lm.config.d_model == r.dims, router_path(dir) + " is not the model " + routes_path(dir) + " was routed by");
-    GPT m;
-    gpt_build(m, lm.config);
-    m.params = std::move(lm.params);
-    allocate_router(m, r.prefix);
-    return hidden_feature(m, t.data(), t.size());
-}
-
-double routed_validation_loss(const std::string& data, int T, int batch, const std::function<GPT&(int)>& model_of,
-                              std::vector<double>* per_path) {
-    const Routes head = read_routes(routes_path(data));
-    const int vocab = read_dataset_info(data).vocab;
-    const std::vector<TokenRange> val = read_documents(documents_path(data, "val"), split_token_count(data, "val", vocab));
-    const std::vector<TokenRange> train = read_documents(documents_path(data, "train"),
-                                                         split_token_count(data, "train", vocab));
-    const Routes r = read_routes_for(data, head.levels, head.modules, train.size(), val.size());
-    const int P = num_paths(r.levels, r.modules);
-    double sum = 0.0;
-    long rows_all = 0;
-    if (per_path) per_path->assign(P, NAN);
-    for (int p = 0; p < P; p++) {
-        const std::vector<TokenRange> spans = routed_spans(r.val, val, p);
-        uint64_t tokens = 0;
-        for (const TokenRange& s : spans) tokens += s.end - s.begin;
-        const long rows = tokens > (uint64_t)T ? (long)((tokens - 1) / T) : 0;
-        if (rows == 0) continue;
-        TokenStream stream(data, "val", vocab, T, false, 0);
-        stream.restrict_to(spans);
-        GPT& m = model_of(p);
-        const double loss = evaluate_stream(
-            [&](const int* tok, const int* tgt, int n, int t) { return gpt_forward(m, tok, tgt, n, t); }, stream, T,
-            rows, batch);
-        if (per_path) (*per_path)[p] = loss;
-        sum += loss * rows;
-        rows_all += rows;
-    }
-    DILOCO_CHECK(rows_all > 0, "the validation documents of " + data + " hold too few tokens for one row of " +
-                                   std::to_string(T + 1));
-    return sum / rows_all;
-}
 
 void refuse_dipaco_options(const TrainOptions& o) {
     DILOCO_CHECK(o.levels == 1 && o.modules == 1 && o.module_weights == "share",

@@ -83,11 +83,20 @@ void route_data(const RouteOptions& o);
 std::vector<double> routing_feature(const Routes& r, const std::string& dir, const std::vector<int>& tokens);
 
 // `diloco eval --routed`: the validation documents of `data`, each scored by the model of its
-// path (DIR/routes.idx): for every path, every row of its validation documents back to back, as
-// a DiPaCo run evaluates itself; the loss is the mean over all those rows. `model_of(p)` gives
-// path p's model, allocated for `batch` rows of T (the same model for all paths scores a dense
-// model on the same rows). `per_path` receives each path's mean loss (NaN where it has no row).
+// path: for every path, every row of its validation documents back to back, as a DiPaCo run
+// evaluates itself; the loss is the mean over all those rows. The paths are the route file's, or
+// `paths` (one per validation document) when given; `skip` leaves out each document's first
+// tokens. `model_of(p)` gives path p's model, allocated for `batch` rows of T (the same model for
+// all paths scores a dense model on the same rows). `per_path` receives each path's mean loss
+// (NaN where it has no row).
 double routed_validation_loss(const std::string& data, int T, int batch, const std::function<GPT&(int)>& model_of,
-                              std::vector<double>* per_path);
+                              std::vector<double>* per_path, const std::vector<uint16_t>* paths = nullptr,
+                              uint64_t skip = 0);
+
+// Routing by the best path on a prefix (`eval --routed --best-prefix N`): the path of each
+// validation document whose model gives its first n + 1 tokens (n predictions) the lowest loss;
+// a document of n tokens or fewer keeps the route file's path. Models as above, allocated for at
+// least one row of n.
+std::vector<uint16_t> best_prefix_paths(const std::string& data, int n, const std::function<GPT&(int)>& model_of);
 
 }  // namespace diloco

@@ -2,6 +2,8 @@
 // and the restriction of a path's training stream to its documents.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -254,6 +256,61 @@ TEST(Routing, MeanHiddenStateAgainstAFloat64Forward) {
         want /= tok.size();
         EXPECT_NEAR(got[c], want, 1e-5) << c;
     }
+}
+
+// Routing by the best path on a prefix: each held-out document goes to the model whose float64
+// cross-entropy on its first n + 1 tokens is the lowest.
+TEST(Routing, BestPathOnAPrefixAgainstAFloat64Forward) {
+    const std::string data = prepare_two_kinds("route_prefix");
+    RouteOptions o;
+    o.data = data;
+    o.levels = 1;
+    o.modules = 2;
+    run_route(o);
+    const int n = 20;
+    GPT models[2];
+    for (int p = 0; p < 2; p++) {
+        gpt_build(models[p], GPTConfig{256, 32, 1, 2, 16});
+        gpt_init(models[p], 100 + p);
+        gpt_allocate(models[p], 1, 32);
+    }
+    const std::vector<uint16_t> best = best_prefix_paths(data, n, [&](int p) -> GPT& { return models[p]; });
+    TokenStream val(data, "val", 256, 16, false, 0);
+    const std::vector<TokenRange> docs = read_documents(documents_path(data, "val"), val.num_tokens());
+    const Routes r = read_routes(routes_path(data));
+    std::string text;  // the validation split's bytes: the tail of the input from the cut on
+    {
+        const std::string all = read_text_file(data + "/../in.txt");
+        text = all.substr(all.size() - val.num_tokens());
+    }
+    ASSERT_EQ(best.size(), docs.size());
+    int scored = 0;
+    for (size_t d = 0; d < docs.size(); d++) {
+        if (docs[d].end - docs[d].begin <= (uint64_t)n) {
+            EXPECT_EQ(best[d], r.val[d]) << "a short document keeps its route";
+            continue;
+        }
+        double loss[2];
+        for (int p = 0; p < 2; p++) {
+            std::vector<int> tok(n);
+            for (int t = 0; t < n; t++) tok[t] = (unsigned char)text[docs[d].begin + t];
+            const std::vector<double> h = reference_hidden(models[p], tok);
+            const GPT& m = models[p];
+            loss[p] = 0;
+            for (int t = 0; t < n; t++) {
+                std::vector<double> logit(256);
+                for (int v = 0; v < 256; v++)
+                    for (int c = 0; c < 16; c++) logit[v] += h[t * 16 + c] * m.params[m.wte + v * 16 + c];
+                double mx = *std::max_element(logit.begin(), logit.end()), z = 0;
+                for (double x : logit) z += std::exp(x - mx);
+                loss[p] += mx + std::log(z) - logit[(unsigned char)text[docs[d].begin + t + 1]];
+            }
+        }
+        if (std::abs(loss[0] - loss[1]) < 1e-4 * n) continue;  // too close for float32 to call
+        EXPECT_EQ(best[d], loss[1] < loss[0] ? 1 : 0) << "document " << d;
+        scored++;
+    }
+    EXPECT_GT(scored, 0);
 }
 
 // Routing by a dense model's hidden state: deterministic, the model kept beside the route file, and

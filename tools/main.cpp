@@ -118,7 +118,7 @@ static void run_eval(const std::string& ckpt, const std::string& data, int batch
 // `eval --routed`: each validation document scored by its path's model (optim/dipaco.h), the
 // paths' models from `paths_dir` (RUNDIR/paths of a DiPaCo run), or the one checkpoint for all.
 static void run_routed_eval(const std::string& ckpt, const std::string& paths_dir, const std::string& data, int batch,
-                            int seq_len) {
+                            int seq_len, int best_prefix) {
     DILOCO_CHECK(batch > 0, "--batch must be positive");
     std::map<int, GPT> models;
     auto model_of = [&](int p) -> GPT& {
@@ -146,6 +146,17 @@ static void run_routed_eval(const std::string& ckpt, const std::string& paths_di
     const double loss = routed_validation_loss(data, seq_len, batch, model_of, &per_path);
     for (size_t p = 0; p < per_path.size(); p++) std::printf("path %zu val_loss %.6f\n", p, per_path[p]);
     std::printf("val_loss %.6f\n", loss);
+    if (best_prefix <= 0) return;
+    // both routings scored on the same tokens: those after each document's first best_prefix
+    DILOCO_CHECK(best_prefix <= seq_len, "--best-prefix must be at most --seq-len");
+    const std::vector<uint16_t> best = best_prefix_paths(data, best_prefix, model_of);
+    const double offline = routed_validation_loss(data, seq_len, batch, model_of, nullptr, nullptr, best_prefix);
+    const double by_prefix = routed_validation_loss(data, seq_len, batch, model_of, nullptr, &best, best_prefix);
+    const Routes r = read_routes(routes_path(data));
+    size_t moved = 0;
+    for (size_t d = 0; d < best.size(); d++) moved += best[d] != r.val[d];
+    std::printf("after the first %d tokens: offline routing val_loss %.6f; best path on them val_loss %.6f "
+                "(%zu of %zu documents change path)\n", best_prefix, offline, by_prefix, moved, best.size());
 }
 
 static void run_export(const std::string& ckpt, const std::string& out, const std::string& format) {
@@ -260,6 +271,10 @@ int main(int argc, char** argv) {
     std::string eval_paths;
     e->add_flag("--routed", eval_routed, "DiPaCo: every validation document, each scored by the model of its path "
                                          "(DIR/routes.idx), as a dipaco run evaluates itself");
+    int eval_best_prefix = 0;
+    e->add_option("--best-prefix", eval_best_prefix, "with --routed: also route each held-out document by the path "
+                                                     "scoring its first N tokens best, and compare both routings on "
+                                                     "the tokens after them");
     e->add_option("--paths", eval_paths, "with --routed: the directory of the paths' models (RUNDIR/paths); "
                                          "without it, the --ckpt model scores every path's documents");
 
@@ -336,7 +351,7 @@ int main(int argc, char** argv) {
             std::printf("%s%s\n", gen.prompt.c_str(), text.c_str());
         } else if (*e) {
             if (eval_routed)
-                run_routed_eval(eval_ckpt, eval_paths, eval_data, eval_batch, eval_seq);
+                run_routed_eval(eval_ckpt, eval_paths, eval_data, eval_batch, eval_seq, eval_best_prefix);
             else
                 run_eval(eval_ckpt, eval_data, eval_batches, eval_batch, eval_seq);
         } else if (*ex) {
