@@ -228,6 +228,14 @@ private:
     }
 
     // w_m = share(p(m)) / workers(p(m)), or 1 / workers(p(m)) with --module-weights uniform
+    bool first_holder(int module) const {
+        for (int m = 0; m < comm_.worker(); m++) {
+            const std::vector<int> theirs = path_modules(path_of_[m], o_.levels, o_.modules);
+            if (std::find(theirs.begin(), theirs.end(), module) != theirs.end()) return false;
+        }
+        return true;
+    }
+
     double weight_of(int worker) const {
         const int p = path_of_[worker];
         const double path_weight = o_.module_weights == "uniform" ? 1.0 : share_[p];
@@ -269,13 +277,13 @@ private:
         write_llmc(o_.out + "/replicas/" + name, model, params);
     }
 
-    // At the end of the run: each path's model to RUNDIR/paths/, and what each worker sent.
+    // At the end of the run: every module to RUNDIR/modules/, once (by the first worker holding
+    // it, local rank 0), and what each worker sent.
     void finish(ReplicaWeights& w) {
-        if (evaluator_) {
-            char name[64];
-            std::snprintf(name, sizeof name, "/paths/path_%03d.bin", path_);
-            std::filesystem::create_directories(o_.out + "/paths");
-            write_llmc(o_.out + name, w.model(), w.fetch());
+        if (comm_.local() == 0) {
+            const float* params = w.fetch();
+            for (const ModuleExchange& x : exchanges_)
+                if (first_holder(x.module)) write_module(o_.out + "/modules", w.model(), params, o_.levels, o_.modules, x.module);
         }
         std::string line;
         for (const ModuleExchange& x : exchanges_)

@@ -58,6 +58,20 @@ std::vector<int> path_modules(int path, int levels, int modules);
 // The ranges of module `module` (of path p's buffer; the same offsets in every path).
 std::vector<Slice> module_ranges(const PathLayout& layout, int module, int modules);
 
+// The modules of a finished run are stored once, each in RUNDIR/modules/module_III.bin
+// (docs/formats.md): header 16 int32 (64 bytes): magic 20241202, version 1, vocab, max_seq_len,
+// n_layer, n_head, d_model, L, K, the module's index, then 0; uint64 float count; then the floats
+// of the module's ranges of a path's flat buffer, in order.
+constexpr int32_t kModuleMagic = 20241202;
+void write_module(const std::string& dir, const GPT& path_model, const float* params, int levels, int modules,
+                  int module);
+// Path p of the modules in `dir`, assembled into an ordinary GPT (parameters set, nothing
+// allocated for activations). Checks every file (sizes before allocation, one model config, L
+// and K) and throws Error naming the first that does not fit.
+GPT load_path(const std::string& dir, int path);
+// The L and K the modules in `dir` were written with (from module 0).
+void modules_shape(const std::string& dir, int* levels, int* modules);
+
 // The documents of `docs` whose route is `path`, in order: what the path trains (or is scored) on.
 std::vector<TokenRange> routed_spans(const std::vector<uint16_t>& routes, const std::vector<TokenRange>& docs, int path);
 
@@ -75,6 +89,9 @@ MemberScale member_scale(const std::vector<double>& member_weights, double mine)
 // The weighted mean of the members' outer gradients (each n floats) as step 2 computes it with
 // member_scale, in the members' order: what the exchange does, without the exchange.
 std::vector<float> module_mean(const std::vector<std::vector<float>>& deltas, const std::vector<double>& weights);
+
+// RUNDIR/modules of a run whose checkpoint is RUNDIR/ckpt/FILE.
+std::string modules_dir_of_checkpoint(const std::string& ckpt);
 
 // `diloco route`: with o.ckpt, routes by the mean hidden state of that dense model (its weights are
 // copied to DIR/router.bin, so that prompts can be routed later); otherwise by the histogram.

@@ -2,8 +2,11 @@
 // `diloco route --ckpt`, the feature of a prompt, and `diloco eval --routed`.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <filesystem>
 
 #include "data/dataset.h"
+#include "data/io.h"
 #include "data/routing.h"
 #include "kernels/common.h"
 #include "model/checkpoint.h"
@@ -12,6 +15,87 @@
 #include "optim/train.h"
 
 namespace diloco {
+
+namespace {
+
+std::string module_file(const std::string& dir, int module) {
+    char name[32];
+    std::snprintf(name, sizeof name, "/module_%03d.bin", module);
+    return dir + name;
+}
+
+struct ModuleFile {
+    int32_t h[16];
+    std::vector<float> floats;
+};
+
+ModuleFile read_module(const std::string& dir, int module) {
+    const std::string path = module_file(dir, module);
+    const std::string bytes = read_text_file(path);
+    DILOCO_CHECK(bytes.size() >= 72, path + " is too short for a module header");
+    ModuleFile f;
+    std::memcpy(f.h, bytes.data(), 64);
+    uint64_t n = 0;
+    std::memcpy(&n, bytes.data() + 64, 8);
+    DILOCO_CHECK(f.h[0] == kModuleMagic && f.h[1] == 1, path + " is not a DiPaCo module file (magic or version)");
+    DILOCO_CHECK(f.h[9] == module, path + " holds module " + std::to_string(f.h[9]));
+    DILOCO_CHECK(n <= (bytes.size() - 72) / 4 && bytes.size() == 72 + 4 * n,
+                 path + " holds " + std::to_string(bytes.size()) + " bytes, not its header's " + std::to_string(n) + " floats");
+    f.floats.resize(n);
+    std::memcpy(f.floats.data(), bytes.data() + 72, 4 * n);
+    return f;
+}
+
+}  // namespace
+
+void write_module(const std::string& dir, const GPT& m, const float* params, int levels, int modules, int module) {
+    const GPTConfig& c = m.config;
+    const int32_t h[16] = {kModuleMagic, 1, c.vocab, c.max_seq_len, c.n_layer, c.n_head, c.d_model, levels, modules,
+                           module, 0, 0, 0, 0, 0, 0};
+    std::string bytes((const char*)h, 64);
+    uint64_t n = 0;
+    const std::vector<Slice> ranges = module_ranges(path_layout(m, levels), module, modules);
+    for (const Slice& r : ranges) n += r.count;
+    bytes.append((const char*)&n, 8);
+    for (const Slice& r : ranges) bytes.append((const char*)(params + r.begin), 4 * r.count);
+    std::filesystem::create_directories(dir);
+    write_file_atomic(module_file(dir, module), bytes);
+}
+
+void modules_shape(const std::string& dir, int* levels, int* modules) {
+    const ModuleFile f = read_module(dir, 0);
+    *levels = f.h[7];
+    *modules = f.h[8];
+    (void)num_paths(*levels, *modules);
+}
+
+GPT load_path(const std::string& dir, int path) {
+    int L = 0, K = 0;
+    modules_shape(dir, &L, &K);
+    DILOCO_CHECK(path >= 0 && path < num_paths(L, K), "no path " + std::to_string(path) + " in " + dir);
+    GPT m;
+    for (int mod : path_modules(path, L, K)) {
+        const ModuleFile f = read_module(dir, mod);
+        const GPTConfig c{f.h[2], f.h[3], f.h[4], f.h[5], f.h[6]};
+        if (mod == 0) {
+            gpt_build(m, c);  // validates the config
+        } else {
+            DILOCO_CHECK(c == m.config && f.h[7] == L && f.h[8] == K, module_file(dir, mod) + " belongs to another model");
+        }
+        size_t at = 0;
+        for (const Slice& r : module_ranges(path_layout(m, L), mod, K)) {
+            DILOCO_CHECK(at + r.count <= f.floats.size(), module_file(dir, mod) + " is too small for its module");
+            std::copy(f.floats.begin() + at, f.floats.begin() + at + r.count, m.params.begin() + r.begin);
+            at += r.count;
+        }
+        DILOCO_CHECK(at == f.floats.size(), module_file(dir, mod) + " is too large for its module");
+    }
+    return m;
+}
+
+std::string modules_dir_of_checkpoint(const std::string& ckpt) {
+    return (std::filesystem::path(ckpt).parent_path().parent_path() / "modules").string();
+}
 
 namespace {
 

@@ -90,20 +90,18 @@ std::string continuation_text(const Tokenizer* tok, const std::vector<int>& prom
 // window of tokens and continues from there: each restart costs one batched pass over half a
 // window, paid once per half window of new tokens, where sliding by one token would need a pass
 // over the whole window for every token (the positions of every cached key change).
-// The prompt's path (data/routing.h), its model file beside the run of `ckpt`, loaded into `params`.
+// The prompt's path (data/routing.h), assembled from the modules of the run of `ckpt` into `params`.
 static void take_routed_path(const GenerateOptions& o, const std::vector<int>& prompt, const GPTConfig& config,
                              std::vector<float>& params) {
     const Routes r = read_routes(routes_path(o.route_data));
     const std::vector<double> f = routing_feature(r, o.route_data, prompt);
     const int p = route_feature(r, f.data());
-    char name[32];
-    std::snprintf(name, sizeof name, "path_%03d.bin", p);
-    const std::string file = (fs::path(o.ckpt).parent_path().parent_path() / "paths" / name).string();
-    LlmcModel lm = read_llmc(file);
-    DILOCO_CHECK(lm.config == config, file + " holds another model (" + lm.config.describe() + ") than " + o.ckpt);
-    params = std::move(lm.params);
-    std::fprintf(stderr, "generate: the prompt routes to path %d of %d (%s)\n", p, num_paths(r.levels, r.modules),
-                 file.c_str());
+    const std::string dir = modules_dir_of_checkpoint(o.ckpt);
+    GPT path = load_path(dir, p);
+    DILOCO_CHECK(path.config == config, dir + " holds another model (" + path.config.describe() + ") than " + o.ckpt);
+    params = std::move(path.params);
+    std::fprintf(stderr, "generate: the prompt routes to path %d of %d (modules of %s)\n", p,
+                 num_paths(r.levels, r.modules), dir.c_str());
 }
 
 std::string run_generate(const GenerateOptions& o) {

@@ -89,6 +89,34 @@ TEST(DiPaCoModuleMean, WeightedMeanAgainstADirectComputation) {
     for (size_t i = 0; i < n; i++) EXPECT_EQ(eq[i], ((0.0f + d[0][i]) + d[1][i] + d[2][i]) * (1.0f / 3.0f)) << i;
 }
 
+// Modules stored once: a path assembled from the module files equals the path they were taken
+// from, module by module, and a damaged file is refused.
+TEST(DiPaCoModules, StoredOnceAndAssembledIntoPaths) {
+    const int L = 2, K = 2;
+    GPT a, b;  // paths 0 = (0, 0) and 3 = (1, 1): they share only the shared module
+    gpt_build(a, GPTConfig{256, 16, 4, 2, 16});
+    gpt_build(b, GPTConfig{256, 16, 4, 2, 16});
+    gpt_init(a, 1);
+    gpt_init(b, 2);
+    const std::string dir = fresh_dir("modules");
+    for (int mod : path_modules(0, L, K)) write_module(dir, a, a.params.data(), L, K, mod);
+    for (int mod : path_modules(3, L, K))
+        if (mod != 0) write_module(dir, b, b.params.data(), L, K, mod);
+    const GPT p0 = load_path(dir, 0), p3 = load_path(dir, 3), p1 = load_path(dir, 1);
+    EXPECT_EQ(p0.params, a.params);
+    const PathLayout layout = path_layout(a, L);
+    for (size_t i = 0; i < a.num_params; i++) {
+        const bool shared = i < layout.level[0].begin || i >= a.lnfw;
+        ASSERT_EQ(p3.params[i], shared ? a.params[i] : b.params[i]) << i;
+        const bool level1 = i >= layout.level[1].begin && i < layout.level[1].begin + layout.level[1].count;
+        ASSERT_EQ(p1.params[i], level1 ? b.params[i] : a.params[i]) << i;  // path 1 = (0, 1)
+    }
+    std::string bytes = read_text_file(dir + "/module_004.bin");
+    write_bytes(dir + "/module_004.bin", bytes.substr(0, bytes.size() - 4));
+    expect_error([&] { load_path(dir, 3); }, "module_004.bin holds");
+    expect_error([&] { load_path(dir, 4); }, "no path 4");
+}
+
 TEST(DiPaCoAssign, WorkersFollowTheShareOfTheData) {
     EXPECT_EQ(assign_paths({0.25, 0.5, 0.25}, 3), (std::vector<int>{0, 1, 2}));
     // extra workers: 0.5/1 > 0.25/1, then 0.5/2 ties 0.25/1 and the lower path (0) wins

@@ -116,7 +116,8 @@ static void run_eval(const std::string& ckpt, const std::string& data, int batch
 }
 
 // `eval --routed`: each validation document scored by its path's model (optim/dipaco.h), the
-// paths' models from `paths_dir` (RUNDIR/paths of a DiPaCo run), or the one checkpoint for all.
+// paths assembled from the modules in `paths_dir` (RUNDIR/modules of a DiPaCo run), or the one
+// checkpoint for all.
 static void run_routed_eval(const std::string& ckpt, const std::string& paths_dir, const std::string& data, int batch,
                             int seq_len, int best_prefix) {
     DILOCO_CHECK(batch > 0, "--batch must be positive");
@@ -131,11 +132,7 @@ static void run_routed_eval(const std::string& ckpt, const std::string& paths_di
             gpt_build(m, ck.config);
             m.params = std::move(ck.params);
         } else {
-            char name[32];
-            std::snprintf(name, sizeof name, "/path_%03d.bin", p);
-            LlmcModel lm = read_llmc(paths_dir + name);
-            gpt_build(m, lm.config);
-            m.params = std::move(lm.params);
+            m = load_path(paths_dir, p);
         }
         DILOCO_CHECK(seq_len <= m.config.max_seq_len, "--seq-len exceeds the model's max_seq_len");
         gpt_allocate(m, batch, seq_len > 0 ? seq_len : m.config.max_seq_len);
@@ -255,7 +252,7 @@ int main(int argc, char** argv) {
     g->add_option("--seed", gen.seed, "sampling seed")->capture_default_str();
     g->add_option("--tokenizer-model", gen.tokenizer_model, "SentencePiece model file to encode and decode with");
     g->add_option("--route", gen.route_data, "DiPaCo: a data directory with routes.idx; the prompt picks its path, "
-                                             "whose weights (RUNDIR/paths/) replace the checkpoint's");
+                                             "assembled from RUNDIR/modules/, replaces the checkpoint's weights");
 
     std::string eval_ckpt, eval_data;
     int eval_batches = 16, eval_batch = 8, eval_seq = 0;
@@ -275,8 +272,9 @@ int main(int argc, char** argv) {
     e->add_option("--best-prefix", eval_best_prefix, "with --routed: also route each held-out document by the path "
                                                      "scoring its first N tokens best, and compare both routings on "
                                                      "the tokens after them");
-    e->add_option("--paths", eval_paths, "with --routed: the directory of the paths' models (RUNDIR/paths); "
-                                         "without it, the --ckpt model scores every path's documents");
+    e->add_option("--modules", eval_paths, "with --routed: a DiPaCo run's modules (RUNDIR/modules), each path "
+                                           "assembled from them; without it, the --ckpt model scores every path's "
+                                           "documents");
 
     BenchOptions bench;
     auto* b = app.add_subcommand("bench", "time one kernel in isolation");

@@ -206,11 +206,13 @@ def main():
         run(dp + ["--out", D("resumed"), "--resume"], ranks=4)
         a, sa = metrics(D("straight"))
         b, sb = metrics(D("resumed"))
-        same_paths = all(np.array_equal(llmc(D("straight", "paths", f"path_{p:03d}.bin")),
-                                        llmc(D("resumed", "paths", f"path_{p:03d}.bin"))) for p in range(4))
-        check("resume after 8 of 12 steps: losses, routed val loss and every path bit for bit",
-              np.array_equal(a, b) and sa["final_val_loss"] == sb["final_val_loss"] and same_paths,
-              f"{len(a)} losses, val {sa['final_val_loss']:.6f} / {sb['final_val_loss']:.6f}, paths equal {same_paths}")
+        files = sorted(os.path.basename(f) for f in glob.glob(D("straight", "modules", "module_*.bin")))
+        same = files == [f"module_{i:03d}.bin" for i in range(5)] and all(
+            open(D("straight", "modules", f), "rb").read() == open(D("resumed", "modules", f), "rb").read()
+            for f in files)
+        check("resume after 8 of 12 steps: losses, routed val loss and every module (stored once each) bit for bit",
+              np.array_equal(a, b) and sa["final_val_loss"] == sb["final_val_loss"] and same,
+              f"{len(a)} losses, val {sa['final_val_loss']:.6f} / {sb['final_val_loss']:.6f}, modules {files} equal {same}")
 
         # 5. routing at evaluation and generation time: every document, training and held-out, sits
         # on the path the stored tree gives it; `eval --routed` of the run's paths is its val loss;
@@ -218,7 +220,7 @@ def main():
         L, K, prefix, F, paths, cents = read_routes(D("d22"))
         docs = split_docs(D("d22"), "train") + split_docs(D("d22"), "val")
         walked = [walk(d, L, K, prefix, F, cents) for d in docs]
-        ev = run([B, "eval", "--routed", "--paths", D("resumed", "paths"), "--data", D("d22"), "--seq-len", str(T)])
+        ev = run([B, "eval", "--routed", "--modules", D("resumed", "modules"), "--data", D("d22"), "--seq-len", str(T)])
         offline = float(ev.stdout.split("val_loss ")[-1])
         picks = []
         for prompt in ("Ge7:1 and the lord said", "<hw>W3</hw> (n.) aaa bbb"):
