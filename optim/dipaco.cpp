@@ -227,7 +227,7 @@ private:
         }
     }
 
-    // w_m = share(p(m)) / workers(p(m)), or 1 / workers(p(m)) with --module-weights uniform
+    // w_m = 1 / workers(p(m)), or share(p(m)) / workers(p(m)) with --module-weights share
     bool first_holder(int module) const {
         for (int m = 0; m < comm_.worker(); m++) {
             const std::vector<int> theirs = path_modules(path_of_[m], o_.levels, o_.modules);
@@ -332,7 +332,7 @@ std::unique_ptr<TrainingAlgorithm> create(const TrainOptions& o, Comm& comm, con
 }  // namespace
 
 void refuse_dipaco_options(const TrainOptions& o) {
-    DILOCO_CHECK(o.levels == 1 && o.modules == 1 && o.module_weights == "share",
+    DILOCO_CHECK(o.levels == 1 && o.modules == 1 && o.module_weights == "uniform",
                  "--levels, --modules and --module-weights apply to --algo dipaco");
 }
 

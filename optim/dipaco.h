@@ -20,12 +20,16 @@
 // Per outer round t (every H inner steps), for worker m training path p(m):
 //   1  delta_m = theta_p(t-1) - theta_m(t)                   (DiLoCo's outer gradient, per path)
 //   2  for every module i, over the workers whose path holds it (comm: one group per module):
-//        delta_i = sum_m w_m delta_m[i] / sum_m w_m,  w_m = share(p(m)) / workers(p(m))
+//        delta_i = sum_m w_m delta_m[i] / sum_m w_m,  w_m = 1 / workers(p(m))
+//      (--module-weights share: w_m = share(p(m)) / workers(p(m)), share(p) the path's fraction
+//      of the training tokens)
 //   3  theta_i(t) = Nesterov(theta_i(t-1), delta_i)           (the module's own outer momentum)
 //   4  worker m starts round t+1 from its path's modules
-// The weights make a module's update the data-weighted mean of the paths through it: a path that
-// holds twice the documents counts twice, whatever the number of its workers; with one worker per
-// path w = share(p). When every member weighs the same the mean is computed as DiLoCo computes it
+// By default every path counts the same, whatever the number of its workers or of its documents:
+// each path's outer gradient is the work of the same H inner steps, and with data weights a path
+// holding half the corpus dominated the modules it shares, at the expense of the small paths that
+// share them (docs/results.md: uniform weights gave the lower validation loss with both routings
+// and both seeds). When every member weighs the same the mean is computed as DiLoCo computes it
 // (sum, then times 1/n), so that L = K = 1 is DiLoCo bit for bit. Every member of a module computes
 // the same update from the same sum, so the copies of a module on different workers stay equal.
 // As in DiLoCo, local rank g of a worker keeps theta(t-1) and the momentum for slice g of its

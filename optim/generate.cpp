@@ -14,7 +14,6 @@
 #include "kernels/rng.h"
 #include "model/checkpoint.h"
 #include "model/kv_cache.h"
-#include "model/llmc.h"
 #include "optim/dipaco.h"
 
 namespace fs = std::filesystem;

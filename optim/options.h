@@ -50,7 +50,7 @@ struct TrainOptions {
     // DiPaCo (optim/dipaco.h)
     int levels = 1;   // L: levels the blocks are cut into
     int modules = 1;  // K: modules per level
-    std::string module_weights = "share";  // a path's weight in a module's mean: share (of the data) | uniform
+    std::string module_weights = "uniform";  // a path's weight in a module's mean: uniform | share (of the data)
     // link emulation of the across-worker link
     double outer_gbps = 0.0, outer_latency_ms = 0.0;
     // data

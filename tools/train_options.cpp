@@ -59,7 +59,7 @@ void add_train_options(CLI::App* t, TrainOptions& o) {
     t->add_option("--levels", o.levels, "L: levels the blocks are cut into (dipaco)")->capture_default_str();
     t->add_option("--modules", o.modules, "K: modules per level (dipaco)")->capture_default_str();
     t->add_option("--module-weights", o.module_weights, "a path's weight in the mean of a module's outer gradients: "
-                                                        "share (its share of the training tokens) or uniform (dipaco)")
+                                                        "uniform, or share (its share of the training tokens) (dipaco)")
         ->capture_default_str();
     // Streaming DiLoCo
     t->add_option("--fragments", o.fragments, "P: fragments of the blocks (streaming)")->capture_default_str();
