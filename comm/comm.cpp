@@ -186,6 +186,7 @@ Comm::~Comm() {
     int fin = 0;
     MPI_Finalized(&fin);
     std::vector<void*> all = channels_;
+    all.insert(all.end(), groups_.begin(), groups_.end());
     all.push_back(worker_comm_);
     all.push_back(cross_comm_);
     for (void* p : all)
@@ -254,6 +255,32 @@ void Comm::average_world(float* x, size_t n) {
     const float inv = 1.0f / world_size_;
     for (size_t i = mine.begin; i < mine.begin + mine.count; i++) x[i] *= inv;
     allgather_worker(x, n);
+}
+
+int Comm::open_cross_group(bool member) {
+    auto* c = new MPI_Comm(MPI_COMM_NULL);
+    int size = member ? 1 : 0;
+    if (cross_comm_) {  // MPI not initialised: one process, a group of itself
+        MPI_Comm_split(as_comm(cross_comm_), member ? 0 : MPI_UNDEFINED, m_, c);
+        if (member) MPI_Comm_size(*c, &size);
+    }
+    groups_.push_back(c);
+    group_sizes_.push_back(size);
+    return member ? (int)groups_.size() - 1 : -1;
+}
+
+int Comm::group_size(int group) const {
+    DILOCO_CHECK(group >= 0 && (size_t)group < groups_.size(), "no cross group " + std::to_string(group));
+    return group_sizes_[group];
+}
+
+void Comm::sum_in_group(int group, float* x, size_t n) {
+    const int P = group_size(group);
+    if (P == 1) return;
+    const double t0 = now_seconds();
+    MPI_Allreduce(MPI_IN_PLACE, x, (int)n, MPI_FLOAT, MPI_SUM, as_comm(groups_[group]));
+    bytes_outer_ += ring_allreduce_bytes(4 * n, P);
+    sleep_until(t0 + link_seconds(ring_allreduce_bytes(4 * n, P)));
 }
 
 int Comm::open_cross_channel() {
@@ -533,6 +560,15 @@ void Comm::sum_across_workers(float*, size_t) {}
 void Comm::allgather_worker(float*, size_t) {}
 void Comm::reduce_to_root(double*, size_t) {}
 int Comm::open_cross_channel() { return 0; }
+int Comm::open_cross_group(bool member) {
+    group_sizes_.push_back(1);
+    return member ? (int)group_sizes_.size() - 1 : -1;
+}
+int Comm::group_size(int group) const {
+    DILOCO_CHECK(group >= 0 && (size_t)group < group_sizes_.size(), "no cross group " + std::to_string(group));
+    return group_sizes_[group];
+}
+void Comm::sum_in_group(int, float*, size_t) {}
 void* Comm::channel_comm(int) const { return nullptr; }
 Comm::Request Comm::iallgather_across_workers(const void* in, size_t bytes, void* out, int) {
     std::memcpy(out, in, bytes);

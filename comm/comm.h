@@ -69,6 +69,16 @@ public:
     // All-gather of the G slices of x (n floats in all) within the worker.
     void allgather_worker(float* x, size_t n);
 
+    // A group of the cross communicator: the ranks that call this with member = true, in worker
+    // order (a collective call over the cross communicator: every one of its ranks opens the same
+    // groups in the same order). Returns the group's id, or -1 on a rank that is not a member.
+    // DiPaCo exchanges each module among the workers whose paths hold it.
+    int open_cross_group(bool member);
+    int group_size(int group) const;
+    // Sums x (n floats) in place over a group's ranks (outer link), counted as the ring allreduce
+    // over the group's size; nothing moves for a group of one.
+    void sum_in_group(int group, float* x, size_t n);
+
     // Non-blocking exchanges across workers. MPI matches collectives on a communicator by the
     // order in which the ranks start them, so an exchange whose steps start at times that differ
     // between ranks (a second phase started when the first is seen complete) needs a channel of
@@ -160,6 +170,8 @@ private:
     bool server_ = false;
     void* worker_comm_ = nullptr;  // MPI_Comm, opaque here so that this header needs no MPI
     void* cross_comm_ = nullptr;
+    std::vector<void*> groups_;    // MPI_Comm*: open_cross_group's, MPI_COMM_NULL where not a member
+    std::vector<int> group_sizes_;
     std::vector<void*> channels_;  // MPI_Comm*: the cross communicator's duplicates, channel 1, 2, ...
     uint64_t bytes_inner_ = 0, bytes_outer_ = 0;
     double link_gbps_ = 0.0, link_latency_ms_ = 0.0;

@@ -114,6 +114,12 @@ std::vector<std::string> list_shards(const std::string& dir, const std::string& 
     return out;
 }
 
+uint64_t split_token_count(const std::string& dir, const std::string& split, int vocab) {
+    uint64_t n = 0;
+    for (const std::string& path : list_shards(dir, split)) n += Shard(path, vocab).size();
+    return n;
+}
+
 TokenStream::TokenStream(const std::string& dir, const std::string& split, int vocab, int T,
                          bool shuffle, uint64_t seed)
     : T_(T), shuffle_(shuffle), seed_(seed) {
@@ -131,6 +137,31 @@ TokenStream::TokenStream(const std::string& dir, const std::string& split, int v
                                         std::to_string(T + 1));
     DILOCO_CHECK(total_chunks_ < UINT32_MAX, "too many chunks in " + dir);
     part_hi_ = total_chunks_;
+}
+
+void TokenStream::restrict_to(const std::vector<TokenRange>& spans) {
+    own_.clear();
+    size_t s = 0;
+    uint64_t shard_begin = 0;  // the split's offset of shard s's first token
+    for (const TokenRange& r : spans) {
+        DILOCO_CHECK(r.begin <= r.end && r.end <= total_tokens_, "a token range lies outside the split");
+        for (uint64_t at = r.begin; at < r.end;) {
+            if (at < shard_begin) s = 0, shard_begin = 0;  // out of order: search again from the start
+            while (at >= shard_begin + shards_[s].size()) shard_begin += shards_[s++].size();
+            const uint64_t n = std::min(r.end, shard_begin + shards_[s].size()) - at;
+            const uint16_t* src = shards_[s].tokens() + (at - shard_begin);
+            own_.insert(own_.end(), src, src + n);
+            at += n;
+        }
+    }
+    total_tokens_ = own_.size();
+    total_chunks_ = own_.size() > (size_t)T_ ? (own_.size() - 1) / T_ : 0;
+    DILOCO_CHECK(total_chunks_ > 0, "the documents chosen hold " + std::to_string(own_.size()) +
+                                        " tokens, too few for one sequence of " + std::to_string(T_ + 1));
+    chunk_start_.assign(1, 0);
+    part_lo_ = 0;
+    part_hi_ = total_chunks_;
+    perm_epoch_ = -1;
 }
 
 void TokenStream::set_partition(int parts, int index, bool contiguous) {
@@ -167,7 +198,8 @@ void TokenStream::read_rows(uint64_t first_row, int nrows, int* tokens, int* tar
         const uint64_t chunk = chunk_of_row(first_row + r);
         const size_t s = std::upper_bound(chunk_start_.begin(), chunk_start_.end(), chunk) -
                          chunk_start_.begin() - 1;
-        const uint16_t* src = shards_[s].tokens() + (chunk - chunk_start_[s]) * T_;
+        const uint16_t* base = own_.empty() ? shards_[s].tokens() : own_.data();
+        const uint16_t* src = base + (chunk - chunk_start_[s]) * T_;
         for (int t = 0; t < T_; t++) {
             tokens[(long)r * T_ + t] = src[t];
             targets[(long)r * T_ + t] = src[t + 1];

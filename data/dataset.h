@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "data/documents.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
 
@@ -53,6 +54,9 @@ TokenizerBlob read_dataset_tokenizer(const std::string& dir, const DatasetInfo& 
 // Shard files of one split ("train" or "val") in name order; throws if there are none.
 std::vector<std::string> list_shards(const std::string& dir, const std::string& split);
 
+// The token count of a split: its shards' together (each checked as Shard checks it).
+uint64_t split_token_count(const std::string& dir, const std::string& split, int vocab);
+
 class TokenStream {
 public:
     TokenStream(const std::string& dir, const std::string& split, int vocab, int T, bool shuffle,
@@ -60,6 +64,13 @@ public:
 
     // Restricts this stream to part `index` of `parts` (see above). Call before reading.
     void set_partition(int parts, int index, bool contiguous);
+
+    // Restricts this stream to the tokens of `spans` (token ranges of the split, in order, within
+    // its token count): they are put back to back, held in memory, and cut into chunks as one
+    // shard would be; set_partition may then split them further. DiPaCo's paths train on their
+    // documents this way. Throws Error when they hold too few tokens for one sequence. Call before
+    // reading.
+    void restrict_to(const std::vector<TokenRange>& spans);
 
     uint64_t num_chunks() const { return total_chunks_; }
     uint64_t part_chunks() const { return part_hi_ - part_lo_; }
@@ -81,6 +92,7 @@ private:
     uint64_t part_lo_ = 0, part_hi_ = 0;
     int64_t perm_epoch_ = -1;
     std::vector<uint32_t> perm_;
+    std::vector<uint16_t> own_;  // restrict_to: the spans' tokens, read instead of the shards
 };
 
 }  // namespace diloco

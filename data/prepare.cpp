@@ -7,6 +7,7 @@
 #include <sstream>
 #include <string_view>
 
+#include "data/documents.h"
 #include "data/io.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
@@ -37,6 +38,8 @@ static int check_options(const PrepareOptions& opt) {
     DILOCO_CHECK(opt.val_fraction > 0.0 && opt.val_fraction < 1.0,
                  "--val-fraction must be in (0, 1), got " + std::to_string(opt.val_fraction));
     DILOCO_CHECK(!opt.inputs.empty(), "prepare needs at least one --input file");
+    DILOCO_CHECK(opt.documents == "files" || opt.documents == "paragraphs",
+                 "--documents must be files or paragraphs, got '" + opt.documents + "'");
     DILOCO_CHECK(opt.sp_model_type == "bpe" || opt.sp_model_type == "unigram",
                  "--sp-model-type must be bpe or unigram, got '" + opt.sp_model_type + "'");
     if (opt.tokenizer == "byte") {
@@ -53,7 +56,18 @@ static int check_options(const PrepareOptions& opt) {
 struct Input {
     std::string path, text;
     size_t ntrain = 0;  // bytes of the training part; the rest is validation
+    std::vector<size_t> starts;  // byte offsets of its documents ("paragraphs"), else {0}
 };
+
+// Moves the validation cut forward to the first document start at or past it, when one lies
+// inside the text, so that no document is split between training and validation.
+static void cut_at_document(Input& in) {
+    for (size_t s : in.starts)
+        if (s >= in.ntrain && s < in.text.size()) {
+            in.ntrain = s;
+            return;
+        }
+}
 
 // Reads every input and cuts it; for subwords the cut moves back to the start of a UTF-8
 // character, so that neither part begins with half of one.
@@ -68,6 +82,8 @@ static std::vector<Input> read_inputs(const PrepareOptions& opt) {
         in.ntrain = t.size() - nval;
         if (opt.tokenizer != "byte")
             while (in.ntrain > 1 && ((unsigned char)t[in.ntrain] & 0xC0) == 0x80) in.ntrain--;
+        in.starts = opt.documents == "paragraphs" ? paragraph_starts(t) : std::vector<size_t>{0};
+        cut_at_document(in);
         inputs.push_back(std::move(in));
     }
     return inputs;
@@ -91,12 +107,24 @@ static std::unique_ptr<Tokenizer> train_tokenizer(const PrepareOptions& opt, con
     return make_sp_tokenizer(model, opt.out_dir + "/" + kSpModelFile);
 }
 
-// Appends the tokens of `text` (and end-of-text, when the vocabulary has one) to `out`.
-static size_t append_tokens(std::vector<uint16_t>& out, const Tokenizer& tok, std::string_view text) {
-    std::vector<int> ids = encode_long_text(tok, text);
-    if (tok.eos() >= 0) ids.push_back(tok.eos());
-    for (int id : ids) out.push_back((uint16_t)id);
-    return ids.size();
+// Appends the tokens of text[begin, end) (and end-of-text, when the vocabulary has one) to `out`,
+// each document (those of `starts` inside the range; the range's start begins one) encoded on its
+// own; each document's first token goes to `doc_starts`. Returns the tokens appended.
+static size_t append_tokens(std::vector<uint16_t>& out, std::vector<uint64_t>& doc_starts, const Tokenizer& tok,
+                            std::string_view text, size_t begin, size_t end, const std::vector<size_t>& starts) {
+    const size_t before = out.size();
+    std::vector<size_t> cuts{begin};
+    for (size_t s : starts)
+        if (s > begin && s < end) cuts.push_back(s);
+    cuts.push_back(end);
+    for (size_t d = 0; d + 1 < cuts.size(); d++) {
+        std::vector<int> ids = encode_long_text(tok, text.substr(cuts[d], cuts[d + 1] - cuts[d]));
+        if (d + 2 == cuts.size() && tok.eos() >= 0) ids.push_back(tok.eos());
+        if (ids.empty()) continue;  // nothing to route: it joins the next document
+        doc_starts.push_back(out.size());
+        for (int id : ids) out.push_back((uint16_t)id);
+    }
+    return out.size() - before;
 }
 
 static std::string meta_json(const PrepareOptions& opt, int vocab, int eos, size_t ntrain, size_t nval,
@@ -118,13 +146,14 @@ void prepare_dataset(const PrepareOptions& opt) {
     const std::unique_ptr<Tokenizer> tok =
         opt.tokenizer == "sp" ? train_tokenizer(opt, inputs, vocab) : make_byte_tokenizer();
     std::vector<uint16_t> train, val;
+    std::vector<uint64_t> train_docs, val_docs;
     std::ostringstream inputs_json;
     for (size_t i = 0; i < inputs.size(); i++) {
         const Input& in = inputs[i];
         const std::string_view text(in.text);
         const size_t begin = train.size();
-        const size_t ntrain = append_tokens(train, *tok, text.substr(0, in.ntrain));
-        const size_t nval = append_tokens(val, *tok, text.substr(in.ntrain));
+        const size_t ntrain = append_tokens(train, train_docs, *tok, text, 0, in.ntrain, in.starts);
+        const size_t nval = append_tokens(val, val_docs, *tok, text, in.ntrain, text.size(), in.starts);
         inputs_json << (i ? ", " : "") << "{\"path\": \"" << fs::path(in.path).filename().string()
                     << "\", \"train_begin\": " << begin << ", \"train_tokens\": " << ntrain
                     << ", \"val_tokens\": " << nval << "}";
@@ -133,10 +162,12 @@ void prepare_dataset(const PrepareOptions& opt) {
     }
     write_split(opt.out_dir, "train", train, opt.shard_tokens);
     write_split(opt.out_dir, "val", val, opt.shard_tokens);
+    write_documents(documents_path(opt.out_dir, "train"), train_docs, train.size());
+    write_documents(documents_path(opt.out_dir, "val"), val_docs, val.size());
     write_file_atomic(opt.out_dir + "/meta.json", meta_json(opt, vocab, tok->eos(), train.size(), val.size(),
                                                             inputs_json.str()));
-    std::fprintf(stderr, "prepare: wrote %zu train and %zu val tokens to %s\n", train.size(), val.size(),
-                 opt.out_dir.c_str());
+    std::fprintf(stderr, "prepare: wrote %zu train and %zu val tokens (%zu and %zu documents) to %s\n", train.size(),
+                 val.size(), train_docs.size(), val_docs.size(), opt.out_dir.c_str());
 }
 
 }  // namespace diloco

@@ -165,6 +165,18 @@ void gpt_allocate(GPT& m, int B, int T) {
     m.targets.assign((size_t)B * T, 0);
 }
 
+std::vector<double> gpt_mean_hidden_state(GPT& m, const int* tokens, int n) {
+    DILOCO_CHECK(n > 0, "a hidden state needs at least one token");
+    gpt_forward(m, tokens, nullptr, 1, n);
+    const int C = m.config.d_model;
+    const float* h = acts_of(m).lnf;  // the pass's rows, packed densely
+    std::vector<double> mean(C, 0.0);
+    for (int t = 0; t < n; t++)
+        for (int c = 0; c < C; c++) mean[c] += h[(size_t)t * C + c];
+    for (double& v : mean) v /= n;
+    return mean;
+}
+
 float gpt_forward(GPT& m, const int* tokens, const int* targets, int B, int T) {
     DILOCO_CHECK(B <= m.B && T <= m.T, "forward called with more rows than were allocated");
     const GPTConfig& c = m.config;

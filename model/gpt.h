@@ -109,6 +109,11 @@ float gpt_forward(GPT& m, const int* tokens, const int* targets, int B, int T);
 // Logits of the last forward, (B,T,V) row-major. Valid until the next backward.
 const float* gpt_logits(const GPT& m);
 
+// The final hidden state (the final LayerNorm's output, what the LM head reads) of tokens (1, n),
+// averaged over the n positions, in float64: the feature DiPaCo's routing can take from a dense
+// model (data/routing.h). Needs gpt_allocate for at least (1, n).
+std::vector<double> gpt_mean_hidden_state(GPT& m, const int* tokens, int n);
+
 // Backward of the mean loss of the last forward (which needs targets); accumulates into grads.
 // With micro_batches = K the gradient is weighted 1/K: K backward passes over K equal micro-batches
 // then add up to the gradient of the mean over all their rows (gradient accumulation). The weight

@@ -44,7 +44,7 @@ void ReplicaWeights::share_slices_in_worker() {
 
 const AlgorithmEntry& find_algorithm(const std::string& name) {
     static const AlgorithmEntry* const all[] = {&data_parallel_algorithm, &diloco_algorithm, &streaming_algorithm,
-                                                    &async_algorithm};
+                                                    &async_algorithm, &dipaco_algorithm};
     std::string names;
     for (const AlgorithmEntry* a : all) {
         if (name == a->name) return *a;

@@ -21,11 +21,14 @@
 #pragma once
 #include <cstddef>
 #include <cstdio>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "comm/comm.h"
+#include "data/documents.h"
 #include "model/gpt.h"
 #include "optim/options.h"
 
@@ -92,6 +95,19 @@ public:
     virtual void set_final_val_loss(double loss) = 0;
 };
 
+// The part of the training split a worker's replica reads, when an algorithm chooses it: the
+// tokens of `spans` back to back (TokenStream::restrict_to), split over `parts` replicas as DiLoCo
+// splits the whole split, this replica taking part `index`.
+struct DataShare {
+    std::vector<TokenRange> spans;
+    int parts = 1, index = 0;
+};
+
+// The mean loss of this rank's weights over every row of the validation tokens in `spans` (the
+// loop's forward, on the device when training runs there); `*rows` receives how many rows that was
+// (0, and a loss of 0, when the spans hold too few tokens for one).
+using ValidationLoss = std::function<double(const std::vector<TokenRange>& spans, long* rows)>;
+
 class TrainingAlgorithm {
 public:
     virtual ~TrainingAlgorithm() = default;
@@ -118,6 +134,15 @@ public:
     // after_inner_step(). run_schedule() returns on every rank when the run (or --stop-at slot)
     // is over, with the final loss recorded when the run is over; the loop writes the summary.
     virtual bool runs_own_schedule() const { return false; }
+
+    // What this rank's replica trains on; none: the loop's partition of the whole split among the
+    // workers (or the whole split, for one model).
+    virtual std::optional<DataShare> data_share() const { return std::nullopt; }
+    // True for an algorithm whose run holds more than one model at its end (DiPaCo: one per path):
+    // the loop then calls evaluate() on every rank at each evaluation, instead of evaluating rank
+    // 0's weights on the validation split, and every rank receives the same loss.
+    virtual bool evaluates_itself() const { return false; }
+    virtual double evaluate(const ValidationLoss& /*loss_on*/) { return 0.0; }
     virtual void run_schedule(LoopServices& /*loop*/) {}
 };
 
@@ -134,10 +159,14 @@ extern const AlgorithmEntry data_parallel_algorithm;  // optim/data_parallel.cpp
 extern const AlgorithmEntry diloco_algorithm;         // optim/diloco.cpp
 extern const AlgorithmEntry streaming_algorithm;      // optim/streaming.cpp
 extern const AlgorithmEntry async_algorithm;          // optim/async_local_sgd.cpp
+extern const AlgorithmEntry dipaco_algorithm;         // optim/dipaco.cpp
 
 // Refuses --algo async's own options (--outer-opt delayed-nesterov, --delay-buffer, --dylu,
 // --worker-speeds, --virtual-step-s) for an algorithm that has none of them (optim/async_local_sgd.cpp).
 void refuse_async_options(const TrainOptions& options);
+
+// Refuses --levels and --modules for an algorithm that has no modules (optim/dipaco.cpp).
+void refuse_dipaco_options(const TrainOptions& options);
 
 // The entry for `--algo name`; throws Error listing the names it knows.
 const AlgorithmEntry& find_algorithm(const std::string& name);

@@ -466,6 +466,7 @@ void check(const TrainOptions& o) {
     DILOCO_CHECK(o.drop_prob == 0, "--drop-prob applies to --algo diloco and streaming");
     DILOCO_CHECK(!o.eager && !o.delayed, "--eager and --delayed apply to --algo diloco (async never waits)");
     DILOCO_CHECK(!o.verify_sync && !o.dump_replicas, "--verify-sync and --dump-replicas apply to --algo diloco");
+    refuse_dipaco_options(o);
 }
 
 std::unique_ptr<TrainingAlgorithm> create(const TrainOptions& o, Comm& comm, const GPT& model) {

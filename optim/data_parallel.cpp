@@ -25,6 +25,7 @@ void check(const TrainOptions& o) {
     DILOCO_CHECK(!o.eager, "--eager applies to --algo diloco and streaming");
     DILOCO_CHECK(!o.delayed, "--delayed applies to --algo diloco");
     refuse_async_options(o);
+    refuse_dipaco_options(o);
 }
 
 std::unique_ptr<TrainingAlgorithm> create(const TrainOptions&, Comm&, const GPT&) {

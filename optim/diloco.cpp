@@ -244,6 +244,7 @@ void check(const TrainOptions& o) {
     DILOCO_CHECK(!(o.delayed && o.eager), "--delayed and --eager are two ways to overlap a round: choose one");
     DILOCO_CHECK(!(o.delayed && o.drop_prob > 0), "--delayed and --drop-prob do not combine");
     refuse_async_options(o);
+    refuse_dipaco_options(o);
 }
 
 std::unique_ptr<TrainingAlgorithm> create(const TrainOptions& o, Comm& comm, const GPT& model) {

@@ -8,11 +8,13 @@
 #include <vector>
 
 #include "data/io.h"
+#include "data/routing.h"
 #include "data/tokenizer.h"
 #include "kernels/common.h"
 #include "kernels/rng.h"
 #include "model/checkpoint.h"
 #include "model/kv_cache.h"
+#include "optim/dipaco.h"
 
 namespace fs = std::filesystem;
 
@@ -87,6 +89,20 @@ std::string continuation_text(const Tokenizer* tok, const std::vector<int>& prom
 // window of tokens and continues from there: each restart costs one batched pass over half a
 // window, paid once per half window of new tokens, where sliding by one token would need a pass
 // over the whole window for every token (the positions of every cached key change).
+// The prompt's path (data/routing.h), assembled from the modules of the run of `ckpt` into `params`.
+static void take_routed_path(const GenerateOptions& o, const std::vector<int>& prompt, const GPTConfig& config,
+                             std::vector<float>& params) {
+    const Routes r = read_routes(routes_path(o.route_data));
+    const std::vector<double> f = routing_feature(r, o.route_data, prompt);
+    const int p = route_feature(r, f.data());
+    const std::string dir = modules_dir_of_checkpoint(o.ckpt);
+    GPT path = load_path(dir, p);
+    DILOCO_CHECK(path.config == config, dir + " holds another model (" + path.config.describe() + ") than " + o.ckpt);
+    params = std::move(path.params);
+    std::fprintf(stderr, "generate: the prompt routes to path %d of %d (modules of %s)\n", p,
+                 num_paths(r.levels, r.modules), dir.c_str());
+}
+
 std::string run_generate(const GenerateOptions& o) {
     DILOCO_CHECK(o.tokens >= 0, "--tokens must be >= 0");
     Checkpoint ck = load_checkpoint(o.ckpt);
@@ -98,6 +114,7 @@ std::string run_generate(const GenerateOptions& o) {
     const int maxT = ck.config.max_seq_len, window = std::max(1, maxT / 2);
     std::vector<int> ctx = prompt_tokens(o, tok.get(), ck.config.vocab);
     const std::vector<int> prompt = ctx;
+    if (!o.route_data.empty()) take_routed_path(o, prompt, ck.config, m.params);
     KVCache kv;
     kv_cache_init(kv, ck.config);
     Rng rng(o.seed);

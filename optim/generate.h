@@ -11,6 +11,9 @@ struct GenerateOptions {
     float temperature = 0.8f;
     uint64_t seed = 1;
     std::string tokenizer_model;  // a SentencePiece model file; overrides the checkpoint's
+    // DiPaCo: a data directory with routes.idx; the prompt is routed down its tree and its path,
+    // assembled from RUNDIR/modules/ (beside the checkpoint's RUNDIR/ckpt/), replaces the weights
+    std::string route_data;
 };
 
 // Returns the continuation of the prompt as text: decoded by --tokenizer-model, else by the

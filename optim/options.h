@@ -48,6 +48,10 @@ struct TrainOptions {
     bool dylu = false;         // dynamic local updates: H scaled by each worker's speed
     std::string worker_speeds;  // "1,1,0.5,0.25": worker w's inner steps take 1/speed the time
     double virtual_step_s = 0.0;  // > 0: the virtual clock, a speed-1 inner step takes this long
+    // DiPaCo (optim/dipaco.h)
+    int levels = 1;   // L: levels the blocks are cut into
+    int modules = 1;  // K: modules per level
+    std::string module_weights = "uniform";  // a path's weight in a module's mean: uniform | share (of the data)
     // link emulation of the across-worker link
     double outer_gbps = 0.0, outer_latency_ms = 0.0;
     // seconds a blocking call across workers may take before the job is ended as a lost worker

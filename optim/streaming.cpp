@@ -263,6 +263,7 @@ namespace {
 void check(const TrainOptions& o) {
     DILOCO_CHECK(!o.delayed, "--delayed applies to --algo diloco");
     refuse_async_options(o);
+    refuse_dipaco_options(o);
 }
 
 std::unique_ptr<TrainingAlgorithm> create(const TrainOptions& o, Comm& comm, const GPT& model) {

@@ -146,7 +146,7 @@ static std::string describe_options(const TrainOptions& o) {
       << '|' << o.shard << '|' << o.seed << '|' << o.eval_every << '|' << o.ckpt_every << '|'
       << o.eval_batches << '|' << o.resume << '|' << o.stop_at << '|' << o.device << '|' << o.matmul_precision << '|' << o.precision
       << '|' << o.ckpt_keep << '|' << o.delay_buffer << '|' << o.dylu << '|' << o.worker_speeds << '|'
-      << o.virtual_step_s << '|' << o.grad_accum;
+      << o.virtual_step_s << '|' << o.grad_accum << '|' << o.levels << '|' << o.modules << '|' << o.module_weights;
     return s.str();
 }
 
@@ -165,9 +165,8 @@ static void require_same_on_all_ranks(Comm& comm, uint64_t value, const std::str
             throw CollectiveError(what + " differs between rank 0 and rank " + std::to_string(r));
 }
 
-double evaluate_with(const std::function<float(const int*, const int*, int, int)>& forward, int vocab,
-                     const std::string& data_dir, int T, long rows, int chunk) {
-    TokenStream val(data_dir, "val", vocab, T, false, 0);
+double evaluate_stream(const std::function<float(const int*, const int*, int, int)>& forward, TokenStream& val, int T,
+                       long rows, int chunk) {
     std::vector<int> tok((size_t)chunk * T), tgt((size_t)chunk * T);
     double sum = 0.0;
     for (long r0 = 0; r0 < rows; r0 += chunk) {
@@ -176,6 +175,12 @@ double evaluate_with(const std::function<float(const int*, const int*, int, int)
         sum += (double)forward(tok.data(), tgt.data(), n, T) * n;
     }
     return sum / rows;
+}
+
+double evaluate_with(const std::function<float(const int*, const int*, int, int)>& forward, int vocab,
+                     const std::string& data_dir, int T, long rows, int chunk) {
+    TokenStream val(data_dir, "val", vocab, T, false, 0);
+    return evaluate_stream(forward, val, T, rows, chunk);
 }
 
 double evaluate(GPT& m, const std::string& data_dir, int T, long rows, int chunk) {
@@ -385,11 +390,28 @@ void set_up_model_and_algorithm(Run& r) {
     r.my_row = (long)(replicas ? r.comm.local() : r.comm.world_rank()) * rank_rows;
 }
 
+// The validation loss of the run's model: rank 0's weights on the first --eval-batches global
+// batches of the validation split, or, for an algorithm that evaluates itself, what it returns
+// (then called on every rank).
 double evaluate_now(Run& r) {
+    const std::function<float(const int*, const int*, int, int)> forward = [&](const int* tk, const int* tg, int n,
+                                                                              int t) {
+        return r.dev ? r.dev->forward_loss(tk, tg, n, t) : gpt_forward(r.model, tk, tg, n, t);
+    };
+    if (r.algo->evaluates_itself()) {
+        return r.algo->evaluate([&](const std::vector<TokenRange>& spans, long* rows) {
+            uint64_t tokens = 0;
+            for (const TokenRange& s : spans) tokens += s.end - s.begin;
+            *rows = tokens > (uint64_t)r.o.seq_len ? (long)((tokens - 1) / r.o.seq_len) : 0;
+            if (*rows == 0) return 0.0;
+            TokenStream val(r.o.data, "val", r.cfg.vocab, r.o.seq_len, false, 0);
+            val.restrict_to(spans);
+            return evaluate_stream(forward, val, r.o.seq_len, *rows, r.o.batch);
+        });
+    }
     const long rows = r.o.eval_batches * r.global_rows;
     if (!r.dev) return evaluate(r.model, r.o.data, r.o.seq_len, rows, r.o.batch);
-    return evaluate_with([&](const int* tk, const int* tg, int n, int t) { return r.dev->forward_loss(tk, tg, n, t); },
-                         r.cfg.vocab, r.o.data, r.o.seq_len, rows, r.o.batch);
+    return evaluate_with(forward, r.cfg.vocab, r.o.data, r.o.seq_len, rows, r.o.batch);
 }
 
 void print_header(const Run& r, const TokenStream& train) {
@@ -563,11 +585,13 @@ void end_round(Run& r, std::vector<PendingStep>& pending, int64_t step, uint64_t
     report_round(r, pending);
     pending.clear();
     if (step != r.end_step) r.peak_bytes_step = std::max(r.peak_bytes_step, r.comm.bytes_outer() - outer_before);
-    if (r.root() && (step >= r.next_eval || last) && (o.eval_every > 0 || last)) {
+    if ((r.root() || r.algo->evaluates_itself()) && (step >= r.next_eval || last) && (o.eval_every > 0 || last)) {
         TraceRange trace("evaluation");
         r.val_loss = evaluate_now(r);
-        std::fprintf(r.metrics, "{\"step\": %lld, \"val_loss\": %.9g}\n", (long long)step, r.val_loss);
-        std::fprintf(stderr, "step %lld | val_loss %.4f\n", (long long)step, r.val_loss);
+        if (r.root()) {
+            std::fprintf(r.metrics, "{\"step\": %lld, \"val_loss\": %.9g}\n", (long long)step, r.val_loss);
+            std::fprintf(stderr, "step %lld | val_loss %.4f\n", (long long)step, r.val_loss);
+        }
         while (r.next_eval <= step) r.next_eval += o.eval_every;
     }
     if (r.root()) std::fflush(r.metrics);
@@ -672,7 +696,12 @@ double run_train(const TrainOptions& o) {
             fs::remove(r.metrics_path);
     }
     TokenStream train(o.data, "train", r.cfg.vocab, o.seq_len, true, o.seed);
-    if (r.algo->replica_per_worker()) train.set_partition(comm.workers(), comm.worker(), o.shard == "noniid");
+    if (const std::optional<DataShare> share = r.algo->data_share()) {
+        train.restrict_to(share->spans);
+        train.set_partition(share->parts, share->index, o.shard == "noniid");
+    } else if (r.algo->replica_per_worker()) {
+        train.set_partition(comm.workers(), comm.worker(), o.shard == "noniid");
+    }
     gpt_allocate(r.model, o.batch, o.seq_len);
     std::vector<int> tok((size_t)o.grad_accum * o.batch * o.seq_len), tgt(tok.size());  // a step's K micro-batches
     if (r.root()) {
@@ -711,7 +740,7 @@ double run_train(const TrainOptions& o) {
         }
         return NAN;
     }
-    if (r.root() && std::isnan(r.val_loss)) r.val_loss = evaluate_now(r);
+    if ((r.root() || r.algo->evaluates_itself()) && std::isnan(r.val_loss)) r.val_loss = evaluate_now(r);
     write_summary(r);
     return r.val_loss;
 }

@@ -2,6 +2,7 @@
 // (optim/algorithm.h), and its companions.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "model/gpt.h"
@@ -23,5 +24,11 @@ double run_train(const TrainOptions& opt);
 // Training evaluates --eval-batches global batches (R * --batch rows), whatever the rank count,
 // so validation losses compare across algorithms and topologies.
 double evaluate(GPT& m, const std::string& data_dir, int T, long rows, int chunk);
+
+class TokenStream;
+// Mean loss of `forward` (tokens, targets, rows, T) over the first `rows` rows of `val`, `chunk`
+// rows per call.
+double evaluate_stream(const std::function<float(const int*, const int*, int, int)>& forward, TokenStream& val, int T,
+                       long rows, int chunk);
 
 }  // namespace diloco

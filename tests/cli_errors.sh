@@ -122,6 +122,21 @@ expect_error "--dylu applies to --algo async" "$BIN" train --data data --out x $
 expect_error "--outer-opt delayed-nesterov applies to --algo async" "$BIN" train --data data --out x $SMALL --steps 4 --algo streaming --outer-opt delayed-nesterov
 expect_error "--delay-buffer must be >= 1, got 0" "$BIN" train --data data --out x $SMALL --steps 4 --algo async --outer-opt delayed-nesterov --delay-buffer 0
 expect_error "--delay-buffer applies to --outer-opt delayed-nesterov" "$BIN" train --data data --out x $SMALL --steps 4 --algo async --delay-buffer 4
+# DiPaCo: levels, modules, and the route file against the data
+cp -r data rdata
+"$BIN" route --data rdata --levels 1 --modules 2 2>/dev/null || { echo "FAIL: route of a valid corpus"; failures=$((failures + 1)); }
+expect_error "--levels 3 does not divide the model's 2 blocks" "$BIN" train --data rdata --out x $SMALL --n-layer 2 --steps 4 --algo dipaco --levels 3
+expect_error "--modules must be >= 1, got 0" "$BIN" train --data rdata --out x $SMALL --steps 4 --algo dipaco --modules 0
+expect_error "--modules must be >= 1, got 0" "$BIN" route --data rdata --levels 1 --modules 0
+expect_error "--levels, --modules and --module-weights apply to --algo dipaco" "$BIN" train --data rdata --out x $SMALL --steps 4 --algo diloco --levels 2
+expect_error "--module-weights must be share or uniform, got 'tokens'" "$BIN" train --data rdata --out x $SMALL --steps 4 --algo dipaco --modules 2 --module-weights tokens
+expect_error "routes to 2^1 paths, not --modules 3 ^ --levels 1" "$BIN" train --data rdata --out x $SMALL --steps 4 --algo dipaco --modules 3
+expect_error "--workers 1 is fewer" "$BIN" train --data rdata --out x $SMALL --steps 4 --algo dipaco --modules 2
+expect_error "no route file data/routes.idx" "$BIN" train --data data --out x $SMALL --steps 4 --algo dipaco --modules 2
+"$BIN" prepare --input corpus.txt --out rdata --val-fraction 0.1 2>/dev/null
+expect_error "does not match the data's documents" "$BIN" train --data rdata --out x $SMALL --steps 4 --algo dipaco --modules 2
+mkdir -p nodocs && cp data/meta.json data/*.bin nodocs/
+expect_error "has no document index" "$BIN" route --data nodocs --levels 1 --modules 2
 expect_error "--workers 2 needs 3 ranks (mpirun -np 3), got 1" "$BIN" train --data data --out x $SMALL --steps 4 --algo async --workers 2
 
 # config files: every option by name, the command line on top; bad files are refused

@@ -8,7 +8,9 @@ checkpoints, stop-and-resume, replica dumps) with each binary on the same data, 
   - every metrics.jsonl line, every field but the timings (wall_s, tok_per_s, compute_util and
     the seconds per step by kind, compute_s, comm_s, stage_s),
     as the exact printed text of each number;
-  - every file each run wrote under ckpt/ and replicas/, byte for byte.
+  - every file each run wrote under ckpt/, replicas/ and modules/, byte for byte.
+DiPaCo's job trains on a second copy of the corpus, cut into paragraphs and routed by the NEW
+binary (`prepare --documents paragraphs`, `route --levels 2 --modules 2`).
 Prints one line per job and exits non-zero on any difference. 4 ranks run oversubscribed, one
 OpenMP thread per rank.
 """
@@ -51,7 +53,11 @@ JOBS = {
                                  "--eager", "--quant", "int8"], True),
     "diloco-link": (4, ["--algo", "diloco", "--workers", "4", "--inner-steps", "5", "--outer-gbps", "10",
                         "--outer-latency-ms", "1"], False),
+    # on the routed data (DIPACO_DATA below); a build without DiPaCo differs here by failing
+    "dipaco-2x2": (4, ["--algo", "dipaco", "--levels", "2", "--modules", "2", "--workers", "4", "--inner-steps", "5",
+                       "--dump-replicas"], True),
 }
+DIPACO_JOBS = {"dipaco-2x2"}
 
 
 def run(cmd, ranks):
@@ -72,7 +78,7 @@ def metric_lines(path):
 
 def files_under(rundir):
     found = []
-    for sub in ("ckpt", "replicas"):
+    for sub in ("ckpt", "replicas", "modules"):
         d = os.path.join(rundir, sub)
         if os.path.isdir(d):
             found += [os.path.join(sub, f) for f in sorted(os.listdir(d))]
@@ -114,13 +120,27 @@ def main():
         f.write(" ".join(random.choice(words) for _ in range(40000)))
     data = os.path.join(work, "data")
     run([os.path.abspath(args.old), "prepare", "--input", text, "--out", data], None)
+    routed = os.path.join(work, "data-routed")
+    if any(n in DIPACO_JOBS for n in args.only or JOBS):
+        with open(text) as f:
+            words = f.read().split()
+        paragraphs = os.path.join(work, "paragraphs.txt")
+        with open(paragraphs, "w") as f:  # documents of 20 to 200 words
+            at = 0
+            while at < len(words):
+                n = random.randint(20, 200)
+                f.write(" ".join(words[at:at + n]) + "\n\n")
+                at += n
+        run([os.path.abspath(args.new), "prepare", "--input", paragraphs, "--out", routed, "--documents",
+             "paragraphs"], None)
+        run([os.path.abspath(args.new), "route", "--data", routed, "--levels", "2", "--modules", "2"], None)
     failed = 0
     for name in args.only or JOBS:
         ranks, opts, split = JOBS[name]
         try:
             dirs = {}
             for tag, binary in (("old", args.old), ("new", args.new)):
-                base = [os.path.abspath(binary), "train", "--data", data] + SMALL + opts
+                base = [os.path.abspath(binary), "train", "--data", routed if name in DIPACO_JOBS else data] + SMALL + opts
                 d = os.path.join(work, f"{name}.{tag}")
                 shutil.rmtree(d, ignore_errors=True)
                 if name == "diloco-stop-mid-round":  # a --stop-at slot that ends inside a round

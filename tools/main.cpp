@@ -9,13 +9,16 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 
 #include "data/prepare.h"
+#include "data/routing.h"
 #include "data/tokenizer.h"
 #include "kernels/common.h"
 #include "model/checkpoint.h"
 #include "model/hf_export.h"
 #include "model/llmc.h"
+#include "optim/dipaco.h"
 #include "optim/generate.h"
 #include "optim/train.h"
 #include "tools/bench.h"
@@ -112,6 +115,47 @@ static void run_eval(const std::string& ckpt, const std::string& data, int batch
     std::printf("val_loss %.6f\n", evaluate(m, data, T, (long)batch * batches, batch));
 }
 
+// `eval --routed`: each validation document scored by its path's model (optim/dipaco.h), the
+// paths assembled from the modules in `paths_dir` (RUNDIR/modules of a DiPaCo run), or the one
+// checkpoint for all.
+static void run_routed_eval(const std::string& ckpt, const std::string& paths_dir, const std::string& data, int batch,
+                            int seq_len, int best_prefix) {
+    DILOCO_CHECK(batch > 0, "--batch must be positive");
+    std::map<int, GPT> models;
+    auto model_of = [&](int p) -> GPT& {
+        const int key = paths_dir.empty() ? -1 : p;
+        auto it = models.find(key);
+        if (it != models.end()) return it->second;
+        GPT& m = models[key];
+        if (paths_dir.empty()) {
+            Checkpoint ck = load_checkpoint(ckpt);
+            gpt_build(m, ck.config);
+            m.params = std::move(ck.params);
+        } else {
+            m = load_path(paths_dir, p);
+        }
+        DILOCO_CHECK(seq_len <= m.config.max_seq_len, "--seq-len exceeds the model's max_seq_len");
+        gpt_allocate(m, batch, seq_len > 0 ? seq_len : m.config.max_seq_len);
+        return m;
+    };
+    DILOCO_CHECK(seq_len > 0, "eval --routed needs --seq-len (the training sequence length)");
+    std::vector<double> per_path;
+    const double loss = routed_validation_loss(data, seq_len, batch, model_of, &per_path);
+    for (size_t p = 0; p < per_path.size(); p++) std::printf("path %zu val_loss %.6f\n", p, per_path[p]);
+    std::printf("val_loss %.6f\n", loss);
+    if (best_prefix <= 0) return;
+    // both routings scored on the same tokens: those after each document's first best_prefix
+    DILOCO_CHECK(best_prefix <= seq_len, "--best-prefix must be at most --seq-len");
+    const std::vector<uint16_t> best = best_prefix_paths(data, best_prefix, model_of);
+    const double offline = routed_validation_loss(data, seq_len, batch, model_of, nullptr, nullptr, best_prefix);
+    const double by_prefix = routed_validation_loss(data, seq_len, batch, model_of, nullptr, &best, best_prefix);
+    const Routes r = read_routes(routes_path(data));
+    size_t moved = 0;
+    for (size_t d = 0; d < best.size(); d++) moved += best[d] != r.val[d];
+    std::printf("after the first %d tokens: offline routing val_loss %.6f; best path on them val_loss %.6f "
+                "(%zu of %zu documents change path)\n", best_prefix, offline, by_prefix, moved, best.size());
+}
+
 static void run_export(const std::string& ckpt, const std::string& out, const std::string& format) {
     Checkpoint ck = load_checkpoint(ckpt);
     GPT m;
@@ -172,6 +216,20 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     p->add_option("--vocab-size", prep.vocab_size, "sp: vocabulary size, 258 to 65536 (default 4096)");
     p->add_option("--sp-model-type", prep.sp_model_type, "sp: bpe or unigram")->capture_default_str();
+    p->add_option("--documents", prep.documents, "what a document is (DIR/*.docs, for `route`): files (each input) "
+                                                 "or paragraphs (lines up to an empty line)")
+        ->capture_default_str();
+
+    RouteOptions route;
+    auto* ro = app.add_subcommand("route", "DiPaCo: route every document of prepared data to one of K^L paths "
+                                           "(k-means tree on the histogram of its first tokens) -> DIR/routes.idx");
+    ro->add_option("--data", route.data, "prepared data directory")->required();
+    ro->add_option("--levels", route.levels, "L: levels of the modular model")->capture_default_str();
+    ro->add_option("--modules", route.modules, "K: modules per level")->capture_default_str();
+    ro->add_option("--prefix", route.prefix, "tokens of a document's beginning its feature reads")->capture_default_str();
+    ro->add_option("--seed", route.seed, "k-means seed")->capture_default_str();
+    ro->add_option("--ckpt", route.ckpt, "a dense model's checkpoint: route by its mean final hidden state over a "
+                                         "document's first tokens instead of their byte histogram");
 
     TrainOptions train;
     auto* t = app.add_subcommand("train", "train a model");
@@ -193,6 +251,8 @@ int main(int argc, char** argv) {
     g->add_option("--temperature", gen.temperature, "0 for greedy")->capture_default_str();
     g->add_option("--seed", gen.seed, "sampling seed")->capture_default_str();
     g->add_option("--tokenizer-model", gen.tokenizer_model, "SentencePiece model file to encode and decode with");
+    g->add_option("--route", gen.route_data, "DiPaCo: a data directory with routes.idx; the prompt picks its path, "
+                                             "assembled from RUNDIR/modules/, replaces the checkpoint's weights");
 
     std::string eval_ckpt, eval_data;
     int eval_batches = 16, eval_batch = 8, eval_seq = 0;
@@ -204,6 +264,17 @@ int main(int argc, char** argv) {
     e->add_option("--batches", eval_batches, "batches")->capture_default_str();
     e->add_option("--batch", eval_batch, "sequences per batch")->capture_default_str();
     e->add_option("--seq-len", eval_seq, "sequence length (0: the model's max_seq_len)");
+    bool eval_routed = false;
+    std::string eval_paths;
+    e->add_flag("--routed", eval_routed, "DiPaCo: every validation document, each scored by the model of its path "
+                                         "(DIR/routes.idx), as a dipaco run evaluates itself");
+    int eval_best_prefix = 0;
+    e->add_option("--best-prefix", eval_best_prefix, "with --routed: also route each held-out document by the path "
+                                                     "scoring its first N tokens best, and compare both routings on "
+                                                     "the tokens after them");
+    e->add_option("--modules", eval_paths, "with --routed: a DiPaCo run's modules (RUNDIR/modules), each path "
+                                           "assembled from them; without it, the --ckpt model scores every path's "
+                                           "documents");
 
     BenchOptions bench;
     auto* b = app.add_subcommand("bench", "time one kernel in isolation");
@@ -265,17 +336,22 @@ int main(int argc, char** argv) {
 
     try {
         gen.ckpt = checkpoint_of(gen.ckpt, gen_run, g->parsed());
-        eval_ckpt = checkpoint_of(eval_ckpt, eval_run, e->parsed());
+        eval_ckpt = checkpoint_of(eval_ckpt, eval_run, e->parsed() && eval_paths.empty());
         export_ckpt = checkpoint_of(export_ckpt, export_run, ex->parsed());
         if (*p) {
             prepare_dataset(prep);
+        } else if (*ro) {
+            route_data(route);
         } else if (*t) {
             run_train(train);
         } else if (*g) {
             std::string text = run_generate(gen);
             std::printf("%s%s\n", gen.prompt.c_str(), text.c_str());
         } else if (*e) {
-            run_eval(eval_ckpt, eval_data, eval_batches, eval_batch, eval_seq);
+            if (eval_routed)
+                run_routed_eval(eval_ckpt, eval_paths, eval_data, eval_batch, eval_seq, eval_best_prefix);
+            else
+                run_eval(eval_ckpt, eval_data, eval_batches, eval_batch, eval_seq);
         } else if (*ex) {
             run_export(export_ckpt, export_out, export_format);
         } else if (*im) {

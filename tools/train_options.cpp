@@ -36,7 +36,7 @@ void add_train_options(CLI::App* t, TrainOptions& o) {
     t->add_option("--grad-clip", o.grad_clip, "clip the global gradient norm (0: off)")->capture_default_str();
     t->add_option("--inner-opt", o.inner_opt, "adamw or sgd")->capture_default_str();
     // algorithm
-    t->add_option("--algo", o.algo, "dp, diloco, streaming or async")->capture_default_str();
+    t->add_option("--algo", o.algo, "dp, diloco, streaming, async or dipaco")->capture_default_str();
     t->add_option("--workers", o.workers, "replicas M; the ranks form M workers of R/M ranks")->capture_default_str();
     t->add_option("--inner-steps", o.inner_steps, "H: inner steps between outer syncs (diloco)")->capture_default_str();
     t->add_option("--outer-lr", o.outer_lr, "outer learning rate")->capture_default_str();
@@ -57,6 +57,12 @@ void add_train_options(CLI::App* t, TrainOptions& o) {
     t->add_option("--virtual-step-s", o.virtual_step_s, "virtual clock: a speed-1 inner step takes this many "
                                                          "seconds, pushes apply in virtual-time order, runs are "
                                                          "reproducible (async; 0: wall clock)")
+        ->capture_default_str();
+    // DiPaCo (the data's documents routed by `diloco route` to K^L paths)
+    t->add_option("--levels", o.levels, "L: levels the blocks are cut into (dipaco)")->capture_default_str();
+    t->add_option("--modules", o.modules, "K: modules per level (dipaco)")->capture_default_str();
+    t->add_option("--module-weights", o.module_weights, "a path's weight in the mean of a module's outer gradients: "
+                                                        "uniform, or share (its share of the training tokens) (dipaco)")
         ->capture_default_str();
     // Streaming DiLoCo
     t->add_option("--fragments", o.fragments, "P: fragments of the blocks (streaming)")->capture_default_str();
