@@ -47,6 +47,23 @@ __device__ __forceinline__ void fa_stage(bf16* tile, const bf16* src, long strid
     }
 }
 
+// The double buffer's turn at the top of each tile loop: when a next tile exists, its two streams
+// (rows r0 .. r0 + 63 of each) are copied into the free buffers while tile t is awaited; then a
+// barrier, after which tile t (and the first group's own rows) are in for every thread's copies.
+template <int HS>
+__device__ __forceinline__ void fa_next_tile(bool more, bf16* a, const bf16* src_a, long stride_a, bf16* b,
+                                             const bf16* src_b, long stride_b, int r0, int T) {
+    if (more) {
+        fa_stage<HS>(a, src_a, stride_a, r0, T);
+        fa_stage<HS>(b, src_b, stride_b, r0, T);
+        cp_async_commit();
+        cp_async_wait<1>();
+    } else {
+        cp_async_wait<0>();
+    }
+    __syncthreads();
+}
+
 // The 16 x HS rows at `rows` (a shared tile's, stride kFaStride) as mma A fragments, 16 columns each.
 template <int HS>
 __device__ __forceinline__ void fa_load_a(uint32_t a[HS / 16][4], const bf16* rows) {
@@ -145,16 +162,9 @@ __global__ void __launch_bounds__(kFaThreads) attention_forward_mma_kernel(bf16*
     const float scale_log2 = rsqrtf((float)HS) * kLog2e;  // scores in log2 units, for exp2f
     const int qw = q0 + warp * 16;                         // the warp's first query
     for (int kt = 0; kt < ntiles; kt++) {
-        if (kt + 1 < ntiles) {
-            const int next = (kt + 1) % 2;
-            fa_stage<HS>(Ks + next * kFaRows * S, base + C, C3, (kt + 1) * kFaRows, T);
-            fa_stage<HS>(Vs + next * kFaRows * S, base + 2L * C, C3, (kt + 1) * kFaRows, T);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();  // tile kt (and the queries) have landed for every thread's copies
+        const int next = (kt + 1) % 2;
+        fa_next_tile<HS>(kt + 1 < ntiles, Ks + next * kFaRows * S, base + C, C3, Vs + next * kFaRows * S, base + 2L * C,
+                         C3, (kt + 1) * kFaRows, T);
         if (kt == 0) fa_load_a<HS>(qf, Qs + warp * 16 * S);
         float s[8][4];
         fa_scores<HS>(s, qf, Ks + (kt % 2) * kFaRows * S);
@@ -243,15 +253,8 @@ __global__ void __launch_bounds__(kFaThreads) attention_backward_kv_mma_kernel(b
     const int kw = k0 + warp * 16;  // the warp's first key
     for (int qt = kt0; qt < ntiles; qt++) {
         const int buf = (qt - kt0) % 2;
-        if (qt + 1 < ntiles) {
-            fa_stage<HS>(Qs + (1 - buf) * kFaRows * S, base, C3, (qt + 1) * kFaRows, T);
-            fa_stage<HS>(Gs + (1 - buf) * kFaRows * S, gbase, C, (qt + 1) * kFaRows, T);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
+        fa_next_tile<HS>(qt + 1 < ntiles, Qs + (1 - buf) * kFaRows * S, base, C3, Gs + (1 - buf) * kFaRows * S, gbase, C,
+                         (qt + 1) * kFaRows, T);
         if (qt == kt0) fa_load_a<HS>(kf, Kown + warp * 16 * S);
         const bf16* Qt = Qs + buf * kFaRows * S;
         const bf16* Gt = Gs + buf * kFaRows * S;
@@ -314,16 +317,9 @@ __global__ void __launch_bounds__(kFaThreads) attention_backward_q_mma_kernel(bf
         Dq[r] = q < T ? D[((long)b * NH + h) * T + q] : 0.0f;
     }
     for (int kt = 0; kt < ntiles; kt++) {
-        if (kt + 1 < ntiles) {
-            const int next = (kt + 1) % 2;
-            fa_stage<HS>(Ks + next * kFaRows * S, base + C, C3, (kt + 1) * kFaRows, T);
-            fa_stage<HS>(Vs + next * kFaRows * S, base + 2L * C, C3, (kt + 1) * kFaRows, T);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
+        const int next = (kt + 1) % 2;
+        fa_next_tile<HS>(kt + 1 < ntiles, Ks + next * kFaRows * S, base + C, C3, Vs + next * kFaRows * S, base + 2L * C,
+                         C3, (kt + 1) * kFaRows, T);
         if (kt == 0) fa_load_a<HS>(qf, Qown + warp * 16 * S);
         const bf16* Kt = Ks + (kt % 2) * kFaRows * S;
         float p[8][4], dp[8][4];

@@ -96,8 +96,12 @@ float gpt_cuda_forward(GPTCuda& m, const int* tokens, const int* targets, int B,
     DILOCO_CUDA_CHECK(matmul_forward_cuda(a.logits, a.lnf, P + m.layout.wte, nullptr, N, C, V, m.blas, st));
     if (!targets) return NAN;
     DILOCO_CUDA_CHECK(crossentropy_forward_cuda(a.losses, a.lse, a.logits, m.targets, N, V, st));
+    return gpt_cuda_mean_loss(a.losses, N);
+}
+
+float gpt_cuda_mean_loss(const float* device_losses, int N) {
     std::vector<float> losses(N);
-    DILOCO_CUDA_CHECK(cudaMemcpy(losses.data(), a.losses, N * sizeof(float), cudaMemcpyDeviceToHost));
+    DILOCO_CUDA_CHECK(cudaMemcpy(losses.data(), device_losses, N * sizeof(float), cudaMemcpyDeviceToHost));
     double sum = 0.0;
     for (float l : losses) sum += l;
     return (float)(sum / N);

@@ -48,6 +48,9 @@ void gpt_cuda_zero_grad(GPTCuda& m);
 // anything but AdamW changed them (a copy from the host, an all-gather). No-op in fp32.
 void gpt_cuda_refresh_bf16(GPTCuda& m, size_t begin, size_t count);
 
+// The mean of N per-row losses on the device, read back once (both precisions' forward ends so).
+float gpt_cuda_mean_loss(const float* device_losses, int N);
+
 // The bf16 path's pieces (model/gpt_cuda_bf16.cpp), called through the functions above.
 void gpt_cuda_alloc_bf16(GPTCuda& m);
 float gpt_cuda_forward_bf16(GPTCuda& m, int B, int T, bool with_targets);

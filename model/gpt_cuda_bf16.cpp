@@ -119,11 +119,7 @@ float gpt_cuda_forward_bf16(GPTCuda& m, int B, int T, bool with_targets) {
     DILOCO_CUDA_CHECK(matmul_forward_cuda(a.logits, a.lnf, P + L0.wte, nullptr, N, C, V, m.blas, st));
     if (!with_targets) return NAN;
     DILOCO_CUDA_CHECK(crossentropy_forward_cuda(a.losses, a.lse, a.logits, m.targets, N, V, st));
-    std::vector<float> losses(N);
-    DILOCO_CUDA_CHECK(cudaMemcpy(losses.data(), a.losses, N * sizeof(float), cudaMemcpyDeviceToHost));
-    double sum = 0.0;
-    for (float l : losses) sum += l;
-    return (float)(sum / N);
+    return gpt_cuda_mean_loss(a.losses, N);
 }
 
 void gpt_cuda_backward_bf16(GPTCuda& m, int micro_batches) {

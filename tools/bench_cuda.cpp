@@ -198,6 +198,36 @@ void bench_attention(const BenchOptions& o, const Ceilings& c, Rng& rng) {
     }
 }
 
+// LayerNorm forward (variant 1, fp32), then mixed precision's fused residual + layernorm in bf16,
+// each checked against the CPU twin and shown in GB/s against the copy bandwidth.
+void bench_layernorm(const BenchOptions& o, const Ceilings& c, Rng& rng) {
+    const long N = (long)o.B * o.T;
+    auto x = randn(N * o.C, rng), w = randn(o.C, rng), b = randn(o.C, rng);
+    std::vector<float> out(N * o.C), mean(N), rstd(N);
+    layernorm_forward_cpu(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), (int)N, o.C);
+    DevBuf dx(x), dw(w), db(b), dout(N * o.C), dm(N), dr(N);
+    auto run = [&] { layernorm_forward_cuda(dout.p, dm.p, dr.p, dx.p, dw.p, db.p, (int)N, o.C, nullptr); };
+    run();
+    std::printf("layernorm forward N=%ld C=%d | bytes = 4 (2 N C + 2 N); bf16 residual + layernorm: 2 (4 N C) + 8 N\n",
+                N, o.C);
+    report("layernorm forward v1", time_ms(run, o.warmup, o.repeats), 0, 4.0 * (2.0 * N * o.C + 2.0 * N), c,
+           max_rel_err(dout.get(), out));
+    // mixed precision's fused form: residual = x + y written, then normalised (reads x, y; writes
+    // residual and out). Checked against the twin on the bf16-rounded sum.
+    auto y = randn(N * o.C, rng);
+    std::vector<float> sum(N * o.C), out16(N * o.C), wr(o.C), br(o.C);
+    for (long i = 0; i < N * o.C; i++) sum[i] = round_bf16(round_bf16(x[i]) + round_bf16(y[i]));
+    for (int i = 0; i < o.C; i++) wr[i] = round_bf16(w[i]), br[i] = round_bf16(b[i]);
+    layernorm_forward_cpu(out16.data(), mean.data(), rstd.data(), sum.data(), wr.data(), br.data(), (int)N, o.C);
+    DevBits hx(x), hy(y), hw(w), hb(b), hres(N * o.C), hout(N * o.C);
+    auto fused = [&] {
+        residual_layernorm_forward_cuda(hres.p, hout.p, dm.p, dr.p, hx.p, hy.p, hw.p, hb.p, (int)N, o.C, nullptr);
+    };
+    fused();
+    report("residual+layernorm bf16", time_ms(fused, o.warmup, o.repeats), 0, 2.0 * 4 * N * o.C + 8.0 * N, c,
+           max_rel_err(hout.get(), out16));
+}
+
 }  // namespace
 
 int run_bench_cuda(const BenchOptions& o) {
@@ -232,30 +262,7 @@ int run_bench_cuda(const BenchOptions& o) {
     const std::string& k = o.kernel;
     const long N = (long)o.B * o.T;
     if (k == "layernorm") {
-        auto x = randn(N * o.C, rng), w = randn(o.C, rng), b = randn(o.C, rng);
-        std::vector<float> out(N * o.C), mean(N), rstd(N);
-        layernorm_forward_cpu(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), (int)N, o.C);
-        DevBuf dx(x), dw(w), db(b), dout(N * o.C), dm(N), dr(N);
-        auto run = [&] { layernorm_forward_cuda(dout.p, dm.p, dr.p, dx.p, dw.p, db.p, (int)N, o.C, nullptr); };
-        run();
-        std::printf("layernorm forward N=%ld C=%d | bytes = 4 (2 N C + 2 N); bf16 residual + layernorm: 2 (4 N C) + 8 N\n",
-                    N, o.C);
-        report("layernorm forward v1", time_ms(run, o.warmup, o.repeats), 0, 4.0 * (2.0 * N * o.C + 2.0 * N), c,
-               max_rel_err(dout.get(), out));
-        // mixed precision's fused form: residual = x + y written, then normalised (reads x, y; writes
-        // residual and out). Checked against the twin on the bf16-rounded sum.
-        auto y = randn(N * o.C, rng);
-        std::vector<float> sum(N * o.C), out16(N * o.C), wr(o.C), br(o.C);
-        for (long i = 0; i < N * o.C; i++) sum[i] = round_bf16(round_bf16(x[i]) + round_bf16(y[i]));
-        for (int i = 0; i < o.C; i++) wr[i] = round_bf16(w[i]), br[i] = round_bf16(b[i]);
-        layernorm_forward_cpu(out16.data(), mean.data(), rstd.data(), sum.data(), wr.data(), br.data(), (int)N, o.C);
-        DevBits hx(x), hy(y), hw(w), hb(b), hres(N * o.C), hout(N * o.C);
-        auto fused = [&] {
-            residual_layernorm_forward_cuda(hres.p, hout.p, dm.p, dr.p, hx.p, hy.p, hw.p, hb.p, (int)N, o.C, nullptr);
-        };
-        fused();
-        report("residual+layernorm bf16", time_ms(fused, o.warmup, o.repeats), 0, 2.0 * 4 * N * o.C + 8.0 * N, c,
-               max_rel_err(hout.get(), out16));
+        bench_layernorm(o, c, rng);
     } else if (k == "attention") {
         bench_attention(o, c, rng);
     } else if (k == "gelu") {
