@@ -57,13 +57,23 @@ std::vector<std::string> config_file_arguments(const std::string& path, void (*d
     return config_text_arguments(text.str(), path, define);
 }
 
-std::vector<std::string> config_text_arguments(const std::string& text, const std::string& path,
-                                               void (*define)(CLI::App*)) {
-    std::istringstream f(text);
-    CLI::App known, scratch;
+ConfigOptions::ConfigOptions(void (*define)(CLI::App*)) {
     define(&known);
     define(&scratch);
     for (CLI::Option* o : scratch.get_options({})) o->required(false);  // --data, --out: not a key's business
+}
+
+std::vector<std::string> config_text_arguments(const std::string& text, const std::string& path,
+                                               void (*define)(CLI::App*)) {
+    ConfigOptions options(define);
+    return config_text_arguments(text, path, options);
+}
+
+std::vector<std::string> config_text_arguments(const std::string& text, const std::string& path,
+                                               ConfigOptions& options) {
+    std::istringstream f(text);
+    CLI::App& known = options.known;
+    CLI::App& scratch = options.scratch;
     std::vector<std::string> args;
     std::string line;
     for (int n = 1; std::getline(f, line); n++) {

@@ -21,9 +21,20 @@ namespace diloco {
 // The command-line words ("--steps", "2000", "--eager", ...) that FILE stands for, each checked by
 // parsing it alone with a fresh copy of the options `define` adds to an app. Throws Error.
 std::vector<std::string> config_file_arguments(const std::string& path, void (*define)(CLI::App*));
-// The same on the file's text (`path` names it in errors); the fuzz target's entry.
+// The same on the file's text (`path` names it in errors).
 std::vector<std::string> config_text_arguments(const std::string& text, const std::string& path,
                                                void (*define)(CLI::App*));
+
+// The two apps the checks parse against, made once by `define`: building them costs more than
+// reading a whole file (CLI11 checks each new option against all before it), so the fuzz target
+// makes them once and reads every input against the same pair.
+struct ConfigOptions {
+    explicit ConfigOptions(void (*define)(CLI::App*));
+    CLI::App known;    // looked up, never parsed
+    CLI::App scratch;  // parses one line at a time, cleared before each
+};
+std::vector<std::string> config_text_arguments(const std::string& text, const std::string& path,
+                                               ConfigOptions& options);
 
 // argv with every `--config FILE` (or `--config=FILE`) after `subcommand` replaced by the file's
 // arguments, placed right after the subcommand so that the rest of the command line wins.

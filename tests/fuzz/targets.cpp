@@ -80,9 +80,9 @@ void meta(const uint8_t* data, size_t size) {
 }
 
 void config(const uint8_t* data, size_t size) {
+    static ConfigOptions options(add_train_options_scratch);
     expect_clean("config", [&] {
-        config_text_arguments(std::string(reinterpret_cast<const char*>(data), size), "fuzz.toml",
-                              add_train_options_scratch);
+        config_text_arguments(std::string(reinterpret_cast<const char*>(data), size), "fuzz.toml", options);
     });
 }
 
