@@ -2,13 +2,15 @@
 // forward: one thread per output element. bytes: 4 (3 B T C) plus the tokens.
 // backward, in position order so that results do not depend on scheduling:
 //   dwpe: one thread per (t, c) sums the B rows in order;
-//   dwte: the host buckets positions by token (a stable counting sort); block k takes distinct
-//         token k, its threads stride the C columns and sum the bucket's rows in order.
+//   dwte: the positions are sorted by (token, position) on the device, a bitonic sort of 64-bit
+//         keys, so the step needs no host copy of the tokens and no synchronisation; the block at
+//         the first position of each token's run strides the C columns and sums the run's rows in
+//         position order, the CPU twin's order.
+// The sort runs one launch per bitonic stage, log2(n)(log2(n)+1)/2 of them (105 for GPT-2's
+// 16K tokens per micro-batch, each a few microseconds): sorting tiles in shared memory first
+// would save most of those launches for a fraction of a percent of a step, at twice the code.
 // T is the storage of the activations and the weights read (float, or bf16 under mixed precision);
 // the weight gradients are fp32 always.
-#include <algorithm>
-#include <vector>
-
 #include "kernels/bf16_cuda.h"
 #include "kernels/embedding_cuda.h"
 
@@ -33,16 +35,39 @@ __global__ void embedding_backward_wpe_kernel(float* dwpe, const T_* dout, int B
     dwpe[i] = s;
 }
 
-// bucket_start (nbuckets + 1), bucket_token (nbuckets), positions (B*T) sorted by token, stable
+// keys (n, a power of two >= N): token << 32 | position, and ~0 past N, so that every key is
+// distinct (the sort needs no stability) and the padding sorts last
+__global__ void embedding_sort_keys_kernel(uint64_t* keys, const int* tokens, int N, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    keys[i] = i < N ? (uint64_t)(uint32_t)tokens[i] << 32 | (uint32_t)i : ~0ull;
+}
+
+// one stage of the bitonic network: element i meets element i ^ j, in the direction block k gives
+__global__ void embedding_bitonic_stage_kernel(uint64_t* keys, int j, int k, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    const int l = i ^ j;
+    if (i >= n || l <= i) return;
+    const uint64_t a = keys[i], b = keys[l];
+    const bool ascending = (i & k) == 0;
+    if (ascending ? a > b : a < b) {
+        keys[i] = b;
+        keys[l] = a;
+    }
+}
+
+// block p sums the rows of token keys[p] >> 32 when p starts that token's run in the sorted keys
 template <typename T_>
-__global__ void embedding_backward_wte_kernel(float* dwte, const T_* dout, const int* bucket_start,
-                                              const int* bucket_token, const int* positions, int C) {
-    const int k = blockIdx.x;
-    const int lo = bucket_start[k], hi = bucket_start[k + 1];
-    float* row = dwte + (long)bucket_token[k] * C;
+__global__ void embedding_backward_wte_kernel(float* dwte, const T_* dout, const uint64_t* keys, int N, int C) {
+    const int p = blockIdx.x;
+    const uint32_t token = (uint32_t)(keys[p] >> 32);
+    if (p > 0 && (uint32_t)(keys[p - 1] >> 32) == token) return;
+    int end = p + 1;
+    while (end < N && (uint32_t)(keys[end] >> 32) == token) end++;
+    float* row = dwte + (long)token * C;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
         float s = row[c];  // added to one at a time, in position order, as the CPU twin does
-        for (int p = lo; p < hi; p++) s += load(dout + (long)positions[p] * C + c);
+        for (int q = p; q < end; q++) s += load(dout + (long)(uint32_t)keys[q] * C + c);
         row[c] = s;
     }
 }
@@ -66,42 +91,28 @@ cudaError_t embedding_forward_cuda(uint16_t* out, const int* tokens, const uint1
 }
 
 template <typename T_>
-static cudaError_t embedding_backward(float* dwte, float* dwpe, const T_* dout, const int* tokens_host, int B, int T,
+static cudaError_t embedding_backward(float* dwte, float* dwpe, const T_* dout, const int* tokens, int B, int T,
                                       int C, int* workspace, cudaStream_t stream) {
     const int N = B * T;
     if (N <= 0) return cudaSuccess;
     DILOCO_LAUNCH(embedding_backward_wpe_kernel<T_>, (unsigned)(((long)T * C + 255) / 256), 256, 0, stream, dwpe, dout, B, T, C);
-    // stable counting sort of positions by token, on the host
-    std::vector<int> order(N), host(embedding_backward_workspace(B, T));
-    for (int i = 0; i < N; i++) order[i] = i;
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return tokens_host[a] < tokens_host[b]; });
-    int* bucket_start = host.data();           // nbuckets + 1
-    int* bucket_token = host.data() + N + 1;   // nbuckets
-    int* positions = host.data() + 2 * N + 1;  // N
-    int nb = 0;
-    for (int i = 0; i < N; i++) {
-        if (i == 0 || tokens_host[order[i]] != tokens_host[order[i - 1]]) {
-            bucket_start[nb] = i;
-            bucket_token[nb] = tokens_host[order[i]];
-            nb++;
-        }
-        positions[i] = order[i];
-    }
-    bucket_start[nb] = N;
-    cudaError_t e = cudaMemcpy(workspace, host.data(), host.size() * sizeof(int), cudaMemcpyHostToDevice);
-    if (e != cudaSuccess) return e;
-    DILOCO_LAUNCH(embedding_backward_wte_kernel<T_>, nb, 128, 0, stream, dwte, dout, workspace, workspace + N + 1,
-                  workspace + 2 * N + 1, C);
+    const int n = embedding_sort_length(N);
+    uint64_t* keys = reinterpret_cast<uint64_t*>(workspace);
+    const unsigned blocks = (unsigned)((n + 255) / 256);
+    DILOCO_LAUNCH(embedding_sort_keys_kernel, blocks, 256, 0, stream, keys, tokens, N, n);
+    for (int k = 2; k <= n; k *= 2)
+        for (int j = k / 2; j > 0; j /= 2) DILOCO_LAUNCH(embedding_bitonic_stage_kernel, blocks, 256, 0, stream, keys, j, k, n);
+    DILOCO_LAUNCH(embedding_backward_wte_kernel<T_>, (unsigned)N, 128, 0, stream, dwte, dout, keys, N, C);
     return cudaGetLastError();
 }
 
-cudaError_t embedding_backward_cuda(float* dwte, float* dwpe, const float* dout, const int* tokens_host,
+cudaError_t embedding_backward_cuda(float* dwte, float* dwpe, const float* dout, const int* tokens,
                                     int B, int T, int C, int* workspace, cudaStream_t stream) {
-    return embedding_backward(dwte, dwpe, dout, tokens_host, B, T, C, workspace, stream);
+    return embedding_backward(dwte, dwpe, dout, tokens, B, T, C, workspace, stream);
 }
-cudaError_t embedding_backward_cuda(float* dwte, float* dwpe, const uint16_t* dout, const int* tokens_host, int B, int T,
+cudaError_t embedding_backward_cuda(float* dwte, float* dwpe, const uint16_t* dout, const int* tokens, int B, int T,
                                     int C, int* workspace, cudaStream_t stream) {
-    return embedding_backward(dwte, dwpe, as_bf16(dout), tokens_host, B, T, C, workspace, stream);
+    return embedding_backward(dwte, dwpe, as_bf16(dout), tokens, B, T, C, workspace, stream);
 }
 
 }  // namespace diloco

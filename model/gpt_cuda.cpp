@@ -68,7 +68,6 @@ float gpt_cuda_forward(GPTCuda& m, const int* tokens, const int* targets, int B,
     const float* P = m.params;
     Acts a = device_acts(m);
     cudaStream_t st = m.stream;
-    m.tokens_host.assign(tokens, tokens + N);
     m.cur_B = B;
     m.cur_T = T;
     DILOCO_CUDA_CHECK(cudaMemcpy(m.tokens, tokens, N * sizeof(int), cudaMemcpyHostToDevice));
@@ -142,7 +141,7 @@ void gpt_cuda_backward(GPTCuda& m, int micro_batches) {
         DILOCO_CUDA_CHECK(layernorm_backward_cuda(a.dres, G + w.ln1w, G + w.ln1b, a.dtmp, x_in, P + w.ln1w, L.ln1_mean,
                                          L.ln1_rstd, N, C, st));
     }
-    DILOCO_CUDA_CHECK(embedding_backward_cuda(G + m.layout.wte, G + m.layout.wpe, a.dres, m.tokens_host.data(), B, T, C,
+    DILOCO_CUDA_CHECK(embedding_backward_cuda(G + m.layout.wte, G + m.layout.wpe, a.dres, m.tokens, B, T, C,
                                      m.emb_workspace, st));
 }
 

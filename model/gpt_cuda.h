@@ -25,7 +25,6 @@ struct GPTCuda {
     int B = 0, T = 0, cur_B = 0, cur_T = 0;
     int* tokens = nullptr;   // device
     int* targets = nullptr;  // device
-    std::vector<int> tokens_host;  // the last forward's tokens (the embedding backward buckets them)
     float* att_workspace = nullptr;
     int* emb_workspace = nullptr;
     float* mm_workspace = nullptr;  // the bias gradients' partial sums

@@ -158,7 +158,7 @@ void gpt_cuda_backward_bf16(GPTCuda& m, int micro_batches) {
         DILOCO_CUDA_CHECK(layernorm_backward_cuda(a.dres, G + w.ln1w, G + w.ln1b, a.dtmp, x_in, P + w.ln1w, A.ln1_mean,
                                                   A.ln1_rstd, N, C, st));
     }
-    DILOCO_CUDA_CHECK(embedding_backward_cuda(G + L0.wte, G + L0.wpe, a.dres, m.tokens_host.data(), B, T, C, m.emb_workspace, st));
+    DILOCO_CUDA_CHECK(embedding_backward_cuda(G + L0.wte, G + L0.wpe, a.dres, m.tokens, B, T, C, m.emb_workspace, st));
 }
 
 }  // namespace diloco

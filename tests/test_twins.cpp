@@ -146,7 +146,10 @@ TEST(Twin, EmbeddingMatchesCpuBitForBit) {
     REQUIRE_DEVICE();
     struct Shape { int B, T, C, V; };
     Rng rng(35);
-    for (Shape s : {Shape{1, 1, 8, 5}, Shape{2, 7, 24, 3}, Shape{3, 33, 130, 50}}) {
+    // N = 1, odd N, N past the sort's 256-key blocks and not a power of two; one token only
+    // (one run of every position), and tokens mostly distinct
+    for (Shape s : {Shape{1, 1, 8, 5}, Shape{2, 7, 24, 3}, Shape{3, 33, 130, 50}, Shape{4, 75, 9, 1},
+                    Shape{3, 100, 5, 4000}}) {
         const int N = s.B * s.T;
         std::vector<int> tok(N);
         for (auto& t : tok) t = (int)rng.below(s.V);  // small vocabularies: many repeated tokens
@@ -160,7 +163,7 @@ TEST(Twin, EmbeddingMatchesCpuBitForBit) {
             Dev<int> dTok(tok), work(embedding_backward_workspace(s.B, s.T));
             Dev<float> dWte(wte), dWpe(wpe), dOut((size_t)N * s.C), dD(dout), gWte(dwte0), gWpe(dwpe0);
             CUDA_OK(embedding_forward_cuda(dOut.p, dTok.p, dWte.p, dWpe.p, s.B, s.T, s.C, nullptr));
-            CUDA_OK(embedding_backward_cuda(gWte.p, gWpe.p, dD.p, tok.data(), s.B, s.T, s.C, work.p, nullptr));
+            CUDA_OK(embedding_backward_cuda(gWte.p, gWpe.p, dD.p, dTok.p, s.B, s.T, s.C, work.p, nullptr));
             // the same additions in the same order as the CPU twin (position order): bit for bit
             EXPECT_TRUE(same_bits(dOut.get(), out));
             EXPECT_TRUE(same_bits(gWpe.get(), dwpe));

@@ -155,7 +155,7 @@ TEST(TwinBf16, EmbeddingBitForBit) {
         Dev<uint16_t> dWte(wte.bits), dWpe(wpe.bits), dOut((size_t)N * s.C), dD(dout.bits);
         Dev<float> gWte(dwte0), gWpe(dwpe0);
         CUDA_OK(embedding_forward_cuda(dOut.p, dTok.p, dWte.p, dWpe.p, s.B, s.T, s.C, nullptr));
-        CUDA_OK(embedding_backward_cuda(gWte.p, gWpe.p, dD.p, tok.data(), s.B, s.T, s.C, work.p, nullptr));
+        CUDA_OK(embedding_backward_cuda(gWte.p, gWpe.p, dD.p, dTok.p, s.B, s.T, s.C, work.p, nullptr));
         // the same fp32 additions in the same order as the twin, then one rounding
         EXPECT_EQ(dOut.get(), want);
         EXPECT_EQ(gWpe.get(), dwpe);

@@ -27,7 +27,8 @@ std::vector<std::string> config_text_arguments(const std::string& text, const st
 
 // The two apps the checks parse against, made once by `define`: building them costs more than
 // reading a whole file (CLI11 checks each new option against all before it), so the fuzz target
-// makes them once and reads every input against the same pair.
+// makes them once and reads many inputs against the same pair. (CLI11's clear() keeps the
+// order of what each parse saw, so the pair grows by a pointer per line read.)
 struct ConfigOptions {
     explicit ConfigOptions(void (*define)(CLI::App*));
     CLI::App known;    // looked up, never parsed

@@ -45,10 +45,12 @@ for t in "${TARGETS[@]}"; do
     before=$(ls "$crashes" | wc -l)
     # new inputs go to the scratch folder (the first one named); the committed corpus is only read
     set +e
+    started=$SECONDS
     nice -n 5 "$BUILD/tests/fuzz/fuzz_$t" "$scratch" "$corpus" -max_total_time="$SECONDS_EACH" \
         -max_len="${MAX_LEN[$t]}" -malloc_limit_mb=$BUDGET_MB -rss_limit_mb=2048 -timeout=10 \
         -artifact_prefix="$crashes/" -print_final_stats=1 >"$scratch.log" 2>&1
     rc=$?
+    ran=$((SECONDS - started))  # shorter than asked when a crash stopped it
     set -e
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$scratch.log" | tail -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$scratch.log" | tail -1)  # until a crash stops it
@@ -57,7 +59,7 @@ for t in "${TARGETS[@]}"; do
     ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
     found=$(( $(ls "$crashes" | wc -l) - before ))
     [ $rc -eq 0 ] || [ $found -gt 0 ] || found=1  # died without leaving an input: still a failure
-    printf '%-11s %8s %12s %10s %8s %8s %8s\n' "$t" "$SECONDS_EACH" "${execs:-0}" \
+    printf '%-11s %8s %12s %10s %8s %8s %8s\n' "$t" "$ran" "${execs:-0}" \
         "${rate:-0}" "${cov:-?}" "${ft:-?}" "$found"
     if [ $found -gt 0 ]; then
         failed=1
@@ -78,7 +80,7 @@ for t in "${TARGETS[@]}"; do
             done
         fi
         rm -rf "$merged"
-        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%F)" "$t" "$SECONDS_EACH" "${execs:-0}" "${cov:-?}" "$found" \
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%F)" "$t" "$ran" "${execs:-0}" "${cov:-?}" "$found" \
             >> "$ROOT/tests/fuzz/executions.tsv"
     fi
     rm -rf "$scratch" "$scratch.log"
