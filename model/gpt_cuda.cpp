@@ -47,6 +47,7 @@ void gpt_cuda_create(GPTCuda& m, const GPT& host, int B, int T, Precision precis
 }
 
 void gpt_cuda_destroy(GPTCuda& m) {
+    m.cudnn_attention.reset();  // before its stream goes
     for (void* p : {(void*)m.params, (void*)m.grads, (void*)m.acts, (void*)m.tokens, (void*)m.targets,
                     (void*)m.att_workspace, (void*)m.emb_workspace, (void*)m.mm_workspace, (void*)m.params16,
                     (void*)m.acts16})

@@ -4,6 +4,7 @@
 // source, with the CPU BLAS in place of cuBLAS.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,8 @@
 #include "model/gpt_acts.h"
 
 namespace diloco {
+
+struct CudnnSdpa;  // model/attention_cudnn.h
 
 struct GPTCuda {
     GPT layout;  // config and tensor table (its host buffers stay empty)
@@ -28,6 +31,7 @@ struct GPTCuda {
     float* att_workspace = nullptr;
     int* emb_workspace = nullptr;
     float* mm_workspace = nullptr;  // the bias gradients' partial sums
+    std::shared_ptr<CudnnSdpa> cudnn_attention;  // bf16 with --attention cudnn: cuDNN's SDPA, not variant 2
     BlasHandle blas;
     cudaStream_t stream = nullptr;
 };

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "kernels/attention_cuda.h"
+#include "model/attention_cudnn.h"
 #include "kernels/common.h"
 #include "kernels/crossentropy_cuda.h"
 #include "kernels/cuda_check.h"
@@ -102,7 +103,10 @@ float gpt_cuda_forward_bf16(GPTCuda& m, int B, int T, bool with_targets) {
         const BlockParams& w = L0.blocks[l];
         LayerActs16& A = a.layers[l];
         DILOCO_CUDA_CHECK(matmul_forward_cuda(A.qkv, A.ln1, P + w.qkvw, P + w.qkvb, N, C, 3 * C, m.blas, st));
-        DILOCO_CUDA_CHECK(attention_forward_bf16_cuda(A.att, A.att_lse, A.qkv, B, T, C, NH, st));
+        if (m.cudnn_attention)  // att_lse then holds cuDNN's statistics, read by its backward only
+            cudnn_sdpa_forward(*m.cudnn_attention, A.att, A.att_lse, A.qkv, B, T, C, NH);
+        else
+            DILOCO_CUDA_CHECK(attention_forward_bf16_cuda(A.att, A.att_lse, A.qkv, B, T, C, NH, st));
         DILOCO_CUDA_CHECK(matmul_forward_cuda(a.proj, A.att, P + w.attprojw, P + w.attprojb, N, C, C, m.blas, st));
         DILOCO_CUDA_CHECK(residual_layernorm_forward_cuda(A.x_mid, A.ln2, A.ln2_mean, A.ln2_rstd, x, a.proj, P + w.ln2w,
                                                           P + w.ln2b, N, C, st));
@@ -151,8 +155,11 @@ void gpt_cuda_backward_bf16(GPTCuda& m, int micro_batches) {
                                                   A.ln2_rstd, N, C, st));
         DILOCO_CUDA_CHECK(matmul_backward_cuda(a.dtmp, G + w.attprojw, G + w.attprojb, a.dres, A.att, P + w.attprojw, N, C,
                                                C, m.mm_workspace, m.blas, st));
-        DILOCO_CUDA_CHECK(attention_backward_bf16_cuda(a.dqkv, a.dtmp, A.qkv, A.att, A.att_lse, B, T, C, NH,
-                                                       m.att_workspace, st));
+        if (m.cudnn_attention)
+            cudnn_sdpa_backward(*m.cudnn_attention, a.dqkv, a.dtmp, A.qkv, A.att, A.att_lse, B, T, C, NH);
+        else
+            DILOCO_CUDA_CHECK(attention_backward_bf16_cuda(a.dqkv, a.dtmp, A.qkv, A.att, A.att_lse, B, T, C, NH,
+                                                           m.att_workspace, st));
         DILOCO_CUDA_CHECK(matmul_backward_cuda(a.dtmp, G + w.qkvw, G + w.qkvb, a.dqkv, A.ln1, P + w.qkvw, N, C, 3 * C,
                                                m.mm_workspace, m.blas, st));
         DILOCO_CUDA_CHECK(layernorm_backward_cuda(a.dres, G + w.ln1w, G + w.ln1b, a.dtmp, x_in, P + w.ln1w, A.ln1_mean,

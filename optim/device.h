@@ -51,9 +51,10 @@ struct DeviceBackend {
     int (*device_count)() = nullptr;
     // comm: the run's topology; the trainer picks its device (the rank's index on its node) and,
     // with NCCL, joins the worker's NCCL communicator. precision: of the matrix products
-    // (--matmul-precision: fp32, or tf32 on tensor cores); storage: fp32, or bf16 mixed precision
+    // (--matmul-precision: fp32, or tf32 on tensor cores); storage: fp32, or bf16 mixed precision;
+    // cudnn_attention: bf16's attention by cuDNN's SDPA (--attention cudnn)
     std::unique_ptr<DeviceTrainer> (*create)(const GPT& host, const InnerHyper& h, int B, int T, Comm& comm,
-                                             MatmulPrecision precision, Precision storage) = nullptr;
+                                             MatmulPrecision precision, Precision storage, bool cudnn_attention) = nullptr;
 };
 
 void register_device_backend(const DeviceBackend& backend);

@@ -71,6 +71,7 @@ struct TrainOptions {
     // auto | fp32 | bf16 (mixed precision, --device cuda only); auto: bf16 on a device when the
     // model's head size allows it (64 or 128), else fp32
     std::string precision = "auto";
+    std::string attention = "ours";  // ours (attention v2) | cudnn (cuDNN's SDPA; bf16 on a device)
 };
 
 }  // namespace diloco

@@ -129,6 +129,7 @@ static void check_options(const TrainOptions& o) {
     (void)parse_matmul_precision(o.matmul_precision);
     DILOCO_CHECK(o.precision == "auto" || o.precision == "fp32" || o.precision == "bf16",
                  "--precision must be auto, fp32 or bf16, got '" + o.precision + "'");
+    DILOCO_CHECK(o.attention == "ours" || o.attention == "cudnn", "--attention must be ours or cudnn, got '" + o.attention + "'");
     find_algorithm(o.algo).check_options(o);  // what the chosen algorithm refuses
 }
 
@@ -146,7 +147,7 @@ static std::string describe_options(const TrainOptions& o) {
       << '|' << o.shard << '|' << o.seed << '|' << o.eval_every << '|' << o.ckpt_every << '|'
       << o.eval_batches << '|' << o.resume << '|' << o.stop_at << '|' << o.device << '|' << o.matmul_precision << '|' << o.precision
       << '|' << o.ckpt_keep << '|' << o.delay_buffer << '|' << o.dylu << '|' << o.worker_speeds << '|'
-      << o.virtual_step_s << '|' << o.grad_accum << '|' << o.levels << '|' << o.modules << '|' << o.module_weights;
+      << o.virtual_step_s << '|' << o.grad_accum << '|' << o.levels << '|' << o.modules << '|' << o.module_weights << '|' << o.attention;
     return s.str();
 }
 
@@ -374,9 +375,12 @@ void set_up_model_and_algorithm(Run& r) {
     DILOCO_CHECK(on_device || o.matmul_precision == "fp32",
                  "--matmul-precision " + o.matmul_precision + " needs --device cuda: the CPU products are fp32");
     r.precision = storage_precision(o, r.cfg, on_device);
+    DILOCO_CHECK(o.attention == "ours" || r.precision == Precision::bf16,
+                 "--attention cudnn needs --device cuda in bf16 (--precision bf16 or auto): cuDNN's flash attention "
+                 "takes bf16 inputs");
     if (on_device) {
         r.dev = device_backend().create(r.model, inner_hyper(o), o.batch, o.seq_len, r.comm,
-                                        parse_matmul_precision(o.matmul_precision), r.precision);
+                                        parse_matmul_precision(o.matmul_precision), r.precision, o.attention == "cudnn");
         if (r.state.step > 0) r.dev->moments_from_host(r.inner.m.data(), r.inner.v.data());
     }
     const bool replicas = r.algo->replica_per_worker();
@@ -416,7 +420,8 @@ double evaluate_now(Run& r) {
 
 void print_header(const Run& r, const TokenStream& train) {
     const TrainOptions& o = r.o;
-    const std::string where = r.dev ? device_backend().name + (r.precision == Precision::bf16 ? ", bf16 mixed precision" : "")
+    const std::string where = r.dev ? device_backend().name + (r.precision == Precision::bf16 ? ", bf16 mixed precision" : "") +
+                                          (o.attention == "cudnn" ? ", cuDNN attention" : "")
                                     : "cpu, " + std::to_string(omp_get_max_threads()) + " threads";
     // without accumulation the line reads as it always has (scripts read it)
     const std::string accum = o.grad_accum == 1 ? "" : " x " + std::to_string(o.grad_accum) + " micro-batches accumulated";

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "kernels/common.h"
+#include "model/attention_cudnn.h"
 #include "model/gpt_cuda.h"
 #include "optim/device.h"
 #include "optim/inner_cuda.h"
@@ -23,7 +24,8 @@ void check(cudaError_t e, const char* what) {
 
 class CudaTrainer : public DeviceTrainer {
 public:
-    CudaTrainer(const GPT& host, const InnerHyper& h, int B, int T, Comm& comm, MatmulPrecision precision, Precision storage) {
+    CudaTrainer(const GPT& host, const InnerHyper& h, int B, int T, Comm& comm, MatmulPrecision precision, Precision storage,
+                bool cudnn_attention) {
         // the device first: everything below allocates on it. With NCCL the worker's gradients are
         // averaged on the device even for one rank, so that one GPU runs the path many GPUs take.
 #ifdef DILOCO_HAVE_NCCL
@@ -38,6 +40,7 @@ public:
 #endif
         gpt_cuda_create(model_, host, B, T, storage);
         blas_set_precision(model_.blas, precision);
+        if (cudnn_attention) model_.cudnn_attention = cudnn_sdpa_create(model_.stream);
         inner_cuda_create(opt_, model_, h);
 #ifdef DILOCO_HAVE_NCCL
         check(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
@@ -143,8 +146,8 @@ int count_devices() {
 }
 
 std::unique_ptr<DeviceTrainer> create(const GPT& host, const InnerHyper& h, int B, int T, Comm& comm,
-                                      MatmulPrecision precision, Precision storage) {
-    return std::make_unique<CudaTrainer>(host, h, B, T, comm, precision, storage);
+                                      MatmulPrecision precision, Precision storage, bool cudnn_attention) {
+    return std::make_unique<CudaTrainer>(host, h, B, T, comm, precision, storage, cudnn_attention);
 }
 
 }  // namespace

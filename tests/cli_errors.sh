@@ -112,6 +112,8 @@ expect_error "--quant-block must be an even number" "$BIN" bench quantize --M 4 
 expect_error "matmul precision" "$BIN" train --data data --out x $SMALL --steps 8 --matmul-precision fp16
 expect_error "--precision must be auto, fp32 or bf16, got 'fp16'" "$BIN" train --data data --out x $SMALL --steps 8 --precision fp16
 expect_error "--precision bf16 needs --device cuda: the CPU trainer computes in fp32" "$BIN" train --data data --out x $SMALL --steps 8 --device cpu --precision bf16
+expect_error "--attention must be ours or cudnn, got 'flash'" "$BIN" train --data data --out x $SMALL --steps 8 --attention flash
+expect_error "--attention cudnn needs --device cuda in bf16" "$BIN" train --data data --out x $SMALL --steps 8 --device cpu --attention cudnn
 # asynchronous Local-SGD: worker speeds, its own options elsewhere, the server's extra rank
 expect_error "--worker-speeds: worker 1's speed must be positive, got 0" "$BIN" train --data data --out x $SMALL --steps 4 --algo async --workers 2 --worker-speeds 1,0
 expect_error "--worker-speeds: worker 2's speed must be positive, got -0.5" "$BIN" train --data data --out x $SMALL --steps 4 --algo async --workers 3 --worker-speeds 1,1,-0.5

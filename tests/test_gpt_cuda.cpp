@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "model/attention_cudnn.h"
 #include "model/gpt.h"
 #include "model/gpt_cuda.h"
 #include "optim/inner.h"
@@ -265,6 +266,60 @@ TEST(CudaModel, Bf16TrainingStepWithinItsBound) {
         worst = std::max(worst, std::sqrt(diff) / (std::sqrt(norm) + 1e-30));
     }
     std::printf("bf16 step: worst per-tensor relative gradient error %.4f (bound 0.1)\n", worst);
+}
+
+// --attention cudnn: the same bf16 step with cuDNN's SDPA in place of variant 2, held to the bound
+// the variant-2 step meets against fp32 (above), and within 1% of variant 2's loss. Native only:
+// the emulator runs our kernels, and refuses cuDNN with its one line.
+TEST(CudaModel, CudnnAttentionStepWithinTheBf16Bound) {
+#ifdef DILOCO_EMULATE
+    EXPECT_THROW(cudnn_sdpa_create(nullptr), Error);
+#else
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (" << cuda_summary() << "); native GPU test not run";
+    try {
+        cudnn_sdpa_create(nullptr);
+    } catch (const Error& e) {
+        GTEST_SKIP() << e.what();
+    }
+    const GPTConfig cfg{67, 128, 2, 2, 64};  // head size 64, two heads: the strides are exercised
+    const int B = 2, T = 37;
+    GPT cpu;
+    gpt_build(cpu, cfg);
+    gpt_init(cpu, 15);
+    gpt_allocate(cpu, B, T);
+    Rng rng(16);
+    std::vector<int> tok(B * T), tgt(B * T);
+    for (auto& t : tok) t = (int)rng.below(cfg.vocab);
+    for (auto& t : tgt) t = (int)rng.below(cfg.vocab);
+    gpt_zero_grad(cpu);
+    const float cpu_loss = gpt_forward(cpu, tok.data(), tgt.data(), B, T);
+    gpt_backward(cpu);
+    float loss[2];
+    std::vector<float> grads[2];
+    for (int cudnn = 0; cudnn < 2; cudnn++) {
+        GPTCuda dev;
+        gpt_cuda_create(dev, cpu, B, T, Precision::bf16);
+        if (cudnn) dev.cudnn_attention = cudnn_sdpa_create(dev.stream);
+        gpt_cuda_zero_grad(dev);
+        loss[cudnn] = gpt_cuda_forward(dev, tok.data(), tgt.data(), B, T);
+        gpt_cuda_backward(dev);
+        grads[cudnn] = gpt_cuda_download(dev, dev.grads);
+        gpt_cuda_destroy(dev);
+    }
+    EXPECT_NEAR(loss[1], cpu_loss, 0.01 * cpu_loss);
+    EXPECT_NEAR(loss[1], loss[0], 0.01 * loss[0]);
+    double worst = 0;
+    for (const auto& t : cpu.tensors) {
+        double diff = 0, norm = 0;
+        for (size_t i = t.offset; i < t.offset + t.numel(); i++) {
+            diff += std::pow((double)grads[1][i] - cpu.grads[i], 2);
+            norm += std::pow((double)cpu.grads[i], 2);
+        }
+        EXPECT_LE(std::sqrt(diff), 0.1 * std::sqrt(norm) + 1e-9) << t.name;
+        worst = std::max(worst, std::sqrt(diff) / (std::sqrt(norm) + 1e-30));
+    }
+    std::printf("cuDNN attention step: worst per-tensor relative gradient error %.4f (bound 0.1)\n", worst);
+#endif
 }
 
 TEST(CudaModel, Bf16RefusesOtherHeadSizes) {

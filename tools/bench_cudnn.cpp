@@ -20,14 +20,10 @@
 
 #include "kernels/quantize_codec.h"
 
+#include "model/attention_cudnn.h"
+
 #ifdef DILOCO_HAVE_CUDNN_FRONTEND
-#include <dlfcn.h>
-
-#include <cudnn_frontend.h>
-
-namespace cudnn_frontend {
-void* cudnn_dlhandle = nullptr;  // the frontend's dynamic-loading hook: libcudnn, opened below
-}
+#include <cudnn_frontend.h>  // cuDNN itself is opened by cudnn_load (model/attention_cudnn.cpp)
 #endif
 
 namespace diloco {
@@ -46,23 +42,6 @@ CudnnAttention cudnn_attention_forward(const std::vector<float>&, int, int, int,
 namespace fe = cudnn_frontend;
 
 namespace {
-
-// libcudnn.so.9 from $DILOCO_CUDNN_LIB, the loader's path, or the toolkit's own folders.
-void open_cudnn() {
-    if (fe::cudnn_dlhandle) return;
-    std::vector<std::string> tries;
-    if (const char* env = std::getenv("DILOCO_CUDNN_LIB")) tries.push_back(env);
-    for (const char* p : {"libcudnn.so.9", "/usr/local/cuda/lib64/libcudnn.so.9", "/usr/local/cuda/lib/libcudnn.so.9",
-                          "/usr/lib/x86_64-linux-gnu/libcudnn.so.9"})
-        tries.push_back(p);
-    std::string errors;
-    for (const auto& t : tries) {
-        if ((fe::cudnn_dlhandle = dlopen(t.c_str(), RTLD_NOW | RTLD_GLOBAL))) return;
-        const char* e = dlerror();
-        errors += "\n    " + (e ? std::string(e) : t + ": not loadable");
-    }
-    throw std::runtime_error("cuDNN 9 not found (set DILOCO_CUDNN_LIB to libcudnn.so.9):" + errors);
-}
 
 struct DeviceBytes {  // owns a cudaMalloc'd region
     void* p = nullptr;
@@ -140,7 +119,7 @@ CudnnAttention cudnn_attention_forward(const std::vector<float>& qkv, int B, int
     CudnnAttention r;
     cudnnHandle_t handle = nullptr;
     try {
-        open_cudnn();
+        cudnn_load();
         if (fe::detail::create_handle(&handle) != CUDNN_STATUS_SUCCESS) throw std::runtime_error("cudnnCreate failed");
         const int64_t hs = C / NH;
         // qkv (B, T, 3C): per token [q | k | v], head h at column h*hs of each. cuDNN reads the

@@ -177,15 +177,17 @@ phase_gpt2() {
         fi
     done
     # modes: fp32 (fp32 storage, cuBLAS without tensor cores), tf32 (fp32 storage, TF32 products),
-    # bf16 (mixed precision: bf16 activations and weight copy, tensor cores, attention variant 2)
-    local runs=("bf16 $GPT2_B" "fp32 $GPT2_B") mode
+    # bf16 (mixed precision: bf16 activations and weight copy, tensor cores, attention variant 2),
+    # cudnn (bf16 with cuDNN's fused SDPA as the attention: the peer kernel inside our trainer)
+    local runs=("cudnn $GPT2_B" "bf16 $GPT2_B" "fp32 $GPT2_B") mode
     [ $fits -gt $GPT2_B ] && runs+=("bf16 $fits")
     [ $DRY = 1 ] || runs+=("tf32 $GPT2_B")
     for r in "${runs[@]}"; do
         read -r mode b <<< "$r"
         local run="$WORK/gpt2-$mode-b$b" flags=(--precision fp32 --matmul-precision $mode)
         [ $mode = bf16 ] && flags=(--precision bf16)
-        [ $mode = bf16 ] && [ $DRY = 1 ] && continue  # head size 32 in the dry run: no bf16 path
+        [ $mode = cudnn ] && flags=(--precision bf16 --attention cudnn)
+        [ $mode != fp32 ] && [ $mode != tf32 ] && [ $DRY = 1 ] && continue  # head size 32 in the dry run: no bf16 path
         step "gpt2 ours $mode B=$b" 150 "${MPIRUN[@]}" "$BIN/diloco" train --data "$data" --out "$run" "${size[@]}" \
             --batch $b --steps $steps --warmup 2 --eval-batches 1 --log-every 1 --device $DEVICE "${flags[@]}"
         [ -f "$run/metrics.jsonl" ] || continue

@@ -101,6 +101,9 @@ void add_train_options(CLI::App* t, TrainOptions& o) {
                   "auto, fp32 or bf16 (mixed precision on --device cuda: bf16 weights copy and activations, fp32 master "
                   "weights and optimizer state); auto: bf16 on a device when the head size is 64 or 128")
         ->capture_default_str();
+    t->add_option("--attention", o.attention,
+                  "ours or cudnn: the bf16 path's attention, our kernel (variant 2) or cuDNN's fused SDPA")
+        ->capture_default_str();
 }
 
 void add_train_options_scratch(CLI::App* app) {
