@@ -118,11 +118,22 @@ TEST(DiPaCoModules, StoredOnceAndAssembledIntoPaths) {
 }
 
 TEST(DiPaCoAssign, WorkersFollowTheShareOfTheData) {
-    EXPECT_EQ(assign_paths({0.25, 0.5, 0.25}, 3), (std::vector<int>{0, 1, 2}));
+    using Lists = std::vector<std::vector<int>>;
+    EXPECT_EQ(assign_paths({0.25, 0.5, 0.25}, 3), (Lists{{0}, {1}, {2}}));
     // extra workers: 0.5/1 > 0.25/1, then 0.5/2 ties 0.25/1 and the lower path (0) wins
-    EXPECT_EQ(assign_paths({0.25, 0.5, 0.25}, 5), (std::vector<int>{0, 0, 1, 1, 2}));
+    EXPECT_EQ(assign_paths({0.25, 0.5, 0.25}, 5), (Lists{{0}, {0}, {1}, {1}, {2}}));
     expect_error([] { assign_paths({0.5, 0.5, 0.0}, 3); }, "path 2 has no training documents");
-    expect_error([] { assign_paths({0.5, 0.5}, 1); }, "--workers 1 is fewer");
+    expect_error([] { assign_paths({0.5, 0.5, 0.0}, 1); }, "path 2 has no training documents");
+}
+
+// Fewer workers than paths: consecutive blocks whose sizes differ by at most one, whatever the
+// shares (every path costs the same H steps a round).
+TEST(DiPaCoAssign, SeveralPathsPerWorkerInConsecutiveBlocks) {
+    using Lists = std::vector<std::vector<int>>;
+    EXPECT_EQ(assign_paths({0.5, 0.5}, 1), (Lists{{0, 1}}));
+    EXPECT_EQ(assign_paths({0.1, 0.2, 0.3, 0.4}, 2), (Lists{{0, 1}, {2, 3}}));
+    EXPECT_EQ(assign_paths({0.7, 0.1, 0.1, 0.05, 0.05}, 2), (Lists{{0, 1, 2}, {3, 4}}));
+    EXPECT_EQ(assign_paths({0.2, 0.2, 0.2, 0.2, 0.2}, 3), (Lists{{0, 1}, {2, 3}, {4}}));
 }
 
 TEST(Documents, ParagraphStartsAndIndexChecks) {
