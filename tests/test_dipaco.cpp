@@ -17,6 +17,8 @@
 #include "model/checkpoint.h"
 #include "model/gpt.h"
 #include "optim/dipaco.h"
+#include "optim/inner.h"
+#include "optim/turns.h"
 #include "tests/files.h"
 #include "tests/reference.h"
 
@@ -134,6 +136,62 @@ TEST(DiPaCoAssign, SeveralPathsPerWorkerInConsecutiveBlocks) {
     EXPECT_EQ(assign_paths({0.1, 0.2, 0.3, 0.4}, 2), (Lists{{0, 1}, {2, 3}}));
     EXPECT_EQ(assign_paths({0.7, 0.1, 0.1, 0.05, 0.05}, 2), (Lists{{0, 1, 2}, {3, 4}}));
     EXPECT_EQ(assign_paths({0.2, 0.2, 0.2, 0.2, 0.2}, 3), (Lists{{0, 1}, {2, 3}, {4}}));
+}
+
+// Replicas in turn keep their own weights, moments and cursor; a checkpoint's arrays bring them
+// back, and arrays for another number of replicas are refused.
+TEST(ReplicaTurns, EachReplicaKeepsItsStateAndCheckpointsRoundTrip) {
+    Comm comm(1);
+    GPT model;
+    gpt_build(model, GPTConfig{256, 16, 2, 2, 16});
+    InnerOptimizer inner;
+    inner_init(inner, model, InnerHyper{});
+    const auto stamp = [&](float x, uint64_t* cursor, uint64_t c) {
+        std::fill(model.params.begin(), model.params.end(), x);
+        std::fill(inner.m.begin(), inner.m.end(), x + 0.25f);
+        std::fill(inner.v.begin(), inner.v.end(), x + 0.5f);
+        *cursor = c;
+    };
+    uint64_t cursor = 0;
+    ReplicaTurns turns(3, model, inner, cursor, comm);
+    const uint64_t big = (1ull << 40) + 12345;  // a cursor beyond 32 bits survives the float arrays
+    for (int k = 0; k < 3; k++) {
+        turns.activate(k, model, inner, nullptr, cursor);
+        stamp((float)k, &cursor, k == 2 ? big : 100 + k);
+    }
+    for (int k : {1, 0, 2}) {
+        turns.activate(k, model, inner, nullptr, cursor);
+        EXPECT_EQ(model.params[7], (float)k);
+        EXPECT_EQ(inner.m[7], k + 0.25f);
+        EXPECT_EQ(inner.v[7], k + 0.5f);
+        EXPECT_EQ(cursor, k == 2 ? big : 100u + k);
+    }
+    turns.activate(0, model, inner, nullptr, cursor);
+    std::vector<std::vector<float>> saved = {{1.0f}};  // an algorithm's array first
+    for (auto& a : turns.save()) saved.push_back(a);
+    ASSERT_EQ(saved.size(), 9u);
+    ReplicaTurns again(3, model, inner, cursor, comm);
+    again.load(saved);
+    EXPECT_EQ(saved, (std::vector<std::vector<float>>{{1.0f}}));
+    again.activate(2, model, inner, nullptr, cursor);
+    EXPECT_EQ(model.params[3], 2.0f);
+    EXPECT_EQ(inner.v[3], 2.5f);
+    EXPECT_EQ(cursor, big);
+    ReplicaTurns four(4, model, inner, cursor, comm);
+    std::vector<std::vector<float>> short_of_one = turns.save();
+    expect_error([&] { four.load(short_of_one); }, "the state of the 4 replicas");
+}
+
+// The ordered sum of a group of one: 0, then the parts in order.
+TEST(OrderedSum, GroupOfOneAddsThePartsInOrder) {
+    Comm comm(1);
+    const int g = comm.open_cross_group(true);
+    const std::vector<float> parts = {1e8f, 1.0f, -1e8f, 1.0f, 1.0f, 2.0f};  // 3 parts of 2
+    std::vector<float> out(2);
+    comm.ordered_sum_in_group(g, parts.data(), {3}, 2, out.data());
+    EXPECT_EQ(out[0], ((0.0f + 1e8f) + -1e8f) + 1.0f);
+    EXPECT_EQ(out[0], 1.0f);  // another order would give 0
+    EXPECT_EQ(out[1], 4.0f);
 }
 
 TEST(Documents, ParagraphStartsAndIndexChecks) {
