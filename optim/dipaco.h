@@ -126,4 +126,9 @@ double routed_validation_loss(const std::string& data, int T, int batch, const s
 // least one row of n.
 std::vector<uint16_t> best_prefix_paths(const std::string& data, int n, const std::function<GPT&(int)>& model_of);
 
+// The same choice for one prompt (`generate --route DIR --best-prefix`): the path, assembled from
+// the modules in `dir`, whose model gives the prompt's first n + 1 tokens (n predictions) the
+// lowest mean loss; ties: the lower path. `losses` receives every path's.
+int best_prompt_path(const std::string& dir, const std::vector<int>& prompt, int n, std::vector<double>* losses);
+
 }  // namespace diloco

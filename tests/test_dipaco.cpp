@@ -21,6 +21,7 @@
 #include "optim/turns.h"
 #include "tests/files.h"
 #include "tests/reference.h"
+#include "tests/reference_gpt.h"
 
 using namespace diloco;
 using namespace diloco::test;
@@ -192,6 +193,48 @@ TEST(OrderedSum, GroupOfOneAddsThePartsInOrder) {
     EXPECT_EQ(out[0], ((0.0f + 1e8f) + -1e8f) + 1.0f);
     EXPECT_EQ(out[0], 1.0f);  // another order would give 0
     EXPECT_EQ(out[1], 4.0f);
+}
+
+// generate --best-prefix: the path whose model gives the prompt the lowest loss, against a float64
+// forward of every path assembled from the module files. The level-1 modules are scaled apart so
+// that the paths' losses differ by far more than float rounding.
+TEST(DiPaCoBestPrefix, PicksThePathWithTheLowestPromptLossInFloat64) {
+    const int L = 2, K = 2;
+    const std::string dir = fresh_dir("best_prefix_modules");
+    const GPTConfig cfg{256, 16, 2, 2, 16};
+    for (int mod = 0; mod < num_modules(L, K); mod++) {
+        GPT g;
+        gpt_build(g, cfg);
+        gpt_init(g, 11 + mod);
+        if (mod >= 1 + K) {  // level 1: blocks scaled by 1, 3
+            const Slice r = path_layout(g, L).level[1];
+            for (size_t i = r.begin; i < r.begin + r.count; i++) g.params[i] *= (float)(1 + 2 * (mod - 1 - K));
+        }
+        write_module(dir, g, g.params.data(), L, K, mod);
+    }
+    Rng rng(3);
+    std::vector<int> prompt(13);
+    for (int& t : prompt) t = (int)(rng.next() % 256);
+    for (int n : {12, 5}) {
+        std::vector<double> got;
+        const int pick = best_prompt_path(dir, prompt, n, &got);
+        std::vector<double> ref;
+        for (int p = 0; p < num_paths(L, K); p++) {
+            const GPT path = load_path(dir, p);
+            const std::vector<double> P(path.params.begin(), path.params.end());
+            ref.push_back(reference_loss(path, P, std::vector<int>(prompt.begin(), prompt.begin() + n),
+                                         std::vector<int>(prompt.begin() + 1, prompt.begin() + n + 1), 1, n));
+            EXPECT_NEAR(got.at(p), ref[p], 1e-5 * ref[p]) << "path " << p << ", " << n << " predictions";
+        }
+        std::vector<double> sorted = ref;
+        std::sort(sorted.begin(), sorted.end());
+        const int want = (int)(std::min_element(ref.begin(), ref.end()) - ref.begin());
+        EXPECT_EQ(pick, want) << n << " predictions";
+        EXPECT_GT(sorted[1] - sorted[0], 1e-4) << "the paths' losses are too close to tell apart";
+        EXPECT_NE(want, 0) << "the test wants a best path other than the first";
+    }
+    expect_error([&] { best_prompt_path(dir, prompt, 13, nullptr); }, "13 predictions need a prompt of 14 tokens");
+    expect_error([&] { best_prompt_path(dir, prompt, 0, nullptr); }, "0 predictions");
 }
 
 TEST(Documents, ParagraphStartsAndIndexChecks) {

@@ -235,6 +235,14 @@ def main():
               list(paths) == walked and abs(offline - sb["final_val_loss"]) < 1e-6 and all(a == b for a, b in picks)
               and len(set(paths)) == 4,
               f"{len(docs)} documents, paths used {sorted(set(int(p) for p in paths))}; eval {offline:.6f}; prompts {picks}")
+        # generate --best-prefix: the path with the lowest of the four prompt losses it reports
+        # (tests/test_dipaco.cpp checks those losses against a float64 forward)
+        g = run([B, "generate", "--run", D("resumed"), "--route", D("d22"), "--prompt", "<hw>W3</hw> (n.) aaa bbb",
+                 "--tokens", "4", "--best-prefix", "prompt"]).stderr
+        said = int(g.split("generate: path ")[1].split()[0])
+        losses = [float(x) for x in g.split("losses by path: ")[1].split(";")[0].split()]
+        check("generate --best-prefix prompt takes the path of the lowest prompt loss",
+              len(losses) == 4 and said == int(np.argmin(losses)), f"path {said}, losses {losses}")
 
         # 6. several paths per worker: each path's computation does not depend on which worker runs
         # it or beside which others, so 4 paths on 4, 2 and 1 workers (and on 2 and 1 workers of 2
