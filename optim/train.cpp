@@ -260,7 +260,6 @@ struct StepSeconds {
         compute += o.compute, comm += o.comm, stage += o.stage;
         return *this;
     }
-    StepSeconds operator+(const StepSeconds& o) const { return StepSeconds(*this) += o; }
 };
 
 // Per-step figures held until the end of the round, when rank 0 learns the global mean loss.
