@@ -38,8 +38,8 @@
 // and both seeds). When every member weighs the same the mean is computed as DiLoCo computes it
 // (sum, then times 1/n), so that L = K = 1 is DiLoCo bit for bit. Every member of a module computes
 // the same update from the same sum, so the copies of a module on different workers stay equal.
-// As in DiLoCo, local rank g of a worker keeps theta(t-1) and the momentum for slice g of its
-// path's buffer and exchanges only that slice.
+// As in DiLoCo, local rank g of a worker keeps theta(t-1) and the momentum for slice g of each of
+// its paths' buffers and exchanges only that slice.
 #pragma once
 #include <cstdint>
 #include <functional>

@@ -134,6 +134,7 @@ def make_corpus(path):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--diloco", required=True)
+    ap.add_argument("--diloco-emu", help="the build whose --device cuda is the CUDA emulator")
     args = ap.parse_args()
     B = os.path.abspath(args.diloco)
     tmp = tempfile.mkdtemp(prefix="diloco_dipaco_")
@@ -274,6 +275,19 @@ def main():
             ok, detail = same_run("straight", name)
             check(f"resume after 8 of 12 steps with {4 // workers} paths per worker: losses, val loss and modules "
                   "bit for bit", ok, detail)
+
+        # 8. the same with --device cuda through the CUDA emulator: a worker's paths change places
+        # on the "device" (weights and moments through the host), and a run of 4 paths on 1 worker,
+        # resumed, equals 4 workers of one path each
+        if args.diloco_emu:
+            E = os.path.abspath(args.diloco_emu)
+            emu4 = [E] + dp4[1:] + ["--device", "cuda"]
+            run(emu4 + ["--out", D("emu-4"), "--workers", "4"], ranks=4)
+            run(emu4 + ["--out", D("emu-1"), "--workers", "1", "--stop-at", "8"])
+            run(emu4 + ["--out", D("emu-1"), "--workers", "1", "--resume"])
+            ok, detail = same_run("emu-4", "emu-1")
+            check("--device cuda (emulated): 4 paths on 1 worker, stopped at 8 and resumed = 4 workers, bit for bit",
+                  ok, detail)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     passed = sum(RESULTS)
