@@ -26,6 +26,7 @@
 #include "optim/exchange.h"
 #include "optim/inner.h"
 #include "optim/trace.h"
+#include "optim/turns.h"
 
 namespace fs = std::filesystem;
 
@@ -284,11 +285,12 @@ struct Run {
     TrainState state;
     Rng rng{0};
     std::unique_ptr<TrainingAlgorithm> algo;
+    std::unique_ptr<ReplicaTurns> turns;  // null unless the worker trains several replicas in turn
     std::unique_ptr<DeviceTrainer> dev;  // null: training on the CPU
     Precision precision = Precision::fp32;  // of the device's forward and backward (--precision)
     TokenizerBlob tokenizer;             // the data's subword tokenizer, carried in rank 0's checkpoints
     bool stage_grads = false;            // gradients cross the host for their average
-    long global_rows = 0;                // rows of one inner step, all replicas together
+    long global_rows = 0;                // rows of one inner step, all replicas (and their turns) together
     long stream_rows = 0, my_row = 0;    // rows the stream advances per step; this rank's first
     std::string metrics_path;
     std::FILE* metrics = nullptr;        // rank 0 only
@@ -359,8 +361,11 @@ void set_up_model_and_algorithm(Run& r) {
     std::vector<std::vector<float>> algorithm_state;
     const std::string resumed = o.resume ? resume_from_checkpoint(r, algorithm_state) : "";
     r.algo = find_algorithm(o.algo).create(o, r.comm, r.model);
+    const int turns = r.algo->replicas_in_turn();
+    if (turns > 1) r.turns = std::make_unique<ReplicaTurns>(turns, r.model, r.inner, r.state.data_cursor, r.comm);
     if (!resumed.empty()) {
         try {
+            if (r.turns) r.turns->load(algorithm_state);
             r.algo->load_state(std::move(algorithm_state), r.state.step);
         } catch (const CollectiveError&) {
             throw;
@@ -385,7 +390,8 @@ void set_up_model_and_algorithm(Run& r) {
     // K micro-batches of B per rank, consecutive, so that they are the rows a batch of K*B reads);
     // a worker reads its own part, G*K*B per step
     const long rank_rows = (long)o.grad_accum * o.batch;
-    r.global_rows = (long)r.comm.workers() * r.comm.ranks_per_worker() * rank_rows;
+    const long more_turns = (long)r.comm.sum_world((double)(turns - 1));  // each rank of a worker counts its turns
+    r.global_rows = ((long)r.comm.workers() * r.comm.ranks_per_worker() + more_turns) * rank_rows;
     r.stream_rows = replicas ? (long)r.comm.ranks_per_worker() * rank_rows : r.global_rows;
     r.my_row = (long)(replicas ? r.comm.local() : r.comm.world_rank()) * rank_rows;
 }
@@ -399,7 +405,8 @@ double evaluate_now(Run& r) {
         return r.dev ? r.dev->forward_loss(tk, tg, n, t) : gpt_forward(r.model, tk, tg, n, t);
     };
     if (r.algo->evaluates_itself()) {
-        return r.algo->evaluate([&](const std::vector<TokenRange>& spans, long* rows) {
+        return r.algo->evaluate([&](int replica, const std::vector<TokenRange>& spans, long* rows) {
+            if (r.turns) r.turns->activate(replica, r.model, r.inner, r.dev.get(), r.state.data_cursor);
             uint64_t tokens = 0;
             for (const TokenRange& s : spans) tokens += s.end - s.begin;
             *rows = tokens > (uint64_t)r.o.seq_len ? (long)((tokens - 1) / r.o.seq_len) : 0;
@@ -514,12 +521,35 @@ PendingStep inner_step(Run& r, TokenStream& train, int64_t step, std::vector<int
 void after_inner_step(Run& r, ReplicaWeights& weights, const StepEnd& at, StepSeconds& spent) {
     TraceRange trace("algorithm");
     const double t = r.seconds(), staged = weights.staging_seconds;
-    r.algo->after_inner_step(weights, at);
+    if (r.turns && at.round_ends)
+        r.algo->after_round(r.turns->weights(weights), at);
+    else
+        r.algo->after_inner_step(weights, at);
     StepSeconds s;
     s.stage = weights.staging_seconds - staged;
     s.comm = r.seconds() - t - s.stage;
     spent += s;
     r.spent += s;
+}
+
+// One round, steps a..b, of a worker that trains several replicas in turn: each replica's steps
+// on its own stream, then the algorithm's end of the round with all of them. The losses of a step
+// are added over the replicas (report_round divides by all of them), and so are its seconds; the
+// learning rate and gradient norm are the first replica's (the same path whatever the layout).
+void round_in_turns(Run& r, std::vector<std::unique_ptr<TokenStream>>& trains, ReplicaWeights& weights, int64_t a,
+                    int64_t b, std::vector<PendingStep>& pending, std::vector<int>& tok, std::vector<int>& tgt) {
+    const size_t first = pending.size();
+    for (int k = 0; k < r.turns->count(); k++) {
+        r.turns->activate(k, r.model, r.inner, r.dev.get(), r.state.data_cursor);
+        for (int64_t step = a; step <= b; step++) {
+            const PendingStep p = inner_step(r, *trains[k], step, tok, tgt);
+            if (k == 0) pending.push_back(p);
+            PendingStep& q = pending[first + (step - a)];
+            if (k > 0) q.loss += p.loss, q.spent += p.spent, q.wall = p.wall, q.compute_total = p.compute_total;
+            if (step < b) after_inner_step(r, weights, StepEnd{step, false, false, k}, q.spent);
+        }
+    }
+    after_inner_step(r, weights, StepEnd{b, true, b == r.o.steps, r.turns->count() - 1}, pending.back().spent);
 }
 
 // The global mean loss of each step of the round reaches rank 0 (one small message per round,
@@ -529,7 +559,7 @@ void report_round(Run& r, const std::vector<PendingStep>& pending) {
     for (size_t k = 0; k < pending.size(); k++) losses[k] = pending[k].loss;
     r.comm.reduce_to_root(losses.data(), pending.size());
     if (!r.root()) return;
-    const int R = r.comm.world_size();
+    const double R = (double)r.global_rows / ((long)r.o.grad_accum * r.o.batch);  // rank-replicas: losses summed
     const double tokens_per_step = (double)r.global_rows * r.o.seq_len;
     for (size_t k = 0; k < pending.size(); k++) {
         const PendingStep& p = pending[k];
@@ -558,11 +588,14 @@ void report_round(Run& r, const std::vector<PendingStep>& pending) {
 void save_checkpoints(Run& r, int64_t step) {
     TraceRange trace("checkpoint");
     std::copy(r.rng.s, r.rng.s + 4, r.state.rng);
+    if (r.turns) r.turns->activate(0, r.model, r.inner, r.dev.get(), r.state.data_cursor);  // its state is the file's own
     if (r.dev) {
         r.dev->params_to_host(r.model.params.data());
         r.dev->moments_to_host(r.inner.m.data(), r.inner.v.data());
     }
-    const std::vector<std::vector<float>> algorithm_state = r.algo->save_state();
+    std::vector<std::vector<float>> algorithm_state = r.algo->save_state();
+    if (r.turns)
+        for (std::vector<float>& a : r.turns->save()) algorithm_state.push_back(std::move(a));
     const bool distributed = r.comm.world_size() > 1;
     const float* params = r.model.params.data();
     if (distributed) {
@@ -695,13 +728,17 @@ double run_train(const TrainOptions& o) {
         else if (fs::exists(r.metrics_path))
             fs::remove(r.metrics_path);
     }
-    TokenStream train(o.data, "train", r.cfg.vocab, o.seq_len, true, o.seed);
-    if (const std::optional<DataShare> share = r.algo->data_share()) {
-        train.restrict_to(share->spans);
-        train.set_partition(share->parts, share->index, o.shard == "noniid");
-    } else if (r.algo->replica_per_worker()) {
-        train.set_partition(comm.workers(), comm.worker(), o.shard == "noniid");
+    std::vector<std::unique_ptr<TokenStream>> trains;  // one per replica in turn, each with its own cursor
+    for (int k = 0; k < (r.turns ? r.turns->count() : 1); k++) {
+        trains.push_back(std::make_unique<TokenStream>(o.data, "train", r.cfg.vocab, o.seq_len, true, o.seed));
+        if (const std::optional<DataShare> share = r.algo->data_share(k)) {
+            trains[k]->restrict_to(share->spans);
+            trains[k]->set_partition(share->parts, share->index, o.shard == "noniid");
+        } else if (r.algo->replica_per_worker()) {
+            trains[k]->set_partition(comm.workers(), comm.worker(), o.shard == "noniid");
+        }
     }
+    TokenStream& train = *trains[0];
     gpt_allocate(r.model, o.batch, o.seq_len);
     std::vector<int> tok((size_t)o.grad_accum * o.batch * o.seq_len), tgt(tok.size());  // a step's K micro-batches
     if (r.root()) {
@@ -722,7 +759,13 @@ double run_train(const TrainOptions& o) {
         RunServices services(r, train, weights, tok, tgt);
         r.algo->run_schedule(services);
     }
-    for (int64_t step = r.first_step; step <= r.end_step && !r.algo->runs_own_schedule(); step++) {
+    for (int64_t a = r.first_step; r.turns && a <= r.end_step; a = (a - 1) / round * round + round + 1) {
+        const int64_t b = std::min<int64_t>((a - 1) / round * round + round, r.end_step);
+        const uint64_t outer_before = comm.bytes_outer();
+        round_in_turns(r, trains, weights, a, b, pending, tok, tgt);
+        end_round(r, pending, b, outer_before);
+    }
+    for (int64_t step = r.first_step; step <= r.end_step && !r.algo->runs_own_schedule() && !r.turns; step++) {
         const uint64_t outer_before = comm.bytes_outer();
         pending.push_back(inner_step(r, train, step, tok, tgt));
         const StepEnd at{step, step % round == 0 || step == r.end_step, step == o.steps};
