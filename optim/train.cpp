@@ -735,6 +735,7 @@ static void print_rank_map(const Comm& comm) {
 
 double run_train(const TrainOptions& o) {
     check_options(o);
+    const int64_t fail_after = test_failure_step();
     Comm comm(o.workers, find_algorithm(o.algo).server_ranks);
     comm.emulate_outer_link(o.outer_gbps, o.outer_latency_ms);
     comm.set_timeout(o.comm_timeout);
@@ -776,7 +777,6 @@ double run_train(const TrainOptions& o) {
     ReplicaWeights weights(r.model, r.dev.get(), comm);
     const long round = r.algo->steps_per_round();
     std::vector<PendingStep> pending;
-    const int64_t fail_after = test_failure_step();
     if (r.algo->runs_own_schedule()) {
         RunServices services(r, train, weights, tok, tgt);
         r.algo->run_schedule(services);
