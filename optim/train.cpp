@@ -325,6 +325,13 @@ std::vector<std::vector<float>> take_checkpoint(Run& r, Checkpoint&& ck, const s
     return std::move(ck.extra);
 }
 
+// "step_NNNNNNNN.replica_MMM", as the replica dumps name them
+std::string replica_file_stem(int64_t step, int worker) {
+    char name[64];
+    std::snprintf(name, sizeof name, "step_%08lld.replica_%03d", (long long)step, worker);
+    return name;
+}
+
 // Elastic restart (optim/elastic.h): the algorithm is created first, so that it can refuse, on
 // every rank alike, before anything is read; then the old worker 0's state is re-sliced.
 void resume_resized(Run& r, const ResumePoint& point, int server_ranks) {
@@ -344,11 +351,13 @@ void resume_resized(Run& r, const ResumePoint& point, int server_ranks) {
     } catch (const Error& e) {
         throw Error("checkpoint " + path + ": " + e.what());
     }
-    if (o.dump_replicas && r.comm.local() == 0) {  // the replica's first weights, for checks (docs/formats.md)
-        char name[80];
-        std::snprintf(name, sizeof name, "step_%08lld.replica_%03d.resumed.f32", (long long)r.state.step, r.comm.worker());
+    if (o.dump_replicas && r.comm.local() == 0) {  // the replica's first state, for checks (docs/formats.md)
+        const std::string stem = o.out + "/replicas/" + replica_file_stem(r.state.step, r.comm.worker());
         fs::create_directories(o.out + "/replicas");
-        write_file_atomic(o.out + "/replicas/" + name, r.model.params.data(), 4 * r.model.num_params);
+        write_file_atomic(stem + ".resumed.f32", r.model.params.data(), 4 * r.model.num_params);
+        std::vector<float> moments(r.inner.m);
+        moments.insert(moments.end(), r.inner.v.begin(), r.inner.v.end());
+        write_file_atomic(stem + ".resumed_moments.f32", moments.data(), 4 * moments.size());
     }
     if (r.root())
         std::fprintf(stderr, "resume: step %lld, elastic: %s -> %s; every replica starts from the global model, "

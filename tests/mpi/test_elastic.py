@@ -113,6 +113,13 @@ def test_diloco(bin_, data, work):
     check("DiLoCo 2 -> 4 workers: every replica starts from the global model, bit for bit", same and
           "elastic: 2 workers x 1 rank -> 4 workers x 1 rank" in p.stderr,
           f"4 resumed replicas against theta({S}) of {theta.size} floats")
+    # inner optimizer: replicas 0 and 1 keep their AdamW moments, 2 and 3 start from zero
+    moments = [np.fromfile(os.path.join(out, f"replicas/step_{S:08d}.replica_{m:03d}.resumed_moments.f32"),
+                           dtype=np.float32) for m in range(4)]
+    kept = all(np.array_equal(moments[m], np.concatenate([old[m]["m"], old[m]["v"]])) for m in range(2))
+    fresh = all(not moments[m].any() for m in range(2, 4)) and old[0]["v"].any()
+    check("DiLoCo 2 -> 4: surviving replicas keep their AdamW moments, new ones start from zero", kept and fresh,
+          f"kept {kept}, fresh {fresh}")
     # the next outer step (optim/outer.h, Nesterov, lr 0.7, mu 0.9): mom' = mu mom + delta and
     # theta' = theta - lr (delta + mu mom'); from theta(S), mom(S) (the old files) and mom', theta'
     # (the new ones at S + H), theta' is predicted only if mom(S) was carried over
