@@ -19,8 +19,12 @@
 #include <string>
 #include <vector>
 
+#include <memory>
+
 #include "comm/comm.h"
 #include "model/checkpoint.h"
+#include "optim/algorithm.h"
+#include "optim/inner.h"
 
 namespace diloco {
 
@@ -38,7 +42,7 @@ ResumePoint find_resume_point(Comm& comm, const std::string& out, int server_ran
 bool same_layout(const ResumePoint& point, const Comm& comm);
 
 // The file world rank `rank` of the layout that wrote `point` saved at its step.
-std::string resume_file(const ResumePoint& point, const std::string& out, int rank, int server_ranks);
+std::string resume_file(const ResumePoint& point, const std::string& out, int rank);
 
 // "4 workers x 1 rank"
 std::string describe_layout(int workers, int ranks_per_worker);
@@ -54,5 +58,12 @@ struct ResizedStart {
 // `one_model`: every rank trains the same model (data-parallel), so every rank takes rank 0's.
 ResizedStart load_resized_start(const ResumePoint& point, const Comm& comm, const std::string& out, int server_ranks,
                                 bool one_model);
+
+// --resume for the training loop: loads the newest complete checkpoint into `model`, `inner` and
+// `state` (the same layout: this rank's own file; another: re-sliced as above) and returns the
+// algorithm created and loaded with its state; null when there is nothing to resume (a fresh
+// run; the loop creates the algorithm). Collective.
+std::unique_ptr<TrainingAlgorithm> resume_run(const TrainOptions& o, Comm& comm, const GPTConfig& cfg, GPT& model,
+                                              InnerOptimizer& inner, TrainState& state);
 
 }  // namespace diloco

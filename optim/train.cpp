@@ -310,89 +310,6 @@ struct Run {
     }
 };
 
-// Takes a checkpoint's model, AdamW moments and position in training; returns its extra arrays
-// (the algorithm's state).
-std::vector<std::vector<float>> take_checkpoint(Run& r, Checkpoint&& ck, const std::string& path) {
-    DILOCO_CHECK(ck.config == r.cfg, "checkpoint " + path + " was written for a different model (" +
-                                         ck.config.describe() + ") than this run (" + r.cfg.describe() + ")");
-    DILOCO_CHECK(ck.state.step <= r.o.steps, "checkpoint " + path + " is at step " + std::to_string(ck.state.step) +
-                                                 ", beyond --steps " + std::to_string(r.o.steps));
-    r.model.params = std::move(ck.params);
-    r.inner.m = std::move(ck.adam_m);
-    r.inner.v = std::move(ck.adam_v);
-    r.state = ck.state;
-    std::copy(r.state.rng, r.state.rng + 4, r.rng.s);
-    return std::move(ck.extra);
-}
-
-// "step_NNNNNNNN.replica_MMM", as the replica dumps name them
-std::string replica_file_stem(int64_t step, int worker) {
-    char name[64];
-    std::snprintf(name, sizeof name, "step_%08lld.replica_%03d", (long long)step, worker);
-    return name;
-}
-
-// Elastic restart (optim/elastic.h): the algorithm is created first, so that it can refuse, on
-// every rank alike, before anything is read; then the old worker 0's state is re-sliced.
-void resume_resized(Run& r, const ResumePoint& point, int server_ranks) {
-    const TrainOptions& o = r.o;
-    r.algo = find_algorithm(o.algo).create(o, r.comm, r.model);
-    const std::string from = describe_layout(point.workers, point.ranks_per_worker),
-                      to = describe_layout(r.comm.workers(), r.comm.ranks_per_worker());
-    const std::string refusal = r.algo->resize_refusal();
-    if (!refusal.empty())
-        throw CollectiveError("--resume: the checkpoint at step " + std::to_string(point.step) + " was written by " +
-                              from + ", this job is " + to + "; --algo " + o.algo + " cannot change its layout: " + refusal);
-    ResizedStart rs = load_resized_start(point, r.comm, o.out, server_ranks, !r.algo->replica_per_worker());
-    const std::string path = resume_file(point, o.out, server_ranks, server_ranks);
-    take_checkpoint(r, std::move(rs.start), path);
-    try {
-        r.algo->load_resized(rs.old_states, point.workers, r.state.step, r.model.params.data());
-    } catch (const Error& e) {
-        throw Error("checkpoint " + path + ": " + e.what());
-    }
-    if (o.dump_replicas && r.comm.local() == 0) {  // the replica's first state, for checks (docs/formats.md)
-        const std::string stem = o.out + "/replicas/" + replica_file_stem(r.state.step, r.comm.worker());
-        fs::create_directories(o.out + "/replicas");
-        write_file_atomic(stem + ".resumed.f32", r.model.params.data(), 4 * r.model.num_params);
-        std::vector<float> moments(r.inner.m);
-        moments.insert(moments.end(), r.inner.v.begin(), r.inner.v.end());
-        write_file_atomic(stem + ".resumed_moments.f32", moments.data(), 4 * moments.size());
-    }
-    if (r.root())
-        std::fprintf(stderr, "resume: step %lld, elastic: %s -> %s; every replica starts from the global model, "
-                             "new ones with fresh inner-optimizer state; data from row %llu of the shared order\n",
-                     (long long)r.state.step, from.c_str(), to.c_str(), (unsigned long long)r.state.row_origin);
-}
-
-// --resume: the newest complete checkpoint, in this job's layout (each rank its own file, bit for
-// bit) or re-sliced from another. Returns whether the algorithm was created.
-bool resume(Run& r) {
-    const TrainOptions& o = r.o;
-    const int server_ranks = find_algorithm(o.algo).server_ranks;
-    const ResumePoint point = find_resume_point(r.comm, o.out, server_ranks);
-    if (point.step < 0) {
-        if (r.root()) std::fprintf(stderr, "resume: no checkpoint in %s/ckpt, starting from scratch\n", o.out.c_str());
-        return false;
-    }
-    if (!same_layout(point, r.comm)) {
-        resume_resized(r, point, server_ranks);
-        return true;
-    }
-    const std::string path = resume_file(point, o.out, r.comm.world_rank(), server_ranks);
-    std::vector<std::vector<float>> algorithm_state = take_checkpoint(r, load_checkpoint(path), path);
-    r.algo = find_algorithm(o.algo).create(o, r.comm, r.model);
-    try {
-        r.algo->load_state(std::move(algorithm_state), r.state.step);
-    } catch (const CollectiveError&) {
-        throw;
-    } catch (const Error& e) {
-        throw Error("checkpoint " + path + ": " + e.what());
-    }
-    if (r.root()) std::fprintf(stderr, "resume: %s (step %lld)\n", path.c_str(), (long long)r.state.step);
-    return true;
-}
-
 // The model at its first weights (initial or resumed), the inner optimizer, the algorithm, and
 // the device trainer when training runs on an accelerator.
 void set_up_model_and_algorithm(Run& r) {
@@ -408,7 +325,11 @@ void set_up_model_and_algorithm(Run& r) {
         fs::create_directories(o.out);
         remove_stale_temporaries(o.out + "/ckpt");
     }
-    if (!(o.resume && resume(r))) r.algo = find_algorithm(o.algo).create(o, r.comm, r.model);
+    if (o.resume) {
+        r.algo = resume_run(o, r.comm, r.cfg, r.model, r.inner, r.state);
+        std::copy(r.state.rng, r.state.rng + 4, r.rng.s);
+    }
+    if (!r.algo) r.algo = find_algorithm(o.algo).create(o, r.comm, r.model);
     // on an accelerator, the model, gradients and AdamW state live there from here on
     const bool on_device = use_device(o);
     DILOCO_CHECK(on_device || o.matmul_precision == "fp32",
