@@ -229,11 +229,15 @@ def test_launch(bin_, data, work, launch):
     cmd = ["mpirun", "--oversubscribe", "-np", "4", bin_, "train", "--data", data, "--out", out, "--algo", "diloco",
            "--workers", "4"] + SMALL
     env = dict(ENV, DILOCO_TEST_FAIL_AFTER_STEP=str(S))
-    p = subprocess.run(["bash", launch, "--max-restarts", "2", "--workers-after-failure", "2", "--"] + cmd, env=env,
-                       capture_output=True, text=True, timeout=300)
+    hosts = os.path.join(work, "hosts")  # the hosts that still answer: this one
+    with open(hosts, "w") as f:
+        f.write("localhost slots=2\n")
+    p = subprocess.run(["bash", launch, "--max-restarts", "2", "--workers-after-failure", "2", "--hostfile-after-failure",
+                        hosts, "--"] + cmd + ["--shard", "noniid"], env=env, capture_output=True, text=True, timeout=300)
     summary = [l for l in metrics(out) if l.get("summary")] if os.path.exists(os.path.join(out, "metrics.jsonl")) else []
-    check("launch.sh: a job failing after step 12 is relaunched on 2 workers from step 12 and finishes",
-          p.returncode == 0 and p.stderr.count("test failure injected") == 1 and
+    check("launch.sh: a job failing after step 12 is relaunched on 2 workers (a hostfile, noniid shards) from step 12 "
+          "and finishes", p.returncode == 0 and p.stderr.count("test failure injected") == 1 and
+          "--hostfile " + hosts in p.stderr and
           "elastic: 4 workers x 1 rank -> 2 workers x 1 rank" in p.stderr and summary and summary[0]["workers"] == 2,
           f"exit {p.returncode}, {p.stderr.count('launch: attempt')} relaunch(es)")
     # a failure before the first checkpoint repeats on every attempt: the budget ends it
