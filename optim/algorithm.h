@@ -131,6 +131,19 @@ public:
     virtual std::vector<std::vector<float>> save_state() = 0;
     virtual void load_state(std::vector<std::vector<float>> arrays, long step) = 0;
 
+    // Elastic restart (optim/elastic.h, docs/distributed.md): "" when this run can take its outer
+    // state from a checkpoint written with another number of workers or ranks per worker; else
+    // why not, as the end of one line ("... cannot change its layout: ...").
+    virtual std::string resize_refusal() const {
+        return "its state is not defined on another number of workers; resume with the layout it was written with";
+    }
+    // The outer state from such a checkpoint: old[g] holds what save_state() wrote on local rank g
+    // of worker 0 of the old layout (its G ranks, in order), old_workers the old M. `params`, the
+    // whole flat buffer, receives the global model that every replica starts from. Throws Error
+    // on arrays it cannot use. Called only when resize_refusal() is "".
+    virtual void load_resized(const std::vector<std::vector<std::vector<float>>>& /*old*/, int /*old_workers*/,
+                              long /*step*/, float* /*params*/) {}
+
     // True for an algorithm whose ranks do not take their inner steps together (asynchronous
     // ones): the loop then calls run_schedule() once instead of its lockstep rounds, and never
     // after_inner_step(). run_schedule() returns on every rank when the run (or --stop-at slot)

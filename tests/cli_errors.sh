@@ -276,6 +276,28 @@ else
     failures=$((failures + 1))
 fi
 
+# elastic restart refused where the state does not re-slice (optim/elastic.h): checkpoints of 2
+# workers, resumed by one process (a resize to 1 worker x 1 rank); the DILOCO_TEST_FAIL_AFTER_STEP
+# fault is refused when malformed. The checkpoints need mpirun; skipped without it.
+if command -v mpirun >/dev/null; then
+    MPI_ENV="env OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"
+    for algo in diloco streaming; do
+        $MPI_ENV timeout 120 mpirun --oversubscribe -np 2 "$BIN" train --data data --out eager-$algo $SMALL --steps 8 \
+            --algo $algo --workers 2 --inner-steps 4 --eager --stop-at 4 >/dev/null 2>&1
+        expect_error "--algo $algo cannot change its layout: with --eager" "$BIN" train --data data --out eager-$algo \
+            $SMALL --steps 8 --algo $algo --inner-steps 4 --eager --resume
+    done
+    $MPI_ENV timeout 120 mpirun --oversubscribe -np 2 "$BIN" train --data data --out delayed $SMALL --steps 8 \
+        --algo diloco --workers 2 --inner-steps 4 --delayed --stop-at 4 >/dev/null 2>&1
+    expect_error "written by 2 workers x 1 rank, this job is 1 worker x 1 rank; --algo diloco cannot change its layout: with --eager or --delayed" \
+        "$BIN" train --data data --out delayed $SMALL --steps 8 --algo diloco --inner-steps 4 --delayed --resume
+    # the state of another algorithm is refused by name, not misread
+    expect_error "it holds no DiLoCo outer state" "$BIN" train --data data --out eager-streaming $SMALL --steps 8 \
+        --algo diloco --inner-steps 4 --resume
+fi
+DILOCO_TEST_FAIL_AFTER_STEP=x expect_error "DILOCO_TEST_FAIL_AFTER_STEP must be a step >= 1, got 'x'" \
+    "$BIN" train --data data --out failenv $SMALL --steps 2
+
 # a run made to diverge (AdamW steps of 1e30 overflow float32 at the second step) stops with one
 # error line naming the step, the rank and the tensor that first went non-finite, not the loss alone
 cases=$((cases + 1))
