@@ -78,6 +78,13 @@ public:
     // Sums x (n floats) in place over a group's ranks (outer link), counted as the ring allreduce
     // over the group's size; nothing moves for a group of one.
     void sum_in_group(int group, float* x, size_t n);
+    // The sum over a group of parts of n floats each, formed in one fixed order whatever the
+    // number of members: 0, plus every part of member 0 in its order, then member 1's, ... (DiPaCo:
+    // a module's sum does not depend on how the paths are spread over workers). This rank gives
+    // parts_of[its group rank] parts back to back in `parts`; parts_of is every member's count.
+    // Each member sums chunk j of the parts' n floats (reduce-scatter by an all-to-all) and the
+    // chunks are gathered into `out`: with one part per member, the bytes of a ring allreduce.
+    void ordered_sum_in_group(int group, const float* parts, const std::vector<int>& parts_of, size_t n, float* out);
 
     // Non-blocking exchanges across workers. MPI matches collectives on a communicator by the
     // order in which the ranks start them, so an exchange whose steps start at times that differ

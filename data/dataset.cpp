@@ -177,7 +177,8 @@ void TokenStream::set_partition(int parts, int index, bool contiguous) {
 }
 
 uint64_t TokenStream::chunk_of_row(uint64_t row) {
-    if (!contiguous_) row = row * parts_ + part_;  // iid: every parts-th row of the shared order
+    // iid: every parts-th row of the shared order; noniid: the same share of the own part
+    row = contiguous_ ? origin_ / parts_ + row : origin_ + row * parts_ + part_;
     const uint64_t n = part_hi_ - part_lo_;
     const uint64_t pos = row % n;
     if (!shuffle_) return part_lo_ + pos;

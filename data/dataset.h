@@ -22,6 +22,11 @@
 //           see different kinds of text.
 // Within a replica the rule above applies to its own rows: a worker of G ranks holding B rows each
 // takes rows s*G*B .. s*G*B + G*B - 1 of its part at inner step s, rank g the g-th block of B.
+//
+// After an elastic restart on another layout (set_origin, docs/distributed.md), the rows already
+// consumed are skipped: with O rows of the shared order consumed, replica m of M reads (iid) rows
+// O + m, O + M + m, ... of the shared order (one stream, R = 1: row O + i), and (noniid) its
+// contiguous range from row O/M of its own part on, the same share of an epoch as the whole run.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -64,6 +69,9 @@ public:
 
     // Restricts this stream to part `index` of `parts` (see above). Call before reading.
     void set_partition(int parts, int index, bool contiguous);
+    // Row 0 of this stream becomes what row `origin` (counted in rows of the shared order) was
+    // before the partition; see above. 0, the default, changes nothing.
+    void set_origin(uint64_t origin) { origin_ = origin; }
 
     // Restricts this stream to the tokens of `spans` (token ranges of the split, in order, within
     // its token count): they are put back to back, held in memory, and cut into chunks as one
@@ -90,6 +98,7 @@ private:
     int parts_ = 1, part_ = 0;
     bool contiguous_ = false;
     uint64_t part_lo_ = 0, part_hi_ = 0;
+    uint64_t origin_ = 0;
     int64_t perm_epoch_ = -1;
     std::vector<uint32_t> perm_;
     std::vector<uint16_t> own_;  // restrict_to: the spans' tokens, read instead of the shards

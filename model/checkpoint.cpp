@@ -15,10 +15,17 @@ namespace fs = std::filesystem;
 namespace diloco {
 
 static const char kMagic[8] = {'D', 'I', 'L', 'O', 'C', 'O', 'C', 'K'};
-static const uint32_t kVersion = 1, kVersionExtra = 2, kVersionTokenizer = 3;
+static const uint32_t kVersion = 1, kVersionExtra = 2, kVersionTokenizer = 3, kVersionLayout = 4;
 static const uint32_t kMaxTokenizerName = 64;
 static const size_t kHeaderBytes = 24;
 static const size_t kFixedPayload = 5 * 4 + 8 + 8 + 8 + 4 * 8;
+static const int32_t kMaxLayout = 1 << 20;  // workers, ranks per worker: far beyond any job
+
+// The layout is written when it says something a reader cannot assume: several ranks, or a run
+// resized once (its data origin).
+static bool needs_layout(const TrainState& s) {
+    return s.workers > 0 && ((int64_t)s.workers * s.ranks_per_worker > 1 || s.row_origin != 0 || s.origin_step != 0);
+}
 
 namespace {
 struct Writer {
@@ -58,7 +65,8 @@ void save_checkpoint(const std::string& path, const GPTConfig& c, const TrainSta
     Writer w;
     w.buf.reserve(kHeaderBytes + kFixedPayload + 12 * n + tokenizer.model.size());
     w.put_bytes(kMagic, 8);
-    w.put(with_tokenizer ? kVersionTokenizer : extra.empty() ? kVersion : kVersionExtra);
+    const bool with_layout = needs_layout(s);
+    w.put(with_layout ? kVersionLayout : with_tokenizer ? kVersionTokenizer : extra.empty() ? kVersion : kVersionExtra);
     w.put(uint32_t(0));  // crc, filled below
     w.put(uint64_t(0));  // payload bytes, filled below
     for (int v : {c.vocab, c.max_seq_len, c.n_layer, c.n_head, c.d_model}) w.put(int32_t(v));
@@ -69,7 +77,7 @@ void save_checkpoint(const std::string& path, const GPTConfig& c, const TrainSta
     w.put_bytes(params, 4 * n);
     w.put_bytes(adam_m, 4 * n);
     w.put_bytes(adam_v, 4 * n);
-    if (!extra.empty() || with_tokenizer) {
+    if (!extra.empty() || with_tokenizer || with_layout) {
         w.put(uint64_t(extra.size()));
         for (const auto& e : extra) {
             w.put(uint64_t(e.size()));
@@ -81,6 +89,14 @@ void save_checkpoint(const std::string& path, const GPTConfig& c, const TrainSta
         w.put_bytes(tokenizer.name.data(), tokenizer.name.size());
         w.put(uint64_t(tokenizer.model.size()));
         w.put_bytes(tokenizer.model.data(), tokenizer.model.size());
+    } else if (with_layout) {
+        w.put(uint32_t(0));  // no tokenizer
+    }
+    if (with_layout) {
+        w.put(int32_t(s.workers));
+        w.put(int32_t(s.ranks_per_worker));
+        w.put(s.row_origin);
+        w.put(s.origin_step);
     }
     const uint64_t payload = w.buf.size() - kHeaderBytes;
     const uint32_t crc = crc32_update(0, w.buf.data() + kHeaderBytes, payload);
@@ -103,9 +119,10 @@ static void read_extras(Reader& r, std::vector<std::vector<float>>& extra) {
     }
 }
 
-static void read_tokenizer(Reader& r, TokenizerBlob& tok) {
+static void read_tokenizer(Reader& r, TokenizerBlob& tok, bool optional) {
     const std::string where = "checkpoint " + r.path + " has a corrupt tokenizer section: ";
     const uint32_t name_len = r.get<uint32_t>();
+    if (optional && name_len == 0) return;
     DILOCO_CHECK(name_len >= 1 && name_len <= kMaxTokenizerName && name_len <= r.left,
                  where + "a name of " + std::to_string(name_len) + " bytes");
     tok.name.resize(name_len);
@@ -118,6 +135,19 @@ static void read_tokenizer(Reader& r, TokenizerBlob& tok) {
                                           std::to_string(r.left) + " left in the file");
     tok.model.resize(model_len);
     r.get_bytes(tok.model.data(), model_len);
+}
+
+static void read_layout(Reader& r, TrainState& s) {
+    s.workers = r.get<int32_t>();
+    s.ranks_per_worker = r.get<int32_t>();
+    s.row_origin = r.get<uint64_t>();
+    s.origin_step = r.get<int64_t>();
+    DILOCO_CHECK(s.workers >= 1 && s.workers <= kMaxLayout && s.ranks_per_worker >= 1 && s.ranks_per_worker <= kMaxLayout,
+                 "checkpoint " + r.path + " has a corrupt layout: " + std::to_string(s.workers) + " workers of " +
+                     std::to_string(s.ranks_per_worker) + " ranks");
+    DILOCO_CHECK(s.origin_step >= 0 && s.origin_step <= s.step,
+                 "checkpoint " + r.path + " has a corrupt layout: origin step " + std::to_string(s.origin_step) +
+                     " beyond its step " + std::to_string(s.step));
 }
 
 Checkpoint load_checkpoint(const std::string& path) {
@@ -142,8 +172,8 @@ Checkpoint parse_checkpoint(const char* data, size_t bytes, const std::string& p
     std::memcpy(&version, data + 8, 4);
     std::memcpy(&crc, data + 12, 4);
     std::memcpy(&payload, data + 16, 8);
-    DILOCO_CHECK(version >= kVersion && version <= kVersionTokenizer,
-                 "checkpoint " + path + " has version " + std::to_string(version) + "; this build reads versions 1 to 3");
+    DILOCO_CHECK(version >= kVersion && version <= kVersionLayout,
+                 "checkpoint " + path + " has version " + std::to_string(version) + "; this build reads versions 1 to 4");
     DILOCO_CHECK(payload == bytes - kHeaderBytes,
                  "checkpoint " + path + " is truncated: header says " + std::to_string(payload) +
                      " payload bytes, file holds " + std::to_string(bytes - kHeaderBytes));
@@ -177,7 +207,8 @@ Checkpoint parse_checkpoint(const char* data, size_t bytes, const std::string& p
     r.get_bytes(ck.adam_m.data(), 4 * n);
     r.get_bytes(ck.adam_v.data(), 4 * n);
     if (version > kVersion) read_extras(r, ck.extra);
-    if (version == kVersionTokenizer) read_tokenizer(r, ck.tokenizer);
+    if (version >= kVersionTokenizer) read_tokenizer(r, ck.tokenizer, version == kVersionLayout);
+    if (version == kVersionLayout) read_layout(r, ck.state);
     DILOCO_CHECK(r.left == 0, "checkpoint " + path + " has " + std::to_string(r.left) + " unread bytes");
     return ck;
 }
@@ -218,10 +249,14 @@ std::string rank_checkpoint_path(const std::string& rundir, int64_t step, int ra
 }
 
 int64_t latest_rank_checkpoint_step(const std::string& rundir, int rank) {
-    char suffix[48];
-    std::snprintf(suffix, sizeof suffix, "\\.rank_%05d\\.ckpt", rank);
-    const std::vector<int64_t> steps = checkpoint_steps(rundir + "/ckpt", suffix);
+    const std::vector<int64_t> steps = checkpoint_steps_of(rundir, rank);
     return steps.empty() ? -1 : steps.back();
+}
+
+std::vector<int64_t> checkpoint_steps_of(const std::string& rundir, int rank) {
+    char suffix[48] = "\\.ckpt";
+    if (rank >= 0) std::snprintf(suffix, sizeof suffix, "\\.rank_%05d\\.ckpt", rank);
+    return checkpoint_steps(rundir + "/ckpt", suffix);
 }
 
 void prune_checkpoints(const std::string& rundir, int keep, int rank) {

@@ -70,6 +70,7 @@ struct StepEnd {
     long step;        // the inner step just taken, from 1
     bool round_ends;  // step is a multiple of steps_per_round(), or the last of this run or slot
     bool run_ends;    // step == --steps: every rank must leave this call holding the global model
+    int replica = 0;  // which of the worker's replicas in turn took the step (replicas_in_turn())
 };
 
 // What the loop lends an algorithm that runs its own schedule: the inner step on this rank's data
@@ -106,7 +107,8 @@ struct DataShare {
 // The mean loss of this rank's weights over every row of the validation tokens in `spans` (the
 // loop's forward, on the device when training runs there); `*rows` receives how many rows that was
 // (0, and a loss of 0, when the spans hold too few tokens for one).
-using ValidationLoss = std::function<double(const std::vector<TokenRange>& spans, long* rows)>;
+// `replica`: which of the worker's replicas in turn (0 when there is one) supplies the weights.
+using ValidationLoss = std::function<double(int replica, const std::vector<TokenRange>& spans, long* rows)>;
 
 class TrainingAlgorithm {
 public:
@@ -129,15 +131,40 @@ public:
     virtual std::vector<std::vector<float>> save_state() = 0;
     virtual void load_state(std::vector<std::vector<float>> arrays, long step) = 0;
 
+    // Elastic restart (optim/elastic.h, docs/distributed.md): "" when this run can take its outer
+    // state from a checkpoint written with another number of workers or ranks per worker; else
+    // why not, as the end of one line ("... cannot change its layout: ...").
+    virtual std::string resize_refusal() const {
+        return "its state is not defined on another number of workers; resume with the layout it was written with";
+    }
+    // The outer state from such a checkpoint: old[g] holds what save_state() wrote on local rank g
+    // of worker 0 of the old layout (its G ranks, in order), old_workers the old M. `params`, the
+    // whole flat buffer, receives the global model that every replica starts from. Throws Error
+    // on arrays it cannot use. Called only when resize_refusal() is "".
+    virtual void load_resized(const std::vector<std::vector<std::vector<float>>>& /*old*/, int /*old_workers*/,
+                              long /*step*/, float* /*params*/) {}
+
     // True for an algorithm whose ranks do not take their inner steps together (asynchronous
     // ones): the loop then calls run_schedule() once instead of its lockstep rounds, and never
     // after_inner_step(). run_schedule() returns on every rank when the run (or --stop-at slot)
     // is over, with the final loss recorded when the run is over; the loop writes the summary.
     virtual bool runs_own_schedule() const { return false; }
 
-    // What this rank's replica trains on; none: the loop's partition of the whole split among the
-    // workers (or the whole split, for one model).
-    virtual std::optional<DataShare> data_share() const { return std::nullopt; }
+    // What replica `replica` of this worker trains on; none: the loop's partition of the whole
+    // split among the workers (or the whole split, for one model).
+    virtual std::optional<DataShare> data_share(int /*replica*/) const { return std::nullopt; }
+
+    // Replicas this worker trains in turn (DiPaCo with fewer workers than paths: its paths). With
+    // n > 1 the loop keeps each one's weights, inner-optimizer moments (2x the weights: the memory
+    // of n - 1 more models and their moments), data stream and cursor apart, and each round trains
+    // replica 0 for the round's steps, then replica 1, ..., each at the same schedule steps, as
+    // if each had a worker of its own. after_inner_step() then comes after every step but the
+    // last of the round (with at.replica), and after_round() once at the round's end with all of
+    // them; checkpoints keep them all. Every rank of a worker must return the same n.
+    virtual int replicas_in_turn() const { return 1; }
+    // Only when replicas_in_turn() > 1: the round's end (at.round_ends), with this worker's replica
+    // k at replicas[k]; every replica must leave it as the next round starts it.
+    virtual void after_round(const std::vector<ReplicaWeights*>& /*replicas*/, const StepEnd& /*at*/) {}
     // True for an algorithm whose run holds more than one model at its end (DiPaCo: one per path):
     // the loop then calls evaluate() on every rank at each evaluation, instead of evaluating rank
     // 0's weights on the validation split, and every rank receives the same loss.

@@ -18,6 +18,8 @@ public:
     void after_inner_step(ReplicaWeights&, const StepEnd&) override {}
     std::vector<std::vector<float>> save_state() override { return {}; }
     void load_state(std::vector<std::vector<float>>, long) override {}  // nothing beyond the model
+    // one model on every rank: any number of ranks takes it as it is
+    std::string resize_refusal() const override { return ""; }
 };
 
 void check(const TrainOptions& o) {

@@ -138,7 +138,7 @@ class DiLoCo final : public TrainingAlgorithm {
 public:
     DiLoCo(const TrainOptions& o, Comm& comm, const GPT& model)
         : o_(o), comm_(comm), hyper_{o.outer_lr, o.outer_momentum, o.outer_opt == "nesterov"},
-          keep_local_(o.drop_mode == "replica") {
+          keep_local_(o.drop_mode == "replica"), params_count_(model.num_params) {
         outer_init(outer_, comm, model.params.data(), model.num_params);  // 1: theta(0)
         if (o.dump_replicas) initial_ = model.params;  // written if the first round is round 1
     }
@@ -213,6 +213,33 @@ public:
         eager_.in_flight = a[3][0] != 0.0f;
     }
 
+    // Eager and delayed rounds hold the other replicas' outer gradients of the round in flight,
+    // one per old worker: there is no state to give a new worker.
+    std::string resize_refusal() const override {
+        if (o_.eager || o_.delayed) return "with --eager or --delayed a round's outer gradients are in flight at every checkpoint, one per worker; resume with the layout it was written with";
+        return "";
+    }
+
+    // theta and the outer momentum are the same on every worker: worker 0's G_old slices, joined
+    // and cut again at this rank's slice of the new G.
+    void load_resized(const std::vector<std::vector<std::vector<float>>>& old, int, long step, float* params) override {
+        DILOCO_CHECK(step % o_.inner_steps == 0 || step == o_.steps,
+                     "step " + std::to_string(step) + " is not at an outer sync");
+        std::vector<float> global, momentum;
+        for (size_t g = 0; g < old.size(); g++) {
+            DILOCO_CHECK(old[g].size() == 2, "it holds no DiLoCo outer state (or was written with --eager or --delayed)");
+            DILOCO_CHECK(old[g][0].size() == old[g][1].size(), "its outer state is damaged");
+            global.insert(global.end(), old[g][0].begin(), old[g][0].end());
+            momentum.insert(momentum.end(), old[g][1].begin(), old[g][1].end());
+        }
+        DILOCO_CHECK(global.size() == params_count_, "its outer state holds " + std::to_string(global.size()) +
+                                                         " parameters, the model " + std::to_string(params_count_));
+        const Slice& s = outer_.slice;
+        outer_.global.assign(global.begin() + s.begin, global.begin() + s.begin + s.count);
+        outer_.momentum.assign(momentum.begin() + s.begin, momentum.begin() + s.begin + s.count);
+        std::copy(global.begin(), global.end(), params);
+    }
+
 private:
     // RUNDIR/replicas/step_NNNNNNNN.replica_MMM{suffix}.bin: before the sync (no suffix) and after
     void dump_replica(long step, const char* suffix, const GPT& model, const float* params) const {
@@ -235,6 +262,7 @@ private:
     Comm& comm_;
     const OuterHyper hyper_;
     const bool keep_local_;      // --drop-mode replica
+    const size_t params_count_;
     OuterState outer_;
     EagerState eager_;           // --eager and --delayed: the exchange in flight
     std::vector<float> initial_;  // --dump-replicas: theta(0) until round 1 has dumped it

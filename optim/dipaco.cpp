@@ -53,12 +53,18 @@ std::vector<TokenRange> routed_spans(const std::vector<uint16_t>& routes, const 
     return out;
 }
 
-std::vector<int> assign_paths(const std::vector<double>& share, int M) {
+std::vector<std::vector<int>> assign_paths(const std::vector<double>& share, int M) {
     const int P = (int)share.size();
-    DILOCO_CHECK(M >= P, "--algo dipaco trains each of its " + std::to_string(P) + " paths on a worker of its own: "
-                         "--workers " + std::to_string(M) + " is fewer");
     for (int p = 0; p < P; p++)
         DILOCO_CHECK(share[p] > 0, "path " + std::to_string(p) + " has no training documents: route to fewer paths");
+    std::vector<std::vector<int>> paths_of(M);
+    if (M < P) {  // consecutive blocks of paths, their sizes differing by at most one
+        for (int m = 0; m < M; m++) {
+            const Slice s = slice_of((size_t)P, M, m);
+            for (size_t p = s.begin; p < s.begin + s.count; p++) paths_of[m].push_back((int)p);
+        }
+        return paths_of;
+    }
     std::vector<int> count(P, 1);
     for (int extra = P; extra < M; extra++) {
         int best = 0;
@@ -66,9 +72,10 @@ std::vector<int> assign_paths(const std::vector<double>& share, int M) {
             if (share[p] / count[p] > share[best] / count[best]) best = p;
         count[best]++;
     }
-    std::vector<int> path_of;  // a path's workers are consecutive
-    for (int p = 0; p < P; p++) path_of.insert(path_of.end(), count[p], p);
-    return path_of;
+    int m = 0;  // a path's workers are consecutive
+    for (int p = 0; p < P; p++)
+        for (int c = 0; c < count[p]; c++) paths_of[m++] = {p};
+    return paths_of;
 }
 
 MemberScale member_scale(const std::vector<double>& w, double mine) {
@@ -91,25 +98,35 @@ std::vector<float> module_mean(const std::vector<std::vector<float>>& deltas, co
 
 namespace {
 
+bool holds(int path, int module, int levels, int modules) {
+    const std::vector<int> mods = path_modules(path, levels, modules);
+    return std::find(mods.begin(), mods.end(), module) != mods.end();
+}
+
 // One exchange of one module, as this rank takes part in it.
 struct ModuleExchange {
     int module = 0;
     int group = -1;                 // comm group of the workers holding it
     std::vector<Slice> pieces;      // its ranges inside this rank's slice, relative to the slice
     size_t count = 0;               // floats in the pieces
-    MemberScale scale;
+    std::vector<int> lanes;         // this worker's replicas (paths) that hold it
+    std::vector<float> pre;         // each one's scale before the sum
+    float post = 1.0f;              // the sum's scale after it
+    std::vector<int> parts_of;      // how many paths holding it each member worker trains
     uint64_t bytes = 0;             // this rank's across-worker bytes for it so far
 };
 
-// DiPaCo as a training algorithm: the inner steps run in the loop on the path's documents; at the
-// end of every round, steps 1-4 of dipaco.h.
+// DiPaCo as a training algorithm: the inner steps run in the loop on the paths' documents, each
+// of this worker's paths in turn (replicas_in_turn()); at the end of every round, steps 1-4 of
+// dipaco.h for all of them.
 class DiPaCo final : public TrainingAlgorithm {
 public:
     DiPaCo(const TrainOptions& o, Comm& comm, const GPT& model)
         : o_(o), comm_(comm), hyper_{o.outer_lr, o.outer_momentum, o.outer_opt == "nesterov"},
           layout_(path_layout(model, o.levels)), P_(num_paths(o.levels, o.modules)) {
         read_routing(model.config.vocab);
-        outer_init(outer_, comm, model.params.data(), model.num_params);  // theta(0): every module starts equal
+        outer_.resize(paths_.size());  // theta(0): every module starts equal
+        for (OuterState& s : outer_) outer_init(s, comm, model.params.data(), model.num_params);
         if (o.dump_replicas) initial_ = model.params;
         open_exchanges();
         path_params_ = model.num_params;
@@ -118,70 +135,99 @@ public:
     }
 
     std::string describe() const override {
-        char buf[200];
+        size_t most = 0;
+        for (const std::vector<int>& l : paths_of_) most = std::max(most, l.size());
+        char buf[240];
         std::snprintf(buf, sizeof buf,
-                      " L=%d K=%d: %d paths of %.2fM params over %d modules, %.2fM params in all, %s-weighted;",
+                      " L=%d K=%d: %d paths of %.2fM params over %d modules, %.2fM params in all, %s-weighted;%s",
                       o_.levels, o_.modules, P_, path_params_ / 1e6, num_modules(o_.levels, o_.modules),
-                      all_params_ / 1e6, o_.module_weights.c_str());
+                      all_params_ / 1e6, o_.module_weights.c_str(),
+                      most > 1 ? (" up to " + std::to_string(most) + " paths per worker, in turn;").c_str() : "");
         return buf + outer_description(o_, comm_.workers());
     }
     bool replica_per_worker() const override { return true; }
     long steps_per_round() const override { return o_.inner_steps; }
+    int replicas_in_turn() const override { return (int)paths_.size(); }
 
-    std::optional<DataShare> data_share() const override {
+    // Path p's documents, split over the workers that train p as DiLoCo splits its data.
+    std::optional<DataShare> data_share(int replica) const override {
         DataShare d;
-        d.spans = train_spans_;
-        const int p = path_of_[comm_.worker()];
-        d.parts = (int)std::count(path_of_.begin(), path_of_.end(), p);
-        d.index = comm_.worker() - (int)(std::find(path_of_.begin(), path_of_.end(), p) - path_of_.begin());
+        d.spans = train_spans_.at(replica);
+        const std::vector<int> w = workers_of(paths_[replica]);
+        d.parts = (int)w.size();
+        d.index = (int)(std::find(w.begin(), w.end(), comm_.worker()) - w.begin());
         return d;
     }
 
     void after_inner_step(ReplicaWeights& w, const StepEnd& at) override {
+        if (at.round_ends) after_round({&w}, at);
+    }
+
+    void after_round(const std::vector<ReplicaWeights*>& ws, const StepEnd& at) override {
         if (!at.round_ends) return;
+        DILOCO_CHECK(ws.size() == paths_.size(), "dipaco: one set of weights per path of this worker");
         const bool dump = o_.dump_replicas && comm_.local() == 0;
-        if (dump) dump_before_sync(at.step, w);
-        float* params = w.fetch(outer_.slice);
-        const float* theta_m = params + outer_.slice.begin;
-        for (size_t i = 0; i < outer_.slice.count; i++) outer_.delta[i] = outer_.global[i] - theta_m[i];  // 1
-        for (ModuleExchange& x : exchanges_) sync_module(x);                                             // 2, 3
-        std::copy(outer_.global.begin(), outer_.global.end(), params + outer_.slice.begin);               // 4
-        w.store(outer_.slice);
-        w.share_slices_in_worker();
-        if (dump) dump_replica(at.step, ".synced", w.model(), w.fetch());
-        if (at.run_ends) finish(w);
+        if (dump) dump_before_sync(at.step, ws);
+        std::vector<float*> params(ws.size());
+        for (size_t k = 0; k < ws.size(); k++) {
+            OuterState& s = outer_[k];
+            params[k] = ws[k]->fetch(s.slice);
+            const float* theta_m = params[k] + s.slice.begin;
+            for (size_t i = 0; i < s.slice.count; i++) s.delta[i] = s.global[i] - theta_m[i];  // 1
+        }
+        for (ModuleExchange& x : exchanges_) sync_module(x);                                  // 2, 3
+        for (size_t k = 0; k < ws.size(); k++) {                                               // 4
+            const OuterState& s = outer_[k];
+            std::copy(s.global.begin(), s.global.end(), params[k] + s.slice.begin);
+            ws[k]->store(s.slice);
+            ws[k]->share_slices_in_worker();
+            if (dump) dump_replica(at.step, base_ + (int)k, ".synced", ws[k]->model(), ws[k]->fetch());
+        }
+        if (at.run_ends) finish(ws);
     }
 
     bool evaluates_itself() const override { return true; }
 
-    // Each path's validation documents, scored by that path (its first worker's local rank 0),
-    // pooled over all the validation rows.
+    // Each path's validation documents, scored by that path (on its first worker's local rank 0),
+    // pooled over all the validation rows. Each path's sum crosses the ranks alone (one term and
+    // zeros: exact) and the paths add up in path order, so the loss does not depend on which
+    // worker trained which path.
     double evaluate(const ValidationLoss& loss_on) override {
-        double sum = 0.0, rows = 0.0;
-        if (evaluator_) {
+        std::vector<double> sum(P_, 0.0), rows(P_, 0.0);
+        for (size_t k = 0; k < paths_.size(); k++) {
+            if (!evaluator_[k]) continue;
             long n = 0;
-            const double mean = loss_on(val_spans_, &n);
-            if (n > 0) sum = mean * n, rows = (double)n;
+            const double mean = loss_on((int)k, val_spans_[k], &n);
+            if (n > 0) sum[paths_[k]] = mean * n, rows[paths_[k]] = (double)n;
         }
-        sum = comm_.sum_world(sum);
-        rows = comm_.sum_world(rows);
-        return rows > 0 ? sum / rows : NAN;
+        double total = 0.0, total_rows = 0.0;
+        for (int p = 0; p < P_; p++) total += comm_.sum_world(sum[p]), total_rows += comm_.sum_world(rows[p]);
+        return total_rows > 0 ? total / total_rows : NAN;
     }
 
-    std::vector<std::vector<float>> save_state() override { return {outer_.global, outer_.momentum}; }
+    // theta(t-1) and the momentum of this rank's slice, for each of the worker's paths in turn
+    std::vector<std::vector<float>> save_state() override {
+        std::vector<std::vector<float>> a;
+        for (const OuterState& s : outer_) a.push_back(s.global), a.push_back(s.momentum);
+        return a;
+    }
 
     void load_state(std::vector<std::vector<float>> a, long step) override {
         DILOCO_CHECK(step % o_.inner_steps == 0 || step == o_.steps,
                      "step " + std::to_string(step) + " is not at an outer sync");
-        DILOCO_CHECK(a.size() == 2, "it holds no DiPaCo outer state");
-        DILOCO_CHECK(a[0].size() == outer_.slice.count && a[1].size() == outer_.slice.count,
-                     "its outer state was written with another rank layout");
-        outer_.global = std::move(a[0]);
-        outer_.momentum = std::move(a[1]);
+        DILOCO_CHECK(a.size() == 2 * outer_.size(), "it holds no DiPaCo outer state for " +
+                                                        std::to_string(outer_.size()) + " path(s) on this worker");
+        for (size_t k = 0; k < outer_.size(); k++) {
+            OuterState& s = outer_[k];
+            DILOCO_CHECK(a[2 * k].size() == s.slice.count && a[2 * k + 1].size() == s.slice.count,
+                         "its outer state was written with another rank layout");
+            s.global = std::move(a[2 * k]);
+            s.momentum = std::move(a[2 * k + 1]);
+        }
     }
 
 private:
-    // The route file, each path's documents and share, and this worker's path.
+    // The route file, each path's documents and share, and this worker's paths.
     void read_routing(int vocab) {
         const std::vector<TokenRange> train = read_documents(documents_path(o_.data, "train"),
                                                              split_token_count(o_.data, "train", vocab));
@@ -192,32 +238,45 @@ private:
         for (size_t d = 0; d < train.size(); d++) share_[routes_.train[d]] += (double)(train[d].end - train[d].begin);
         const double total = (double)train.back().end;
         for (double& s : share_) s /= total;
-        path_of_ = assign_paths(share_, comm_.workers());
-        path_ = path_of_[comm_.worker()];
-        train_spans_ = routed_spans(routes_.train, train, path_);
-        val_spans_ = routed_spans(routes_.val, val, path_);
-        const bool first_of_path = comm_.worker() == 0 || path_of_[comm_.worker() - 1] != path_;
-        evaluator_ = first_of_path && comm_.local() == 0;
+        paths_of_ = assign_paths(share_, comm_.workers());
+        paths_ = paths_of_[comm_.worker()];
+        for (int m = 0; m < comm_.worker(); m++) base_ += (int)paths_of_[m].size();
+        for (int p : paths_) {
+            train_spans_.push_back(routed_spans(routes_.train, train, p));
+            val_spans_.push_back(routed_spans(routes_.val, val, p));
+            evaluator_.push_back(workers_of(p).front() == comm_.worker() && comm_.local() == 0);
+        }
     }
 
-    // One group per module over the cross communicator, opened by every rank in module order.
+    std::vector<int> workers_of(int path) const {
+        std::vector<int> w;
+        for (int m = 0; m < (int)paths_of_.size(); m++)
+            if (std::find(paths_of_[m].begin(), paths_of_[m].end(), path) != paths_of_[m].end()) w.push_back(m);
+        return w;
+    }
+
+    // One group per module over the cross communicator, opened by every rank in module order. A
+    // member contributes one outer gradient per path of its own holding the module; the members'
+    // contributions, worker by worker and path by path, are in path order (assign_paths).
     void open_exchanges() {
-        const std::vector<int> mine = path_modules(path_, o_.levels, o_.modules);
-        const int M = comm_.workers();
         for (int mod = 0; mod < num_modules(o_.levels, o_.modules); mod++) {
-            const bool member = std::find(mine.begin(), mine.end(), mod) != mine.end();
-            const int group = comm_.open_cross_group(member);
-            if (!member) continue;
             ModuleExchange x;
+            for (size_t k = 0; k < paths_.size(); k++)
+                if (holds(paths_[k], mod, o_.levels, o_.modules)) x.lanes.push_back((int)k);
+            const int group = comm_.open_cross_group(!x.lanes.empty());
+            if (x.lanes.empty()) continue;
             x.module = mod;
             x.group = group;
             std::vector<double> weights;
-            for (int m = 0; m < M; m++) {
-                const std::vector<int> theirs = path_modules(path_of_[m], o_.levels, o_.modules);
-                if (std::find(theirs.begin(), theirs.end(), mod) != theirs.end()) weights.push_back(weight_of(m));
+            for (int m = 0; m < (int)paths_of_.size(); m++) {
+                int parts = 0;
+                for (int p : paths_of_[m])
+                    if (holds(p, mod, o_.levels, o_.modules)) weights.push_back(weight_of(p)), parts++;
+                if (parts > 0) x.parts_of.push_back(parts);
             }
-            x.scale = member_scale(weights, weight_of(comm_.worker()));
-            const Slice s = outer_.slice;
+            for (int k : x.lanes) x.pre.push_back(member_scale(weights, weight_of(paths_[k])).pre);
+            x.post = member_scale(weights, weights[0]).post;
+            const Slice s = outer_[0].slice;
             for (const Slice& r : module_ranges(layout_, mod, o_.modules)) {
                 const size_t b = std::max(r.begin, s.begin), e = std::min(r.begin + r.count, s.begin + s.count);
                 if (b < e) x.pieces.push_back({b - s.begin, e - b});
@@ -227,71 +286,80 @@ private:
         }
     }
 
-    // w_m = 1 / workers(p(m)), or share(p(m)) / workers(p(m)) with --module-weights share
-    bool first_holder(int module) const {
-        for (int m = 0; m < comm_.worker(); m++) {
-            const std::vector<int> theirs = path_modules(path_of_[m], o_.levels, o_.modules);
-            if (std::find(theirs.begin(), theirs.end(), module) != theirs.end()) return false;
-        }
-        return true;
+    // w = 1 / workers(p), or share(p) / workers(p) with --module-weights share, for each worker of p
+    double weight_of(int path) const {
+        const double path_weight = o_.module_weights == "uniform" ? 1.0 : share_[path];
+        return path_weight / (double)workers_of(path).size();
     }
 
-    double weight_of(int worker) const {
-        const int p = path_of_[worker];
-        const double path_weight = o_.module_weights == "uniform" ? 1.0 : share_[p];
-        return path_weight / (double)std::count(path_of_.begin(), path_of_.end(), p);
-    }
-
-    // 2 and 3 for one module, on this rank's part of it.
+    // 2 and 3 for one module, on this rank's part of it. With one path the run is DiLoCo and
+    // sums as DiLoCo does; with several, in path order whatever the layout
+    // (Comm::ordered_sum_in_group), so that a path's numbers do not depend on which worker
+    // trains it or beside which others.
     void sync_module(ModuleExchange& x) {
-        buffer_.resize(x.count);
-        size_t at = 0;
-        for (const Slice& pc : x.pieces)
-            for (size_t i = 0; i < pc.count; i++) buffer_[at++] = outer_.delta[pc.begin + i] * x.scale.pre;
+        const size_t n = x.count;
+        parts_.resize(x.lanes.size() * n);
+        for (size_t j = 0; j < x.lanes.size(); j++) {
+            float* to = parts_.data() + j * n;
+            for (const Slice& pc : x.pieces)
+                for (size_t i = 0; i < pc.count; i++) *to++ = outer_[x.lanes[j]].delta[pc.begin + i] * x.pre[j];
+        }
+        buffer_.resize(n);
         const uint64_t before = comm_.bytes_outer();
-        comm_.sum_in_group(x.group, buffer_.data(), x.count);
+        if (P_ == 1) {
+            std::copy(parts_.begin(), parts_.begin() + n, buffer_.begin());
+            comm_.sum_in_group(x.group, buffer_.data(), n);
+        } else {
+            comm_.ordered_sum_in_group(x.group, parts_.data(), x.parts_of, n, buffer_.data());
+        }
         x.bytes += comm_.bytes_outer() - before;
-        at = 0;
-        for (const Slice& pc : x.pieces) {
-            float* d = buffer_.data() + at;
-            for (size_t i = 0; i < pc.count; i++) d[i] *= x.scale.post;
-            outer_step(outer_.global.data() + pc.begin, d, outer_.momentum.data() + pc.begin, pc.count, hyper_);
-            at += pc.count;
+        for (float& d : buffer_) d *= x.post;
+        for (int k : x.lanes) {  // every path holding the module takes the same step: its copies stay equal
+            size_t at = 0;
+            for (const Slice& pc : x.pieces) {
+                outer_step(outer_[k].global.data() + pc.begin, buffer_.data() + at, outer_[k].momentum.data() + pc.begin,
+                           pc.count, hyper_);
+                at += pc.count;
+            }
         }
     }
 
-    // --dump-replicas, as DiLoCo writes them (RUNDIR/replicas/step_NNNNNNNN.replica_MMM{suffix}.bin):
-    // theta(0) once, then each worker's path before and after every outer sync
-    void dump_before_sync(long step, ReplicaWeights& w) {
-        if (!initial_.empty()) {
-            if (step == o_.inner_steps) dump_replica(0, ".synced", w.model(), initial_.data());
-            initial_.clear();
-        }
-        dump_replica(step, "", w.model(), w.fetch());
+    // --dump-replicas, as DiLoCo writes them (RUNDIR/replicas/step_NNNNNNNN.replica_MMM{suffix}.bin),
+    // MMM counting the paths worker by worker (the worker with one path each): theta(0) once, then
+    // each path before and after every outer sync
+    void dump_before_sync(long step, const std::vector<ReplicaWeights*>& ws) {
+        for (size_t k = 0; k < ws.size() && !initial_.empty() && step == o_.inner_steps; k++)
+            dump_replica(0, base_ + (int)k, ".synced", ws[k]->model(), initial_.data());
+        initial_.clear();
+        for (size_t k = 0; k < ws.size(); k++) dump_replica(step, base_ + (int)k, "", ws[k]->model(), ws[k]->fetch());
     }
 
-    void dump_replica(long step, const char* suffix, const GPT& model, const float* params) const {
+    void dump_replica(long step, int replica, const char* suffix, const GPT& model, const float* params) const {
         char name[80];
-        std::snprintf(name, sizeof name, "step_%08lld.replica_%03d%s.bin", (long long)step, comm_.worker(), suffix);
+        std::snprintf(name, sizeof name, "step_%08lld.replica_%03d%s.bin", (long long)step, replica, suffix);
         std::filesystem::create_directories(o_.out + "/replicas");
         write_llmc(o_.out + "/replicas/" + name, model, params);
     }
 
-    // At the end of the run: every module to RUNDIR/modules/, once (by the first worker holding
-    // it, local rank 0), and what each worker sent.
-    void finish(ReplicaWeights& w) {
-        if (comm_.local() == 0) {
-            const float* params = w.fetch();
-            for (const ModuleExchange& x : exchanges_)
-                if (first_holder(x.module)) write_module(o_.out + "/modules", w.model(), params, o_.levels, o_.modules, x.module);
+    // At the end of the run: every module to RUNDIR/modules/, once (by the first path holding it,
+    // on its first worker's local rank 0), and what each worker sent.
+    void finish(const std::vector<ReplicaWeights*>& ws) {
+        for (const ModuleExchange& x : exchanges_) {
+            bool first = comm_.local() == 0;
+            for (int m = 0; m < comm_.worker() && first; m++)
+                for (int p : paths_of_[m]) first = first && !holds(p, x.module, o_.levels, o_.modules);
+            ReplicaWeights& w = *ws[x.lanes[0]];
+            if (first) write_module(o_.out + "/modules", w.model(), w.fetch(), o_.levels, o_.modules, x.module);
         }
-        std::string line;
+        std::string line, paths;
         for (const ModuleExchange& x : exchanges_)
             line += " module " + std::to_string(x.module) + " " + std::to_string(x.bytes) + " B,";
+        for (int p : paths_) paths += (paths.empty() ? "" : " ") + std::to_string(p);
         const std::vector<uint64_t> sent = comm_.allgather_u64(comm_.bytes_outer());
         if (comm_.local() == 0)
-            std::fprintf(stderr, "dipaco: worker %d (path %d), rank %d sent%s %.2f MB across workers in all\n",
-                         comm_.worker(), path_, comm_.world_rank(), line.c_str(), sent[comm_.world_rank()] / 1e6);
+            std::fprintf(stderr, "dipaco: worker %d (path%s %s), rank %d sent%s %.2f MB across workers in all\n",
+                         comm_.worker(), paths_.size() > 1 ? "s" : "", paths.c_str(), comm_.world_rank(), line.c_str(),
+                         sent[comm_.world_rank()] / 1e6);
     }
 
     const TrainOptions o_;
@@ -300,14 +368,15 @@ private:
     const PathLayout layout_;
     const int P_;
     Routes routes_;
-    std::vector<double> share_;     // each path's share of the training tokens
-    std::vector<int> path_of_;      // each worker's path
-    int path_ = 0;
-    bool evaluator_ = false;        // scores its path's validation documents
-    std::vector<TokenRange> train_spans_, val_spans_;
-    OuterState outer_;
+    std::vector<double> share_;                  // each path's share of the training tokens
+    std::vector<std::vector<int>> paths_of_;     // each worker's paths
+    std::vector<int> paths_;                     // this worker's, trained in this order each round
+    int base_ = 0;                               // paths of the workers before this one
+    std::vector<bool> evaluator_;                // per path of this worker: scores its validation documents
+    std::vector<std::vector<TokenRange>> train_spans_, val_spans_;
+    std::vector<OuterState> outer_;              // per path of this worker
     std::vector<ModuleExchange> exchanges_;
-    std::vector<float> buffer_;
+    std::vector<float> buffer_, parts_;
     std::vector<float> initial_;  // --dump-replicas: theta(0) until round 1 has dumped it
     size_t path_params_ = 0, all_params_ = 0;
 };

@@ -13,11 +13,17 @@
 // A path trains on its documents only: its stream is its documents back to back
 // (TokenStream::restrict_to).
 //
-// Workers. Every path needs a worker, so M >= K^L; path p first gets one worker, then each further
-// worker goes to the path with the largest share of the training tokens per worker it already
-// has (ties: the lower path). The workers of one path split its stream as DiLoCo replicas do.
+// Workers. With M >= K^L workers, path p first gets one worker, then each further worker goes to
+// the path with the largest share of the training tokens per worker it already has (ties: the
+// lower path); the workers of one path split its stream as DiLoCo replicas do. With M < K^L,
+// worker m trains the consecutive block m of the paths (slice_of: block sizes differ by at most
+// one), each in turn every round: H inner steps on that path's own stream, with its own AdamW
+// moments and data cursor (the loop's replicas in turn, optim/algorithm.h). Blocks are balanced by
+// count, not by data share, because every path costs the same H steps a round whatever its
+// share. A path computes the same numbers whichever worker trains it: the module sums below run
+// in path order (Comm::ordered_sum_in_group), so M = 1, 2 or K^L give the same run bit for bit.
 //
-// Per outer round t (every H inner steps), for worker m training path p(m):
+// Per outer round t (every H inner steps), for worker m training path p(m) (each of its paths):
 //   1  delta_m = theta_p(t-1) - theta_m(t)                   (DiLoCo's outer gradient, per path)
 //   2  for every module i, over the workers whose path holds it (comm: one group per module):
 //        delta_i = sum_m w_m delta_m[i] / sum_m w_m,  w_m = 1 / workers(p(m))
@@ -32,8 +38,8 @@
 // and both seeds). When every member weighs the same the mean is computed as DiLoCo computes it
 // (sum, then times 1/n), so that L = K = 1 is DiLoCo bit for bit. Every member of a module computes
 // the same update from the same sum, so the copies of a module on different workers stay equal.
-// As in DiLoCo, local rank g of a worker keeps theta(t-1) and the momentum for slice g of its
-// path's buffer and exchanges only that slice.
+// As in DiLoCo, local rank g of a worker keeps theta(t-1) and the momentum for slice g of each of
+// its paths' buffers and exchanges only that slice.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -79,9 +85,9 @@ void modules_shape(const std::string& dir, int* levels, int* modules);
 // The documents of `docs` whose route is `path`, in order: what the path trains (or is scored) on.
 std::vector<TokenRange> routed_spans(const std::vector<uint16_t>& routes, const std::vector<TokenRange>& docs, int path);
 
-// The path of each of M workers, from each path's share of the training tokens (above). Throws
-// Error when M < P or a path has no share.
-std::vector<int> assign_paths(const std::vector<double>& share, int M);
+// The paths of each of M workers (above), from each path's share of the training tokens: one path
+// each when M >= P, else consecutive blocks. Throws Error when a path has no share.
+std::vector<std::vector<int>> assign_paths(const std::vector<double>& share, int M);
 
 // How a member of a module exchange scales its outer gradient before the sum (pre) and the sum
 // after it (post), given the weights of all the module's members and its own.
@@ -119,5 +125,10 @@ double routed_validation_loss(const std::string& data, int T, int batch, const s
 // a document of n tokens or fewer keeps the route file's path. Models as above, allocated for at
 // least one row of n.
 std::vector<uint16_t> best_prefix_paths(const std::string& data, int n, const std::function<GPT&(int)>& model_of);
+
+// The same choice for one prompt (`generate --route DIR --best-prefix`): the path, assembled from
+// the modules in `dir`, whose model gives the prompt's first n + 1 tokens (n predictions) the
+// lowest mean loss; ties: the lower path. `losses` receives every path's.
+int best_prompt_path(const std::string& dir, const std::vector<int>& prompt, int n, std::vector<double>* losses);
 
 }  // namespace diloco

@@ -210,4 +210,25 @@ std::vector<uint16_t> best_prefix_paths(const std::string& data, int n, const st
     return out;
 }
 
+int best_prompt_path(const std::string& dir, const std::vector<int>& prompt, int n, std::vector<double>* losses) {
+    DILOCO_CHECK(n > 0 && (size_t)n < prompt.size(), "--best-prefix: " + std::to_string(n) + " predictions need a prompt of " +
+                                                         std::to_string(n + 1) + " tokens or more");
+    int levels = 0, modules = 0;
+    modules_shape(dir, &levels, &modules);
+    const std::vector<int> tok(prompt.begin(), prompt.begin() + n), tgt(prompt.begin() + 1, prompt.begin() + n + 1);
+    int best = 0;
+    double lowest = INFINITY;
+    if (losses) losses->clear();
+    for (int p = 0; p < num_paths(levels, modules); p++) {
+        GPT path = load_path(dir, p);
+        DILOCO_CHECK(n <= path.config.max_seq_len, "--best-prefix " + std::to_string(n) + " exceeds the model's max_seq_len " +
+                                                      std::to_string(path.config.max_seq_len));
+        gpt_allocate(path, 1, n);
+        const double loss = gpt_forward(path, tok.data(), tgt.data(), 1, n);
+        if (losses) losses->push_back(loss);
+        if (loss < lowest) lowest = loss, best = p;
+    }
+    return best;
+}
+
 }  // namespace diloco

@@ -1,5 +1,6 @@
 #include "optim/generate.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -89,22 +90,53 @@ std::string continuation_text(const Tokenizer* tok, const std::vector<int>& prom
 // window of tokens and continues from there: each restart costs one batched pass over half a
 // window, paid once per half window of new tokens, where sliding by one token would need a pass
 // over the whole window for every token (the positions of every cached key change).
-// The prompt's path (data/routing.h), assembled from the modules of the run of `ckpt` into `params`.
+// --best-prefix as predictions on the prompt: "prompt" (all of it, up to the model's window) or a
+// number N >= 1.
+static int best_prefix_predictions(const std::string& value, size_t prompt_tokens, int max_seq_len) {
+    if (value == "prompt") {
+        DILOCO_CHECK(prompt_tokens >= 2, "--best-prefix prompt needs a prompt of 2 tokens or more (one prediction); "
+                                         "it has " + std::to_string(prompt_tokens));
+        return (int)std::min<size_t>(prompt_tokens - 1, (size_t)max_seq_len);
+    }
+    const bool digits = !value.empty() && value.size() <= 9 &&
+                        std::all_of(value.begin(), value.end(), [](char c) { return c >= '0' && c <= '9'; });
+    DILOCO_CHECK(digits && std::stoi(value) > 0,
+                 "--best-prefix must be 'prompt' or a positive number of predictions, got '" + value + "'");
+    const int n = std::stoi(value);
+    DILOCO_CHECK((size_t)n < prompt_tokens, "--best-prefix " + value + " needs a prompt of " + std::to_string(n + 1) +
+                                                " tokens or more; it has " + std::to_string(prompt_tokens));
+    return n;
+}
+
+// The prompt's path, assembled from the modules of the run of `ckpt` into `params`: the router's
+// (data/routing.h), or with --best-prefix the one that predicts the prompt best.
 static void take_routed_path(const GenerateOptions& o, const std::vector<int>& prompt, const GPTConfig& config,
                              std::vector<float>& params) {
     const Routes r = read_routes(routes_path(o.route_data));
-    const std::vector<double> f = routing_feature(r, o.route_data, prompt);
-    const int p = route_feature(r, f.data());
+    const int n = o.best_prefix.empty() ? 0 : best_prefix_predictions(o.best_prefix, prompt.size(), config.max_seq_len);
     const std::string dir = modules_dir_of_checkpoint(o.ckpt);
+    std::vector<double> losses;
+    const std::vector<double> f = routing_feature(r, o.route_data, prompt);
+    const int routed = route_feature(r, f.data());
+    const int p = n > 0 ? best_prompt_path(dir, prompt, n, &losses) : routed;
     GPT path = load_path(dir, p);
     DILOCO_CHECK(path.config == config, dir + " holds another model (" + path.config.describe() + ") than " + o.ckpt);
     params = std::move(path.params);
-    std::fprintf(stderr, "generate: the prompt routes to path %d of %d (modules of %s)\n", p,
-                 num_paths(r.levels, r.modules), dir.c_str());
+    if (n == 0) {
+        std::fprintf(stderr, "generate: the prompt routes to path %d of %d (modules of %s)\n", p,
+                     num_paths(r.levels, r.modules), dir.c_str());
+        return;
+    }
+    std::string all;
+    for (double l : losses) all += (all.empty() ? "" : " ") + std::to_string(l);
+    std::fprintf(stderr, "generate: path %d of %d predicts the prompt's first %d tokens best (losses by path: %s; "
+                         "the router gives path %d; modules of %s)\n",
+                 p, (int)losses.size(), n + 1, all.c_str(), routed, dir.c_str());
 }
 
 std::string run_generate(const GenerateOptions& o) {
     DILOCO_CHECK(o.tokens >= 0, "--tokens must be >= 0");
+    DILOCO_CHECK(o.best_prefix.empty() || !o.route_data.empty(), "--best-prefix needs --route (a DiPaCo run's paths)");
     Checkpoint ck = load_checkpoint(o.ckpt);
     const std::unique_ptr<Tokenizer> tok = choose_tokenizer(o, ck);
     GPT m;

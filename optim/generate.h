@@ -14,6 +14,9 @@ struct GenerateOptions {
     // DiPaCo: a data directory with routes.idx; the prompt is routed down its tree and its path,
     // assembled from RUNDIR/modules/ (beside the checkpoint's RUNDIR/ckpt/), replaces the weights
     std::string route_data;
+    // With route_data: "" takes the router's path; "prompt", or a number of predictions N, takes
+    // the path whose model gives the prompt (its first N + 1 tokens) the lowest loss
+    std::string best_prefix;
 };
 
 // Returns the continuation of the prompt as text: decoded by --tokenizer-model, else by the

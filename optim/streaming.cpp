@@ -257,6 +257,51 @@ void Streaming::load_state(std::vector<std::vector<float>> a, long /*step: any; 
     }
 }
 
+std::string Streaming::resize_refusal() const {
+    if (opt_.eager) return "with --eager a fragment's outer gradients are in flight at every checkpoint, one per worker; resume with the layout it was written with";
+    return "";
+}
+
+void Streaming::load_resized(const std::vector<std::vector<std::vector<float>>>& old, int old_workers, long,
+                             float* params) {
+    for (const auto& arrays : old)
+        DILOCO_CHECK(arrays.size() == 5 * frags_.size(), "its streaming state has " + std::to_string(arrays.size()) +
+                                                             " arrays, this run needs " +
+                                                             std::to_string(5 * frags_.size()) + " (different --fragments?)");
+    for (size_t p = 0; p < frags_.size(); p++) {
+        std::vector<float> global, momentum, sum;
+        const std::vector<float>& meta = old[0][5 * p + 4];
+        DILOCO_CHECK(meta.size() == 5, "its streaming state is damaged");
+        const bool pending = meta[0] != 0.0f;
+        const int n_delivered = (int)meta[4];
+        DILOCO_CHECK(n_delivered >= 0 && n_delivered <= old_workers, "its streaming state is damaged");
+        for (const auto& arrays : old) {
+            const auto* f = &arrays[5 * p];
+            DILOCO_CHECK(f[1].size() == f[0].size() && f[2].size() == f[0].size(), "its streaming state is damaged");
+            global.insert(global.end(), f[0].begin(), f[0].end());
+            momentum.insert(momentum.end(), f[1].begin(), f[1].end());
+            sum.insert(sum.end(), f[2].begin(), f[2].end());
+        }
+        DILOCO_CHECK(global.size() == frags_[p].count, "its fragment " + std::to_string(p) + " holds " +
+                                                           std::to_string(global.size()) + " values, this model's " +
+                                                           std::to_string(frags_[p].count));
+        // the outer step the old run would have taken tau steps later (finish()), on the whole fragment
+        if (pending && n_delivered > 0) {
+            const float inv = 1.0f / n_delivered;
+            for (float& x : sum) x *= inv;
+            outer_step(global.data(), sum.data(), momentum.data(), global.size(), opt_.outer);
+        }
+        State& s = st_[p];
+        s.global.assign(global.begin() + s.mine.begin, global.begin() + s.mine.begin + s.mine.count);
+        s.momentum.assign(momentum.begin() + s.mine.begin, momentum.begin() + s.mine.begin + s.mine.count);
+        std::fill(s.sum.begin(), s.sum.end(), 0.0f);
+        s.pending = s.received = false;
+        s.delivered = true;
+        s.n_delivered = M_;
+        scatter((int)p, params, global.data(), 0, global.size());
+    }
+}
+
 namespace {
 
 // (the streaming options themselves are checked for every run, in optim/train.cpp)

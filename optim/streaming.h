@@ -75,6 +75,11 @@ public:
     // completed first (waiting early changes no number), so a resumed run continues bit for bit.
     std::vector<std::vector<float>> save_state() override;
     void load_state(std::vector<std::vector<float>> arrays, long step) override;
+    // Elastic restart: each fragment's theta and momentum joined from the old slices; an exchange
+    // that was pending is applied at once and every replica takes the fragment's global values.
+    std::string resize_refusal() const override;
+    void load_resized(const std::vector<std::vector<std::vector<float>>>& old, int old_workers, long step,
+                      float* params) override;
 
     const std::vector<Fragment>& fragments() const { return frags_; }
 

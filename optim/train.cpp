@@ -23,9 +23,11 @@
 #include "comm/comm.h"
 #include "optim/algorithm.h"
 #include "optim/device.h"
+#include "optim/elastic.h"
 #include "optim/exchange.h"
 #include "optim/inner.h"
 #include "optim/trace.h"
+#include "optim/turns.h"
 
 namespace fs = std::filesystem;
 
@@ -285,11 +287,12 @@ struct Run {
     TrainState state;
     Rng rng{0};
     std::unique_ptr<TrainingAlgorithm> algo;
+    std::unique_ptr<ReplicaTurns> turns;  // null unless the worker trains several replicas in turn
     std::unique_ptr<DeviceTrainer> dev;  // null: training on the CPU
     Precision precision = Precision::fp32;  // of the device's forward and backward (--precision)
     TokenizerBlob tokenizer;             // the data's subword tokenizer, carried in rank 0's checkpoints
     bool stage_grads = false;            // gradients cross the host for their average
-    long global_rows = 0;                // rows of one inner step, all replicas together
+    long global_rows = 0;                // rows of one inner step, all replicas (and their turns) together
     long stream_rows = 0, my_row = 0;    // rows the stream advances per step; this rank's first
     std::string metrics_path;
     std::FILE* metrics = nullptr;        // rank 0 only
@@ -303,44 +306,12 @@ struct Run {
 
     double seconds() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); }
     bool root() const { return comm.is_root(); }
-};
-
-// The checkpoint --resume continues from: one process takes its newest; several ranks take the
-// newest step that every rank has a file for. "" when there is none.
-std::string find_resume_checkpoint(Comm& comm, const std::string& out) {
-    if (comm.world_size() == 1) return latest_checkpoint(out);
-    const int64_t mine = latest_rank_checkpoint_step(out, comm.world_rank());
-    const int64_t common = (int64_t)-comm.max_world(-(double)mine);
-    const int64_t newest = (int64_t)comm.max_world((double)mine);
-    if (common < 0 && newest >= 0)
-        throw CollectiveError("--resume: some ranks have checkpoints in " + out + "/ckpt and others none");
-    const bool have = common >= 0 && fs::exists(rank_checkpoint_path(out, common, comm.world_rank()));
-    if (comm.sum_world(have ? 1.0 : 0.0) < comm.world_size() && common >= 0)
-        throw CollectiveError("--resume: not every rank has a checkpoint for step " + std::to_string(common));
-    return common >= 0 ? rank_checkpoint_path(out, common, comm.world_rank()) : "";
-}
-
-// Loads the model, the AdamW moments and the position in training; returns the checkpoint's
-// path and its extra arrays (the algorithm's state), or "" when there is nothing to resume.
-std::string resume_from_checkpoint(Run& r, std::vector<std::vector<float>>& algorithm_state) {
-    const std::string path = find_resume_checkpoint(r.comm, r.o.out);
-    if (path.empty()) {
-        if (r.root()) std::fprintf(stderr, "resume: no checkpoint in %s/ckpt, starting from scratch\n", r.o.out.c_str());
-        return "";
+    // Tokens trained on by all replicas together by the end of `step`: those before this layout
+    // began (an elastic restart moved the origin), then a global batch a step.
+    double tokens_at(int64_t step) const {
+        return ((double)state.row_origin + (double)(step - state.origin_step) * global_rows) * o.seq_len;
     }
-    Checkpoint ck = load_checkpoint(path);
-    DILOCO_CHECK(ck.config == r.cfg, "checkpoint " + path + " was written for a different model (" +
-                                         ck.config.describe() + ") than this run (" + r.cfg.describe() + ")");
-    DILOCO_CHECK(ck.state.step <= r.o.steps, "checkpoint " + path + " is at step " + std::to_string(ck.state.step) +
-                                                 ", beyond --steps " + std::to_string(r.o.steps));
-    r.model.params = std::move(ck.params);
-    r.inner.m = std::move(ck.adam_m);
-    r.inner.v = std::move(ck.adam_v);
-    algorithm_state = std::move(ck.extra);
-    r.state = ck.state;
-    std::copy(r.state.rng, r.state.rng + 4, r.rng.s);
-    return path;
-}
+};
 
 // The model at its first weights (initial or resumed), the inner optimizer, the algorithm, and
 // the device trainer when training runs on an accelerator.
@@ -357,19 +328,20 @@ void set_up_model_and_algorithm(Run& r) {
         fs::create_directories(o.out);
         remove_stale_temporaries(o.out + "/ckpt");
     }
-    std::vector<std::vector<float>> algorithm_state;
-    const std::string resumed = o.resume ? resume_from_checkpoint(r, algorithm_state) : "";
-    r.algo = find_algorithm(o.algo).create(o, r.comm, r.model);
-    if (!resumed.empty()) {
-        try {
-            r.algo->load_state(std::move(algorithm_state), r.state.step);
-        } catch (const CollectiveError&) {
-            throw;
-        } catch (const Error& e) {
-            throw Error("checkpoint " + resumed + ": " + e.what());
-        }
-        if (r.root()) std::fprintf(stderr, "resume: %s (step %lld)\n", resumed.c_str(), (long long)r.state.step);
+    // a worker training several replicas in turn keeps their states beside the first's
+    const auto take_turns = [&r](TrainingAlgorithm& algo, std::vector<std::vector<float>>* arrays) {
+        const int turns = algo.replicas_in_turn();
+        if (turns <= 1 || r.turns) return;
+        r.turns = std::make_unique<ReplicaTurns>(turns, r.model, r.inner, r.state.data_cursor, r.comm);
+        if (arrays) r.turns->load(*arrays);
+    };
+    if (o.resume) {
+        r.algo = resume_run(o, r.comm, r.cfg, r.model, r.inner, r.state,
+                            [&](TrainingAlgorithm& algo, std::vector<std::vector<float>>& arrays) { take_turns(algo, &arrays); });
+        std::copy(r.state.rng, r.state.rng + 4, r.rng.s);
     }
+    if (!r.algo) r.algo = find_algorithm(o.algo).create(o, r.comm, r.model);
+    take_turns(*r.algo, nullptr);
     // on an accelerator, the model, gradients and AdamW state live there from here on
     const bool on_device = use_device(o);
     DILOCO_CHECK(on_device || o.matmul_precision == "fp32",
@@ -389,7 +361,8 @@ void set_up_model_and_algorithm(Run& r) {
     // K micro-batches of B per rank, consecutive, so that they are the rows a batch of K*B reads);
     // a worker reads its own part, G*K*B per step
     const long rank_rows = (long)o.grad_accum * o.batch;
-    r.global_rows = (long)r.comm.workers() * r.comm.ranks_per_worker() * rank_rows;
+    const long more_turns = (long)r.comm.sum_world((double)(turns - 1));  // each rank of a worker counts its turns
+    r.global_rows = ((long)r.comm.workers() * r.comm.ranks_per_worker() + more_turns) * rank_rows;
     r.stream_rows = replicas ? (long)r.comm.ranks_per_worker() * rank_rows : r.global_rows;
     r.my_row = (long)(replicas ? r.comm.local() : r.comm.world_rank()) * rank_rows;
 }
@@ -403,7 +376,8 @@ double evaluate_now(Run& r) {
         return r.dev ? r.dev->forward_loss(tk, tg, n, t) : gpt_forward(r.model, tk, tg, n, t);
     };
     if (r.algo->evaluates_itself()) {
-        return r.algo->evaluate([&](const std::vector<TokenRange>& spans, long* rows) {
+        return r.algo->evaluate([&](int replica, const std::vector<TokenRange>& spans, long* rows) {
+            if (r.turns) r.turns->activate(replica, r.model, r.inner, r.dev.get(), r.state.data_cursor);
             uint64_t tokens = 0;
             for (const TokenRange& s : spans) tokens += s.end - s.begin;
             *rows = tokens > (uint64_t)r.o.seq_len ? (long)((tokens - 1) / r.o.seq_len) : 0;
@@ -519,12 +493,35 @@ PendingStep inner_step(Run& r, TokenStream& train, int64_t step, std::vector<int
 void after_inner_step(Run& r, ReplicaWeights& weights, const StepEnd& at, StepSeconds& spent) {
     TraceRange trace("algorithm");
     const double t = r.seconds(), staged = weights.staging_seconds;
-    r.algo->after_inner_step(weights, at);
+    if (r.turns && at.round_ends)
+        r.algo->after_round(r.turns->weights(weights), at);
+    else
+        r.algo->after_inner_step(weights, at);
     StepSeconds s;
     s.stage = weights.staging_seconds - staged;
     s.comm = r.seconds() - t - s.stage;
     spent += s;
     r.spent += s;
+}
+
+// One round, steps a..b, of a worker that trains several replicas in turn: each replica's steps
+// on its own stream, then the algorithm's end of the round with all of them. The losses of a step
+// are added over the replicas (report_round divides by all of them), and so are its seconds; the
+// learning rate and gradient norm are the first replica's (the same path whatever the layout).
+void round_in_turns(Run& r, std::vector<std::unique_ptr<TokenStream>>& trains, ReplicaWeights& weights, int64_t a,
+                    int64_t b, std::vector<PendingStep>& pending, std::vector<int>& tok, std::vector<int>& tgt) {
+    const size_t first = pending.size();
+    for (int k = 0; k < r.turns->count(); k++) {
+        r.turns->activate(k, r.model, r.inner, r.dev.get(), r.state.data_cursor);
+        for (int64_t step = a; step <= b; step++) {
+            const PendingStep p = inner_step(r, *trains[k], step, tok, tgt);
+            if (k == 0) pending.push_back(p);
+            PendingStep& q = pending[first + (step - a)];
+            if (k > 0) q.loss += p.loss, q.spent += p.spent, q.wall = p.wall, q.compute_total = p.compute_total;
+            if (step < b) after_inner_step(r, weights, StepEnd{step, false, false, k}, q.spent);
+        }
+    }
+    after_inner_step(r, weights, StepEnd{b, true, b == r.o.steps, r.turns->count() - 1}, pending.back().spent);
 }
 
 // The global mean loss of each step of the round reaches rank 0 (one small message per round,
@@ -534,7 +531,7 @@ void report_round(Run& r, const std::vector<PendingStep>& pending) {
     for (size_t k = 0; k < pending.size(); k++) losses[k] = pending[k].loss;
     r.comm.reduce_to_root(losses.data(), pending.size());
     if (!r.root()) return;
-    const int R = r.comm.world_size();
+    const double R = (double)r.global_rows / ((long)r.o.grad_accum * r.o.batch);  // rank-replicas: losses summed
     const double tokens_per_step = (double)r.global_rows * r.o.seq_len;
     for (size_t k = 0; k < pending.size(); k++) {
         const PendingStep& p = pending[k];
@@ -543,7 +540,7 @@ void report_round(Run& r, const std::vector<PendingStep>& pending) {
                      "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.6g, \"grad_norm\": %.6g, \"tokens\": %.0f, "
                      "\"wall_s\": %.3f, \"compute_util\": %.4f, \"compute_s\": %.6f, \"comm_s\": %.6f, "
                      "\"stage_s\": %.6f, \"bytes_outer\": %llu, \"bytes_inner\": %llu}\n",
-                     (long long)p.step, loss, p.lr, p.grad_norm, (double)p.step * tokens_per_step, p.wall,
+                     (long long)p.step, loss, p.lr, p.grad_norm, r.tokens_at(p.step), p.wall,
                      p.wall > 0 ? p.compute_total / p.wall : 0.0, p.spent.compute, p.spent.comm, p.spent.stage,
                      (unsigned long long)r.comm.bytes_outer(), (unsigned long long)r.comm.bytes_inner());
         const bool log_line = r.o.log_every > 0 && (p.step % r.o.log_every == 0 || p.step == r.first_step);
@@ -563,11 +560,16 @@ void report_round(Run& r, const std::vector<PendingStep>& pending) {
 void save_checkpoints(Run& r, int64_t step) {
     TraceRange trace("checkpoint");
     std::copy(r.rng.s, r.rng.s + 4, r.state.rng);
+    if (r.turns) r.turns->activate(0, r.model, r.inner, r.dev.get(), r.state.data_cursor);  // its state is the file's own
+    r.state.workers = r.comm.workers();
+    r.state.ranks_per_worker = r.comm.ranks_per_worker();
     if (r.dev) {
         r.dev->params_to_host(r.model.params.data());
         r.dev->moments_to_host(r.inner.m.data(), r.inner.v.data());
     }
-    const std::vector<std::vector<float>> algorithm_state = r.algo->save_state();
+    std::vector<std::vector<float>> algorithm_state = r.algo->save_state();
+    if (r.turns)
+        for (std::vector<float>& a : r.turns->save()) algorithm_state.push_back(std::move(a));
     const bool distributed = r.comm.world_size() > 1;
     const float* params = r.model.params.data();
     if (distributed) {
@@ -607,6 +609,17 @@ void end_round(Run& r, std::vector<PendingStep>& pending, int64_t step, uint64_t
     }
 }
 
+// The test fault after step r.state.step: every rank's checkpoint of the step is on disk first.
+void inject_failure(Run& r) {
+    (void)r.comm.sum_world(0.0);
+    if (r.comm.world_rank() == r.comm.world_size() - 1) {
+        std::fprintf(stderr, "error: rank %d: test failure injected after step %lld (DILOCO_TEST_FAIL_AFTER_STEP)\n",
+                     r.comm.world_rank(), (long long)r.state.step);
+        std::fflush(stderr);
+        _exit(42);
+    }
+}
+
 // The summary line of metrics.jsonl and the closing lines on stderr, with the job's
 // across-worker traffic against what data-parallel would have sent: every step, an allreduce of
 // each rank's 1/G slice over the M workers.
@@ -626,7 +639,7 @@ void write_summary(Run& r) {
                  "\"workers\": %d, \"ranks\": %d, \"inner_steps\": %ld, \"bytes_outer_total\": %.0f, "
                  "\"bytes_outer_dp_equivalent\": %.0f, \"peak_bytes_step\": %llu, \"compute_util\": %.4f, "
                  "\"compute_s\": %.3f, \"comm_s\": %.3f, \"stage_s\": %.3f}\n",
-                 o.steps, r.val_loss, (double)o.steps * tokens_per_step, wall,
+                 o.steps, r.val_loss, r.tokens_at(o.steps), wall,
                  trained > 0 ? trained * tokens_per_step / wall : 0.0, r.model.num_params, o.algo.c_str(), M,
                  r.comm.world_size(), r.algo->steps_per_round(), outer_total, dp_outer_total, (unsigned long long)r.peak_bytes_step,
                  wall > 0 ? r.spent.compute / wall : 0.0, r.spent.compute, r.spent.comm, r.spent.stage);
@@ -671,6 +684,19 @@ private:
 
 }  // namespace
 
+// A test-only fault (tools/launch.sh's tests, docs/distributed.md): DILOCO_TEST_FAIL_AFTER_STEP=N
+// makes the job's last rank exit with status 42 after step N, its checkpoints (if due) written on
+// every rank. Only a process that trained step N itself fails, so a run resumed from step N or
+// later goes on. -1 when unset.
+static int64_t test_failure_step() {
+    const char* env = std::getenv("DILOCO_TEST_FAIL_AFTER_STEP");
+    if (!env || !*env) return -1;
+    char* end = nullptr;
+    const long long n = std::strtoll(env, &end, 10);
+    DILOCO_CHECK(*end == 0 && n > 0, std::string("DILOCO_TEST_FAIL_AFTER_STEP must be a step >= 1, got '") + env + "'");
+    return n;
+}
+
 // Which worker runs on which host, once at start: Open MPI's report of a dead rank names its rank
 // and node, and this line turns that into a worker.
 static void print_rank_map(const Comm& comm) {
@@ -683,6 +709,7 @@ static void print_rank_map(const Comm& comm) {
 
 double run_train(const TrainOptions& o) {
     check_options(o);
+    const int64_t fail_after = test_failure_step();
     Comm comm(o.workers, find_algorithm(o.algo).server_ranks);
     comm.emulate_outer_link(o.outer_gbps, o.outer_latency_ms);
     comm.set_timeout(o.comm_timeout);
@@ -700,13 +727,18 @@ double run_train(const TrainOptions& o) {
         else if (fs::exists(r.metrics_path))
             fs::remove(r.metrics_path);
     }
-    TokenStream train(o.data, "train", r.cfg.vocab, o.seq_len, true, o.seed);
-    if (const std::optional<DataShare> share = r.algo->data_share()) {
-        train.restrict_to(share->spans);
-        train.set_partition(share->parts, share->index, o.shard == "noniid");
-    } else if (r.algo->replica_per_worker()) {
-        train.set_partition(comm.workers(), comm.worker(), o.shard == "noniid");
+    std::vector<std::unique_ptr<TokenStream>> trains;  // one per replica in turn, each with its own cursor
+    for (int k = 0; k < (r.turns ? r.turns->count() : 1); k++) {
+        trains.push_back(std::make_unique<TokenStream>(o.data, "train", r.cfg.vocab, o.seq_len, true, o.seed));
+        if (const std::optional<DataShare> share = r.algo->data_share(k)) {
+            trains[k]->restrict_to(share->spans);
+            trains[k]->set_partition(share->parts, share->index, o.shard == "noniid");
+        } else if (r.algo->replica_per_worker()) {
+            trains[k]->set_partition(comm.workers(), comm.worker(), o.shard == "noniid");
+        }
+        trains[k]->set_origin(r.state.row_origin);  // rows consumed before an elastic restart
     }
+    TokenStream& train = *trains[0];
     gpt_allocate(r.model, o.batch, o.seq_len);
     std::vector<int> tok((size_t)o.grad_accum * o.batch * o.seq_len), tgt(tok.size());  // a step's K micro-batches
     if (r.root()) {
@@ -727,7 +759,13 @@ double run_train(const TrainOptions& o) {
         RunServices services(r, train, weights, tok, tgt);
         r.algo->run_schedule(services);
     }
-    for (int64_t step = r.first_step; step <= r.end_step && !r.algo->runs_own_schedule(); step++) {
+    for (int64_t a = r.first_step; r.turns && a <= r.end_step; a = (a - 1) / round * round + round + 1) {
+        const int64_t b = std::min<int64_t>((a - 1) / round * round + round, r.end_step);
+        const uint64_t outer_before = comm.bytes_outer();
+        round_in_turns(r, trains, weights, a, b, pending, tok, tgt);
+        end_round(r, pending, b, outer_before);
+    }
+    for (int64_t step = r.first_step; step <= r.end_step && !r.algo->runs_own_schedule() && !r.turns; step++) {
         const uint64_t outer_before = comm.bytes_outer();
         pending.push_back(inner_step(r, train, step, tok, tgt));
         const StepEnd at{step, step % round == 0 || step == r.end_step, step == o.steps};
@@ -736,6 +774,7 @@ double run_train(const TrainOptions& o) {
             end_round(r, pending, step, outer_before);
         else
             r.peak_bytes_step = std::max(r.peak_bytes_step, comm.bytes_outer() - outer_before);
+        if (step == fail_after) inject_failure(r);
     }
     if (r.end_step < o.steps) {
         if (r.root()) {

@@ -133,8 +133,22 @@ expect_error "--modules must be >= 1, got 0" "$BIN" route --data rdata --levels 
 expect_error "--levels, --modules and --module-weights apply to --algo dipaco" "$BIN" train --data rdata --out x $SMALL --steps 4 --algo diloco --levels 2
 expect_error "--module-weights must be share or uniform, got 'tokens'" "$BIN" train --data rdata --out x $SMALL --steps 4 --algo dipaco --modules 2 --module-weights tokens
 expect_error "routes to 2^1 paths, not --modules 3 ^ --levels 1" "$BIN" train --data rdata --out x $SMALL --steps 4 --algo dipaco --modules 3
-expect_error "--workers 1 is fewer" "$BIN" train --data rdata --out x $SMALL --steps 4 --algo dipaco --modules 2
+# one worker may train both paths in turn, but not a path without documents (one document here)
+expect_error "path 1 has no training documents: route to fewer paths" "$BIN" train --data rdata --out x $SMALL --steps 4 --algo dipaco --modules 2
 expect_error "no route file data/routes.idx" "$BIN" train --data data --out x $SMALL --steps 4 --algo dipaco --modules 2
+# generate --best-prefix: only with --route, 'prompt' or N >= 1 predictions that the prompt holds
+expect_error "--best-prefix needs --route" "$BIN" generate --ckpt none.ckpt --best-prefix prompt
+cp -r data r1data && "$BIN" route --data r1data --levels 1 --modules 1 2>/dev/null &&
+    "$BIN" train --data r1data --out r1run $SMALL --steps 2 --algo dipaco 2>/dev/null ||
+    { echo "FAIL: a one-path DiPaCo run"; failures=$((failures + 1)); }
+for bad in 0 -2 abc 1.5; do
+    expect_error "--best-prefix must be 'prompt' or a positive number of predictions, got '$bad'" \
+        "$BIN" generate --run r1run --route r1data --prompt "the cat" --tokens 2 --best-prefix "$bad"
+done
+expect_error "--best-prefix 7 needs a prompt of 8 tokens or more; it has 7" \
+    "$BIN" generate --run r1run --route r1data --prompt "the cat" --tokens 2 --best-prefix 7
+expect_error "--best-prefix prompt needs a prompt of 2 tokens or more" \
+    "$BIN" generate --run r1run --route r1data --prompt "t" --tokens 2 --best-prefix prompt
 "$BIN" prepare --input corpus.txt --out rdata --val-fraction 0.1 2>/dev/null
 expect_error "does not match the data's documents" "$BIN" train --data rdata --out x $SMALL --steps 4 --algo dipaco --modules 2
 mkdir -p nodocs && cp data/meta.json data/*.bin nodocs/
@@ -263,6 +277,28 @@ else
     echo "FAIL: killed run: $n_ok good, $n_bad bad checkpoints, resume:"; sed 's/^/    /' resume.txt | head -5
     failures=$((failures + 1))
 fi
+
+# elastic restart refused where the state does not re-slice (optim/elastic.h): checkpoints of 2
+# workers, resumed by one process (a resize to 1 worker x 1 rank); the DILOCO_TEST_FAIL_AFTER_STEP
+# fault is refused when malformed. The checkpoints need mpirun; skipped without it.
+if command -v mpirun >/dev/null; then
+    MPI_ENV="env OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"
+    for algo in diloco streaming; do
+        $MPI_ENV timeout 120 mpirun --oversubscribe -np 2 "$BIN" train --data data --out eager-$algo $SMALL --steps 8 \
+            --algo $algo --workers 2 --inner-steps 4 --eager --stop-at 4 >/dev/null 2>&1
+        expect_error "--algo $algo cannot change its layout: with --eager" "$BIN" train --data data --out eager-$algo \
+            $SMALL --steps 8 --algo $algo --inner-steps 4 --eager --resume
+    done
+    $MPI_ENV timeout 120 mpirun --oversubscribe -np 2 "$BIN" train --data data --out delayed $SMALL --steps 8 \
+        --algo diloco --workers 2 --inner-steps 4 --delayed --stop-at 4 >/dev/null 2>&1
+    expect_error "written by 2 workers x 1 rank, this job is 1 worker x 1 rank; --algo diloco cannot change its layout: with --eager or --delayed" \
+        "$BIN" train --data data --out delayed $SMALL --steps 8 --algo diloco --inner-steps 4 --delayed --resume
+    # the state of another algorithm is refused by name, not misread
+    expect_error "it holds no DiLoCo outer state" "$BIN" train --data data --out eager-streaming $SMALL --steps 8 \
+        --algo diloco --inner-steps 4 --resume
+fi
+DILOCO_TEST_FAIL_AFTER_STEP=x expect_error "DILOCO_TEST_FAIL_AFTER_STEP must be a step >= 1, got 'x'" \
+    "$BIN" train --data data --out failenv $SMALL --steps 2
 
 # a run made to diverge (AdamW steps of 1e30 overflow float32 at the second step) stops with one
 # error line naming the step, the rank and the tensor that first went non-finite, not the loss alone

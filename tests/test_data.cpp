@@ -153,6 +153,40 @@ TEST(TokenStream, EachEpochVisitsEveryChunkOnce) {
     }
 }
 
+// Elastic restart (data/dataset.h): after O rows of the shared order, the M' replicas of the new
+// layout read rows O, O+1, ... between them (iid: replica m takes O + i M' + m), none twice; noniid
+// replicas start at row O / M' of their own contiguous part.
+TEST(TokenStream, OriginContinuesTheSharedOrderOnAnotherLayout) {
+    const std::string dir = prepared_corpus("origin");
+    const int T = 16, M = 2, M2 = 3;
+    const uint64_t O = 2 * 7 * M;  // two replicas took 7 steps of 2 rows each
+    TokenStream whole(dir + "/data", "train", 256, T, true, 5);
+    std::vector<int> want(T), got(T), tgt(T);
+    for (int m = 0; m < M2; m++) {
+        TokenStream part(dir + "/data", "train", 256, T, true, 5);
+        part.set_partition(M2, m, false);
+        part.set_origin(O);
+        for (uint64_t i = 0; i < 5; i++) {
+            whole.read_rows(O + i * M2 + m, 1, want.data(), tgt.data());
+            part.read_rows(i, 1, got.data(), tgt.data());
+            EXPECT_EQ(got, want) << "replica " << m << ", row " << i;
+        }
+    }
+    // the rows before the origin are the ones the old layout read
+    TokenStream old0(dir + "/data", "train", 256, T, true, 5);
+    old0.set_partition(M, 1, false);
+    old0.read_rows(O / M - 1, 1, got.data(), tgt.data());
+    whole.read_rows(O - 1, 1, want.data(), tgt.data());
+    EXPECT_EQ(got, want);
+    TokenStream noniid(dir + "/data", "train", 256, T, true, 5), fresh(dir + "/data", "train", 256, T, true, 5);
+    noniid.set_partition(M2, 1, true);
+    fresh.set_partition(M2, 1, true);
+    noniid.set_origin(O);
+    noniid.read_rows(0, 1, got.data(), tgt.data());
+    fresh.read_rows(O / M2, 1, want.data(), tgt.data());
+    EXPECT_EQ(got, want);
+}
+
 TEST(Prepare, SplitsEachInputAndWritesMeta) {
     const std::string dir = fresh_dir("prepare");
     write_bytes(dir + "/a.txt", std::string(1000, 'a'));
@@ -218,6 +252,40 @@ TEST(Checkpoint, RoundTripsAndRejectsCorruption) {
     // temporaries of an interrupted write are never taken as the latest
     write_bytes(dir + "/ckpt/step_00000099.ckpt.tmp.123", "partial");
     EXPECT_EQ(latest_checkpoint(dir), path);
+}
+
+// Version 4 carries the layout and the data origin; a file without them is still written as
+// before, and a layout out of bounds is refused.
+TEST(Checkpoint, Version4RecordsTheLayout) {
+    const std::string dir = fresh_dir("ckpt4");
+    GPT m;
+    gpt_build(m, GPTConfig{40, 8, 1, 2, 8});
+    gpt_init(m, 1);
+    std::vector<float> am(m.num_params, 0.25f), av(m.num_params, 0.5f);
+    TrainState st{17, 5, {1, 2, 3, 4}};
+    save_checkpoint(dir + "/one.ckpt", m.config, st, m.params.data(), am.data(), av.data(), m.num_params);
+    st.workers = st.ranks_per_worker = 1;  // one process, never resized: still version 1
+    save_checkpoint(dir + "/one1.ckpt", m.config, st, m.params.data(), am.data(), av.data(), m.num_params);
+    EXPECT_EQ(read_text_file(dir + "/one.ckpt"), read_text_file(dir + "/one1.ckpt"));
+    st.workers = 4;
+    st.ranks_per_worker = 2;
+    st.row_origin = 96;
+    st.origin_step = 12;
+    save_checkpoint(dir + "/four.ckpt", m.config, st, m.params.data(), am.data(), av.data(), m.num_params, {{1.5f}});
+    const Checkpoint ck = load_checkpoint(dir + "/four.ckpt");
+    EXPECT_EQ(ck.state.workers, 4);
+    EXPECT_EQ(ck.state.ranks_per_worker, 2);
+    EXPECT_EQ(ck.state.row_origin, 96u);
+    EXPECT_EQ(ck.state.origin_step, 12);
+    EXPECT_EQ(ck.extra, std::vector<std::vector<float>>{{1.5f}});
+    EXPECT_TRUE(ck.tokenizer.name.empty());
+    std::string bytes = read_text_file(dir + "/four.ckpt");
+    uint32_t version;
+    std::memcpy(&version, bytes.data() + 8, 4);
+    EXPECT_EQ(version, 4u);
+    st.origin_step = 18;  // beyond the step: refused
+    save_checkpoint(dir + "/bad.ckpt", m.config, st, m.params.data(), am.data(), av.data(), m.num_params);
+    expect_error([&] { load_checkpoint(dir + "/bad.ckpt"); }, "corrupt layout");
 }
 
 TEST(Training, TinyRunLowersTheLossByAStatedMargin) {

@@ -17,8 +17,11 @@
 #include "model/checkpoint.h"
 #include "model/gpt.h"
 #include "optim/dipaco.h"
+#include "optim/inner.h"
+#include "optim/turns.h"
 #include "tests/files.h"
 #include "tests/reference.h"
+#include "tests/reference_gpt.h"
 
 using namespace diloco;
 using namespace diloco::test;
@@ -118,11 +121,120 @@ TEST(DiPaCoModules, StoredOnceAndAssembledIntoPaths) {
 }
 
 TEST(DiPaCoAssign, WorkersFollowTheShareOfTheData) {
-    EXPECT_EQ(assign_paths({0.25, 0.5, 0.25}, 3), (std::vector<int>{0, 1, 2}));
+    using Lists = std::vector<std::vector<int>>;
+    EXPECT_EQ(assign_paths({0.25, 0.5, 0.25}, 3), (Lists{{0}, {1}, {2}}));
     // extra workers: 0.5/1 > 0.25/1, then 0.5/2 ties 0.25/1 and the lower path (0) wins
-    EXPECT_EQ(assign_paths({0.25, 0.5, 0.25}, 5), (std::vector<int>{0, 0, 1, 1, 2}));
+    EXPECT_EQ(assign_paths({0.25, 0.5, 0.25}, 5), (Lists{{0}, {0}, {1}, {1}, {2}}));
     expect_error([] { assign_paths({0.5, 0.5, 0.0}, 3); }, "path 2 has no training documents");
-    expect_error([] { assign_paths({0.5, 0.5}, 1); }, "--workers 1 is fewer");
+    expect_error([] { assign_paths({0.5, 0.5, 0.0}, 1); }, "path 2 has no training documents");
+}
+
+// Fewer workers than paths: consecutive blocks whose sizes differ by at most one, whatever the
+// shares (every path costs the same H steps a round).
+TEST(DiPaCoAssign, SeveralPathsPerWorkerInConsecutiveBlocks) {
+    using Lists = std::vector<std::vector<int>>;
+    EXPECT_EQ(assign_paths({0.5, 0.5}, 1), (Lists{{0, 1}}));
+    EXPECT_EQ(assign_paths({0.1, 0.2, 0.3, 0.4}, 2), (Lists{{0, 1}, {2, 3}}));
+    EXPECT_EQ(assign_paths({0.7, 0.1, 0.1, 0.05, 0.05}, 2), (Lists{{0, 1, 2}, {3, 4}}));
+    EXPECT_EQ(assign_paths({0.2, 0.2, 0.2, 0.2, 0.2}, 3), (Lists{{0, 1}, {2, 3}, {4}}));
+}
+
+// Replicas in turn keep their own weights, moments and cursor; a checkpoint's arrays bring them
+// back, and arrays for another number of replicas are refused.
+TEST(ReplicaTurns, EachReplicaKeepsItsStateAndCheckpointsRoundTrip) {
+    Comm comm(1);
+    GPT model;
+    gpt_build(model, GPTConfig{256, 16, 2, 2, 16});
+    InnerOptimizer inner;
+    inner_init(inner, model, InnerHyper{});
+    const auto stamp = [&](float x, uint64_t* cursor, uint64_t c) {
+        std::fill(model.params.begin(), model.params.end(), x);
+        std::fill(inner.m.begin(), inner.m.end(), x + 0.25f);
+        std::fill(inner.v.begin(), inner.v.end(), x + 0.5f);
+        *cursor = c;
+    };
+    uint64_t cursor = 0;
+    ReplicaTurns turns(3, model, inner, cursor, comm);
+    const uint64_t big = (1ull << 40) + 12345;  // a cursor beyond 32 bits survives the float arrays
+    for (int k = 0; k < 3; k++) {
+        turns.activate(k, model, inner, nullptr, cursor);
+        stamp((float)k, &cursor, k == 2 ? big : 100 + k);
+    }
+    for (int k : {1, 0, 2}) {
+        turns.activate(k, model, inner, nullptr, cursor);
+        EXPECT_EQ(model.params[7], (float)k);
+        EXPECT_EQ(inner.m[7], k + 0.25f);
+        EXPECT_EQ(inner.v[7], k + 0.5f);
+        EXPECT_EQ(cursor, k == 2 ? big : 100u + k);
+    }
+    turns.activate(0, model, inner, nullptr, cursor);
+    std::vector<std::vector<float>> saved = {{1.0f}};  // an algorithm's array first
+    for (auto& a : turns.save()) saved.push_back(a);
+    ASSERT_EQ(saved.size(), 9u);
+    ReplicaTurns again(3, model, inner, cursor, comm);
+    again.load(saved);
+    EXPECT_EQ(saved, (std::vector<std::vector<float>>{{1.0f}}));
+    again.activate(2, model, inner, nullptr, cursor);
+    EXPECT_EQ(model.params[3], 2.0f);
+    EXPECT_EQ(inner.v[3], 2.5f);
+    EXPECT_EQ(cursor, big);
+    ReplicaTurns four(4, model, inner, cursor, comm);
+    std::vector<std::vector<float>> short_of_one = turns.save();
+    expect_error([&] { four.load(short_of_one); }, "the state of the 4 replicas");
+}
+
+// The ordered sum of a group of one: 0, then the parts in order.
+TEST(OrderedSum, GroupOfOneAddsThePartsInOrder) {
+    Comm comm(1);
+    const int g = comm.open_cross_group(true);
+    const std::vector<float> parts = {1e8f, 1.0f, -1e8f, 1.0f, 1.0f, 2.0f};  // 3 parts of 2
+    std::vector<float> out(2);
+    comm.ordered_sum_in_group(g, parts.data(), {3}, 2, out.data());
+    EXPECT_EQ(out[0], ((0.0f + 1e8f) + -1e8f) + 1.0f);
+    EXPECT_EQ(out[0], 1.0f);  // another order would give 0
+    EXPECT_EQ(out[1], 4.0f);
+}
+
+// generate --best-prefix: the path whose model gives the prompt the lowest loss, against a float64
+// forward of every path assembled from the module files. The level-1 modules are scaled apart so
+// that the paths' losses differ by far more than float rounding.
+TEST(DiPaCoBestPrefix, PicksThePathWithTheLowestPromptLossInFloat64) {
+    const int L = 2, K = 2;
+    const std::string dir = fresh_dir("best_prefix_modules");
+    const GPTConfig cfg{256, 16, 2, 2, 16};
+    for (int mod = 0; mod < num_modules(L, K); mod++) {
+        GPT g;
+        gpt_build(g, cfg);
+        gpt_init(g, 11 + mod);
+        if (mod >= 1 + K) {  // level 1: blocks scaled by 1, 3
+            const Slice r = path_layout(g, L).level[1];
+            for (size_t i = r.begin; i < r.begin + r.count; i++) g.params[i] *= (float)(1 + 2 * (mod - 1 - K));
+        }
+        write_module(dir, g, g.params.data(), L, K, mod);
+    }
+    Rng rng(3);
+    std::vector<int> prompt(13);
+    for (int& t : prompt) t = (int)(rng.next() % 256);
+    for (int n : {12, 5}) {
+        std::vector<double> got;
+        const int pick = best_prompt_path(dir, prompt, n, &got);
+        std::vector<double> ref;
+        for (int p = 0; p < num_paths(L, K); p++) {
+            const GPT path = load_path(dir, p);
+            const std::vector<double> P(path.params.begin(), path.params.end());
+            ref.push_back(reference_loss(path, P, std::vector<int>(prompt.begin(), prompt.begin() + n),
+                                         std::vector<int>(prompt.begin() + 1, prompt.begin() + n + 1), 1, n));
+            EXPECT_NEAR(got.at(p), ref[p], 1e-5 * ref[p]) << "path " << p << ", " << n << " predictions";
+        }
+        std::vector<double> sorted = ref;
+        std::sort(sorted.begin(), sorted.end());
+        const int want = (int)(std::min_element(ref.begin(), ref.end()) - ref.begin());
+        EXPECT_EQ(pick, want) << n << " predictions";
+        EXPECT_GT(sorted[1] - sorted[0], 1e-4) << "the paths' losses are too close to tell apart";
+        EXPECT_NE(want, 0) << "the test wants a best path other than the first";
+    }
+    expect_error([&] { best_prompt_path(dir, prompt, 13, nullptr); }, "13 predictions need a prompt of 14 tokens");
+    expect_error([&] { best_prompt_path(dir, prompt, 0, nullptr); }, "0 predictions");
 }
 
 TEST(Documents, ParagraphStartsAndIndexChecks) {

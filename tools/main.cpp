@@ -253,6 +253,9 @@ int main(int argc, char** argv) {
     g->add_option("--tokenizer-model", gen.tokenizer_model, "SentencePiece model file to encode and decode with");
     g->add_option("--route", gen.route_data, "DiPaCo: a data directory with routes.idx; the prompt picks its path, "
                                              "assembled from RUNDIR/modules/, replaces the checkpoint's weights");
+    g->add_option("--best-prefix", gen.best_prefix, "with --route: take the path whose model gives the prompt the "
+                                                    "lowest loss instead: 'prompt' (all of it) or N (its first N + 1 "
+                                                    "tokens, N predictions), as eval --routed --best-prefix N");
 
     std::string eval_ckpt, eval_data;
     int eval_batches = 16, eval_batch = 8, eval_seq = 0;

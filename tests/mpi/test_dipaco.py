@@ -45,6 +45,10 @@ def metrics(rundir):
     return np.array([l["loss"] for l in lines if "loss" in l]), [l for l in lines if l.get("summary")][0]
 
 
+def all_lines(rundir):
+    return [json.loads(l) for l in open(os.path.join(rundir, "metrics.jsonl")) if "summary" not in l]
+
+
 def ckpt_params(path):
     """The weights of a checkpoint (docs/formats.md), as tests/mpi/test_mpi.py reads them."""
     raw = open(path, "rb").read()
@@ -130,6 +134,7 @@ def make_corpus(path):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--diloco", required=True)
+    ap.add_argument("--diloco-emu", help="the build whose --device cuda is the CUDA emulator")
     args = ap.parse_args()
     B = os.path.abspath(args.diloco)
     tmp = tempfile.mkdtemp(prefix="diloco_dipaco_")
@@ -231,6 +236,58 @@ def main():
               list(paths) == walked and abs(offline - sb["final_val_loss"]) < 1e-6 and all(a == b for a, b in picks)
               and len(set(paths)) == 4,
               f"{len(docs)} documents, paths used {sorted(set(int(p) for p in paths))}; eval {offline:.6f}; prompts {picks}")
+        # generate --best-prefix: the path with the lowest of the four prompt losses it reports
+        # (tests/test_dipaco.cpp checks those losses against a float64 forward)
+        g = run([B, "generate", "--run", D("resumed"), "--route", D("d22"), "--prompt", "<hw>W3</hw> (n.) aaa bbb",
+                 "--tokens", "4", "--best-prefix", "prompt"]).stderr
+        said = int(g.split("generate: path ")[1].split()[0])
+        losses = [float(x) for x in g.split("losses by path: ")[1].split(";")[0].split()]
+        check("generate --best-prefix prompt takes the path of the lowest prompt loss",
+              len(losses) == 4 and said == int(np.argmin(losses)), f"path {said}, losses {losses}")
+
+        # 6. several paths per worker: each path's computation does not depend on which worker runs
+        # it or beside which others, so 4 paths on 4, 2 and 1 workers (and on 2 and 1 workers of 2
+        # ranks) give the same losses, token counts, routed val loss and modules, bit for bit
+        dp4 = base + ["--data", D("d22"), "--algo", "dipaco", "--levels", "2", "--modules", "2", "--steps", "12",
+                      "--inner-steps", "4", "--ckpt-every", "4"]
+        def same_run(a, b):
+            la = [(l.get("step"), l.get("loss"), l.get("val_loss"), l.get("tokens")) for l in all_lines(D(a))]
+            lb = [(l.get("step"), l.get("loss"), l.get("val_loss"), l.get("tokens")) for l in all_lines(D(b))]
+            mods = [f"module_{i:03d}.bin" for i in range(5)]
+            same_mods = all(open(D(a, "modules", f), "rb").read() == open(D(b, "modules", f), "rb").read() for f in mods)
+            return la == lb and same_mods, f"{len(la)} lines equal {la == lb}, modules equal {same_mods}"
+        run(dp4 + ["--out", D("turns-4x2"), "--workers", "4"], ranks=8)
+        for workers, G in ((2, 1), (1, 1), (2, 2), (1, 2)):
+            name = f"turns-{workers}x{G}"
+            run(dp4 + ["--out", D(name), "--workers", str(workers)], ranks=workers * G if workers * G > 1 else None)
+            ok, detail = same_run("straight" if G == 1 else "turns-4x2", name)
+            check(f"4 paths on {workers} worker(s) of {G} rank(s) = on 4 workers of {G}, bit for bit", ok, detail)
+        log = run(dp4 + ["--out", D("turns-log"), "--workers", "2", "--steps", "4"], ranks=2).stderr
+        check("worker 0 trains paths 0 and 1, worker 1 paths 2 and 3", "worker 0 (paths 0 1)" in log
+              and "worker 1 (paths 2 3)" in log, [l for l in log.splitlines() if l.startswith("dipaco: worker")])
+
+        # 7. resume with several paths per worker: each path's AdamW moments and data cursor come
+        # back, so 8 steps then --resume is the straight run, on 2 workers and on 1
+        for workers, ranks in ((2, 2), (1, None)):
+            name = f"turns-resumed-{workers}"
+            run(dp4 + ["--out", D(name), "--workers", str(workers), "--stop-at", "8"], ranks=ranks)
+            run(dp4 + ["--out", D(name), "--workers", str(workers), "--resume"], ranks=ranks)
+            ok, detail = same_run("straight", name)
+            check(f"resume after 8 of 12 steps with {4 // workers} paths per worker: losses, val loss and modules "
+                  "bit for bit", ok, detail)
+
+        # 8. the same with --device cuda through the CUDA emulator: a worker's paths change places
+        # on the "device" (weights and moments through the host), and a run of 4 paths on 1 worker,
+        # resumed, equals 4 workers of one path each
+        if args.diloco_emu:
+            E = os.path.abspath(args.diloco_emu)
+            emu4 = [E] + dp4[1:] + ["--device", "cuda"]
+            run(emu4 + ["--out", D("emu-4"), "--workers", "4"], ranks=4)
+            run(emu4 + ["--out", D("emu-1"), "--workers", "1", "--stop-at", "8"])
+            run(emu4 + ["--out", D("emu-1"), "--workers", "1", "--resume"])
+            ok, detail = same_run("emu-4", "emu-1")
+            check("--device cuda (emulated): 4 paths on 1 worker, stopped at 8 and resumed = 4 workers, bit for bit",
+                  ok, detail)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     passed = sum(RESULTS)
