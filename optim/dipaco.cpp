@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "data/dataset.h"
+#include "data/io.h"
 #include "data/routing.h"
 #include "kernels/common.h"
 #include "model/llmc.h"
@@ -96,6 +97,14 @@ std::vector<float> module_mean(const std::vector<std::vector<float>>& deltas, co
     return sum;
 }
 
+std::pair<int, int> first_module_disagreement(const std::vector<uint64_t>& entries) {
+    for (size_t a = 0; a < entries.size(); a++)
+        for (size_t b = a + 1; b < entries.size() && entries[a] != 0; b++)
+            if (entries[b] != 0 && entries[a] >> 32 == entries[b] >> 32 && entries[a] != entries[b])
+                return {(int)a, (int)b};
+    return {-1, -1};
+}
+
 namespace {
 
 bool holds(int path, int module, int levels, int modules) {
@@ -183,6 +192,7 @@ public:
             ws[k]->share_slices_in_worker();
             if (dump) dump_replica(at.step, base_ + (int)k, ".synced", ws[k]->model(), ws[k]->fetch());
         }
+        if (o_.verify_sync) verify_modules(at.step, params);
         if (at.run_ends) finish(ws);
     }
 
@@ -324,6 +334,38 @@ private:
         }
     }
 
+    // --verify-sync: after the outer step every copy of a module, on every worker and every path of
+    // a worker that holds it, must hold the same values; one exchange of CRCs per module, in module
+    // order on every rank (collective), ends the run naming the module and two workers that differ.
+    void verify_modules(long step, const std::vector<float*>& params) {
+        size_t next = 0;  // exchanges_ holds this rank's modules, in module order
+        for (int mod = 0; mod < num_modules(o_.levels, o_.modules); mod++) {
+            uint64_t entry = 0;
+            if (next < exchanges_.size() && exchanges_[next].module == mod) {
+                const ModuleExchange& x = exchanges_[next++];
+                uint32_t first = 0;
+                for (size_t j = 0; j < x.lanes.size(); j++) {
+                    const float* slice = params[x.lanes[j]] + outer_[x.lanes[j]].slice.begin;
+                    uint32_t crc = 0;
+                    for (const Slice& pc : x.pieces) crc = crc32_update(crc, slice + pc.begin, 4 * pc.count);
+                    if (j == 0) first = crc;
+                    DILOCO_CHECK(crc == first, "--verify-sync: after the outer sync of step " + std::to_string(step) +
+                                                   ", module " + std::to_string(mod) + " differs between paths " +
+                                                   std::to_string(paths_[x.lanes[0]]) + " and " +
+                                                   std::to_string(paths_[x.lanes[j]]) + " of worker " +
+                                                   std::to_string(comm_.worker()));
+                }
+                entry = (uint64_t)(comm_.local() + 1) << 32 | first;
+            }
+            const std::vector<uint64_t> all = comm_.allgather_u64(entry);
+            const auto [a, b] = first_module_disagreement(all);
+            if (a >= 0)
+                throw CollectiveError("--verify-sync: after the outer sync of step " + std::to_string(step) + ", module " +
+                                      std::to_string(mod) + " differs between ranks " + std::to_string(a) + " and " +
+                                      std::to_string(b) + " (workers holding it must agree)");
+        }
+    }
+
     // --dump-replicas, as DiLoCo writes them (RUNDIR/replicas/step_NNNNNNNN.replica_MMM{suffix}.bin),
     // MMM counting the paths worker by worker (the worker with one path each): theta(0) once, then
     // each path before and after every outer sync
@@ -390,7 +432,6 @@ void check(const TrainOptions& o) {
                      " blocks");
     DILOCO_CHECK(o.drop_prob == 0, "--drop-prob does not apply to --algo dipaco");
     DILOCO_CHECK(!o.eager && !o.delayed, "--eager and --delayed do not apply to --algo dipaco");
-    DILOCO_CHECK(!o.verify_sync, "--verify-sync does not apply to --algo dipaco: its paths differ");
     refuse_async_options(o);
 }
 

@@ -98,6 +98,12 @@ MemberScale member_scale(const std::vector<double>& member_weights, double mine)
 
 // The weighted mean of the members' outer gradients (each n floats) as step 2 computes it with
 // member_scale, in the members' order: what the exchange does, without the exchange.
+// --verify-sync over modules: each rank's entry is 0 where it holds no copy of the module, else
+// (its index within its worker + 1) << 32 | the CRC-32 of its part of the module. Ranks of the same
+// index hold the same part, so their CRCs must agree; returns the first pair (a, b) of world ranks
+// whose CRCs differ, or (-1, -1) when every part agrees.
+std::pair<int, int> first_module_disagreement(const std::vector<uint64_t>& entries);
+
 std::vector<float> module_mean(const std::vector<std::vector<float>>& deltas, const std::vector<double>& weights);
 
 // RUNDIR/modules of a run whose checkpoint is RUNDIR/ckpt/FILE.

@@ -141,6 +141,22 @@ TEST(DiPaCoAssign, SeveralPathsPerWorkerInConsecutiveBlocks) {
 
 // Replicas in turn keep their own weights, moments and cursor; a checkpoint's arrays bring them
 // back, and arrays for another number of replicas are refused.
+// --verify-sync's comparison: only ranks of the same index within their workers hold the same
+// part of a module; ranks holding no copy (0) take no part
+TEST(DiPaCoVerify, FirstDisagreementAmongRanksOfTheSameIndex) {
+    auto entry = [](int local, uint32_t crc) { return (uint64_t)(local + 1) << 32 | crc; };
+    using Pair = std::pair<int, int>;
+    EXPECT_EQ(first_module_disagreement({}), Pair(-1, -1));
+    // two workers of two ranks: each index agrees with itself, the indices hold different parts
+    EXPECT_EQ(first_module_disagreement({entry(0, 7), entry(1, 9), entry(0, 7), entry(1, 9)}), Pair(-1, -1));
+    EXPECT_EQ(first_module_disagreement({entry(0, 7), entry(1, 9), entry(0, 7), entry(1, 8)}), Pair(1, 3));
+    // a worker without the module, between two that hold it and differ
+    EXPECT_EQ(first_module_disagreement({entry(0, 5), 0, entry(0, 6)}), Pair(0, 2));
+    EXPECT_EQ(first_module_disagreement({0, entry(0, 5), 0, entry(0, 5)}), Pair(-1, -1));
+    // a CRC of zero is still a copy
+    EXPECT_EQ(first_module_disagreement({entry(0, 0), entry(0, 1)}), Pair(0, 1));
+}
+
 TEST(ReplicaTurns, EachReplicaKeepsItsStateAndCheckpointsRoundTrip) {
     Comm comm(1);
     GPT model;

@@ -256,10 +256,13 @@ def main():
             mods = [f"module_{i:03d}.bin" for i in range(5)]
             same_mods = all(open(D(a, "modules", f), "rb").read() == open(D(b, "modules", f), "rb").read() for f in mods)
             return la == lb and same_mods, f"{len(la)} lines equal {la == lb}, modules equal {same_mods}"
-        run(dp4 + ["--out", D("turns-4x2"), "--workers", "4"], ranks=8)
+        # (--verify-sync on these: after every outer step each module's copies, across workers, across
+        # a worker's paths and in each rank's slice, must be equal, or the run stops)
+        run(dp4 + ["--out", D("turns-4x2"), "--workers", "4", "--verify-sync"], ranks=8)
         for workers, G in ((2, 1), (1, 1), (2, 2), (1, 2)):
             name = f"turns-{workers}x{G}"
-            run(dp4 + ["--out", D(name), "--workers", str(workers)], ranks=workers * G if workers * G > 1 else None)
+            run(dp4 + ["--out", D(name), "--workers", str(workers), "--verify-sync"],
+                ranks=workers * G if workers * G > 1 else None)
             ok, detail = same_run("straight" if G == 1 else "turns-4x2", name)
             check(f"4 paths on {workers} worker(s) of {G} rank(s) = on 4 workers of {G}, bit for bit", ok, detail)
         log = run(dp4 + ["--out", D("turns-log"), "--workers", "2", "--steps", "4"], ranks=2).stderr
