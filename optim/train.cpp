@@ -361,6 +361,7 @@ void set_up_model_and_algorithm(Run& r) {
     // K micro-batches of B per rank, consecutive, so that they are the rows a batch of K*B reads);
     // a worker reads its own part, G*K*B per step
     const long rank_rows = (long)o.grad_accum * o.batch;
+    const int turns = r.algo->replicas_in_turn();
     const long more_turns = (long)r.comm.sum_world((double)(turns - 1));  // each rank of a worker counts its turns
     r.global_rows = ((long)r.comm.workers() * r.comm.ranks_per_worker() + more_turns) * rank_rows;
     r.stream_rows = replicas ? (long)r.comm.ranks_per_worker() * rank_rows : r.global_rows;
