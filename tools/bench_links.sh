@@ -13,7 +13,9 @@
 # then prints one row per (link, tau, quant) with the REPEATS measurements of each figure and
 # the simulator's prediction (tools/simulate.py, fed each run's measured compute seconds).
 # Environment: GBPS (default 0.1), LAT (ms, default 0), STEPS (default 40), RANKS (ranks a worker
-# and a host, default 2), SUMMARY_ONLY=1 (print the tables of runs already in OUTDIR), DATA (a prepared
+# and a host, default 2), BATCH (sequences a rank, default 2), TAUS (default "0 1 5"), QUANTS
+# (default "fp32 e3m0"), MPI_EXTRA (more mpirun options for both links, e.g. "--mca
+# btl_tcp_progress_thread 1"), SUMMARY_ONLY=1 (print the tables of runs already in OUTDIR), DATA (a prepared
 # folder; default runs/data-kjv, made from `bible` if missing).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,6 +25,10 @@ GBPS=${GBPS:-0.1}
 LAT=${LAT:-0}
 STEPS=${STEPS:-40}
 RANKS=${RANKS:-2}
+BATCH=${BATCH:-2}
+TAUS=${TAUS:-0 1 5}
+QUANTS=${QUANTS:-fp32 e3m0}
+read -r -a EXTRA <<< "${MPI_EXTRA:-}"
 BIN="$ROOT/build/diloco"
 DATA=${DATA:-$ROOT/runs/data-kjv}
 CLUSTER=/tmp/diloco-cluster-diloco
@@ -36,7 +42,7 @@ export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM
 
 # the model and schedule of the DP-against-DiLoCo table of docs/results.md
 COMMON="--data $DATA --n-layer 4 --n-head 4 --d-model 128 --seq-len 64 --warmup 5 --lr 3e-3
-        --log-every 0 --eval-batches 2 --steps $STEPS --batch 2 --workers 2 --inner-steps 20
+        --log-every 0 --eval-batches 2 --steps $STEPS --batch $BATCH --workers 2 --inner-steps 20
         --algo streaming --fragments 2"
 EMU="--outer-gbps $GBPS --outer-latency-ms $LAT"
 
@@ -57,10 +63,10 @@ run() {
     rm -rf "$dir"; mkdir -p "$dir"
     printf '%s\n' $COMMON $EMU "$@" > "$dir/args.txt"
     if [[ $link == shaped ]]; then
-        mpirun --oversubscribe --bind-to none -np $((2 * RANKS)) "${MPI_ARGS[@]}" "$BIN" train --out "$dir" \
+        mpirun --oversubscribe --bind-to none -np $((2 * RANKS)) ${EXTRA[@]+"${EXTRA[@]}"} "${MPI_ARGS[@]}" "$BIN" train --out "$dir" \
             $COMMON "$@" > "$dir/log.txt" 2>&1
     else
-        mpirun --oversubscribe --bind-to none -np $((2 * RANKS)) "$BIN" train --out "$dir" \
+        mpirun --oversubscribe --bind-to none -np $((2 * RANKS)) ${EXTRA[@]+"${EXTRA[@]}"} "$BIN" train --out "$dir" \
             $COMMON $EMU "$@" > "$dir/log.txt" 2>&1
     fi
     echo "$name done ($(date -u +%T), load $(cut -d' ' -f1-3 /proc/loadavg))"
@@ -69,8 +75,8 @@ run() {
 uptime
 for rep in $(seq 1 "$REPEATS"); do
     for link in shaped emulated; do
-        for quant in fp32 e3m0; do
-            for tau in 0 1 5; do
+        for quant in $QUANTS; do
+            for tau in $TAUS; do
                 run "$link-tau$tau-$quant-r$rep" $link --overlap $tau --quant $quant
             done
         done
@@ -81,9 +87,10 @@ uptime
 
 fi
 
-python3 - "$OUT" "$REPEATS" "$ROOT/tools" << 'PY'
+python3 - "$OUT" "$REPEATS" "$ROOT/tools" "$TAUS" "$QUANTS" << 'PY'
 import json, os, sys
 out, reps = sys.argv[1], int(sys.argv[2])
+TAUS, QUANTS = [int(t) for t in sys.argv[4].split()], sys.argv[5].split()
 sys.path.insert(0, sys.argv[3])
 import simulate
 
@@ -109,8 +116,8 @@ def two(xs, f):
 print("| link | tau | exchange | compute util | wall s | comm s | comm s, sync to completion | of which at completion | predicted util | final val loss | across-worker MB |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for link in ("shaped", "emulated"):
-    for quant in ("fp32", "e3m0"):
-        for tau in (0, 1, 5):
+    for quant in QUANTS:
+        for tau in TAUS:
             dirs = [os.path.join(out, f"{link}-tau{tau}-{quant}-r{r}") for r in range(1, reps + 1)]
             s = [summary(d) for d in dirs]
             p = [simulate.predict_run(d)["predicted_with_other"] for d in dirs]
@@ -122,12 +129,12 @@ for link in ("shaped", "emulated"):
 
 print()
 print("rank 0's comm s at each mid-run exchange's completion step (steps 10+tau, 20+tau, 30+tau), each repeat:")
-print("| link | exchange | tau 0 | tau 1 | tau 5 |")
-print("|---|---|---|---|---|")
+print("| link | exchange | " + " | ".join(f"tau {t}" for t in TAUS) + " |")
+print("|---|---|" + "---|" * len(TAUS))
 for link in ("shaped", "emulated"):
-    for quant in ("fp32", "e3m0"):
+    for quant in QUANTS:
         cells = []
-        for tau in (0, 1, 5):
+        for tau in TAUS:
             reps_ = []
             for r in range(1, reps + 1):
                 comm = {l["step"]: l["comm_s"] for l in lines(os.path.join(out, f"{link}-tau{tau}-{quant}-r{r}"))
