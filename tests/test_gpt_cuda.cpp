@@ -20,23 +20,55 @@
 using namespace diloco;
 using namespace diloco::test;
 
+namespace {
+
+// One training step of the CPU model on fresh random tokens (weights from `seed`, tokens and
+// targets from seed + 1): the reference each device step below is held to.
+struct CpuStep {
+    GPT model;
+    std::vector<int> tok, tgt;
+    float loss = 0;
+    CpuStep(const GPTConfig& cfg, int B, int T, uint64_t seed) : tok(B * T), tgt(B * T) {
+        gpt_build(model, cfg);
+        gpt_init(model, seed);
+        gpt_allocate(model, B, T);
+        Rng rng(seed + 1);
+        for (auto& t : tok) t = (int)rng.below(cfg.vocab);
+        for (auto& t : tgt) t = (int)rng.below(cfg.vocab);
+        gpt_zero_grad(model);
+        loss = gpt_forward(model, tok.data(), tgt.data(), B, T);
+        gpt_backward(model);
+    }
+};
+
+// Each named tensor's gradient within `relative` of the CPU's in L2 norm (plus `absolute` for a
+// zero gradient); returns the worst relative error seen.
+double expect_gradients_within(const GPT& cpu, const std::vector<float>& grads, double relative, double absolute) {
+    double worst = 0;
+    for (const auto& t : cpu.tensors) {
+        double diff = 0, norm = 0;
+        for (size_t i = t.offset; i < t.offset + t.numel(); i++) {
+            diff += std::pow((double)grads[i] - cpu.grads[i], 2);
+            norm += std::pow((double)cpu.grads[i], 2);
+        }
+        EXPECT_LE(std::sqrt(diff), relative * std::sqrt(norm) + absolute) << t.name;
+        worst = std::max(worst, std::sqrt(diff) / (std::sqrt(norm) + 1e-30));
+    }
+    return worst;
+}
+
+}  // namespace
+
 TEST(CudaModel, TrainingStepMatchesCpu) {
 #ifndef DILOCO_EMULATE
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (" << cuda_summary() << "); native GPU test not run";
 #endif
     const GPTConfig cfg{67, 24, 2, 2, 64};  // head size 32; vocab and T not multiples of any tile
     const int B = 2, T = 19;
-    GPT cpu;
-    gpt_build(cpu, cfg);
-    gpt_init(cpu, 11);
-    gpt_allocate(cpu, B, T);
-    Rng rng(12);
-    std::vector<int> tok(B * T), tgt(B * T);
-    for (auto& t : tok) t = (int)rng.below(cfg.vocab);
-    for (auto& t : tgt) t = (int)rng.below(cfg.vocab);
-    gpt_zero_grad(cpu);
-    const float cpu_loss = gpt_forward(cpu, tok.data(), tgt.data(), B, T);
-    gpt_backward(cpu);
+    const CpuStep ref(cfg, B, T, 11);
+    const GPT& cpu = ref.model;
+    const std::vector<int>&tok = ref.tok, &tgt = ref.tgt;
+    const float cpu_loss = ref.loss;
 
     std::vector<float> grads[2];
     for (int run = 0; run < 2; run++) {
@@ -55,14 +87,7 @@ TEST(CudaModel, TrainingStepMatchesCpu) {
     EXPECT_EQ(std::memcmp(grads[0].data(), grads[1].data(), 4 * grads[0].size()), 0)
         << "the gradients depend on the schedule";
     // float32 against float32 with other summation orders: the framework oracle's per-tensor bound
-    for (const auto& t : cpu.tensors) {
-        double diff = 0, norm = 0;
-        for (size_t i = t.offset; i < t.offset + t.numel(); i++) {
-            diff += std::pow((double)grads[0][i] - cpu.grads[i], 2);
-            norm += std::pow((double)cpu.grads[i], 2);
-        }
-        EXPECT_LE(std::sqrt(diff), 1e-4 * std::sqrt(norm) + 1e-12) << t.name;
-    }
+    expect_gradients_within(cpu, grads[0], 1e-4, 1e-12);
 }
 
 TEST(CudaModel, ThreeAdamWStepsMatchCpu) {
@@ -227,17 +252,10 @@ TEST(CudaModel, Bf16TrainingStepWithinItsBound) {
 #endif
     const GPTConfig cfg{67, 24, 2, 1, 64};  // head size 64: attention variant 2
     const int B = 2, T = 19;
-    GPT cpu;
-    gpt_build(cpu, cfg);
-    gpt_init(cpu, 13);
-    gpt_allocate(cpu, B, T);
-    Rng rng(14);
-    std::vector<int> tok(B * T), tgt(B * T);
-    for (auto& t : tok) t = (int)rng.below(cfg.vocab);
-    for (auto& t : tgt) t = (int)rng.below(cfg.vocab);
-    gpt_zero_grad(cpu);
-    const float cpu_loss = gpt_forward(cpu, tok.data(), tgt.data(), B, T);
-    gpt_backward(cpu);
+    const CpuStep ref(cfg, B, T, 13);
+    const GPT& cpu = ref.model;
+    const std::vector<int>&tok = ref.tok, &tgt = ref.tgt;
+    const float cpu_loss = ref.loss;
 
     std::vector<float> grads[2];
     for (int run = 0; run < 2; run++) {
@@ -255,16 +273,7 @@ TEST(CudaModel, Bf16TrainingStepWithinItsBound) {
         EXPECT_NE(loss, cpu_loss) << "bit-equal to fp32: is the bf16 path running at all?";
     }
     EXPECT_EQ(std::memcmp(grads[0].data(), grads[1].data(), 4 * grads[0].size()), 0) << "the gradients depend on the schedule";
-    double worst = 0;
-    for (const auto& t : cpu.tensors) {
-        double diff = 0, norm = 0;
-        for (size_t i = t.offset; i < t.offset + t.numel(); i++) {
-            diff += std::pow((double)grads[0][i] - cpu.grads[i], 2);
-            norm += std::pow((double)cpu.grads[i], 2);
-        }
-        EXPECT_LE(std::sqrt(diff), 0.1 * std::sqrt(norm) + 1e-9) << t.name;
-        worst = std::max(worst, std::sqrt(diff) / (std::sqrt(norm) + 1e-30));
-    }
+    const double worst = expect_gradients_within(cpu, grads[0], 0.1, 1e-9);
     std::printf("bf16 step: worst per-tensor relative gradient error %.4f (bound 0.1)\n", worst);
 }
 
@@ -283,17 +292,10 @@ TEST(CudaModel, CudnnAttentionStepWithinTheBf16Bound) {
     }
     const GPTConfig cfg{67, 128, 2, 2, 64};  // head size 64, two heads: the strides are exercised
     const int B = 2, T = 37;
-    GPT cpu;
-    gpt_build(cpu, cfg);
-    gpt_init(cpu, 15);
-    gpt_allocate(cpu, B, T);
-    Rng rng(16);
-    std::vector<int> tok(B * T), tgt(B * T);
-    for (auto& t : tok) t = (int)rng.below(cfg.vocab);
-    for (auto& t : tgt) t = (int)rng.below(cfg.vocab);
-    gpt_zero_grad(cpu);
-    const float cpu_loss = gpt_forward(cpu, tok.data(), tgt.data(), B, T);
-    gpt_backward(cpu);
+    const CpuStep ref(cfg, B, T, 15);
+    const GPT& cpu = ref.model;
+    const std::vector<int>&tok = ref.tok, &tgt = ref.tgt;
+    const float cpu_loss = ref.loss;
     float loss[2];
     std::vector<float> grads[2];
     for (int cudnn = 0; cudnn < 2; cudnn++) {
@@ -308,16 +310,7 @@ TEST(CudaModel, CudnnAttentionStepWithinTheBf16Bound) {
     }
     EXPECT_NEAR(loss[1], cpu_loss, 0.01 * cpu_loss);
     EXPECT_NEAR(loss[1], loss[0], 0.01 * loss[0]);
-    double worst = 0;
-    for (const auto& t : cpu.tensors) {
-        double diff = 0, norm = 0;
-        for (size_t i = t.offset; i < t.offset + t.numel(); i++) {
-            diff += std::pow((double)grads[1][i] - cpu.grads[i], 2);
-            norm += std::pow((double)cpu.grads[i], 2);
-        }
-        EXPECT_LE(std::sqrt(diff), 0.1 * std::sqrt(norm) + 1e-9) << t.name;
-        worst = std::max(worst, std::sqrt(diff) / (std::sqrt(norm) + 1e-30));
-    }
+    const double worst = expect_gradients_within(cpu, grads[1], 0.1, 1e-9);
     std::printf("cuDNN attention step: worst per-tensor relative gradient error %.4f (bound 0.1)\n", worst);
 #endif
 }

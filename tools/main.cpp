@@ -198,16 +198,8 @@ static void add_bench_options(CLI::App* b, BenchOptions& bench) {
     b->add_option("--warmup", bench.warmup, "untimed warm-up calls")->capture_default_str();
 }
 
-int main(int argc, char** argv) {
-#if defined(DILOCO_HAVE_CUDA) || defined(DILOCO_EMULATE)
-    register_cuda_backend();
-#endif
-    CLI::App app{"diloco: train decoder-only language models with DiLoCo, from scratch"};
-    app.require_subcommand(1);
-    // a repeated option takes its last value, so a script can append overrides to a command line
-    app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-
-    PrepareOptions prep;
+// `prepare`: text files into token shards
+CLI::App* add_prepare_command(CLI::App& app, PrepareOptions& prep) {
     auto* p = app.add_subcommand("prepare", "turn text files into token shards");
     p->add_option("--input", prep.inputs, "text files")->required()->expected(1, -1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
     p->add_option("--out", prep.out_dir, "output data directory")->required();
@@ -219,8 +211,11 @@ int main(int argc, char** argv) {
     p->add_option("--documents", prep.documents, "what a document is (DIR/*.docs, for `route`): files (each input) "
                                                  "or paragraphs (lines up to an empty line)")
         ->capture_default_str();
+    return p;
+}
 
-    RouteOptions route;
+// `route`: DiPaCo's offline routing of prepared documents
+CLI::App* add_route_command(CLI::App& app, RouteOptions& route) {
     auto* ro = app.add_subcommand("route", "DiPaCo: route every document of prepared data to one of K^L paths "
                                            "(k-means tree on the histogram of its first tokens) -> DIR/routes.idx");
     ro->add_option("--data", route.data, "prepared data directory")->required();
@@ -230,12 +225,11 @@ int main(int argc, char** argv) {
     ro->add_option("--seed", route.seed, "k-means seed")->capture_default_str();
     ro->add_option("--ckpt", route.ckpt, "a dense model's checkpoint: route by its mean final hidden state over a "
                                          "document's first tokens instead of their byte histogram");
+    return ro;
+}
 
-    TrainOptions train;
-    auto* t = app.add_subcommand("train", "train a model");
-    add_train_options(t, train);
-
-    GenerateOptions gen;
+// `generate`: `run` names a run directory whose newest checkpoint --ckpt stands for
+CLI::App* add_generate_command(CLI::App& app, GenerateOptions& gen, std::string& gen_run) {
     auto* g = app.add_subcommand("generate", "sample text from a checkpoint");
     g->footer("The text is encoded and decoded with --tokenizer-model, else with the tokenizer the checkpoint\n"
               "carries (bytes, or the SentencePiece model of data prepared with --tokenizer sp). A model\n"
@@ -243,7 +237,6 @@ int main(int argc, char** argv) {
               "--tokenizer-model it starts from <|endoftext|> and prints token ids. Generation stops early\n"
               "at end-of-text when the tokenizer has one; its speed goes to stderr. Keys and values are\n"
               "cached; past max_seq_len the cache restarts on the last half window.");
-    std::string gen_run;
     auto* g_ckpt = g->add_option("--ckpt", gen.ckpt, "checkpoint file");
     g->add_option("--run", gen_run, "run directory: its newest checkpoint")->excludes(g_ckpt);
     g->add_option("--prompt", gen.prompt, "text to continue")->capture_default_str();
@@ -256,28 +249,57 @@ int main(int argc, char** argv) {
     g->add_option("--best-prefix", gen.best_prefix, "with --route: take the path whose model gives the prompt the "
                                                     "lowest loss instead: 'prompt' (all of it) or N (its first N + 1 "
                                                     "tokens, N predictions), as eval --routed --best-prefix N");
+    return g;
+}
 
-    std::string eval_ckpt, eval_data;
-    int eval_batches = 16, eval_batch = 8, eval_seq = 0;
+// `eval`'s options: the checkpoint (or a run's newest), the data, and DiPaCo's routed evaluation
+struct EvalCommand {
+    std::string ckpt, run, data, modules;
+    int batches = 16, batch = 8, seq_len = 0, best_prefix = 0;
+    bool routed = false;
+};
+
+CLI::App* add_eval_command(CLI::App& app, EvalCommand& ev) {
     auto* e = app.add_subcommand("eval", "validation loss of a checkpoint");
-    std::string eval_run;
-    auto* e_ckpt = e->add_option("--ckpt", eval_ckpt, "checkpoint file");
-    e->add_option("--run", eval_run, "run directory: its newest checkpoint")->excludes(e_ckpt);
-    e->add_option("--data", eval_data, "prepared data directory")->required();
-    e->add_option("--batches", eval_batches, "batches")->capture_default_str();
-    e->add_option("--batch", eval_batch, "sequences per batch")->capture_default_str();
-    e->add_option("--seq-len", eval_seq, "sequence length (0: the model's max_seq_len)");
-    bool eval_routed = false;
-    std::string eval_paths;
-    e->add_flag("--routed", eval_routed, "DiPaCo: every validation document, each scored by the model of its path "
-                                         "(DIR/routes.idx), as a dipaco run evaluates itself");
-    int eval_best_prefix = 0;
-    e->add_option("--best-prefix", eval_best_prefix, "with --routed: also route each held-out document by the path "
-                                                     "scoring its first N tokens best, and compare both routings on "
-                                                     "the tokens after them");
-    e->add_option("--modules", eval_paths, "with --routed: a DiPaCo run's modules (RUNDIR/modules), each path "
+    auto* e_ckpt = e->add_option("--ckpt", ev.ckpt, "checkpoint file");
+    e->add_option("--run", ev.run, "run directory: its newest checkpoint")->excludes(e_ckpt);
+    e->add_option("--data", ev.data, "prepared data directory")->required();
+    e->add_option("--batches", ev.batches, "batches")->capture_default_str();
+    e->add_option("--batch", ev.batch, "sequences per batch")->capture_default_str();
+    e->add_option("--seq-len", ev.seq_len, "sequence length (0: the model's max_seq_len)");
+    e->add_flag("--routed", ev.routed, "DiPaCo: every validation document, each scored by the model of its path "
+                                       "(DIR/routes.idx), as a dipaco run evaluates itself");
+    e->add_option("--best-prefix", ev.best_prefix, "with --routed: also route each held-out document by the path "
+                                                   "scoring its first N tokens best, and compare both routings on "
+                                                   "the tokens after them");
+    e->add_option("--modules", ev.modules, "with --routed: a DiPaCo run's modules (RUNDIR/modules), each path "
                                            "assembled from them; without it, the --ckpt model scores every path's "
                                            "documents");
+    return e;
+}
+
+int main(int argc, char** argv) {
+#if defined(DILOCO_HAVE_CUDA) || defined(DILOCO_EMULATE)
+    register_cuda_backend();
+#endif
+    CLI::App app{"diloco: train decoder-only language models with DiLoCo, from scratch"};
+    app.require_subcommand(1);
+    // a repeated option takes its last value, so a script can append overrides to a command line
+    app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+
+    PrepareOptions prep;
+    CLI::App* p = add_prepare_command(app, prep);
+    RouteOptions route;
+    CLI::App* ro = add_route_command(app, route);
+    TrainOptions train;
+    auto* t = app.add_subcommand("train", "train a model");
+    add_train_options(t, train);
+    GenerateOptions gen;
+    std::string gen_run;
+    CLI::App* g = add_generate_command(app, gen, gen_run);
+
+    EvalCommand ev;
+    CLI::App* e = add_eval_command(app, ev);
 
     BenchOptions bench;
     auto* b = app.add_subcommand("bench", "time one kernel in isolation");
@@ -339,7 +361,7 @@ int main(int argc, char** argv) {
 
     try {
         gen.ckpt = checkpoint_of(gen.ckpt, gen_run, g->parsed());
-        eval_ckpt = checkpoint_of(eval_ckpt, eval_run, e->parsed() && eval_paths.empty());
+        ev.ckpt = checkpoint_of(ev.ckpt, ev.run, e->parsed() && ev.modules.empty());
         export_ckpt = checkpoint_of(export_ckpt, export_run, ex->parsed());
         if (*p) {
             prepare_dataset(prep);
@@ -351,10 +373,10 @@ int main(int argc, char** argv) {
             std::string text = run_generate(gen);
             std::printf("%s%s\n", gen.prompt.c_str(), text.c_str());
         } else if (*e) {
-            if (eval_routed)
-                run_routed_eval(eval_ckpt, eval_paths, eval_data, eval_batch, eval_seq, eval_best_prefix);
+            if (ev.routed)
+                run_routed_eval(ev.ckpt, ev.modules, ev.data, ev.batch, ev.seq_len, ev.best_prefix);
             else
-                run_eval(eval_ckpt, eval_data, eval_batches, eval_batch, eval_seq);
+                run_eval(ev.ckpt, ev.data, ev.batches, ev.batch, ev.seq_len);
         } else if (*ex) {
             run_export(export_ckpt, export_out, export_format);
         } else if (*im) {
