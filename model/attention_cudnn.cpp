@@ -38,7 +38,6 @@ static const char* kNoCudnn =
     "rebuild after)";
 #endif
 
-void cudnn_load() { throw std::runtime_error(kNoCudnn); }
 std::shared_ptr<CudnnSdpa> cudnn_sdpa_create(cudaStream_t) { throw Error(kNoCudnn); }
 void cudnn_sdpa_forward(CudnnSdpa&, uint16_t*, float*, const uint16_t*, int, int, int, int) { throw Error(kNoCudnn); }
 void cudnn_sdpa_backward(CudnnSdpa&, uint16_t*, const uint16_t*, const uint16_t*, const uint16_t*, const float*, int, int,
@@ -50,6 +49,9 @@ void cudnn_sdpa_backward(CudnnSdpa&, uint16_t*, const uint16_t*, const uint16_t*
 
 namespace fe = cudnn_frontend;
 
+namespace {
+
+// Opens libcudnn.so.9 for the frontend's dynamic loading, once; throws listing what was tried.
 void cudnn_load() {
     if (fe::cudnn_dlhandle) return;
     std::vector<std::string> tries;
@@ -65,8 +67,6 @@ void cudnn_load() {
     }
     throw std::runtime_error("cuDNN 9 not found (set DILOCO_CUDNN_LIB to libcudnn.so.9):" + errors);
 }
-
-namespace {
 
 enum Uid : int64_t { kQ = 1, kK, kV, kO, kStats, kdO, kdQ, kdK, kdV };
 

@@ -8,7 +8,8 @@
 //   dout (B, T, C) and dqkv (B, T, 3C) bf16, laid out as out and qkv
 // Causal, scale 1/sqrt(hs), fp32 softmax and accumulation. cuDNN 9 is loaded at run time
 // (DILOCO_CUDNN_LIB, the loader's path, the toolkit's folders), so that the program starts on
-// machines without it; the graphs are built once per shape and reused.
+// machines without it; the graphs are built once per shape and reused. `diloco bench attention`
+// times the same graphs as its peer (tools/bench_cudnn.cpp).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -27,9 +28,5 @@ void cudnn_sdpa_forward(CudnnSdpa& s, uint16_t* out, float* stats, const uint16_
 // dqkv is overwritten (not added to), as attention_backward_bf16_cuda does.
 void cudnn_sdpa_backward(CudnnSdpa& s, uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv, const uint16_t* out,
                          const float* stats, int B, int T, int C, int NH);
-
-// Opens libcudnn.so.9 for the frontend's dynamic loading (once; the bench's peer uses it too).
-// Throws std::runtime_error listing what was tried.
-void cudnn_load();
 
 }  // namespace diloco
