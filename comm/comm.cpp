@@ -183,9 +183,11 @@ void Comm::gather_hosts() {
 }
 
 Comm::~Comm() {
+    progress_.stop();  // before its communicator goes
     int fin = 0;
     MPI_Finalized(&fin);
     std::vector<void*> all = channels_;
+    all.push_back(probe_comm_);
     all.insert(all.end(), groups_.begin(), groups_.end());
     all.push_back(worker_comm_);
     all.push_back(cross_comm_);
@@ -283,6 +285,19 @@ void Comm::sum_in_group(int group, float* x, size_t n) {
     sleep_until(t0 + link_seconds(ring_allreduce_bytes(4 * n, P)));
 }
 
+void Comm::start_progress_thread() {
+    if (world_size_ == 1 || progress_.running()) return;
+    int level = MPI_THREAD_SINGLE;
+    MPI_Query_thread(&level);
+    DILOCO_CHECK(level == MPI_THREAD_MULTIPLE,
+                 "--comm-progress thread needs an MPI library that grants MPI_THREAD_MULTIPLE, and this one does not");
+    auto* c = new MPI_Comm;
+    MPI_Comm_dup(MPI_COMM_WORLD, c);  // collective: every rank starts the thread, or none
+    probe_comm_ = c;
+    // 200 us: at 10 Gbit/s a TCP socket's buffer (megabytes) does not drain between two polls
+    progress_.start(c, std::chrono::microseconds(200));
+}
+
 int Comm::open_cross_channel() {
     if (!cross_comm_) return 0;  // MPI not initialised: one process, nothing to match
     auto* c = new MPI_Comm;
@@ -312,6 +327,7 @@ Comm::Request Comm::iallgather_across_workers(const void* in, size_t bytes, void
     }
     bytes_outer_ += (uint64_t)bytes * (M_ - 1);
     r.handle = f;
+    progress_.exchange_started();
     r.send = in;
     r.send_bytes = bytes;
     r.send_crc = crc32_update(0, in, bytes);
@@ -326,6 +342,7 @@ Comm::Request Comm::isum_across_workers(float* x, size_t n, int channel) {
     chunked::iallreduce(x, n, MPI_FLOAT, MPI_SUM, as_comm(channel_comm(channel)), f->reqs);
     bytes_outer_ += ring_allreduce_bytes(4 * n, M_);
     r.handle = f;
+    progress_.exchange_started();
     r.ready_at = now_seconds() + link_seconds(ring_allreduce_bytes(4 * n, M_));
     return r;
 }
@@ -392,6 +409,7 @@ Comm::Request Comm::ialltoallv_across_workers(const void* in, const std::vector<
     const uint64_t sent = total_of(bytes) - bytes[m_];
     bytes_outer_ += sent;
     r.handle = f;
+    progress_.exchange_started();
     r.send = in;
     r.send_bytes = total_of(bytes);
     r.send_crc = crc32_update(0, in, r.send_bytes);
@@ -423,6 +441,7 @@ Comm::Request Comm::iallgatherv_across_workers(const void* in, const std::vector
     const uint64_t sent = ring_allgather_bytes(total_of(bytes), M_);
     bytes_outer_ += sent;
     r.handle = f;
+    progress_.exchange_started();
     r.send = in;
     r.send_bytes = bytes[m_];
     r.send_crc = crc32_update(0, in, r.send_bytes);
@@ -447,6 +466,7 @@ bool Comm::test(Request& r) {
         if (done) {
             delete static_cast<InFlight*>(r.handle);
             r.handle = nullptr;
+            progress_.exchange_done();
             check_send_buffer(r);
         }
     }
@@ -460,6 +480,7 @@ void Comm::wait(Request& r) {
         MPI_Waitall((int)reqs.size(), reqs.data(), MPI_STATUSES_IGNORE);
         delete static_cast<InFlight*>(r.handle);
         r.handle = nullptr;
+        progress_.exchange_done();
         check_send_buffer(r);
     }
     sleep_until(r.ready_at);
@@ -559,6 +580,7 @@ void Comm::average_worker(float*, size_t) {}
 void Comm::sum_across_workers(float*, size_t) {}
 void Comm::allgather_worker(float*, size_t) {}
 void Comm::reduce_to_root(double*, size_t) {}
+void Comm::start_progress_thread() {}
 int Comm::open_cross_channel() { return 0; }
 int Comm::open_cross_group(bool member) {
     group_sizes_.push_back(1);

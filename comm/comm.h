@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/progress.h"
 #include "comm/watchdog.h"
 
 namespace diloco {
@@ -123,6 +124,12 @@ public:
     bool test(Request& r);
     void wait(Request& r);
 
+    // --comm-progress thread: a thread moves the exchanges above forward while compute goes on
+    // (comm/progress.h), rather than only the test() after each inner step. Throws Error when the
+    // MPI library was not initialised with MPI_THREAD_MULTIPLE. Nothing to do in one process.
+    void start_progress_thread();
+    uint64_t progress_polls() const { return progress_.polls(); }
+
     // Point to point on the outer link, between the server and a worker's rank (world ranks).
     // Counted outer on the sender: the message's bytes; the emulated link delays the sender. Returns
     // once the message has left (a large one: once the receiver takes it), polling as below.
@@ -184,6 +191,8 @@ private:
     double link_gbps_ = 0.0, link_latency_ms_ = 0.0;
     std::vector<std::string> hosts_;  // by world rank
     Watchdog watchdog_;
+    ProgressThread progress_;
+    void* probe_comm_ = nullptr;   // MPI_Comm*: the progress thread's own, which carries nothing
     std::string lost_line(const char* call) const;
     void gather_hosts();  // what the watchdog says when `call` is stuck
     double link_seconds(uint64_t bytes) const;

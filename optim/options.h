@@ -57,6 +57,9 @@ struct TrainOptions {
     // seconds a blocking call across workers may take before the job is ended as a lost worker
     // (comm/watchdog.h); 0 = off
     double comm_timeout = 600.0;
+    // how non-blocking exchanges move while compute goes on: steps (one MPI test after each inner
+    // step) | thread (a progress thread polls MPI meanwhile; comm/progress.h)
+    std::string comm_progress = "steps";
     // data
     std::string shard = "iid";
     uint64_t seed = 1337;

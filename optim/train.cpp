@@ -110,6 +110,8 @@ static void check_options(const TrainOptions& o) {
         std::snprintf(got, sizeof got, "%g", o.comm_timeout);
         throw Error(std::string("--comm-timeout must be a number of seconds >= 0 (0: off), got ") + got);
     }
+    DILOCO_CHECK(o.comm_progress == "steps" || o.comm_progress == "thread",
+                 "--comm-progress must be steps or thread, got '" + o.comm_progress + "'");
     DILOCO_CHECK(o.workers > 0, "--workers must be positive, got " + std::to_string(o.workers));
     DILOCO_CHECK(o.inner_steps > 0, "--inner-steps must be positive, got " + std::to_string(o.inner_steps));
     DILOCO_CHECK(o.outer_lr > 0, "--outer-lr must be positive");
@@ -145,7 +147,7 @@ static std::string describe_options(const TrainOptions& o) {
       << '|' << o.algo << '|' << o.workers << '|' << o.inner_steps << '|' << o.outer_lr << '|'
       << o.outer_momentum << '|' << o.outer_opt << '|' << o.drop_prob << '|' << o.drop_mode << '|' << o.delayed << '|' << o.verify_sync << '|' << o.dump_replicas << '|' << o.fragments << '|'
       << o.fragment_pattern << '|' << o.overlap << '|' << o.alpha << '|' << o.quant << '|' << o.quant_block << '|' << o.exchange << '|' << o.eager << '|'
-      << o.outer_gbps << '|' << o.outer_latency_ms << '|' << o.comm_timeout
+      << o.outer_gbps << '|' << o.outer_latency_ms << '|' << o.comm_timeout << '|' << o.comm_progress
       << '|' << o.shard << '|' << o.seed << '|' << o.eval_every << '|' << o.ckpt_every << '|'
       << o.eval_batches << '|' << o.resume << '|' << o.stop_at << '|' << o.device << '|' << o.matmul_precision << '|' << o.precision
       << '|' << o.ckpt_keep << '|' << o.delay_buffer << '|' << o.dylu << '|' << o.worker_speeds << '|'
@@ -639,11 +641,12 @@ void write_summary(Run& r) {
                  "\"wall_s\": %.3f, \"tok_per_s\": %.1f, \"params\": %zu, \"algo\": \"%s\", "
                  "\"workers\": %d, \"ranks\": %d, \"inner_steps\": %ld, \"bytes_outer_total\": %.0f, "
                  "\"bytes_outer_dp_equivalent\": %.0f, \"peak_bytes_step\": %llu, \"compute_util\": %.4f, "
-                 "\"compute_s\": %.3f, \"comm_s\": %.3f, \"stage_s\": %.3f}\n",
+                 "\"compute_s\": %.3f, \"comm_s\": %.3f, \"stage_s\": %.3f, \"progress_polls\": %llu}\n",
                  o.steps, r.val_loss, r.tokens_at(o.steps), wall,
                  trained > 0 ? trained * tokens_per_step / wall : 0.0, r.model.num_params, o.algo.c_str(), M,
                  r.comm.world_size(), r.algo->steps_per_round(), outer_total, dp_outer_total, (unsigned long long)r.peak_bytes_step,
-                 wall > 0 ? r.spent.compute / wall : 0.0, r.spent.compute, r.spent.comm, r.spent.stage);
+                 wall > 0 ? r.spent.compute / wall : 0.0, r.spent.compute, r.spent.comm, r.spent.stage,
+                 (unsigned long long)r.comm.progress_polls());
     std::fclose(r.metrics);
     std::fprintf(stderr, "train: done in %s | final val_loss %.4f\n", fmt_duration(wall).c_str(), r.val_loss);
     if (M > 1)
@@ -717,6 +720,7 @@ double run_train(const TrainOptions& o) {
     print_rank_map(comm);
     const std::string options_text = describe_options(o);
     require_same_on_all_ranks(comm, fnv1a(options_text.data(), options_text.size()), "the configuration (some option)");
+    if (o.comm_progress == "thread") comm.start_progress_thread();
     const DatasetInfo data_info = read_dataset_info(o.data);
     Run r(o, comm, resolve_config(o, data_info.vocab));
     r.tokenizer = read_dataset_tokenizer(o.data, data_info);

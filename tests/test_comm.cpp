@@ -10,9 +10,12 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "comm/comm.h"
@@ -231,8 +234,62 @@ TEST(Chunked, EnvironmentVariable) {
     EXPECT_EQ(mpi_chunk_elements_forced(), 0u);
 }
 
+// --comm-progress thread (comm/progress.h): an all-gather of 1 MB a rank, far past the shared-memory
+// transport's eager limit (4 KB), lands while the main threads sleep and make no MPI call at all:
+// the progress threads alone move it. The same exchange without the thread (the control) is only
+// reported: whether it moves on its own is up to the MPI library.
+static bool lands_while_main_sleeps(Comm& c, double seconds) {
+    const size_t bytes = 1 << 20;
+    std::vector<uint8_t> in(bytes), out(2 * bytes, 0xee);
+    for (size_t i = 0; i < bytes; i++) in[i] = (uint8_t)(i * 7 + 31 * c.worker() + 1);
+    std::vector<uint8_t> peer(bytes);
+    for (size_t i = 0; i < bytes; i++) peer[i] = (uint8_t)(i * 7 + 31 * (1 - c.worker()) + 1);
+    const int channel = c.open_cross_channel();
+    Comm::Request r = c.iallgather_across_workers(in.data(), bytes, out.data(), channel);
+    bool landed = false;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (!landed && std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        landed = std::memcmp(out.data() + (1 - c.worker()) * bytes, peer.data(), bytes) == 0;
+    }
+    c.wait(r);
+    EXPECT_EQ(std::memcmp(out.data() + (1 - c.worker()) * bytes, peer.data(), bytes), 0);
+    EXPECT_EQ(std::memcmp(out.data() + c.worker() * bytes, in.data(), bytes), 0);
+    return landed;
+}
+
+TEST(ProgressThread, AnExchangeLandsWhileTheMainThreadMakesNoMpiCall) {
+    {
+        Comm control(2);
+        const bool moved = lands_while_main_sleeps(control, 0.3);
+        if (control.world_rank() == 0)
+            std::printf("control: without the progress thread the exchange %s in 0.3 s of no MPI calls\n",
+                        moved ? "landed anyway" : "did not land");
+        EXPECT_EQ(control.progress_polls(), 0u);
+        control.barrier();
+    }
+    Comm c(2);
+    c.start_progress_thread();
+    EXPECT_TRUE(lands_while_main_sleeps(c, 10.0));
+    const uint64_t polled = c.progress_polls();
+    EXPECT_GT(polled, 0u);
+    // nothing in flight: the thread sleeps (at most the poll that was under way ends)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    const uint64_t idle = c.progress_polls();
+    EXPECT_LE(idle, polled + 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_EQ(c.progress_polls(), idle);
+    c.barrier();
+}
+
 int main(int argc, char** argv) {
-    MPI_Init(&argc, &argv);
+    int provided = 0;  // the progress thread's test needs two threads in MPI at once
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
+    if (provided != MPI_THREAD_MULTIPLE) {
+        std::fprintf(stderr, "comm_tests: the MPI library does not grant MPI_THREAD_MULTIPLE\n");
+        MPI_Finalize();
+        return 2;
+    }
     ::testing::InitGoogleTest(&argc, argv);
     int size = 0;
     MPI_Comm_size(MPI_COMM_WORLD, &size);

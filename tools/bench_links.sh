@@ -14,7 +14,8 @@
 # the simulator's prediction (tools/simulate.py, fed each run's measured compute seconds).
 # Environment: GBPS (default 0.1), LAT (ms, default 0), STEPS (default 40), RANKS (ranks a worker
 # and a host, default 2), BATCH (sequences a rank, default 2), TAUS (default "0 1 5"), QUANTS
-# (default "fp32 e3m0"), MPI_EXTRA (more mpirun options for both links, e.g. "--mca
+# (default "fp32 e3m0"), PROGRESS (--comm-progress values, default "steps thread"; each a run of
+# its own), MPI_EXTRA (more mpirun options for both links, e.g. "--mca
 # btl_tcp_progress_thread 1"), SUMMARY_ONLY=1 (print the tables of runs already in OUTDIR), DATA (a prepared
 # folder; default runs/data-kjv, made from `bible` if missing).
 set -euo pipefail
@@ -28,6 +29,7 @@ RANKS=${RANKS:-2}
 BATCH=${BATCH:-2}
 TAUS=${TAUS:-0 1 5}
 QUANTS=${QUANTS:-fp32 e3m0}
+PROGRESS=${PROGRESS:-steps thread}
 read -r -a EXTRA <<< "${MPI_EXTRA:-}"
 BIN="$ROOT/build/diloco"
 DATA=${DATA:-$ROOT/runs/data-kjv}
@@ -55,6 +57,9 @@ if [[ -z ${SUMMARY_ONLY:-} ]]; then
         echo "ping h0 -> h1 across the shaped uplinks: $(ip netns exec diloco-h0 ping -c 5 -q 10.77.0.2 | tail -1)"
 fi
 
+# steps keeps the names of the runs made before --comm-progress existed
+run_name() { echo "$1-tau$2-$3$([[ $4 == steps ]] || echo "-$4")-r$5"; }
+
 # run NAME LINK ARGS...: args.txt carries the emulation's options for the shaped runs too, as
 # the link the simulator is to assume
 run() {
@@ -77,7 +82,10 @@ for rep in $(seq 1 "$REPEATS"); do
     for link in shaped emulated; do
         for quant in $QUANTS; do
             for tau in $TAUS; do
-                run "$link-tau$tau-$quant-r$rep" $link --overlap $tau --quant $quant
+                for progress in $PROGRESS; do
+                    run "$(run_name $link $tau $quant $progress $rep)" $link --overlap $tau --quant $quant \
+                        --comm-progress $progress
+                done
             done
         done
     done
@@ -87,10 +95,13 @@ uptime
 
 fi
 
-python3 - "$OUT" "$REPEATS" "$ROOT/tools" "$TAUS" "$QUANTS" << 'PY'
+python3 - "$OUT" "$REPEATS" "$ROOT/tools" "$TAUS" "$QUANTS" "$PROGRESS" << 'PY'
 import json, os, sys
 out, reps = sys.argv[1], int(sys.argv[2])
-TAUS, QUANTS = [int(t) for t in sys.argv[4].split()], sys.argv[5].split()
+TAUS, QUANTS, PROGRESS = [int(t) for t in sys.argv[4].split()], sys.argv[5].split(), sys.argv[6].split()
+
+def name(link, tau, quant, progress, r):
+    return os.path.join(out, f"{link}-tau{tau}-{quant}{'' if progress == 'steps' else '-' + progress}-r{r}")
 sys.path.insert(0, sys.argv[3])
 import simulate
 
@@ -113,33 +124,32 @@ def exchange_wait(d, tau, H=20, P=2):
 def two(xs, f):
     return ", ".join(f.format(x) for x in xs)
 
-print("| link | tau | exchange | compute util | wall s | comm s | comm s, sync to completion | of which at completion | predicted util | final val loss | across-worker MB |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| link | tau | exchange | progress | compute util | wall s | comm s | comm s, sync to completion | of which at completion | predicted util | final val loss | across-worker MB |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for link in ("shaped", "emulated"):
     for quant in QUANTS:
-        for tau in TAUS:
-            dirs = [os.path.join(out, f"{link}-tau{tau}-{quant}-r{r}") for r in range(1, reps + 1)]
+        for tau, progress in ((t, p) for t in TAUS for p in PROGRESS):
+            dirs = [name(link, tau, quant, progress, r) for r in range(1, reps + 1)]
             s = [summary(d) for d in dirs]
             p = [simulate.predict_run(d)["predicted_with_other"] for d in dirs]
             w = [exchange_wait(d, tau) for d in dirs]
-            print(f"| {link} | {tau} | {quant} | {two([x['compute_util'] for x in s], '{:.3f}')} "
+            print(f"| {link} | {tau} | {quant} | {progress} | {two([x['compute_util'] for x in s], '{:.3f}')} "
                   f"| {two([x['wall_s'] for x in s], '{:.1f}')} | {two([x['comm_s'] for x in s], '{:.2f}')} | {two([x[0] for x in w], '{:.2f}')} | {two([x[1] for x in w], '{:.2f}')} "
                   f"| {two(p, '{:.3f}')} | {two([x['final_val_loss'] for x in s], '{:.4f}')} "
                   f"| {s[0]['bytes_outer_total'] / 1e6:.2f} |")
 
 print()
 print("rank 0's comm s at each mid-run exchange's completion step (steps 10+tau, 20+tau, 30+tau), each repeat:")
-print("| link | exchange | " + " | ".join(f"tau {t}" for t in TAUS) + " |")
-print("|---|---|" + "---|" * len(TAUS))
-for link in ("shaped", "emulated"):
-    for quant in QUANTS:
+print("| link | exchange | progress | " + " | ".join(f"tau {t}" for t in TAUS) + " |")
+print("|---|---|---|" + "---|" * len(TAUS))
+for link, quant, progress in ((l, q, p) for l in ("shaped", "emulated") for q in QUANTS for p in PROGRESS):
         cells = []
         for tau in TAUS:
             reps_ = []
             for r in range(1, reps + 1):
-                comm = {l["step"]: l["comm_s"] for l in lines(os.path.join(out, f"{link}-tau{tau}-{quant}-r{r}"))
+                comm = {l["step"]: l["comm_s"] for l in lines(name(link, tau, quant, progress, r))
                         if "comm_s" in l and not l.get("summary")}
                 reps_.append(" ".join(f"{comm[s + tau]:.2f}" for s in (10, 20, 30)))
             cells.append("; ".join(reps_))
-        print(f"| {link} | {quant} | " + " | ".join(cells) + " |")
+        print(f"| {link} | {quant} | {progress} | " + " | ".join(cells) + " |")
 PY

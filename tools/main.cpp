@@ -344,7 +344,10 @@ int main(int argc, char** argv) {
 #ifdef DILOCO_HAVE_MPI
     if (*t) {
         int provided = 0;
-        MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+        // a progress thread calls MPI beside the main thread (comm/progress.h); else only the main
+        // thread does, and the OpenMP threads never
+        const int wanted = train.comm_progress == "thread" ? MPI_THREAD_MULTIPLE : MPI_THREAD_FUNNELED;
+        MPI_Init_thread(&argc, &argv, wanted, &provided);
         mpi_started = true;
     }
 #endif

@@ -2,7 +2,8 @@
 # ThreadSanitizer over the paths that run concurrently (docs/testing.md): the OpenMP regions of
 # the CPU kernels and the optimizer (unit tests with 2 threads), and a distributed run whose
 # outer exchanges are non-blocking collectives progressed while the next inner steps compute
-# (Streaming DiLoCo with overlap, and eager DiLoCo), 2 ranks x 2 OpenMP threads.
+# (Streaming DiLoCo with overlap, and eager DiLoCo; and with --comm-progress thread, the thread
+# that polls MPI meanwhile), 2 ranks x 2 OpenMP threads.
 # Builds build-tsan/ with clang: libomp reports its barriers and tasks to TSan through the Archer
 # tool (libarcher.so), which GCC's libgomp cannot. usage: tests/sanitizers/tsan.sh
 set -euo pipefail
@@ -71,9 +72,12 @@ print(' '.join(random.choice(w) for _ in range(6000)))" > corpus.txt
 "$BUILD/diloco" prepare --input corpus.txt --out data >/dev/null 2>&1
 SMALL="--data data --n-layer 2 --n-head 2 --d-model 16 --seq-len 16 --batch 2 --steps 8 --log-every 0 --eval-batches 1
        --workers 2 --inner-steps 4 --verify-sync"
-for algo in "streaming --fragments 2 --overlap 2 --quant e3m0" "diloco --eager"; do
+# the third: the same exchanges moved by the progress thread (comm/progress.h) while the inner
+# steps compute, two threads in MPI at once
+for algo in "streaming --fragments 2 --overlap 2 --quant e3m0" "diloco --eager" \
+            "streaming --fragments 2 --overlap 2 --quant e3m0 --exchange reduce-scatter --comm-progress thread"; do
     if ! timeout 600 nice -n 5 mpirun --oversubscribe -np 2 -x OMP_TOOL_LIBRARIES -x OMP_NUM_THREADS -x TSAN_OPTIONS \
-            -x OPENBLAS_NUM_THREADS "$BUILD/diloco" train $SMALL --out "run-${algo%% *}" --algo $algo >out.txt 2>err.txt ||
+            -x OPENBLAS_NUM_THREADS "$BUILD/diloco" train $SMALL --out "run-${algo// /}" --algo $algo >out.txt 2>err.txt ||
        grep -q "WARNING: ThreadSanitizer" err.txt; then
         echo "FAIL: TSan, mpirun -np 2, $algo:"; grep -m20 -A12 "WARNING: ThreadSanitizer\|error" err.txt | sed 's/^/    /'
         exit 1
