@@ -5,8 +5,8 @@
 //
 // One thread a process sleeps until the armed call's deadline; if the call has not returned by
 // then, it prints the line it was given on stderr and ends the process with _exit(1). It does not
-// call MPI: the program initialises MPI_THREAD_FUNNELED, so only the main thread may, and the main
-// thread is the one stuck. Open MPI's daemon sees a rank leave with a non-zero status before
+// call MPI: the main thread is the one stuck in it (and the program initialises MPI with
+// MPI_THREAD_FUNNELED unless --comm-progress thread asks for more). Open MPI's daemon sees a rank leave with a non-zero status before
 // MPI_Finalize and ends the whole job (its default, orte_abort_on_non_zero_status).
 #pragma once
 #include <condition_variable>

@@ -6,13 +6,13 @@ bash "$ROOT/tools/setup.sh"
 bash "$ROOT/tools/build.sh"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
-# The emulated CUDA tests once more under AddressSanitizer, so that out-of-bounds accesses in the
-# kernels' own source show (docs/testing.md).
-echo "== emulated CUDA tests under AddressSanitizer (build-asan)"
-cmake -S "$ROOT" -B "$ROOT/build-asan" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDILOCO_SANITIZE=ON \
+# The emulated CUDA tests once more under AddressSanitizer + UndefinedBehaviorSanitizer, so that
+# out-of-bounds accesses and undefined arithmetic in the kernels' own source show (docs/testing.md).
+echo "== emulated CUDA tests under ASan + UBSan (build-asan)"
+cmake -S "$ROOT" -B "$ROOT/build-asan" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDILOCO_SANITIZE=ON -DDILOCO_UBSAN=ON \
       -DDILOCO_WITH_CUDA=OFF -DDILOCO_WITH_MPI=OFF >/dev/null
 cmake --build "$ROOT/build-asan" -j "$(nproc)" --target emu_tests emu_twin_tests
-ctest --test-dir "$ROOT/build-asan" --output-on-failure -R '^emulated\.'
+UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" ctest --test-dir "$ROOT/build-asan" --output-on-failure -R '^emulated\.'
 
 # The unit tests, every committed fuzz input, the CLI error cases and a short mpirun run under
 # AddressSanitizer + UndefinedBehaviorSanitizer (docs/testing.md says why this subset): a reader

@@ -17,6 +17,10 @@
 namespace diloco::emu {
 
 thread_local dim3 t_threadIdx, t_blockIdx, t_blockDim, t_gridDim;
+const dim3& thread_idx() { return t_threadIdx; }
+const dim3& block_idx() { return t_blockIdx; }
+const dim3& block_dim() { return t_blockDim; }
+const dim3& grid_dim() { return t_gridDim; }
 thread_local char* t_dynamic_smem = nullptr;
 
 namespace {

@@ -50,7 +50,16 @@ struct alignas(8) float2 {
 
 namespace diloco::emu {
 
-extern thread_local dim3 t_threadIdx, t_blockIdx, t_blockDim, t_gridDim;
+// The running emulated thread's built-in variables (set by run_grid, thread_local in emu.cpp).
+// Kernels read them through these functions, not as `extern thread_local` objects: GCC 12 with
+// -fsanitize=null (UBSan) checks such an object's address for null with a branch on flags that
+// a `lea` it folds the address into does not set, so it reports "member access within null
+// pointer of type 'dim3'" whenever the flags are stale (docs/testing.md). A returned reference is
+// checked with a `test` of the register instead.
+const dim3& thread_idx();
+const dim3& block_idx();
+const dim3& block_dim();
+const dim3& grid_dim();
 extern thread_local char* t_dynamic_smem;
 
 void syncthreads(const char* file, int line);
@@ -118,10 +127,10 @@ T from_bits(uint64_t b) {
 
 }  // namespace diloco::emu
 
-#define threadIdx (::diloco::emu::t_threadIdx)
-#define blockIdx (::diloco::emu::t_blockIdx)
-#define blockDim (::diloco::emu::t_blockDim)
-#define gridDim (::diloco::emu::t_gridDim)
+#define threadIdx (::diloco::emu::thread_idx())
+#define blockIdx (::diloco::emu::block_idx())
+#define blockDim (::diloco::emu::block_dim())
+#define gridDim (::diloco::emu::grid_dim())
 constexpr int warpSize = 32;
 
 #define __syncthreads() ::diloco::emu::syncthreads(__FILE__, __LINE__)
