@@ -166,6 +166,7 @@ Comm::Comm(int workers, int server_ranks) {
         MPI_Comm_split(MPI_COMM_WORLD, server_ ? MPI_UNDEFINED : g_, m_, cc);
         worker_comm_ = wc;
         cross_comm_ = cc;
+        world_comm_ = new MPI_Comm(MPI_COMM_WORLD);
         gather_hosts();
     }
 }
@@ -182,19 +183,37 @@ void Comm::gather_hosts() {
         hosts_[r] = std::string(&all[(size_t)r * MPI_MAX_PROCESSOR_NAME], strnlen(&all[(size_t)r * MPI_MAX_PROCESSOR_NAME], MPI_MAX_PROCESSOR_NAME));
 }
 
+// set when a Comm that repaired itself ends: see finalize_mpi
+static bool g_survived_a_loss = false;
+
+void finalize_mpi(int code) {
+    if (!g_survived_a_loss) {
+        MPI_Finalize();
+        return;
+    }
+    std::fflush(nullptr);
+    std::_Exit(code);
+}
+
 Comm::~Comm() {
     progress_.stop();  // before its communicator goes
     int fin = 0;
     MPI_Finalized(&fin);
+    if (losses_ > 0 && !fin) {  // every survivor is past its last call across workers
+        MPI_Barrier(as_comm(world_comm_));
+        g_survived_a_loss = true;
+    }
     std::vector<void*> all = channels_;
     all.push_back(probe_comm_);
     all.insert(all.end(), groups_.begin(), groups_.end());
     all.push_back(worker_comm_);
     all.push_back(cross_comm_);
+    all.push_back(world_comm_);
     for (void* p : all)
         if (p) {
-            if (!fin && *static_cast<MPI_Comm*>(p) != MPI_COMM_NULL) MPI_Comm_free(static_cast<MPI_Comm*>(p));
-            delete static_cast<MPI_Comm*>(p);
+            MPI_Comm* c = static_cast<MPI_Comm*>(p);
+            if (!fin && *c != MPI_COMM_NULL && *c != MPI_COMM_WORLD) MPI_Comm_free(c);
+            delete c;
         }
 }
 
@@ -211,7 +230,10 @@ void Comm::sum_across_workers(float* x, size_t n) {
     const double t0 = now_seconds();
     {
         Deadline d(watchdog_, lost_line("the outer sync (sum across workers)"));
-        chunked::allreduce(x, n, MPI_FLOAT, MPI_SUM, as_comm(cross_comm_));
+        std::vector<float> input;  // to run again over the survivors, should a worker be lost
+        if (survive_) input.assign(x, x + n);
+        protect([&] { return chunked::allreduce(x, n, MPI_FLOAT, MPI_SUM, as_comm(cross_comm_)); },
+                [&] { std::copy(input.begin(), input.end(), x); });
     }
     bytes_outer_ += ring_allreduce_bytes(4 * n, M_);
     sleep_until(t0 + link_seconds(ring_allreduce_bytes(4 * n, M_)));
@@ -517,7 +539,10 @@ void Comm::recv(int from, int tag, void* data, size_t bytes) {
 void Comm::reduce_to_root(double* x, size_t n) {
     if (world_size_ == 1) return;
     Deadline d(watchdog_, lost_line("a reduction over all ranks"));
-    chunked::reduce(x, n, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
+    std::vector<double> input;
+    if (survive_) input.assign(x, x + n);
+    protect([&] { return chunked::reduce(x, n, MPI_DOUBLE, MPI_SUM, 0, as_comm(world_comm_)); },
+            [&] { std::copy(input.begin(), input.end(), x); });
     bytes_outer_ += 8 * n;  // a reduction tree sends each rank's buffer once
 }
 
@@ -525,14 +550,19 @@ std::vector<uint64_t> Comm::allgather_u64(uint64_t v) {
     std::vector<uint64_t> all(world_size_, v);
     Deadline d(watchdog_, world_size_ > 1 ? lost_line("an all-gather over all ranks") : "");
     if (world_size_ > 1)
-        MPI_Allgather(&v, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD);
+        protect([&] {
+            all.resize(world_size_);  // fewer after a loss
+            return MPI_Allgather(&v, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, as_comm(world_comm_));
+        }, [] {});
     return all;
 }
 
 double Comm::max_world(double v) {
     if (world_size_ > 1) {
         Deadline d(watchdog_, lost_line("a reduction over all ranks"));
-        MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+        const double input = v;
+        protect([&] { return MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_MAX, as_comm(world_comm_)); },
+                [&] { v = input; });
     }
     return v;
 }
@@ -540,7 +570,9 @@ double Comm::max_world(double v) {
 double Comm::sum_world(double v) {
     if (world_size_ > 1) {
         Deadline d(watchdog_, lost_line("a reduction over all ranks"));
-        MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+        const double input = v;
+        protect([&] { return MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_SUM, as_comm(world_comm_)); },
+                [&] { v = input; });
     }
     return v;
 }
@@ -548,7 +580,7 @@ double Comm::sum_world(double v) {
 void Comm::barrier() {
     if (world_size_ > 1) {
         Deadline d(watchdog_, lost_line("a barrier over all ranks"));
-        MPI_Barrier(MPI_COMM_WORLD);
+        protect([&] { return MPI_Barrier(as_comm(world_comm_)); }, [] {});
     }
 }
 
@@ -568,6 +600,7 @@ int Comm::node_local_rank() const {
 
 bool mpi_active() { return false; }
 void abort_job(int code) { std::exit(code); }
+void finalize_mpi(int) {}
 
 Comm::Comm(int workers, int server_ranks) {
     DILOCO_CHECK(workers == 1 && server_ranks == 0, "--workers " + std::to_string(workers) +

@@ -19,6 +19,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -178,6 +179,22 @@ public:
     uint64_t bytes_inner() const { return bytes_inner_; }
     uint64_t bytes_outer() const { return bytes_outer_; }
 
+    // In-job survival of a lost worker (--on-worker-loss continue; comm/survival.cpp). Needs Open
+    // MPI with ULFM (MPIX_Comm_shrink), run as `mpirun --with-ft ulfm`; throws Error in a build
+    // without it. From then on the blocking calls across workers (the outer sync, the world-wide
+    // reductions) return errors instead of ending the job, and one that finds a peer dead repairs
+    // the communicators: every survivor agrees that the call failed, the dead ranks are shrunk
+    // away, the workers are numbered again over the survivors (in their old order), and the call
+    // runs again over them with its input as it was. Only whole workers may be lost: a worker that
+    // lost some of its ranks, or the loss of world rank 0 (which writes the metrics and the global
+    // checkpoint), ends the job with an error. The non-blocking exchanges are not covered.
+    void enable_survival();
+    static bool survival_built();  // this build has ULFM
+    // Workers lost so far in this job (the loop compares it after each round), and a line naming
+    // the last ones lost and the layout the survivors continue with.
+    int losses() const { return losses_; }
+    const std::string& loss_report() const { return loss_report_; }
+
 private:
     int world_rank_ = 0, world_size_ = 1, M_ = 1, G_ = 1, m_ = 0, g_ = 0;
     int server_ranks_ = 0;
@@ -192,6 +209,15 @@ private:
     std::vector<std::string> hosts_;  // by world rank
     Watchdog watchdog_;
     ProgressThread progress_;
+    void* world_comm_ = nullptr;   // MPI_Comm*: MPI_COMM_WORLD, or its survivors after a loss
+    bool survive_ = false;
+    int losses_ = 0;
+    std::string loss_report_;
+    // Runs `op` (MPI calls across workers; returns MPI's first error code). With survival on, a
+    // failure anywhere repairs the communicators and runs `op` again after `restore` (which puts
+    // back an in-place input). Without it an error has already ended the job.
+    void protect(const std::function<int()>& op, const std::function<void()>& restore);
+    void repair();
     void* probe_comm_ = nullptr;   // MPI_Comm*: the progress thread's own, which carries nothing
     std::string lost_line(const char* call) const;
     void gather_hosts();  // what the watchdog says when `call` is stuck
@@ -209,6 +235,12 @@ size_t mpi_chunk_elements_forced();  // 0 when not forced
 
 // True when this process runs under MPI with more than one rank.
 bool mpi_active();
+// MPI_Finalize, for the program's end. A job that lost a worker and went on (in-job survival)
+// leaves here instead, with exit status `code`, without it: Open MPI 5.0's finalize can wait for
+// ever on the dead processes (its PMIx fence; open-mpi/ompi issue 11404; here about 1 run in 7
+// with 2 ranks a worker). The survivors passed a barrier of their own when their Comm ended, so
+// none of them is still in MPI, and `mpirun --with-ft ulfm` takes a plain exit as a clean one.
+void finalize_mpi(int code);
 // Ends the whole job after a failure on one rank, so that no rank waits forever.
 [[noreturn]] void abort_job(int code);
 

@@ -60,19 +60,26 @@ static void in_pieces(size_t n, MPI_Datatype type, F f) {
 
 static char* byte_ptr(void* p, size_t off) { return static_cast<char*>(p) + off; }
 
-void allreduce(void* x, size_t n, MPI_Datatype type, MPI_Op op, MPI_Comm comm) {
-    in_pieces(n, type, [&](size_t off, int c) { MPI_Allreduce(MPI_IN_PLACE, byte_ptr(x, off), c, type, op, comm); });
+// The first error stops the pieces (only a communicator set to return errors returns one).
+int allreduce(void* x, size_t n, MPI_Datatype type, MPI_Op op, MPI_Comm comm) {
+    int rc = MPI_SUCCESS;
+    in_pieces(n, type, [&](size_t off, int c) {
+        if (rc == MPI_SUCCESS) rc = MPI_Allreduce(MPI_IN_PLACE, byte_ptr(x, off), c, type, op, comm);
+    });
+    return rc;
 }
 
-void reduce(void* x, size_t n, MPI_Datatype type, MPI_Op op, int root, MPI_Comm comm) {
-    int me = 0;
+int reduce(void* x, size_t n, MPI_Datatype type, MPI_Op op, int root, MPI_Comm comm) {
+    int me = 0, rc = MPI_SUCCESS;
     MPI_Comm_rank(comm, &me);
     in_pieces(n, type, [&](size_t off, int c) {
+        if (rc != MPI_SUCCESS) return;
         if (me == root)
-            MPI_Reduce(MPI_IN_PLACE, byte_ptr(x, off), c, type, op, root, comm);
+            rc = MPI_Reduce(MPI_IN_PLACE, byte_ptr(x, off), c, type, op, root, comm);
         else
-            MPI_Reduce(byte_ptr(x, off), nullptr, c, type, op, root, comm);
+            rc = MPI_Reduce(byte_ptr(x, off), nullptr, c, type, op, root, comm);
     });
+    return rc;
 }
 
 void bcast(void* x, size_t n, MPI_Datatype type, int root, MPI_Comm comm) {

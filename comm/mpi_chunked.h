@@ -19,10 +19,11 @@ namespace diloco::chunked {
 // set_mpi_chunk_elements() / DILOCO_MPI_CHUNK_ELEMENTS (comm/comm.h).
 size_t limit(size_t elem_bytes);
 
-// Blocking, in place.
-void allreduce(void* x, size_t n, MPI_Datatype type, MPI_Op op, MPI_Comm comm);
+// Blocking, in place. Both return MPI's first error code (MPI_SUCCESS unless the communicator
+// returns errors: in-job survival, comm/survival.cpp).
+int allreduce(void* x, size_t n, MPI_Datatype type, MPI_Op op, MPI_Comm comm);
 // Reduces x into x on `root`; the other ranks' x is only read.
-void reduce(void* x, size_t n, MPI_Datatype type, MPI_Op op, int root, MPI_Comm comm);
+int reduce(void* x, size_t n, MPI_Datatype type, MPI_Op op, int root, MPI_Comm comm);
 void bcast(void* x, size_t n, MPI_Datatype type, int root, MPI_Comm comm);
 
 // Non-blocking: each appends the requests of its pieces to `reqs`. The pieces of one call are

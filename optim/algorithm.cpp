@@ -42,6 +42,12 @@ void ReplicaWeights::share_slices_in_worker() {
     }
 }
 
+void refuse_worker_loss_survival(const TrainOptions& o, const char* why) {
+    DILOCO_CHECK(o.on_worker_loss != "continue",
+                 std::string("--on-worker-loss continue covers data-parallel and DiLoCo's blocking outer syncs, not ") + why +
+                     ": leave it at abort (relaunch with --resume, tools/launch.sh)");
+}
+
 const AlgorithmEntry& find_algorithm(const std::string& name) {
     static const AlgorithmEntry* const all[] = {&data_parallel_algorithm, &diloco_algorithm, &streaming_algorithm,
                                                     &async_algorithm, &dipaco_algorithm};

@@ -195,6 +195,10 @@ void refuse_async_options(const TrainOptions& options);
 // Refuses --levels and --modules for an algorithm that has no modules (optim/dipaco.cpp).
 void refuse_dipaco_options(const TrainOptions& options);
 
+// Refuses --on-worker-loss continue for an algorithm whose exchanges it does not cover (non-blocking
+// ones, a server), saying why in `why` (optim/algorithm.cpp).
+void refuse_worker_loss_survival(const TrainOptions& options, const char* why);
+
 // The entry for `--algo name`; throws Error listing the names it knows.
 const AlgorithmEntry& find_algorithm(const std::string& name);
 

@@ -467,6 +467,7 @@ void check(const TrainOptions& o) {
     DILOCO_CHECK(!o.eager && !o.delayed, "--eager and --delayed apply to --algo diloco (async never waits)");
     DILOCO_CHECK(!o.verify_sync && !o.dump_replicas, "--verify-sync and --dump-replicas apply to --algo diloco");
     refuse_dipaco_options(o);
+    refuse_worker_loss_survival(o, "asynchronous Local-SGD's server");
 }
 
 std::unique_ptr<TrainingAlgorithm> create(const TrainOptions& o, Comm& comm, const GPT& model) {

@@ -26,7 +26,13 @@ bool diloco_outer_sync(OuterState& s, Comm& comm, float* params, const OuterHype
     // 3: outer gradient of this replica, old minus new (zero if it does not deliver)
     for (size_t i = 0; i < s.slice.count; i++) s.delta[i] = delivered ? s.global[i] - theta_m[i] : 0.0f;
     // 4: average over the replicas that delivered
+    const int losses = comm.losses();
     comm.sum_across_workers(s.delta.data(), s.slice.count);
+    if (comm.losses() != losses) {  // a worker was lost in the sync (--on-worker-loss continue): the
+        float d = delivered ? 1.0f : 0.0f;  // sum is the survivors', so count them again
+        comm.sum_across_workers(&d, 1);
+        n_delivered = (int)d;
+    }
     if (n_delivered > 0) {  // nobody delivered: theta(t) = theta(t-1)
         const float inv = 1.0f / n_delivered;
         for (float& d : s.delta) d *= inv;
@@ -271,6 +277,7 @@ private:
 void check(const TrainOptions& o) {
     DILOCO_CHECK(!(o.delayed && o.eager), "--delayed and --eager are two ways to overlap a round: choose one");
     DILOCO_CHECK(!(o.delayed && o.drop_prob > 0), "--delayed and --drop-prob do not combine");
+    if (o.eager || o.delayed) refuse_worker_loss_survival(o, "the exchanges in flight of --eager and --delayed");
     refuse_async_options(o);
     refuse_dipaco_options(o);
 }

@@ -433,6 +433,7 @@ void check(const TrainOptions& o) {
     DILOCO_CHECK(o.drop_prob == 0, "--drop-prob does not apply to --algo dipaco");
     DILOCO_CHECK(!o.eager && !o.delayed, "--eager and --delayed do not apply to --algo dipaco");
     refuse_async_options(o);
+    refuse_worker_loss_survival(o, "DiPaCo's module groups");
 }
 
 std::unique_ptr<TrainingAlgorithm> create(const TrainOptions& o, Comm& comm, const GPT& model) {

@@ -60,6 +60,9 @@ struct TrainOptions {
     // how non-blocking exchanges move while compute goes on: steps (one MPI test after each inner
     // step) | thread (a progress thread polls MPI meanwhile; comm/progress.h)
     std::string comm_progress = "steps";
+    // what a lost worker does to the job: abort (end it; relaunch with --resume) | continue (the
+    // survivors drop it and go on, an Open MPI build with ULFM; comm/survival.cpp)
+    std::string on_worker_loss = "abort";
     // data
     std::string shard = "iid";
     uint64_t seed = 1337;

@@ -309,6 +309,7 @@ void check(const TrainOptions& o) {
     DILOCO_CHECK(!o.delayed, "--delayed applies to --algo diloco");
     refuse_async_options(o);
     refuse_dipaco_options(o);
+    refuse_worker_loss_survival(o, "Streaming DiLoCo's non-blocking fragment exchanges");
 }
 
 std::unique_ptr<TrainingAlgorithm> create(const TrainOptions& o, Comm& comm, const GPT& model) {

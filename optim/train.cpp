@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -112,6 +113,11 @@ static void check_options(const TrainOptions& o) {
     }
     DILOCO_CHECK(o.comm_progress == "steps" || o.comm_progress == "thread",
                  "--comm-progress must be steps or thread, got '" + o.comm_progress + "'");
+    DILOCO_CHECK(o.on_worker_loss == "abort" || o.on_worker_loss == "continue",
+                 "--on-worker-loss must be abort or continue, got '" + o.on_worker_loss + "'");
+    DILOCO_CHECK(!(o.on_worker_loss == "continue" && o.comm_progress == "thread"),
+                 "--on-worker-loss continue covers the blocking calls across workers, which need no "
+                 "--comm-progress thread: leave it at steps");
     DILOCO_CHECK(o.workers > 0, "--workers must be positive, got " + std::to_string(o.workers));
     DILOCO_CHECK(o.inner_steps > 0, "--inner-steps must be positive, got " + std::to_string(o.inner_steps));
     DILOCO_CHECK(o.outer_lr > 0, "--outer-lr must be positive");
@@ -147,7 +153,7 @@ static std::string describe_options(const TrainOptions& o) {
       << '|' << o.algo << '|' << o.workers << '|' << o.inner_steps << '|' << o.outer_lr << '|'
       << o.outer_momentum << '|' << o.outer_opt << '|' << o.drop_prob << '|' << o.drop_mode << '|' << o.delayed << '|' << o.verify_sync << '|' << o.dump_replicas << '|' << o.fragments << '|'
       << o.fragment_pattern << '|' << o.overlap << '|' << o.alpha << '|' << o.quant << '|' << o.quant_block << '|' << o.exchange << '|' << o.eager << '|'
-      << o.outer_gbps << '|' << o.outer_latency_ms << '|' << o.comm_timeout << '|' << o.comm_progress
+      << o.outer_gbps << '|' << o.outer_latency_ms << '|' << o.comm_timeout << '|' << o.comm_progress << '|' << o.on_worker_loss
       << '|' << o.shard << '|' << o.seed << '|' << o.eval_every << '|' << o.ckpt_every << '|'
       << o.eval_batches << '|' << o.resume << '|' << o.stop_at << '|' << o.device << '|' << o.matmul_precision << '|' << o.precision
       << '|' << o.ckpt_keep << '|' << o.delay_buffer << '|' << o.dylu << '|' << o.worker_speeds << '|'
@@ -317,6 +323,8 @@ struct Run {
 
 // The model at its first weights (initial or resumed), the inner optimizer, the algorithm, and
 // the device trainer when training runs on an accelerator.
+void set_rows(Run& r);
+
 void set_up_model_and_algorithm(Run& r) {
     const TrainOptions& o = r.o;
     gpt_build(r.model, r.cfg);
@@ -359,9 +367,15 @@ void set_up_model_and_algorithm(Run& r) {
     }
     const bool replicas = r.algo->replica_per_worker();
     r.stage_grads = r.dev && (replicas ? r.comm.ranks_per_worker() : r.comm.world_size()) > 1;
-    // one stream of R*K*B rows per step for a single model (R: the ranks that train, not a server;
-    // K micro-batches of B per rank, consecutive, so that they are the rows a batch of K*B reads);
-    // a worker reads its own part, G*K*B per step
+    set_rows(r);
+}
+
+// One stream of R*K*B rows per step for a single model (R: the ranks that train, not a server;
+// K micro-batches of B per rank, consecutive, so that they are the rows a batch of K*B reads);
+// a worker reads its own part, G*K*B per step.
+void set_rows(Run& r) {
+    const TrainOptions& o = r.o;
+    const bool replicas = r.algo->replica_per_worker();
     const long rank_rows = (long)o.grad_accum * o.batch;
     const int turns = r.algo->replicas_in_turn();
     const long more_turns = (long)r.comm.sum_world((double)(turns - 1));  // each rank of a worker counts its turns
@@ -612,6 +626,27 @@ void end_round(Run& r, std::vector<PendingStep>& pending, int64_t step, uint64_t
     }
 }
 
+// Workers were lost and the survivors went on (--on-worker-loss continue, comm/comm.h): from the
+// round just ended on, the layout is theirs. As after an elastic restart, the rows of the shared
+// training order consumed so far (the lost replica's last rows too: they left the order, though
+// they never reached the global model) become the origin of streams partitioned over the
+// surviving workers, so that a checkpoint from here on resumes like any other.
+void continue_without_lost_workers(Run& r, std::vector<std::unique_ptr<TokenStream>>& trains, int workers_before) {
+    const bool replicas = r.algo->replica_per_worker();
+    r.state.row_origin += r.state.data_cursor * (uint64_t)(replicas ? workers_before : 1);
+    r.state.data_cursor = 0;
+    r.state.origin_step = r.state.step;
+    set_rows(r);
+    for (auto& t : trains) {
+        if (replicas) t->set_partition(r.comm.workers(), r.comm.worker(), r.o.shard == "noniid");
+        t->set_origin(r.state.row_origin);
+    }
+    if (!r.root()) return;
+    std::fprintf(stderr, "train: step %lld: %s\n", (long long)r.state.step, r.comm.loss_report().c_str());
+    std::fprintf(r.metrics, "{\"step\": %lld, \"event\": \"worker_lost\", \"workers\": %d, \"ranks\": %d}\n",
+                 (long long)r.state.step, r.comm.workers(), r.comm.world_size());
+}
+
 // The test fault after step r.state.step: every rank's checkpoint of the step is on disk first.
 void inject_failure(Run& r) {
     (void)r.comm.sum_world(0.0);
@@ -692,12 +727,12 @@ private:
 // makes the job's last rank exit with status 42 after step N, its checkpoints (if due) written on
 // every rank. Only a process that trained step N itself fails, so a run resumed from step N or
 // later goes on. -1 when unset.
-static int64_t test_failure_step() {
-    const char* env = std::getenv("DILOCO_TEST_FAIL_AFTER_STEP");
+static int64_t test_step(const char* variable) {
+    const char* env = std::getenv(variable);
     if (!env || !*env) return -1;
     char* end = nullptr;
     const long long n = std::strtoll(env, &end, 10);
-    DILOCO_CHECK(*end == 0 && n > 0, std::string("DILOCO_TEST_FAIL_AFTER_STEP must be a step >= 1, got '") + env + "'");
+    DILOCO_CHECK(*end == 0 && n > 0, std::string(variable) + " must be a step >= 1, got '" + env + "'");
     return n;
 }
 
@@ -713,7 +748,10 @@ static void print_rank_map(const Comm& comm) {
 
 double run_train(const TrainOptions& o) {
     check_options(o);
-    const int64_t fail_after = test_failure_step();
+    const int64_t fail_after = test_step("DILOCO_TEST_FAIL_AFTER_STEP");
+    // tests of --on-worker-loss: every rank of the last worker dies by SIGKILL after this step's
+    // inner step, before its algorithm part (in the inner phase, or as the outer sync starts)
+    const int64_t kill_at = test_step("DILOCO_TEST_KILL_LAST_WORKER_AT_STEP");
     Comm comm(o.workers, find_algorithm(o.algo).server_ranks);
     comm.emulate_outer_link(o.outer_gbps, o.outer_latency_ms);
     comm.set_timeout(o.comm_timeout);
@@ -721,6 +759,7 @@ double run_train(const TrainOptions& o) {
     const std::string options_text = describe_options(o);
     require_same_on_all_ranks(comm, fnv1a(options_text.data(), options_text.size()), "the configuration (some option)");
     if (o.comm_progress == "thread") comm.start_progress_thread();
+    if (o.on_worker_loss == "continue") comm.enable_survival();
     const DatasetInfo data_info = read_dataset_info(o.data);
     Run r(o, comm, resolve_config(o, data_info.vocab));
     r.tokenizer = read_dataset_tokenizer(o.data, data_info);
@@ -770,11 +809,18 @@ double run_train(const TrainOptions& o) {
         round_in_turns(r, trains, weights, a, b, pending, tok, tgt);
         end_round(r, pending, b, outer_before);
     }
+    int losses_seen = 0, workers = comm.workers();
     for (int64_t step = r.first_step; step <= r.end_step && !r.algo->runs_own_schedule() && !r.turns; step++) {
         const uint64_t outer_before = comm.bytes_outer();
         pending.push_back(inner_step(r, train, step, tok, tgt));
+        if (step == kill_at && comm.worker() == comm.workers() - 1) raise(SIGKILL);
         const StepEnd at{step, step % round == 0 || step == r.end_step, step == o.steps};
         after_inner_step(r, weights, at, pending.back().spent);
+        if (at.round_ends && comm.losses() != losses_seen) {
+            continue_without_lost_workers(r, trains, workers);
+            losses_seen = comm.losses();
+            workers = comm.workers();
+        }
         if (at.round_ends)
             end_round(r, pending, step, outer_before);
         else

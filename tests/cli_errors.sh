@@ -80,6 +80,12 @@ expect_error "--lr must be positive" "$BIN" train --data data --out r7 $SMALL --
 expect_error "--comm-timeout must be a number of seconds >= 0" "$BIN" train --data data --out r7 $SMALL --steps 1 --comm-timeout -1
 expect_error "--comm-timeout must be a number of seconds >= 0" "$BIN" train --data data --out r7 $SMALL --steps 1 --comm-timeout nan
 expect_error "error:" "$BIN" train --data data --out r7 $SMALL --steps 1 --comm-timeout soon
+expect_error "--on-worker-loss must be abort or continue, got 'maybe'" "$BIN" train --data data --out r7 $SMALL --steps 1 --on-worker-loss maybe
+expect_error "not Streaming DiLoCo's non-blocking fragment exchanges" "$BIN" train --data data --out r7 $SMALL --steps 1 --algo streaming --on-worker-loss continue
+expect_error "not the exchanges in flight of --eager and --delayed" "$BIN" train --data data --out r7 $SMALL --steps 1 --algo diloco --eager --on-worker-loss continue
+expect_error "which need no --comm-progress thread" "$BIN" train --data data --out r7 $SMALL --steps 1 --on-worker-loss continue --comm-progress thread
+expect_error "--on-worker-loss continue needs Open MPI with ULFM" "$BIN" train --data data --out r7 $SMALL --steps 1 --algo diloco --on-worker-loss continue
+expect_error "--comm-progress must be steps or thread, got 'fast'" "$BIN" train --data data --out r7 $SMALL --steps 1 --comm-progress fast
 expect_error "error:" "$BIN" train --data data --out r7 $SMALL --steps abc
 expect_error "error:" "$BIN" train --data data --out r7 $SMALL --no-such-option 1
 

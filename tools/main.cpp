@@ -353,7 +353,7 @@ int main(int argc, char** argv) {
 #endif
     auto finish = [&](int code) {
 #ifdef DILOCO_HAVE_MPI
-        if (mpi_started) MPI_Finalize();
+        if (mpi_started) finalize_mpi(code);
 #endif
         return code;
     };

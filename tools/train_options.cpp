@@ -83,6 +83,10 @@ void add_train_options(CLI::App* t, TrainOptions& o) {
                   "seconds an outer sync (any blocking call across workers) may wait before the job ends, "
                   "naming the lost worker (0: wait for ever)")
         ->capture_default_str();
+    t->add_option("--on-worker-loss", o.on_worker_loss,
+                  "abort (the job ends naming the lost worker; relaunch with --resume) or continue (the surviving "
+                  "workers drop it and go on: needs Open MPI with ULFM and mpirun --with-ft ulfm)")
+        ->capture_default_str();
     t->add_option("--comm-progress", o.comm_progress,
                   "how overlapped exchanges move during compute: steps (an MPI test after each inner step) "
                   "or thread (a progress thread; needs MPI_THREAD_MULTIPLE)")

@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""In-job survival of a lost worker (--on-worker-loss continue, comm/survival.cpp): a build against
+Open MPI with ULFM, run under its `mpirun --with-ft ulfm`, on the CPU.
+
+    test_survival.py --diloco build-ulfm/diloco --mpirun .venv-ulfm/bin/mpirun
+
+Every rank of the last worker dies by SIGKILL (DILOCO_TEST_KILL_LAST_WORKER_AT_STEP): in the inner
+phase, and as the outer sync starts. Each check prints one line; the last line is
+'N passed, M failed'. Exits non-zero on failure.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+RESULTS = []
+BOUND_S = 60  # a loss must never hang the job: the whole run, loss included, within this
+
+
+def check(name, ok, detail):
+    RESULTS.append(bool(ok))
+    print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}", flush=True)
+
+
+def metrics(rundir):
+    lines = [json.loads(l) for l in open(os.path.join(rundir, "metrics.jsonl"))]
+    losses = {l["step"]: l["loss"] for l in lines if "loss" in l}
+    events = [l for l in lines if l.get("event")]
+    summary = [l for l in lines if l.get("summary")]
+    return losses, events, summary[0] if summary else None
+
+
+def llmc_floats(path):
+    return np.fromfile(path, dtype=np.float32, offset=1024).astype(np.float64)
+
+
+def nesterov(theta, delta, mom, lr, mu):
+    """optim/outer.h in float64: mom = mu mom + delta; theta -= lr (delta + mu mom)."""
+    mom = mu * mom + delta
+    return theta - lr * (delta + mu * mom), mom
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--diloco", required=True, help="a build with ULFM (cmake -DDILOCO_ULFM=ON)")
+    ap.add_argument("--mpirun", required=True, help="the mpirun of that Open MPI")
+    args = ap.parse_args()
+    bin_ = os.path.abspath(args.diloco)
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+
+    def run(ranks, train_args, kill_at=None):
+        """mpirun ... diloco train ARGS: (exit code or None if it outlived the bound, stderr, seconds)"""
+        e = dict(env)
+        cmd = [args.mpirun, "--with-ft", "ulfm", "--oversubscribe", "-np", str(ranks), "-x", "OMP_NUM_THREADS"]
+        if kill_at:
+            e["DILOCO_TEST_KILL_LAST_WORKER_AT_STEP"] = str(kill_at)
+            cmd += ["-x", "DILOCO_TEST_KILL_LAST_WORKER_AT_STEP"]
+        cmd += [bin_, "train"] + train_args
+        t0 = time.time()
+        try:
+            p = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=BOUND_S)
+            return p.returncode, p.stderr, time.time() - t0
+        except subprocess.TimeoutExpired as ex:
+            err = ex.stderr.decode(errors="replace") if isinstance(ex.stderr, bytes) else (ex.stderr or "")
+            print(f"     outlived {BOUND_S} s: {' '.join(cmd)}\n     {err[-1500:]}", flush=True)
+            return None, err, time.time() - t0
+
+    with tempfile.TemporaryDirectory(prefix="diloco_survival_") as tmp:
+        D = lambda *p: os.path.join(tmp, *p)
+        corpus = D("corpus.txt")
+        words = "the cat sat on a mat and dog ran far away home".split()
+        rng = np.random.default_rng(3)
+        with open(corpus, "w") as f:
+            f.write(" ".join(words[i] for i in rng.integers(0, len(words), 20000)))
+        subprocess.run([bin_, "prepare", "--input", corpus, "--out", D("data")], check=True, capture_output=True)
+        base = ["--data", D("data"), "--n-layer", "2", "--n-head", "2", "--d-model", "32", "--seq-len", "16",
+                "--batch", "2", "--warmup", "2", "--lr", "3e-3", "--log-every", "0", "--eval-batches", "1",
+                "--algo", "diloco", "--inner-steps", "4", "--outer-lr", "0.7", "--outer-momentum", "0.9",
+                "--on-worker-loss", "continue"]
+
+        # 1. in the inner phase: worker 2 of 3 (one rank each) dies at step 6 of round 2; the
+        # survivors find out at the sync of step 8 and go on with 2. The outer syncs against a
+        # float64 reference fed only the replicas' weights before each sync (--dump-replicas):
+        # round 1 averages 3 outer gradients, rounds 2-4 the 2 survivors'.
+        rc, err, secs = run(3, base + ["--out", D("inner"), "--workers", "3", "--steps", "16", "--dump-replicas",
+                                       "--ckpt-every", "4", "--ckpt-keep", "0"], kill_at=6)
+        losses, events, summary = metrics(D("inner")) if rc is not None else ({}, [], None)
+        named = "lost worker 2 on" in err and "(rank 2); continuing with 2 workers of 3" in err
+        check("a worker SIGKILLed in the inner phase: the survivors go on with 2 workers and finish, in bounded time",
+              rc == 0 and named and summary is not None and [e["step"] for e in events] == [8]
+              and events[0]["workers"] == 2 and secs < BOUND_S,
+              f"exit {rc} after {secs:.1f} s (bound {BOUND_S} s); line: "
+              f"{next((l for l in err.splitlines() if 'lost worker' in l), 'none')!r}; events {events}")
+        kept = sorted(os.listdir(D("inner", "ckpt"))) if os.path.isdir(D("inner", "ckpt")) else []
+        check("nothing checkpointed is lost: step 4's files of all 3 workers stay; steps 8-16 have the survivors'",
+              all(f"step_00000004.rank_{r:05d}.ckpt" in kept for r in range(3))
+              and all(f"step_{s:08d}.rank_{r:05d}.ckpt" in kept for s in (8, 12, 16) for r in range(2))
+              and not any(f"step_{s:08d}.rank_00002.ckpt" in kept for s in (8, 12, 16)),
+              f"{len(kept)} checkpoint files")
+        if rc == 0:
+            dump = lambda step, m, synced: llmc_floats(
+                D("inner", "replicas", f"step_{step:08d}.replica_{m:03d}{'.synced' if synced else ''}.bin"))
+
+            def reference(divide_by):
+                g, mom, out = dump(0, 0, True), 0.0, []
+                for r in range(1, 5):
+                    alive = range(3) if r == 1 else range(2)
+                    d = sum(g - dump(4 * r, m, False) for m in alive) / divide_by(len(alive))
+                    g, mom = nesterov(g, d, mom, 0.7, 0.9)
+                    out.append(g)
+                return out
+
+            got = [[dump(4 * r, m, True) for m in range(2)] for r in range(1, 5)]
+            want, wrong = reference(lambda alive: alive), reference(lambda alive: 3)
+            err_ = max(float(np.max(np.abs(w - x))) for w, gr in zip(want, got) for x in gr)
+            far = max(float(np.max(np.abs(w - x))) for w, gr in zip(wrong, got) for x in gr)
+            check("after the loss the outer step averages the survivors' outer gradients (float64 reference)",
+                  err_ <= 1e-5 and far > 1e-3,
+                  f"max |ours - reference| {err_:.1e} (tolerance 1e-5, fp32 outer steps); dividing by the old M=3 "
+                  f"instead: {far:.1e}")
+
+        # 2. in the outer sync, 3 workers x 2 ranks: worker 2's two ranks die as the sync of step 8
+        # starts. The same run stopped at step 12 and resumed on the survivors' layout (2 workers,
+        # -np 4) must continue as the run that went straight through, bit for bit.
+        sync = base + ["--workers", "3", "--steps", "16"]
+        rc1, err1, secs1 = run(6, sync + ["--out", D("sync")], kill_at=8)
+        rc2, err2, _ = run(6, sync + ["--out", D("stop"), "--stop-at", "12"], kill_at=8)
+        resumed = base + ["--workers", "2", "--steps", "16", "--out", D("stop"), "--resume"]
+        rc3, err3, _ = run(4, resumed)
+        a, ea, sa = metrics(D("sync")) if rc1 == 0 else ({}, [], None)
+        b, eb, sb = metrics(D("stop")) if rc3 == 0 else ({}, [], None)
+        check("a worker of 2 ranks SIGKILLed in the outer sync: the survivors finish with 2 workers, in bounded time",
+              rc1 == 0 and "(ranks 4-5); continuing with 2 workers of 3" in err1 and [e["step"] for e in ea] == [8]
+              and sa is not None and sa["workers"] == 2 and secs1 < BOUND_S,
+              f"exit {rc1} after {secs1:.1f} s; events {ea}")
+        same = rc2 == 0 and rc3 == 0 and all(s in a and s in b for s in range(13, 17)) \
+            and all(a[s] == b[s] for s in range(13, 17)) and sa and sb and sa["final_val_loss"] == sb["final_val_loss"]
+        check("its checkpoint after the loss resumes on the survivors' layout, bit for bit with the run that went on",
+              same, f"exits {rc2}, {rc3}; losses 13-16 {[a.get(s) for s in range(13, 17)]} vs "
+                    f"{[b.get(s) for s in range(13, 17)]}; {err3.strip().splitlines()[-1] if rc3 else ''}")
+
+        # 3. data-parallel: the survivors average their gradients over the ranks left
+        dp = base[:base.index("--algo")] + ["--algo", "dp", "--workers", "3", "--steps", "10",
+                                            "--on-worker-loss", "continue", "--out", D("dp")]
+        rc, err, secs = run(3, dp, kill_at=4)
+        l, e, s = metrics(D("dp")) if rc == 0 else ({}, [], None)
+        check("data-parallel: a rank SIGKILLed at step 4; the survivors go on as 2 ranks and finish",
+              rc == 0 and [x["step"] for x in e] == [5] and s is not None and s["ranks"] == 2
+              and all(np.isfinite(v) for v in l.values()),
+              f"exit {rc} after {secs:.1f} s; events {e}")
+
+        # 4. without --on-worker-loss continue the job ends, as with any MPI (the relaunch path)
+        rc, err, secs = run(3, [x for x in base if x not in ("--on-worker-loss", "continue")]
+                            + ["--out", D("abort"), "--workers", "3", "--steps", "16"], kill_at=6)
+        check("the default (--on-worker-loss abort) ends the job in bounded time", rc not in (0, None) and secs < BOUND_S,
+              f"exit {rc} after {secs:.1f} s")
+
+    print(f"{sum(RESULTS)} passed, {len(RESULTS) - sum(RESULTS)} failed")
+    return 0 if all(RESULTS) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
