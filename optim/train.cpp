@@ -546,9 +546,13 @@ void round_in_turns(Run& r, std::vector<std::unique_ptr<TokenStream>>& trains, R
 void report_round(Run& r, const std::vector<PendingStep>& pending) {
     std::vector<double> losses(pending.size());
     for (size_t k = 0; k < pending.size(); k++) losses[k] = pending[k].loss;
+    const int lost_before = r.comm.losses();
     r.comm.reduce_to_root(losses.data(), pending.size());
     if (!r.root()) return;
-    const double R = (double)r.global_rows / ((long)r.o.grad_accum * r.o.batch);  // rank-replicas: losses summed
+    // rank-replicas whose losses were summed: the survivors', should a worker be lost in this very
+    // reduction (--on-worker-loss continue; the layout itself changes at the next round's end)
+    const double R = r.comm.losses() != lost_before ? (double)r.comm.world_size()
+                                                     : (double)r.global_rows / ((long)r.o.grad_accum * r.o.batch);
     const double tokens_per_step = (double)r.global_rows * r.o.seq_len;
     for (size_t k = 0; k < pending.size(); k++) {
         const PendingStep& p = pending[k];
