@@ -38,7 +38,7 @@ cmake --build "$ROOT/build-san" -j "$(nproc)" --target unit_tests fuzz_replay di
 echo "== in-job survival of a lost worker, Open MPI with ULFM (build-ulfm)"
 cmake -S "$ROOT" -B "$ROOT/build-ulfm" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDILOCO_ULFM=ON -DDILOCO_WITH_CUDA=OFF \
       -DDILOCO_EMULATE_CUDA=OFF -DDILOCO_BUILD_TESTS=OFF >/dev/null
-cmake --build "$ROOT/build-ulfm" -j "$(nproc)" --target diloco >/dev/null
+cmake --build "$ROOT/build-ulfm" -j "$(nproc)" --target diloco
 "$ROOT/.venv/bin/python" "$ROOT/tests/mpi/test_survival.py" --diloco "$ROOT/build-ulfm/diloco" \
     --mpirun "$ROOT/.venv-ulfm/bin/mpirun"
 
