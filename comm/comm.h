@@ -190,6 +190,10 @@ public:
     // checkpoint), ends the job with an error. The non-blocking exchanges are not covered.
     void enable_survival();
     static bool survival_built();  // this build has ULFM
+    // True when mpirun was asked to keep the job going past a lost process (`--with-ft ulfm`, which
+    // sets OMPI_MCA_mpi_ft_enable=1 in every rank): the job must then survive by itself, since a
+    // loss under the default handlers was seen to hang it or end it with exit status 0.
+    static bool launched_fault_tolerant();
     // Workers lost so far in this job (the loop compares it after each round), and a line naming
     // the last ones lost and the layout the survivors continue with.
     int losses() const { return losses_; }

@@ -14,6 +14,7 @@
 #include "comm/comm.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "kernels/common.h"
@@ -27,6 +28,11 @@
 
 namespace diloco {
 
+bool Comm::launched_fault_tolerant() {
+    const char* ft = std::getenv("OMPI_MCA_mpi_ft_enable");
+    return ft && (std::strcmp(ft, "1") == 0 || std::strcmp(ft, "true") == 0);
+}
+
 #if defined(DILOCO_HAVE_MPI) && defined(DILOCO_HAVE_ULFM)
 
 static MPI_Comm& as_comm(void* p) { return *static_cast<MPI_Comm*>(p); }
@@ -35,6 +41,9 @@ bool Comm::survival_built() { return true; }
 
 void Comm::enable_survival() {
     DILOCO_CHECK(!server_, "--on-worker-loss continue: a job with a server rank cannot survive a loss");
+    DILOCO_CHECK(world_size_ == 1 || launched_fault_tolerant(),
+                 "--on-worker-loss continue needs the job started by `mpirun --with-ft ulfm`: without it the "
+                 "runtime ends the job at the first lost process");
     survive_ = true;
     if (world_size_ == 1) return;
     // a world of our own that returns errors (MPI_COMM_WORLD keeps its handler for everything else)
