@@ -2,39 +2,9 @@
 
 namespace diloco {
 
-void add_train_options(CLI::App* t, TrainOptions& o) {
-    static std::string config_file;  // read before parsing (tools/config_file.h); listed for --help
-    t->add_option("--config", config_file, "TOML or INI file setting any option below under its name; "
-                                           "the command line overrides it");
-    t->add_option("--data", o.data, "prepared data directory")->required();
-    t->add_option("--out", o.out, "run directory (metrics.jsonl, ckpt/)")->required();
-    // model
-    t->add_option("--model", o.model, "preset: " + [] {
-        std::string s;
-        for (const auto& n : gpt_preset_names()) s += (s.empty() ? "" : ", ") + n;
-        return s;
-    }() + " (overrides the sizes)");
-    t->add_option("--n-layer", o.n_layer, "transformer blocks")->capture_default_str();
-    t->add_option("--n-head", o.n_head, "attention heads")->capture_default_str();
-    t->add_option("--d-model", o.d_model, "model width")->capture_default_str();
-    t->add_option("--seq-len", o.seq_len, "training sequence length")->capture_default_str();
-    t->add_option("--max-seq-len", o.max_seq_len, "position-embedding rows (0: preset's or --seq-len)");
-    // batch and length
-    t->add_option("--batch", o.batch, "sequences per rank per forward pass (a micro-batch)")->capture_default_str();
-    t->add_option("--grad-accum", o.grad_accum, "K: micro-batches of --batch per inner step, gradients added "
-                                                "(a step trains on K x --batch sequences per rank)")
-        ->capture_default_str();
-    t->add_option("--steps", o.steps, "inner steps")->capture_default_str();
-    // inner optimizer
-    t->add_option("--lr", o.lr, "peak learning rate")->capture_default_str();
-    t->add_option("--warmup", o.warmup, "linear warmup steps")->capture_default_str();
-    t->add_option("--min-lr-frac", o.min_lr_frac, "cosine floor as a fraction of --lr")->capture_default_str();
-    t->add_option("--weight-decay", o.weight_decay, "decoupled weight decay on 2-D weights")->capture_default_str();
-    t->add_option("--beta1", o.beta1, "AdamW beta1")->capture_default_str();
-    t->add_option("--beta2", o.beta2, "AdamW beta2")->capture_default_str();
-    t->add_option("--eps", o.eps, "AdamW epsilon")->capture_default_str();
-    t->add_option("--grad-clip", o.grad_clip, "clip the global gradient norm (0: off)")->capture_default_str();
-    t->add_option("--inner-opt", o.inner_opt, "adamw or sgd")->capture_default_str();
+// The algorithms' options: which one, and its outer, async, DiPaCo, streaming and across-worker
+// link options (in --help's order).
+static void add_algorithm_options(CLI::App* t, TrainOptions& o) {
     // algorithm
     t->add_option("--algo", o.algo, "dp, diloco, streaming, async or dipaco")->capture_default_str();
     t->add_option("--workers", o.workers, "replicas M; the ranks form M workers of R/M ranks")->capture_default_str();
@@ -91,6 +61,42 @@ void add_train_options(CLI::App* t, TrainOptions& o) {
                   "how overlapped exchanges move during compute: steps (an MPI test after each inner step) "
                   "or thread (a progress thread; needs MPI_THREAD_MULTIPLE)")
         ->capture_default_str();
+}
+
+void add_train_options(CLI::App* t, TrainOptions& o) {
+    static std::string config_file;  // read before parsing (tools/config_file.h); listed for --help
+    t->add_option("--config", config_file, "TOML or INI file setting any option below under its name; "
+                                           "the command line overrides it");
+    t->add_option("--data", o.data, "prepared data directory")->required();
+    t->add_option("--out", o.out, "run directory (metrics.jsonl, ckpt/)")->required();
+    // model
+    t->add_option("--model", o.model, "preset: " + [] {
+        std::string s;
+        for (const auto& n : gpt_preset_names()) s += (s.empty() ? "" : ", ") + n;
+        return s;
+    }() + " (overrides the sizes)");
+    t->add_option("--n-layer", o.n_layer, "transformer blocks")->capture_default_str();
+    t->add_option("--n-head", o.n_head, "attention heads")->capture_default_str();
+    t->add_option("--d-model", o.d_model, "model width")->capture_default_str();
+    t->add_option("--seq-len", o.seq_len, "training sequence length")->capture_default_str();
+    t->add_option("--max-seq-len", o.max_seq_len, "position-embedding rows (0: preset's or --seq-len)");
+    // batch and length
+    t->add_option("--batch", o.batch, "sequences per rank per forward pass (a micro-batch)")->capture_default_str();
+    t->add_option("--grad-accum", o.grad_accum, "K: micro-batches of --batch per inner step, gradients added "
+                                                "(a step trains on K x --batch sequences per rank)")
+        ->capture_default_str();
+    t->add_option("--steps", o.steps, "inner steps")->capture_default_str();
+    // inner optimizer
+    t->add_option("--lr", o.lr, "peak learning rate")->capture_default_str();
+    t->add_option("--warmup", o.warmup, "linear warmup steps")->capture_default_str();
+    t->add_option("--min-lr-frac", o.min_lr_frac, "cosine floor as a fraction of --lr")->capture_default_str();
+    t->add_option("--weight-decay", o.weight_decay, "decoupled weight decay on 2-D weights")->capture_default_str();
+    t->add_option("--beta1", o.beta1, "AdamW beta1")->capture_default_str();
+    t->add_option("--beta2", o.beta2, "AdamW beta2")->capture_default_str();
+    t->add_option("--eps", o.eps, "AdamW epsilon")->capture_default_str();
+    t->add_option("--grad-clip", o.grad_clip, "clip the global gradient norm (0: off)")->capture_default_str();
+    t->add_option("--inner-opt", o.inner_opt, "adamw or sgd")->capture_default_str();
+    add_algorithm_options(t, o);
     // data
     t->add_option("--shard", o.shard, "iid or noniid (replicas' data)")->capture_default_str();
     t->add_option("--seed", o.seed, "initialisation and data-order seed")->capture_default_str();
