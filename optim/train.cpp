@@ -226,7 +226,7 @@ static Precision storage_precision(const TrainOptions& o, const GPTConfig& c, bo
 }
 
 // Keeps the metrics lines a resumed run has already reproduced (step <= resumed step), drops the
-// rest and any summary, so that the file reads as one uninterrupted run.
+// rest and any closing line (summary, stop), so that the file reads as one uninterrupted run.
 static void truncate_metrics(const std::string& path, int64_t step) {
     if (!fs::exists(path)) return;
     std::ifstream f(path);
@@ -235,7 +235,8 @@ static void truncate_metrics(const std::string& path, int64_t step) {
     static const std::regex step_re("\"step\":\\s{0,8}(\\d{1,18})");
     while (std::getline(f, line)) {
         std::smatch mt;
-        if (line.find("final_val_loss") != std::string::npos) continue;
+        if (line.find("final_val_loss") != std::string::npos || line.find("\"event\": \"stopped\"") != std::string::npos)
+            continue;
         if (std::regex_search(line, mt, step_re) && std::stoll(mt[1]) <= step) kept += line + "\n";
     }
     write_file_atomic(path, kept);
@@ -838,6 +839,8 @@ double run_train(const TrainOptions& o) {
     }
     if (r.end_step < o.steps) {
         if (r.root()) {
+            // the closing line of a stop, as the summary is of a finished run (tools/launch.sh reads it)
+            std::fprintf(r.metrics, "{\"step\": %lld, \"event\": \"stopped\"}\n", (long long)r.end_step);
             std::fclose(r.metrics);
             std::fprintf(stderr, "train: stopped at step %lld of %ld as asked; --resume continues\n",
                          (long long)r.end_step, o.steps);

@@ -16,6 +16,9 @@
 #
 # Every attempt appends to the run's stderr as usual; the script's own lines start with "launch:".
 # Checkpoints at every outer sync (--ckpt-every H, or 1) bound the work lost to one round.
+# An attempt has finished only if mpirun exits with 0 and the run's metrics.jsonl (--out) ends with
+# a closing line written by this attempt (the summary, or the stop of --stop-at): `mpirun --with-ft`
+# exits with 0 even when the ranks fail (docs/distributed.md).
 set -uo pipefail
 
 max_restarts=3 workers_after= hostfile_after= wait_s=0
@@ -25,7 +28,7 @@ while [[ $# -gt 0 && $1 != -- ]]; do
         --workers-after-failure) workers_after=$2; shift 2 ;;
         --hostfile-after-failure) hostfile_after=$2; shift 2 ;;
         --wait) wait_s=$2; shift 2 ;;
-        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "launch: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -74,10 +77,27 @@ prepare_relaunch() {
     fi
 }
 
+# Whether the attempt that started when $1 was made wrote the closing line of the run (the summary or
+# a stop): the file is newer than the mark, and its last line is one of the two.
+closed_by_this_attempt() {
+    local metrics="$(value_of --out)/metrics.jsonl"
+    [[ -f $metrics && $metrics -nt $1 ]] || return 1
+    tail -n 1 "$metrics" | grep -qE '"summary": true|"event": "stopped"'
+}
+
 restarts=0
+mark=$(mktemp "${TMPDIR:-/tmp}/launch-mark.XXXXXX")
+trap 'rm -f "$mark"' EXIT
 while true; do
+    touch "$mark"
+    sleep 0.01  # a coarse clock must still order the mark before the attempt's writes
     "${cmd[@]}"
     rc=$?
+    if [[ $rc -eq 0 && -n $(value_of --out) ]] && ! closed_by_this_attempt "$mark"; then
+        echo "launch: attempt $((restarts + 1)) exited with 0 but left no summary or stop line in" \
+             "$(value_of --out)/metrics.jsonl (under mpirun --with-ft the ranks' failures do not reach the exit status): taking it as failed" >&2
+        rc=1
+    fi
     if [[ $rc -eq 0 ]]; then
         [[ $restarts -gt 0 ]] && echo "launch: finished after $restarts restart(s)" >&2
         exit 0

@@ -249,6 +249,27 @@ def test_launch(bin_, data, work, launch):
     check("launch.sh: --max-restarts 2 gives up after 3 attempts with the job's exit status",
           p.returncode == 42 and p.stderr.count("test failure injected") == 3 and "no restarts left" in p.stderr,
           f"exit {p.returncode}, {p.stderr.count('test failure injected')} failed attempts")
+    # a stop asked for (--stop-at) is a finished attempt: its closing line is the stop, not a summary
+    out = os.path.join(work, "launch-stop")
+    cmd = [c if c != os.path.join(work, "launch-budget") else out for c in cmd]
+    p = subprocess.run(["bash", launch, "--max-restarts", "2", "--"] + cmd + ["--stop-at", "8"], env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    last = metrics(out)[-1] if os.path.exists(os.path.join(out, "metrics.jsonl")) else {}
+    check("launch.sh: a run stopped by --stop-at 8 is taken as finished (its last metrics line is the stop)",
+          p.returncode == 0 and "launch:" not in p.stderr and last == {"step": 8, "event": "stopped"},
+          f"exit {p.returncode}, last line {last}, launch lines {p.stderr.count('launch:')}")
+    # an attempt that exits with 0 but writes no closing line (mpirun --with-ft after a lost daemon,
+    # docs/distributed.md) is a failure; and a summary left by an earlier run does not count
+    out = os.path.join(work, "launch-silent")
+    os.makedirs(out)
+    with open(os.path.join(out, "metrics.jsonl"), "w") as f:
+        f.write('{"step": 1, "loss": 5.0}\n{"summary": true, "step": 24}\n')
+    os.utime(os.path.join(out, "metrics.jsonl"), (1e9, 1e9))  # written long before this attempt
+    p = subprocess.run(["bash", launch, "--max-restarts", "1", "--", "bash", "-c", "exit 0", "--out", out], env=ENV,
+                       capture_output=True, text=True, timeout=60)
+    check("launch.sh: an attempt that exits with 0 but leaves no closing line of its own is relaunched, then given up",
+          p.returncode == 1 and p.stderr.count("exited with 0 but left no summary or stop line") == 2
+          and "no restarts left" in p.stderr, f"exit {p.returncode}: {p.stderr.strip().splitlines()[-1:]}")
 
 
 def main():
