@@ -39,9 +39,19 @@ __device__ __forceinline__ void adamw_one(float& p, float& m, float& v, float g,
     p -= s.lr * (mhat / (sqrtf(vhat) + s.eps) + wd * p);
 }
 
+// clip_scale (gradnorm_cpu.cpp) from the square of the norm, in the same double arithmetic
+__device__ __forceinline__ float clip_scale_device(double norm_sq, float max_norm) {
+    if (max_norm <= 0.0f) return 1.0f;
+    const double s = max_norm / (sqrt(norm_sq) + 1e-6);
+    return s < 1.0 ? (float)s : 1.0f;
+}
+
+// norm_sq (device, or null for s.grad_scale as given): the gradients' squared norm, from which
+// every thread takes the clipping scale itself
 __global__ void adamw_kernel(float* params, float* m, float* v, const float* grads, bf16* params_bf16,
                              const unsigned long long* offsets, const unsigned char* decay, int nseg,
-                             AdamWScalars s) {
+                             AdamWScalars s, const double* norm_sq, float max_norm) {
+    if (norm_sq) s.grad_scale = clip_scale_device(*norm_sq, max_norm);
     DILOCO_DYNAMIC_SHARED(unsigned long long, bounds);  // nseg + 1 boundaries
     for (int k = threadIdx.x; k <= nseg; k += blockDim.x) bounds[k] = offsets[k];
     __syncthreads();
@@ -99,9 +109,9 @@ void adamw_free_segments(AdamWSegmentsDevice& dev) {
     dev = AdamWSegmentsDevice{};
 }
 
-cudaError_t adamw_update_cuda(float* params, float* m, float* v, const float* grads,
-                              const AdamWSegmentsDevice& segs, const AdamWHyper& h, long t,
-                              float grad_scale, cudaStream_t stream, uint16_t* params_bf16) {
+static cudaError_t adamw_update(float* params, float* m, float* v, const float* grads, const AdamWSegmentsDevice& segs,
+                                const AdamWHyper& h, long t, float grad_scale, const double* norm_sq, float max_norm,
+                                cudaStream_t stream, uint16_t* params_bf16) {
     if (segs.nsegments == 0 || segs.total == 0) return cudaSuccess;
     AdamWScalars s{h.lr, h.beta1, h.beta2, h.eps, h.weight_decay,
                    1.0f - (float)std::pow((double)h.beta1, (double)t),
@@ -112,8 +122,21 @@ cudaError_t adamw_update_cuda(float* params, float* m, float* v, const float* gr
     const size_t smem = (segs.nsegments + 1) * sizeof(unsigned long long);
     if (cudaError_t e = allow_dynamic_smem(adamw_kernel, smem); e != cudaSuccess) return e;
     DILOCO_LAUNCH(adamw_kernel, (unsigned)((groups + block - 1) / block), block, smem, stream, params, m, v,
-                  grads, reinterpret_cast<bf16*>(params_bf16), segs.offsets, segs.decay, segs.nsegments, s);
+                  grads, reinterpret_cast<bf16*>(params_bf16), segs.offsets, segs.decay, segs.nsegments, s, norm_sq,
+                  max_norm);
     return cudaGetLastError();
+}
+
+cudaError_t adamw_update_cuda(float* params, float* m, float* v, const float* grads,
+                              const AdamWSegmentsDevice& segs, const AdamWHyper& h, long t,
+                              float grad_scale, cudaStream_t stream, uint16_t* params_bf16) {
+    return adamw_update(params, m, v, grads, segs, h, t, grad_scale, nullptr, 0.0f, stream, params_bf16);
+}
+
+cudaError_t adamw_update_clipped_cuda(float* params, float* m, float* v, const float* grads,
+                                      const AdamWSegmentsDevice& segs, const AdamWHyper& h, long t,
+                                      const double* norm_sq, float max_norm, cudaStream_t stream, uint16_t* params_bf16) {
+    return adamw_update(params, m, v, grads, segs, h, t, 1.0f, norm_sq, max_norm, stream, params_bf16);
 }
 
 }  // namespace diloco

@@ -25,4 +25,12 @@ cudaError_t adamw_update_cuda(float* params, float* m, float* v, const float* gr
                               const AdamWSegmentsDevice& segments, const AdamWHyper& h, long t,
                               float grad_scale, cudaStream_t stream, uint16_t* params_bf16 = nullptr);
 
+// The same with the gradients scaled by clip_scale(sqrt(*norm_sq), max_norm) (kernels/gradnorm.h),
+// taken on the device from norm_sq (one double of device memory: global_norm_squared_cuda's
+// output), so that no host wait stands between the norm and the update.
+cudaError_t adamw_update_clipped_cuda(float* params, float* m, float* v, const float* grads,
+                                      const AdamWSegmentsDevice& segments, const AdamWHyper& h, long t,
+                                      const double* norm_sq, float max_norm, cudaStream_t stream,
+                                      uint16_t* params_bf16 = nullptr);
+
 }  // namespace diloco

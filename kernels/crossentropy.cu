@@ -5,6 +5,9 @@
 //   of a row that stays in L2 for the second).
 // backward: one thread per element, dlogits = (exp(x - lse) - [v == target]) * dloss; may write
 //   in place over the logits. bytes: 8 N V.
+// mean: one block of 256 threads; thread k sums the losses of rows k, k + 256, ... in double, then
+//   a fixed tree adds the 256 sums, and thread 0 adds their mean into a device double: the
+//   training step reads its loss from there once, with its other figures. bytes: 4 N.
 // T: the storage of logits and dlogits (float, or bf16 under mixed precision: the logits' buffer is
 // then the only (N, V) array, and its gradient overwrites it); losses and lse fp32 always.
 #include "kernels/bf16_cuda.h"
@@ -57,6 +60,29 @@ static cudaError_t crossentropy_backward(T* dlogits, const T* logits, const floa
     if (n <= 0) return cudaSuccess;
     DILOCO_LAUNCH(crossentropy_backward_kernel<T>, (unsigned)((n + 255) / 256), 256, 0, stream, dlogits, logits, lse,
                   targets, dloss, N, V);
+    return cudaGetLastError();
+}
+
+constexpr int kLossMeanThreads = 256;
+
+__global__ void loss_mean_accumulate_kernel(double* sum, const float* losses, int N) {
+    DILOCO_DYNAMIC_SHARED(double, part);  // kLossMeanThreads sums
+    const int k = threadIdx.x, threads = blockDim.x;
+    double s = 0.0;
+    for (int i = k; i < N; i += threads) s += losses[i];
+    part[k] = s;
+    __syncthreads();
+    for (int half = threads / 2; half > 0; half /= 2) {
+        if (k < half) part[k] += part[k + half];
+        __syncthreads();
+    }
+    if (k == 0) *sum += part[0] / N;
+}
+
+cudaError_t loss_mean_accumulate_cuda(double* sum, const float* losses, int N, cudaStream_t stream) {
+    if (N <= 0) return cudaErrorInvalidValue;
+    DILOCO_LAUNCH(loss_mean_accumulate_kernel, 1, kLossMeanThreads, kLossMeanThreads * sizeof(double), stream, sum,
+                  losses, N);
     return cudaGetLastError();
 }
 

@@ -1,6 +1,8 @@
 #include "model/gpt_cuda.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "kernels/attention_cuda.h"
@@ -40,6 +42,9 @@ void gpt_cuda_create(GPTCuda& m, const GPT& host, int B, int T, Precision precis
     // the widest layer with a bias is the MLP's first (4C outputs); the logits have none
     const long mm_floats = matmul_backward_workspace(B * T, 4 * host.config.d_model);
     DILOCO_CUDA_CHECK(cudaMalloc(&m.mm_workspace, mm_floats * sizeof(float)));
+    DILOCO_CUDA_CHECK(cudaMalloc(&m.step_figures, 2 * sizeof(double)));
+    DILOCO_CUDA_CHECK(cudaMemset(m.step_figures, 0, 2 * sizeof(double)));
+    DILOCO_CUDA_CHECK(cudaEventCreate(&m.staged));
     DILOCO_CUDA_CHECK(cudaMemcpy(m.params, host.params.data(), n * sizeof(float), cudaMemcpyHostToDevice));
     DILOCO_CUDA_CHECK(cudaMemset(m.grads, 0, n * sizeof(float)));
     blas_create(m.blas);
@@ -50,8 +55,10 @@ void gpt_cuda_destroy(GPTCuda& m) {
     m.cudnn_attention.reset();  // before its stream goes
     for (void* p : {(void*)m.params, (void*)m.grads, (void*)m.acts, (void*)m.tokens, (void*)m.targets,
                     (void*)m.att_workspace, (void*)m.emb_workspace, (void*)m.mm_workspace, (void*)m.params16,
-                    (void*)m.acts16})
+                    (void*)m.acts16, (void*)m.step_figures})
         if (p) cudaFree(p);
+    if (m.staging) cudaFreeHost(m.staging);
+    if (m.staged) cudaEventDestroy(m.staged);
     blas_destroy(m.blas);
     m = GPTCuda{};
 }
@@ -62,18 +69,40 @@ static Acts device_acts(GPTCuda& m) {
     return a;
 }
 
-float gpt_cuda_forward(GPTCuda& m, const int* tokens, const int* targets, int B, int T) {
-    DILOCO_CHECK(B <= m.B && T <= m.T, "forward called with more rows than were allocated");
+// Micro-batch `slot`'s rows into their slot of the pinned staging buffer, then to the device on the
+// model's stream. A blocking copy from pageable memory would wait for the device first; this one
+// lets the host run ahead. Slot 0 starts a step: the host waits for the last step's copies (long
+// done by then) before it writes again.
+static void upload_rows(GPTCuda& m, const int* tokens, const int* targets, int N, int slot) {
+    const size_t need = (size_t)(slot + 1) * 2 * N;
+    if (m.staging_in_flight && (slot == 0 || need > m.staging_ints)) {
+        if (cudaEventQuery(m.staged) != cudaSuccess) DILOCO_CUDA_CHECK(cudaEventSynchronize(m.staged));
+        m.staging_in_flight = false;
+    }
+    if (need > m.staging_ints) {  // the slots written so far this step are on the device already
+        if (m.staging) DILOCO_CUDA_CHECK(cudaFreeHost(m.staging));
+        m.staging_ints = std::max(need, 2 * m.staging_ints);
+        DILOCO_CUDA_CHECK(cudaMallocHost(&m.staging, m.staging_ints * sizeof(int)));
+    }
+    int* rows = m.staging + (size_t)slot * 2 * N;
+    std::memcpy(rows, tokens, (size_t)N * sizeof(int));
+    DILOCO_CUDA_CHECK(cudaMemcpyAsync(m.tokens, rows, (size_t)N * sizeof(int), cudaMemcpyHostToDevice, m.stream));
+    if (targets) {
+        std::memcpy(rows + N, targets, (size_t)N * sizeof(int));
+        DILOCO_CUDA_CHECK(cudaMemcpyAsync(m.targets, rows + N, (size_t)N * sizeof(int), cudaMemcpyHostToDevice, m.stream));
+    }
+    DILOCO_CUDA_CHECK(cudaEventRecord(m.staged, m.stream));
+    m.staging_in_flight = true;
+}
+
+// The forward on the rows already on the device, to the per-row losses (null without targets).
+static const float* forward_on_device(GPTCuda& m, int B, int T, bool with_targets) {
+    if (m.precision == Precision::bf16) return gpt_cuda_forward_bf16(m, B, T, with_targets);
     const GPTConfig& c = m.layout.config;
     const int C = c.d_model, NH = c.n_head, V = c.vocab, N = B * T;
     const float* P = m.params;
     Acts a = device_acts(m);
     cudaStream_t st = m.stream;
-    m.cur_B = B;
-    m.cur_T = T;
-    DILOCO_CUDA_CHECK(cudaMemcpy(m.tokens, tokens, N * sizeof(int), cudaMemcpyHostToDevice));
-    if (targets) DILOCO_CUDA_CHECK(cudaMemcpy(m.targets, targets, N * sizeof(int), cudaMemcpyHostToDevice));
-    if (m.precision == Precision::bf16) return gpt_cuda_forward_bf16(m, B, T, targets != nullptr);
 
     DILOCO_CUDA_CHECK(embedding_forward_cuda(a.x0, m.tokens, P + m.layout.wte, P + m.layout.wpe, B, T, C, st));
     const float* x = a.x0;
@@ -94,9 +123,29 @@ float gpt_cuda_forward(GPTCuda& m, const int* tokens, const int* targets, int B,
     }
     DILOCO_CUDA_CHECK(layernorm_forward_cuda(a.lnf, a.lnf_mean, a.lnf_rstd, x, P + m.layout.lnfw, P + m.layout.lnfb, N, C, st));
     DILOCO_CUDA_CHECK(matmul_forward_cuda(a.logits, a.lnf, P + m.layout.wte, nullptr, N, C, V, m.blas, st));
-    if (!targets) return NAN;
+    if (!with_targets) return nullptr;
     DILOCO_CUDA_CHECK(crossentropy_forward_cuda(a.losses, a.lse, a.logits, m.targets, N, V, st));
-    return gpt_cuda_mean_loss(a.losses, N);
+    return a.losses;
+}
+
+static void begin_forward(GPTCuda& m, int B, int T) {
+    DILOCO_CHECK(B <= m.B && T <= m.T, "forward called with more rows than were allocated");
+    m.cur_B = B;
+    m.cur_T = T;
+}
+
+float gpt_cuda_forward(GPTCuda& m, const int* tokens, const int* targets, int B, int T) {
+    begin_forward(m, B, T);
+    upload_rows(m, tokens, targets, B * T, 0);
+    const float* losses = forward_on_device(m, B, T, targets != nullptr);
+    return losses ? gpt_cuda_mean_loss(losses, B * T) : NAN;
+}
+
+void gpt_cuda_forward_train(GPTCuda& m, const int* tokens, const int* targets, int B, int T, int micro_batch) {
+    begin_forward(m, B, T);
+    upload_rows(m, tokens, targets, B * T, micro_batch);
+    const float* losses = forward_on_device(m, B, T, true);
+    DILOCO_CUDA_CHECK(loss_mean_accumulate_cuda(m.step_figures, losses, B * T, m.stream));
 }
 
 float gpt_cuda_mean_loss(const float* device_losses, int N) {

@@ -28,6 +28,17 @@ struct GPTCuda {
     int B = 0, T = 0, cur_B = 0, cur_T = 0;
     int* tokens = nullptr;   // device
     int* targets = nullptr;  // device
+    // pinned host: each micro-batch's tokens then targets, in its own slot, on their way to the
+    // device by asynchronous copies; `staged` is recorded after the latest copy, and the host waits
+    // on it before it refills a slot
+    int* staging = nullptr;
+    size_t staging_ints = 0;
+    cudaEvent_t staged = nullptr;
+    bool staging_in_flight = false;
+    // device, 2 doubles: [0] the training step's loss (its micro-batches' means, added), [1] the
+    // squared norm of its gradients (the inner optimizer's); read back once a step, together
+    double* step_figures = nullptr;
+    int step_micro_batches = 1;  // of the step whose loss step_figures[0] sums
     float* att_workspace = nullptr;
     int* emb_workspace = nullptr;
     float* mm_workspace = nullptr;  // the bias gradients' partial sums
@@ -40,8 +51,13 @@ struct GPTCuda {
 void gpt_cuda_create(GPTCuda& m, const GPT& host, int B, int T, Precision precision = Precision::fp32);
 void gpt_cuda_destroy(GPTCuda& m);
 
-// Forward on host tokens/targets (B,T); returns the mean loss (NaN without targets).
+// Forward on host tokens/targets (B,T); returns the mean loss (NaN without targets), read back
+// at once (evaluation).
 float gpt_cuda_forward(GPTCuda& m, const int* tokens, const int* targets, int B, int T);
+// The forward of micro-batch `micro_batch` of a training step (its rows copied through that slot
+// of the staging buffer): adds its mean loss into step_figures[0], on the device, and returns
+// without waiting for the device.
+void gpt_cuda_forward_train(GPTCuda& m, const int* tokens, const int* targets, int B, int T, int micro_batch);
 // Backward of the last forward's mean loss; accumulates into m.grads, weighted 1/micro_batches
 // as gpt_backward (model/gpt.h) for gradient accumulation.
 void gpt_cuda_backward(GPTCuda& m, int micro_batches = 1);
@@ -56,7 +72,7 @@ float gpt_cuda_mean_loss(const float* device_losses, int N);
 
 // The bf16 path's pieces (model/gpt_cuda_bf16.cpp), called through the functions above.
 void gpt_cuda_alloc_bf16(GPTCuda& m);
-float gpt_cuda_forward_bf16(GPTCuda& m, int B, int T, bool with_targets);
+const float* gpt_cuda_forward_bf16(GPTCuda& m, int B, int T, bool with_targets);  // the device's per-row losses
 void gpt_cuda_backward_bf16(GPTCuda& m, int micro_batches);
 
 // Copies a device buffer of the model (params or grads) to the host.

@@ -21,8 +21,13 @@ public:
     virtual ~DeviceTrainer() = default;
     // Zeroes the gradients, then forward and backward over micro_batches x B rows, B at a time,
     // each micro-batch's gradient weighted 1/micro_batches (compute_gradients, optim/inner.h).
-    virtual float compute_gradients(const int* tokens, const int* targets, int B, int T, int micro_batches) = 0;
-    virtual InnerStepInfo inner_update(long step) = 0;
+    // Returns without waiting for the device: the loss comes with inner_update's figures.
+    virtual void compute_gradients(const int* tokens, const int* targets, int B, int T, int micro_batches) = 0;
+    // The inner optimizer's step, then the step's one wait for the device: its mean loss, learning
+    // rate and gradient norm.
+    virtual StepFigures inner_update(long step) = 0;
+    // Waits until the device has done everything enqueued so far.
+    virtual void synchronize() = 0;
     // mean loss of a forward pass (evaluation), no gradients
     virtual float forward_loss(const int* tokens, const int* targets, int B, int T) = 0;
     virtual void grads_to_host(float* host) = 0;

@@ -39,4 +39,11 @@ struct InnerStepInfo {
 // Applies step `step` (from 1) of the inner optimizer using model.grads.
 InnerStepInfo inner_update(InnerOptimizer& opt, GPT& model, long step);
 
+// A device step's figures (optim/inner_cuda.h, optim/device.h): its mean loss and its update's,
+// read back together once the whole step is enqueued.
+struct StepFigures {
+    float loss;
+    InnerStepInfo inner;
+};
+
 }  // namespace diloco

@@ -11,16 +11,26 @@
 
 namespace diloco {
 
-float compute_gradients_cuda(GPTCuda& model, const int* tokens, const int* targets, int B, int T, int micro_batches) {
+void compute_gradients_cuda(GPTCuda& model, const int* tokens, const int* targets, int B, int T, int micro_batches) {
     DILOCO_CHECK(micro_batches >= 1, "compute_gradients: micro_batches must be >= 1");
     gpt_cuda_zero_grad(model);  // once per step: every backward adds into the gradients
+    DILOCO_CUDA_CHECK(cudaMemsetAsync(model.step_figures, 0, sizeof(double), model.stream));  // the loss sum
+    model.step_micro_batches = micro_batches;
     const size_t rows = (size_t)B * T;
-    double sum = 0.0;  // as on the CPU: with one micro-batch the forward's float comes back unchanged
     for (int k = 0; k < micro_batches; k++) {
-        sum += gpt_cuda_forward(model, tokens + k * rows, targets + k * rows, B, T);
+        gpt_cuda_forward_train(model, tokens + k * rows, targets + k * rows, B, T, k);
         gpt_cuda_backward(model, micro_batches);
     }
-    return (float)(sum / micro_batches);
+}
+
+// the mean of the micro-batches' means, in double, rounded once (the CPU rounds each micro-batch's
+// mean to float first: at most an ulp apart, and the same for one micro-batch)
+static float step_loss(double sum, int micro_batches) { return (float)(sum / micro_batches); }
+
+float gpt_cuda_read_step_loss(const GPTCuda& model) {
+    double sum = 0.0;
+    DILOCO_CUDA_CHECK(cudaMemcpy(&sum, model.step_figures, sizeof(double), cudaMemcpyDeviceToHost));
+    return step_loss(sum, model.step_micro_batches);
 }
 
 void inner_cuda_create(InnerOptimizerCuda& opt, const GPTCuda& model, const InnerHyper& h) {
@@ -34,29 +44,28 @@ void inner_cuda_create(InnerOptimizerCuda& opt, const GPTCuda& model, const Inne
     const std::vector<AdamWSegment> segs = gpt_adamw_segments(model.layout);
     DILOCO_CUDA_CHECK(adamw_upload_segments(opt.segments, segs.data(), (int)segs.size()));
     DILOCO_CUDA_CHECK(cudaMalloc(&opt.norm_workspace, kGradNormBlocks * sizeof(float)));
-    DILOCO_CUDA_CHECK(cudaMalloc(&opt.norm_out, sizeof(double)));
 }
 
 void inner_cuda_destroy(InnerOptimizerCuda& opt) {
-    for (void* p : {(void*)opt.m, (void*)opt.v, (void*)opt.norm_workspace, (void*)opt.norm_out})
+    for (void* p : {(void*)opt.m, (void*)opt.v, (void*)opt.norm_workspace})
         if (p) cudaFree(p);
     adamw_free_segments(opt.segments);
     opt = InnerOptimizerCuda{};
 }
 
-InnerStepInfo inner_update_cuda(InnerOptimizerCuda& opt, GPTCuda& model, long step) {
+StepFigures inner_update_cuda(InnerOptimizerCuda& opt, GPTCuda& model, long step) {
     const InnerHyper& h = opt.h;
-    DILOCO_CUDA_CHECK(global_norm_squared_cuda(opt.norm_out, model.grads, model.layout.num_params, opt.norm_workspace,
-                                      model.stream));
-    double sq = 0.0;
-    DILOCO_CUDA_CHECK(cudaMemcpy(&sq, opt.norm_out, sizeof(double), cudaMemcpyDeviceToHost));
-    const double norm = std::sqrt(sq);
+    double* norm_sq = model.step_figures + 1;
+    DILOCO_CUDA_CHECK(global_norm_squared_cuda(norm_sq, model.grads, model.layout.num_params, opt.norm_workspace,
+                                               model.stream));
     const float lr = lr_at(step, h.total_steps, h.warmup, h.lr, h.min_lr_frac);
     const AdamWHyper ah{lr, h.beta1, h.beta2, h.eps, h.weight_decay};
-    DILOCO_CUDA_CHECK(adamw_update_cuda(model.params, opt.m, opt.v, model.grads, opt.segments, ah, step,
-                               clip_scale(norm, h.grad_clip), model.stream,
-                               model.precision == Precision::bf16 ? model.params16 : nullptr));
-    return {lr, norm};
+    DILOCO_CUDA_CHECK(adamw_update_clipped_cuda(model.params, opt.m, opt.v, model.grads, opt.segments, ah, step, norm_sq,
+                                                h.grad_clip, model.stream,
+                                                model.precision == Precision::bf16 ? model.params16 : nullptr));
+    double figures[2];
+    DILOCO_CUDA_CHECK(cudaMemcpy(figures, model.step_figures, sizeof figures, cudaMemcpyDeviceToHost));
+    return {step_loss(figures[0], model.step_micro_batches), {lr, std::sqrt(figures[1])}};
 }
 
 }  // namespace diloco

@@ -473,15 +473,19 @@ PendingStep inner_step(Run& r, TokenStream& train, int64_t step, std::vector<int
     r.state.data_cursor += r.stream_rows;
     StepSeconds spent;
     double t = r.seconds();
-    float loss;
+    float loss = NAN;
     {
         TraceRange trace("forward and backward");
-        loss = r.dev ? r.dev->compute_gradients(tok.data(), tgt.data(), B, T, K)
-                     : compute_gradients(r.model, tok.data(), tgt.data(), B, T, K);
+        if (r.dev) {  // enqueued only: the device's loss comes back with the update's figures
+            r.dev->compute_gradients(tok.data(), tgt.data(), B, T, K);
+            if (r.stage_grads) r.dev->synchronize();  // averaged through the host: wait here, as compute
+        } else {
+            loss = compute_gradients(r.model, tok.data(), tgt.data(), B, T, K);
+        }
     }
     spent.compute += r.seconds() - t;
-    if (!std::isfinite(loss)) stop_non_finite(r, step, "the loss is " + std::to_string(loss));
-    if (!r.dev) {  // this rank's own gradients, before averaging spreads a NaN to every rank
+    if (!r.dev) {  // this rank's own loss and gradients, before averaging spreads a NaN to every rank
+        if (!std::isfinite(loss)) stop_non_finite(r, step, "the loss is " + std::to_string(loss));
         const std::string bad = first_non_finite_tensor(r.model, r.model.grads.data());
         if (!bad.empty()) stop_non_finite(r, step, "the gradient of " + bad + " is the first non-finite tensor");
     }
@@ -490,10 +494,18 @@ PendingStep inner_step(Run& r, TokenStream& train, int64_t step, std::vector<int
     InnerStepInfo si;
     {
         TraceRange trace("inner optimizer");
-        si = r.dev ? r.dev->inner_update(step) : inner_update(r.inner, r.model, step);
+        if (r.dev) {
+            const StepFigures f = r.dev->inner_update(step);
+            loss = f.loss, si = f.inner;
+        } else {
+            si = inner_update(r.inner, r.model, step);
+        }
     }
     spent.compute += r.seconds() - t;
-    if (!r.dev) {
+    if (r.dev) {  // read once a step, after the update: a non-finite loss or norm ends the run here
+        if (!std::isfinite(loss)) stop_non_finite(r, step, "the loss is " + std::to_string(loss));
+        if (!std::isfinite(si.grad_norm)) stop_non_finite(r, step, "the gradient norm is " + std::to_string(si.grad_norm));
+    } else {
         const std::string bad = first_non_finite_tensor(r.model, r.model.params.data());
         if (!bad.empty()) stop_non_finite(r, step, "the inner update made parameter " + bad + " the first non-finite tensor");
     }

@@ -55,10 +55,11 @@ public:
         inner_cuda_destroy(opt_);
         gpt_cuda_destroy(model_);
     }
-    float compute_gradients(const int* tokens, const int* targets, int B, int T, int micro_batches) override {
-        return compute_gradients_cuda(model_, tokens, targets, B, T, micro_batches);
+    void compute_gradients(const int* tokens, const int* targets, int B, int T, int micro_batches) override {
+        compute_gradients_cuda(model_, tokens, targets, B, T, micro_batches);
     }
-    InnerStepInfo inner_update(long step) override { return inner_update_cuda(opt_, model_, step); }
+    StepFigures inner_update(long step) override { return inner_update_cuda(opt_, model_, step); }
+    void synchronize() override { check(cudaStreamSynchronize(model_.stream), "cudaStreamSynchronize"); }
     float forward_loss(const int* tokens, const int* targets, int B, int T) override {
         return gpt_cuda_forward(model_, tokens, targets, B, T);
     }

@@ -11,6 +11,7 @@
 #include "model/gpt_cuda.h"
 #include "optim/inner.h"
 #include "optim/inner_cuda.h"
+#include "optim/schedule.h"
 #include "tests/compare.h"
 
 #ifndef DILOCO_EMULATE
@@ -119,7 +120,7 @@ TEST(CudaModel, ThreeAdamWStepsMatchCpu) {
         gpt_cuda_zero_grad(dev);
         const float ld = gpt_cuda_forward(dev, tok.data(), tgt.data(), B, T);
         gpt_cuda_backward(dev);
-        const InnerStepInfo id = inner_update_cuda(opt_dev, dev, step);
+        const InnerStepInfo id = inner_update_cuda(opt_dev, dev, step).inner;
         EXPECT_NEAR(ld, lc, 1e-5 * lc) << "step " << step;
         EXPECT_NEAR(id.grad_norm, ic.grad_norm, 1e-4 * ic.grad_norm) << "step " << step;
         EXPECT_EQ(id.lr, ic.lr);
@@ -171,8 +172,9 @@ TEST(CudaModel, GradientAccumulationMatchesOneBatch) {
     for (int run = 0; run < 3; run++) {
         GPTCuda dev;
         gpt_cuda_create(dev, host, run == 0 ? K * B : B, T);
-        if (run == 0) loss[run] = compute_gradients_cuda(dev, tok.data(), tgt.data(), K * B, T);
-        if (run == 1) loss[run] = compute_gradients_cuda(dev, tok.data(), tgt.data(), B, T, K);
+        if (run == 0) compute_gradients_cuda(dev, tok.data(), tgt.data(), K * B, T);
+        if (run == 1) compute_gradients_cuda(dev, tok.data(), tgt.data(), B, T, K);
+        if (run < 2) loss[run] = gpt_cuda_read_step_loss(dev);
         if (run == 2) {
             gpt_cuda_zero_grad(dev);
             for (int k = 0; k < K; k++) {
@@ -230,7 +232,8 @@ TEST(CudaModel, OneMicroBatchIsThePlainStepBitForBit) {
             loss[run] = gpt_cuda_forward(dev, tok.data(), tgt.data(), B, T);
             gpt_cuda_backward(dev);
         } else {
-            loss[run] = compute_gradients_cuda(dev, tok.data(), tgt.data(), B, T, 1);
+            compute_gradients_cuda(dev, tok.data(), tgt.data(), B, T, 1);
+            loss[run] = gpt_cuda_read_step_loss(dev);
         }
         grads[run] = gpt_cuda_download(dev, dev.grads);
         gpt_cuda_destroy(dev);
@@ -238,6 +241,49 @@ TEST(CudaModel, OneMicroBatchIsThePlainStepBitForBit) {
     EXPECT_EQ(std::memcmp(&loss[0], &loss[1], sizeof(float)), 0);
     EXPECT_EQ(std::memcmp(grads[0].data(), grads[1].data(), 4 * grads[0].size()), 0);
 }
+
+#ifdef DILOCO_EMULATE
+// A training step waits for the device once, at its end (docs/design.md, The device backend): the
+// emulator counts every call that makes the host wait. K = 3 micro-batches used to cost 3 loss
+// reads, 6 blocking token copies and a norm read. The figures that come back are the step's:
+// its loss is the mean of the micro-batches' losses (each read alone beforehand; at most an ulp
+// apart, since that path rounds each micro-batch's mean to float first).
+TEST(CudaModel, ATrainingStepWaitsForTheDeviceOnce) {
+    const GPTConfig cfg{67, 24, 2, 2, 64};
+    const int K = 3, B = 2, T = 19;
+    GPT host;
+    gpt_build(host, cfg);
+    gpt_init(host, 41);
+    GPTCuda dev;
+    gpt_cuda_create(dev, host, B, T);
+    InnerHyper h;
+    h.lr = 1e-3f, h.warmup = 0, h.total_steps = 10, h.grad_clip = 1.0f;
+    InnerOptimizerCuda opt;
+    inner_cuda_create(opt, dev, h);
+    Rng rng(42);
+    std::vector<int> tok(K * B * T), tgt(K * B * T);
+    for (int step = 1; step <= 3; step++) {
+        for (auto& t : tok) t = (int)rng.below(cfg.vocab);
+        for (auto& t : tgt) t = (int)rng.below(cfg.vocab);
+        double alone = 0.0;
+        for (int k = 0; k < K; k++) alone += gpt_cuda_forward(dev, tok.data() + k * B * T, tgt.data() + k * B * T, B, T);
+        alone /= K;
+        const uint64_t before = emu::host_wait_count();
+        compute_gradients_cuda(dev, tok.data(), tgt.data(), B, T, K);
+        const uint64_t after_backward = emu::host_wait_count();
+        const StepFigures f = inner_update_cuda(opt, dev, step);
+        const uint64_t after_update = emu::host_wait_count();
+        if (step > 1)  // the first grows the staging buffer to K slots, and freeing the old one waits
+            EXPECT_EQ(after_backward - before, 0u) << "step " << step << ": forward and backward made the host wait";
+        EXPECT_EQ(after_update - after_backward, 1u) << "step " << step << ": the update's waits";
+        EXPECT_NEAR(f.loss, alone, 2 * kU32 * alone) << "step " << step;
+        EXPECT_GT(f.inner.grad_norm, 0.0);
+        EXPECT_EQ(f.inner.lr, lr_at(step, h.total_steps, h.warmup, h.lr, h.min_lr_frac));
+    }
+    inner_cuda_destroy(opt);
+    gpt_cuda_destroy(dev);
+}
+#endif
 
 // Mixed precision (--precision bf16) against the fp32 CPU step. Every stored activation and the
 // weight copy are rounded to bf16 (relative error up to 2^-8 each); a gradient reaches a tensor
@@ -356,8 +402,8 @@ TEST(CudaModel, Bf16TrainsLikeFp32) {
     for (int step = 1; step <= steps; step++) {
         lc = compute_gradients(cpu, tok.data(), tgt.data(), B, T);
         inner_update(opt_cpu, cpu, step);
-        ld = compute_gradients_cuda(dev, tok.data(), tgt.data(), B, T);
-        inner_update_cuda(opt_dev, dev, step);
+        compute_gradients_cuda(dev, tok.data(), tgt.data(), B, T);
+        ld = inner_update_cuda(opt_dev, dev, step).loss;  // the step's figures, read once at its end
         if (step == 1) first_cpu = lc, first_dev = ld;
         EXPECT_NEAR(ld, lc, 0.02 * lc) << "step " << step;
     }

@@ -206,6 +206,67 @@ TEST(Twin, AdamWMatchesCpu) {
     EXPECT_TRUE(close_rel("adamw v", dv.get(), to_double(Vv), 3 * 8 * kU32, 1e-12));
 }
 
+// The clipping scale taken on the device from the squared norm (adamw_update_clipped_cuda) is the
+// host's clip_scale of the same double arithmetic: the update must match the one given that scale,
+// bit for bit, clipped or not; and clipping must change it.
+TEST(Twin, AdamWClipScaleTakenOnTheDeviceIsTheHosts) {
+    REQUIRE_DEVICE();
+    Rng rng(38);
+    const std::vector<AdamWSegment> segs = {{0, 97, true}, {97, 30, false}};
+    const size_t n = 127;
+    const AdamWHyper h{1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f};
+    AdamWSegmentsDevice dsegs;
+    CUDA_OK(adamw_upload_segments(dsegs, segs.data(), (int)segs.size()));
+    const auto p = randn(n, rng), g = randn(n, rng);
+    for (const auto& [norm_sq, max_norm] : {std::pair{0.25, 1.0f}, std::pair{7.3, 1.0f}, std::pair{1e6, 0.5f},
+                                            std::pair{7.3, 0.0f}}) {
+        const float scale = clip_scale(std::sqrt(norm_sq), max_norm);
+        std::vector<float> got[3];
+        for (int run = 0; run < 3; run++) {  // [0] the host's scale, [1] the device's, [2] unclipped
+            Dev<float> dp(p), dm(n), dv(n), dg(g);
+            CUDA_OK(cudaMemset(dm.p, 0, n * sizeof(float)));
+            CUDA_OK(cudaMemset(dv.p, 0, n * sizeof(float)));
+            Dev<double> sq(std::vector<double>{norm_sq});
+            if (run == 0) CUDA_OK(adamw_update_cuda(dp.p, dm.p, dv.p, dg.p, dsegs, h, 2, scale, nullptr));
+            if (run == 1) CUDA_OK(adamw_update_clipped_cuda(dp.p, dm.p, dv.p, dg.p, dsegs, h, 2, sq.p, max_norm, nullptr));
+            if (run == 2) CUDA_OK(adamw_update_cuda(dp.p, dm.p, dv.p, dg.p, dsegs, h, 2, 1.0f, nullptr));
+            got[run] = dp.get();
+        }
+        EXPECT_TRUE(same_bits(got[1], got[0])) << "norm^2 " << norm_sq << ", max " << max_norm << ", scale " << scale;
+        EXPECT_EQ(same_bits(got[2], got[0]), scale == 1.0f) << "norm^2 " << norm_sq << ": clipping made no difference";
+    }
+    adamw_free_segments(dsegs);
+}
+
+// The step's loss, summed on the device: the mean of N losses added into a double that already
+// holds something. Against a float64 sum: both are double sums of the same floats in other
+// orders, so they agree to about N * 2^-53 relative; we allow 1e-12. Lengths around the block's
+// 256 threads, one below a full stride and a long one.
+TEST(Twin, LossMeanAccumulatesInDouble) {
+    REQUIRE_DEVICE();
+    Rng rng(39);
+    for (int N : {1, 255, 256, 257, 16411}) {
+        std::vector<float> losses(N);
+        for (auto& l : losses) l = (float)(5.0 + 3.0 * rng.normal());
+        double want = 0.0;
+        for (float l : losses) want += l;
+        want = 1.25 + want / N;
+        double got[2];
+        for (int run = 0; run < 2; run++) {
+            use_schedule(450 + run);
+            Dev<float> d(losses);
+            Dev<double> sum(std::vector<double>{1.25});  // a previous micro-batch's mean
+            CUDA_OK(loss_mean_accumulate_cuda(sum.p, d.p, N, nullptr));
+            got[run] = sum.get()[0];
+        }
+        EXPECT_EQ(got[0], got[1]) << "the sum depends on the schedule, N = " << N;
+        EXPECT_NEAR(got[0], want, 1e-12 * std::fabs(want)) << "N = " << N;
+    }
+    Dev<double> sum(1);
+    Dev<float> d(std::vector<float>{1.0f});
+    EXPECT_EQ(loss_mean_accumulate_cuda(sum.p, d.p, 0, nullptr), cudaErrorInvalidValue) << "an empty batch has no mean";
+}
+
 TEST(Twin, GradNormMatchesCpu) {
     REQUIRE_DEVICE();
     Rng rng(37);

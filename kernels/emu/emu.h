@@ -233,6 +233,10 @@ cudaError_t cudaMalloc(void** p, size_t bytes);
 template <typename T>
 cudaError_t cudaMalloc(T** p, size_t bytes) { return cudaMalloc(reinterpret_cast<void**>(p), bytes); }
 cudaError_t cudaFree(void* p);
+cudaError_t cudaMallocHost(void** p, size_t bytes);
+template <typename T>
+cudaError_t cudaMallocHost(T** p, size_t bytes) { return cudaMallocHost(reinterpret_cast<void**>(p), bytes); }
+cudaError_t cudaFreeHost(void* p);
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind);
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t = nullptr);
 cudaError_t cudaMemset(void* p, int value, size_t bytes);
@@ -273,12 +277,16 @@ cudaError_t cudaEventDestroy(cudaEvent_t event);
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream = nullptr);  // its time: the host clock
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned flags = 0);
 cudaError_t cudaEventSynchronize(cudaEvent_t event);
+cudaError_t cudaEventQuery(cudaEvent_t event);  // cudaSuccess once complete: never a wait
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end);
 
 namespace diloco::emu {
 // An operation issued to `stream` (a kernel, a copy, a collective): checks its order against the
 // collectives of other streams, as described above, then counts it. `what` names it in errors.
 void stream_issue(cudaStream_t stream, const char* what, bool collective = false);
+// How many calls so far made the host wait for the device (a blocking copy, a synchronize, a
+// free), so that tests can count a training step's waits.
+uint64_t host_wait_count();
 // Whether [p, p + bytes) lies inside one live cudaMalloc allocation.
 bool is_device_memory(const void* p, size_t bytes);
 // The error a launch left pending (inject_launch_error), cleared as it is read.

@@ -47,6 +47,7 @@ struct State {
     std::set<const CUstream_st*> live_streams;
     std::set<const CUevent_st*> live_events;
     VectorClock host;                        // what the host has waited for
+    uint64_t host_waits = 0;                 // calls that made the host wait for the device
     std::map<const char*, size_t> memory;    // live cudaMalloc allocations: start -> bytes
 };
 
@@ -113,6 +114,7 @@ void issue(State& st, int id, const char* what, bool collective) {
 }
 
 void host_waits_for_all(State& st) {
+    st.host_waits++;
     for (size_t t = 0; t < st.streams.size(); t++) merge(st.host, clock_of(st, (int)t));
 }
 
@@ -124,6 +126,12 @@ void stream_issue(cudaStream_t stream, const char* what, bool collective) {
     const int id = id_of(st, stream);
     DILOCO_CHECK(id >= 0, std::string(what) + " issued to a stream that was destroyed or never created");
     issue(st, id, what, collective);
+}
+
+uint64_t host_wait_count() {
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mutex);
+    return st.host_waits;
 }
 
 bool is_device_memory(const void* p, size_t bytes) {
@@ -160,12 +168,31 @@ cudaError_t cudaFree(void* p) {
     std::free(p);
     return cudaSuccess;
 }
+// Page-locked host memory: plain host memory here, poisoned as cudaMalloc's; cudaFreeHost waits
+// for the device as cudaFree does.
+cudaError_t cudaMallocHost(void** p, size_t bytes) {
+    *p = std::malloc(bytes ? bytes : 1);
+    if (!*p) return cudaErrorMemoryAllocation;
+    std::memset(*p, 0xFF, bytes);
+    return cudaSuccess;
+}
+cudaError_t cudaFreeHost(void* p) {
+    if (!p) return cudaSuccess;
+    State& st = state();
+    {
+        std::lock_guard<std::mutex> lock(st.mutex);
+        host_waits_for_all(st);
+    }
+    std::free(p);
+    return cudaSuccess;
+}
 // A blocking copy is an operation on the default stream that the host then waits for.
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
     diloco::emu::stream_issue(nullptr, "cudaMemcpy");
     std::memmove(dst, src, bytes);
     State& st = state();
     std::lock_guard<std::mutex> lock(st.mutex);
+    st.host_waits++;
     merge(st.host, clock_of(st, 0));
     return cudaSuccess;
 }
@@ -197,6 +224,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
         std::lock_guard<std::mutex> lock(st.mutex);
         const int id = id_of(st, stream);
         if (id < 0) return cudaErrorInvalidResourceHandle;
+        st.host_waits++;
         merge(st.host, clock_of(st, id));
     }
     return diloco::emu::take_pending_error();
@@ -295,7 +323,17 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
     State& st = state();
     std::lock_guard<std::mutex> lock(st.mutex);
     if (!recorded(st, event)) return cudaErrorInvalidResourceHandle;
+    st.host_waits++;
     merge(st.host, event->clock);
+    return cudaSuccess;
+}
+// Work runs as it is issued, so a recorded event has always completed: the host learns so without
+// waiting. (As on a GPU, an event never recorded counts as complete.)
+cudaError_t cudaEventQuery(cudaEvent_t event) {
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mutex);
+    if (!st.live_events.count(event)) return cudaErrorInvalidResourceHandle;
+    if (event->recorded) merge(st.host, event->clock);
     return cudaSuccess;
 }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
