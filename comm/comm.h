@@ -194,6 +194,11 @@ public:
     // sets OMPI_MCA_mpi_ft_enable=1 in every rank): the job must then survive by itself, since a
     // loss under the default handlers was seen to hang it or end it with exit status 0.
     static bool launched_fault_tolerant();
+    // Before MPI starts, for --on-worker-loss continue: turns on ULFM's own failure detector (a
+    // heartbeat between the ranks, in a thread of the library), which finds a process that exited
+    // without MPI_Finalize; the runtime reports only the ones killed by a signal. Its period and
+    // timeout stay the library's (3 s, 10 s); OMPI_MCA_mpi_ft_detector* set by the user win.
+    static void request_failure_detector();
     // Workers lost so far in this job (the loop compares it after each round), and a line naming
     // the last ones lost and the layout the survivors continue with.
     int losses() const { return losses_; }

@@ -34,6 +34,11 @@ bool Comm::launched_fault_tolerant() {
     return ft && (std::strcmp(ft, "1") == 0 || std::strcmp(ft, "true") == 0);
 }
 
+void Comm::request_failure_detector() {
+    setenv("OMPI_MCA_mpi_ft_detector", "true", 0);
+    setenv("OMPI_MCA_mpi_ft_detector_thread", "true", 0);  // heartbeats go on through long compute
+}
+
 #if defined(DILOCO_HAVE_MPI) && defined(DILOCO_HAVE_ULFM)
 
 static MPI_Comm& as_comm(void* p) { return *static_cast<MPI_Comm*>(p); }

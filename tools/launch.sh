@@ -16,9 +16,10 @@
 #
 # Every attempt appends to the run's stderr as usual; the script's own lines start with "launch:".
 # Checkpoints at every outer sync (--ckpt-every H, or 1) bound the work lost to one round.
-# An attempt has finished only if mpirun exits with 0 and the run's metrics.jsonl (--out) ends with
-# a closing line written by this attempt (the summary, or the stop of --stop-at): `mpirun --with-ft`
-# exits with 0 even when the ranks fail (docs/distributed.md).
+# An attempt has finished when the run's metrics.jsonl (--out) ends with a closing line written by
+# this attempt (the summary, or the stop of --stop-at), whatever mpirun's exit status: under
+# `mpirun --with-ft` it was 0 for a job that failed, and a lost rank's for one that went on without
+# it and finished (docs/distributed.md). Without --out in the command, the exit status decides.
 set -uo pipefail
 
 max_restarts=3 workers_after= hostfile_after= wait_s=0
@@ -28,7 +29,7 @@ while [[ $# -gt 0 && $1 != -- ]]; do
         --workers-after-failure) workers_after=$2; shift 2 ;;
         --hostfile-after-failure) hostfile_after=$2; shift 2 ;;
         --wait) wait_s=$2; shift 2 ;;
-        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "launch: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -93,10 +94,16 @@ while true; do
     sleep 0.01  # a coarse clock must still order the mark before the attempt's writes
     "${cmd[@]}"
     rc=$?
-    if [[ $rc -eq 0 && -n $(value_of --out) ]] && ! closed_by_this_attempt "$mark"; then
-        echo "launch: attempt $((restarts + 1)) exited with 0 but left no summary or stop line in" \
-             "$(value_of --out)/metrics.jsonl (under mpirun --with-ft the ranks' failures do not reach the exit status): taking it as failed" >&2
-        rc=1
+    if [[ -n $(value_of --out) ]]; then
+        if closed_by_this_attempt "$mark"; then
+            [[ $rc -ne 0 ]] && echo "launch: attempt $((restarts + 1)) exited with $rc after writing its closing" \
+                "line (a worker lost and survived under mpirun --with-ft): taking it as finished" >&2
+            rc=0
+        elif [[ $rc -eq 0 ]]; then
+            echo "launch: attempt $((restarts + 1)) exited with 0 but left no summary or stop line in" \
+                 "$(value_of --out)/metrics.jsonl (under mpirun --with-ft the ranks' failures do not reach the exit status): taking it as failed" >&2
+            rc=1
+        fi
     fi
     if [[ $rc -eq 0 ]]; then
         [[ $restarts -gt 0 ]] && echo "launch: finished after $restarts restart(s)" >&2

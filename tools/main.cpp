@@ -347,6 +347,7 @@ int main(int argc, char** argv) {
         // a progress thread calls MPI beside the main thread (comm/progress.h); else only the main
         // thread does, and the OpenMP threads never
         const int wanted = train.comm_progress == "thread" ? MPI_THREAD_MULTIPLE : MPI_THREAD_FUNNELED;
+        if (train.on_worker_loss == "continue") Comm::request_failure_detector();
         MPI_Init_thread(&argc, &argv, wanted, &provided);
         mpi_started = true;
     }
