@@ -278,6 +278,65 @@ CLI::App* add_eval_command(CLI::App& app, EvalCommand& ev) {
     return e;
 }
 
+struct ExportImportCommand {
+    std::string ckpt, run, out, format = "llmc";  // export
+    std::string in, import_out;                   // import
+};
+
+// `export` and `import`; returns them in that order.
+std::pair<CLI::App*, CLI::App*> add_export_import_commands(CLI::App& app, ExportImportCommand& x) {
+    auto* ex = app.add_subcommand("export", "write a checkpoint's weights for llm.c or Hugging Face transformers");
+    auto* ex_ckpt = ex->add_option("--ckpt", x.ckpt, "checkpoint file");
+    ex->add_option("--run", x.run, "run directory: its newest checkpoint")->excludes(ex_ckpt);
+    ex->add_option("--out", x.out, "llm.c model file (.bin), or a new directory for --format hf")->required();
+    ex->add_option("--format", x.format, "llmc (llm.c's fp32 model file) or hf (config.json + "
+                                         "model.safetensors for GPT2LMHeadModel.from_pretrained)")
+        ->check(CLI::IsMember({"llmc", "hf"}))
+        ->capture_default_str();
+    auto* im = app.add_subcommand("import", "make a checkpoint (step 0, fresh optimizer) from an llm.c model file");
+    im->add_option("--in", x.in, "llm.c model file (.bin)")->required();
+    im->add_option("--out", x.import_out, "checkpoint file to write")->required();
+    return {ex, im};
+}
+
+// Under mpirun every rank runs this program; MPI is started only for training. Returns whether it was.
+bool start_mpi_for_training(int& argc, char**& argv, bool training, const TrainOptions& train) {
+#ifdef DILOCO_HAVE_MPI
+    if (!training) return false;
+    int provided = 0;
+    // a progress thread calls MPI beside the main thread (comm/progress.h); else only the main
+    // thread does, and the OpenMP threads never
+    const int wanted = train.comm_progress == "thread" ? MPI_THREAD_MULTIPLE : MPI_THREAD_FUNNELED;
+    if (train.on_worker_loss == "continue") Comm::request_failure_detector();
+    MPI_Init_thread(&argc, &argv, wanted, &provided);
+    return true;
+#else
+    (void)argc, (void)argv, (void)training, (void)train;
+    return false;
+#endif
+}
+
+// Parses argv (config files expanded); returns -1 to go on, or the exit code of help or an error.
+int parse_command_line(CLI::App& app, int argc, char** argv) {
+    try {
+        std::vector<std::string> args = expand_config_files(argc, argv, "train", add_train_options_scratch);
+        std::reverse(args.begin(), args.end());  // CLI11 takes the words reversed, without argv[0]
+        args.pop_back();
+        app.parse(args);
+        return -1;
+    } catch (const Error& ex) {  // a config file
+        std::fprintf(stderr, "error: %s\n", ex.what());
+        return 2;
+    } catch (const CLI::CallForHelp& ex) {
+        return app.exit(ex);
+    } catch (const CLI::CallForAllHelp& ex) {
+        return app.exit(ex);
+    } catch (const CLI::ParseError& ex) {
+        std::fprintf(stderr, "error: %s (see --help)\n", ex.what());
+        return 2;
+    }
+}
+
 int main(int argc, char** argv) {
 #if defined(DILOCO_HAVE_CUDA) || defined(DILOCO_EMULATE)
     register_cuda_backend();
@@ -305,53 +364,15 @@ int main(int argc, char** argv) {
     auto* b = app.add_subcommand("bench", "time one kernel in isolation");
     add_bench_options(b, bench);
 
-    std::string export_ckpt, export_out, export_format = "llmc", import_in, import_out;
-    auto* ex = app.add_subcommand("export", "write a checkpoint's weights for llm.c or Hugging Face transformers");
-    std::string export_run;
-    auto* ex_ckpt = ex->add_option("--ckpt", export_ckpt, "checkpoint file");
-    ex->add_option("--run", export_run, "run directory: its newest checkpoint")->excludes(ex_ckpt);
-    ex->add_option("--out", export_out, "llm.c model file (.bin), or a new directory for --format hf")->required();
-    ex->add_option("--format", export_format, "llmc (llm.c's fp32 model file) or hf (config.json + "
-                                              "model.safetensors for GPT2LMHeadModel.from_pretrained)")
-        ->check(CLI::IsMember({"llmc", "hf"}))
-        ->capture_default_str();
-    auto* im = app.add_subcommand("import", "make a checkpoint (step 0, fresh optimizer) from an llm.c model file");
-    im->add_option("--in", import_in, "llm.c model file (.bin)")->required();
-    im->add_option("--out", import_out, "checkpoint file to write")->required();
+    ExportImportCommand xi;
+    const auto [ex, im] = add_export_import_commands(app, xi);
 
     app.add_subcommand("info", "build options, BLAS, threads, devices");
 
-    try {
-        std::vector<std::string> args = expand_config_files(argc, argv, "train", add_train_options_scratch);
-        std::reverse(args.begin(), args.end());  // CLI11 takes the words reversed, without argv[0]
-        args.pop_back();
-        app.parse(args);
-    } catch (const Error& ex) {  // a config file
-        std::fprintf(stderr, "error: %s\n", ex.what());
-        return 2;
-    } catch (const CLI::CallForHelp& ex) {
-        return app.exit(ex);
-    } catch (const CLI::CallForAllHelp& ex) {
-        return app.exit(ex);
-    } catch (const CLI::ParseError& ex) {
-        std::fprintf(stderr, "error: %s (see --help)\n", ex.what());
-        return 2;
-    }
+    if (const int code = parse_command_line(app, argc, argv); code >= 0) return code;
 
     if (*t || *b) share_cores_among_ranks();
-    // Under mpirun every rank runs this program; MPI is started only for training.
-    bool mpi_started = false;
-#ifdef DILOCO_HAVE_MPI
-    if (*t) {
-        int provided = 0;
-        // a progress thread calls MPI beside the main thread (comm/progress.h); else only the main
-        // thread does, and the OpenMP threads never
-        const int wanted = train.comm_progress == "thread" ? MPI_THREAD_MULTIPLE : MPI_THREAD_FUNNELED;
-        if (train.on_worker_loss == "continue") Comm::request_failure_detector();
-        MPI_Init_thread(&argc, &argv, wanted, &provided);
-        mpi_started = true;
-    }
-#endif
+    const bool mpi_started = start_mpi_for_training(argc, argv, t->parsed(), train);
     auto finish = [&](int code) {
 #ifdef DILOCO_HAVE_MPI
         if (mpi_started) finalize_mpi(code);
@@ -366,7 +387,7 @@ int main(int argc, char** argv) {
     try {
         gen.ckpt = checkpoint_of(gen.ckpt, gen_run, g->parsed());
         ev.ckpt = checkpoint_of(ev.ckpt, ev.run, e->parsed() && ev.modules.empty());
-        export_ckpt = checkpoint_of(export_ckpt, export_run, ex->parsed());
+        xi.ckpt = checkpoint_of(xi.ckpt, xi.run, ex->parsed());
         if (*p) {
             prepare_dataset(prep);
         } else if (*ro) {
@@ -382,9 +403,9 @@ int main(int argc, char** argv) {
             else
                 run_eval(ev.ckpt, ev.data, ev.batches, ev.batch, ev.seq_len);
         } else if (*ex) {
-            run_export(export_ckpt, export_out, export_format);
+            run_export(xi.ckpt, xi.out, xi.format);
         } else if (*im) {
-            run_import(import_in, import_out);
+            run_import(xi.in, xi.import_out);
         } else if (*b) {
             return run_bench(bench);
         } else {
