@@ -230,117 +230,135 @@ void bench_layernorm(const BenchOptions& o, const Ceilings& c, Rng& rng) {
 
 }  // namespace
 
+// The card's ceilings the kernels are measured against: copy bandwidth and the GEMM rates.
+Ceilings measure_ceilings(BlasHandle& blas) {
+    Ceilings c{};
+    const size_t n = (size_t)256 << 20;  // 1 GiB each way
+    DevBuf src(n), dst(n);
+    const double ms = time_ms([&] { cudaMemcpyAsync(dst.p, src.p, n * 4, cudaMemcpyDeviceToDevice); }, 2, 10);
+    c.copy_gbs = 2.0 * n * 4 / ms / 1e6;
+    const int g = 8192;
+    DevBuf A((size_t)g * g), B((size_t)g * g), C((size_t)g * g);
+    cudaMemset(A.p, 0, A.n * 4);
+    cudaMemset(B.p, 0, B.n * 4);
+    const double gms = time_ms([&] { matmul_forward_cuda(C.p, A.p, B.p, nullptr, g, g, g, blas, nullptr); }, 2, 5);
+    c.sgemm_tflops = 2.0 * g * g * (double)g / gms / 1e9;
+    c.bf16_tflops = bf16_gemm_tflops();
+    return c;
+}
+
+void bench_gelu(const BenchOptions& o, const Ceilings& c, Rng& rng) {
+    const long n = (long)o.B * o.T * 4 * o.C;
+    auto x = randn(n, rng);
+    std::vector<float> out(n);
+    gelu_forward_cpu(out.data(), x.data(), n);
+    DevBuf dx(x), dout(n);
+    auto run = [&] { gelu_forward_cuda(dout.p, dx.p, n, nullptr); };
+    run();
+    report("gelu forward v1", time_ms(run, o.warmup, o.repeats), 0, 8.0 * n, c, max_rel_err(dout.get(), out));
+}
+
+void bench_crossentropy(const BenchOptions& o, const Ceilings& c, Rng& rng) {
+    const long N = (long)o.B * o.T;
+    auto logits = randn(N * o.V, rng);
+    std::vector<int> tg(N);
+    for (auto& t : tg) t = (int)rng.below(o.V);
+    std::vector<float> losses(N), lse(N);
+    crossentropy_forward_cpu(losses.data(), lse.data(), logits.data(), tg.data(), (int)N, o.V);
+    DevBuf dl(logits), dloss(N), dlse(N);
+    int* dt;
+    ck(cudaMalloc(&dt, N * sizeof(int)), "cudaMalloc");
+    cudaMemcpy(dt, tg.data(), N * sizeof(int), cudaMemcpyHostToDevice);
+    auto run = [&] { crossentropy_forward_cuda(dloss.p, dlse.p, dl.p, dt, (int)N, o.V, nullptr); };
+    run();
+    report("crossentropy forward v1", time_ms(run, o.warmup, o.repeats), 0, 4.0 * N * o.V, c,
+           max_rel_err(dloss.get(), losses));
+    cudaFree(dt);
+}
+
+void bench_adamw(const BenchOptions& o, const Ceilings& c, Rng& rng) {
+    const size_t n = (size_t)o.M * o.N * 8;
+    auto p = randn(n, rng), g = randn(n, rng);
+    std::vector<float> zeros(n, 0.0f);
+    DevBuf dp(p), dg(g), dm(zeros), dv(zeros);
+    AdamWSegment seg{0, n, true};
+    AdamWSegmentsDevice segs;
+    ck(adamw_upload_segments(segs, &seg, 1), "segments");
+    const AdamWHyper h{1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f};
+    long t = 1;
+    auto run = [&] { adamw_update_cuda(dp.p, dm.p, dv.p, dg.p, segs, h, t++, 1.0f, nullptr); };
+    std::printf("adamw n=%zu | bytes = 4 n (4 reads + 3 writes); with the bf16 copy + 2 n\n", n);
+    report("adamw v1", time_ms(run, o.warmup, o.repeats), 0, 28.0 * n, c, -1);
+    DevBits copy(n);
+    auto run16 = [&] { adamw_update_cuda(dp.p, dm.p, dv.p, dg.p, segs, h, t++, 1.0f, nullptr, copy.p); };
+    report("adamw + bf16 copy", time_ms(run16, o.warmup, o.repeats), 0, 30.0 * n, c, -1);
+    adamw_free_segments(segs);
+}
+
+void bench_quantize(const BenchOptions& o, const Ceilings& c, Rng& rng) {
+    const size_t n = (size_t)o.M * o.N * 4;
+    auto x = randn(n, rng);
+    DevBuf dx(x), dacc(n);
+    const int qb = o.quant_block;  // checked by run_bench
+    std::printf("quantize n=%zu block %d | bytes: encode 8n + payload, decode-add payload + 8n | "
+                "check: payload bytes equal to the CPU codec's\n", n, qb);
+    for (QuantFormat f : {QuantFormat::bf16, QuantFormat::int8, QuantFormat::e2m1, QuantFormat::e3m0}) {
+        const size_t pb = quant_bytes(f, n, qb);
+        std::vector<uint8_t> want(pb), got(pb);
+        quantize_cpu(want.data(), x.data(), n, f, qb);
+        uint8_t* dp;
+        ck(cudaMalloc(&dp, pb), "cudaMalloc");
+        auto enc = [&] { quantize_cuda(dp, dx.p, n, f, qb, nullptr); };
+        enc();
+        ck(cudaMemcpy(got.data(), dp, pb, cudaMemcpyDeviceToHost), "cudaMemcpy");
+        size_t differ = 0;
+        for (size_t i = 0; i < pb; i++) differ += got[i] != want[i];
+        const std::string name = quant_format_name(f);
+        report((name + " encode").c_str(), time_ms(enc, o.warmup, o.repeats), 0, 8.0 * n + pb, c, -1);
+        std::printf("  %zu of %zu payload bytes differ from the CPU codec%s\n", differ, pb, differ ? "  <-- MISMATCH" : "");
+        auto dec = [&] { dequantize_add_cuda(dacc.p, dp, n, f, qb, nullptr); };
+        report((name + " decode+add").c_str(), time_ms(dec, o.warmup, o.repeats), 0, 8.0 * n + pb, c, -1);
+        cudaFree(dp);
+    }
+}
+
+void bench_gemm(const BenchOptions& o, const Ceilings& c, BlasHandle& blas) {
+    DevBuf A((size_t)o.M * o.K), B((size_t)o.N * o.K), C((size_t)o.M * o.N);
+    cudaMemset(A.p, 0, A.n * 4);
+    cudaMemset(B.p, 0, B.n * 4);
+    auto run = [&] { matmul_forward_cuda(C.p, A.p, B.p, nullptr, o.M, o.K, o.N, blas, nullptr); };
+    report(blas.precision == MatmulPrecision::tf32 ? "cuBLAS SGEMM (tf32)" : "cuBLAS SGEMM",
+           time_ms(run, o.warmup, o.repeats), 2.0 * o.M * o.N * (double)o.K, 0, c, -1);
+}
+
 int run_bench_cuda(const BenchOptions& o) {
     int ndev = 0;
     DILOCO_CHECK(cudaGetDeviceCount(&ndev) == cudaSuccess && ndev > 0, "bench --device cuda: no CUDA device");
     DILOCO_CHECK(o.variant == 0 || o.variant == 1 || (o.kernel == "attention" && o.variant == 2),
                  "bench --device cuda: attention has variants 1 and 2, the other kernels variant 1 (0 runs all)");
+    const std::string& k = o.kernel;
+    DILOCO_CHECK(k == "layernorm" || k == "attention" || k == "gelu" || k == "crossentropy" || k == "adamw" ||
+                     k == "quantize" || k == "gemm",
+                 "bench --device cuda: unknown kernel '" + k +
+                     "' (known: gemm, layernorm, attention, adamw, gelu, crossentropy, quantize)");
     cudaDeviceProp prop{};
     cudaGetDeviceProperties(&prop, 0);
     BlasHandle blas;
     blas_create(blas);
     blas_set_precision(blas, parse_matmul_precision(o.matmul_precision));  // the ceiling too
-    Ceilings c{};
-    {
-        const size_t n = (size_t)256 << 20;  // 1 GiB each way
-        DevBuf src(n), dst(n);
-        const double ms = time_ms([&] { cudaMemcpyAsync(dst.p, src.p, n * 4, cudaMemcpyDeviceToDevice); }, 2, 10);
-        c.copy_gbs = 2.0 * n * 4 / ms / 1e6;
-        const int g = 8192;
-        DevBuf A((size_t)g * g), B((size_t)g * g), C((size_t)g * g);
-        cudaMemset(A.p, 0, A.n * 4);
-        cudaMemset(B.p, 0, B.n * 4);
-        const double gms = time_ms([&] { matmul_forward_cuda(C.p, A.p, B.p, nullptr, g, g, g, blas, nullptr); }, 2, 5);
-        c.sgemm_tflops = 2.0 * g * g * (double)g / gms / 1e9;
-    }
-    c.bf16_tflops = bf16_gemm_tflops();
+    const Ceilings c = measure_ceilings(blas);
     std::printf("device %s (sm_%d%d) | ceilings: device copy %.0f GB/s (read + write), cuBLAS SGEMM 8192^3 %.1f TFLOP/s (%s), "
                 "cuBLAS bf16 GEMM 8192^3 %.1f TFLOP/s\n",
                 prop.name, prop.major, prop.minor, c.copy_gbs, c.sgemm_tflops,
                 blas.precision == MatmulPrecision::tf32 ? "tf32 tensor cores" : "fp32, no TF32", c.bf16_tflops);
     Rng rng(1);
-    const std::string& k = o.kernel;
-    const long N = (long)o.B * o.T;
-    if (k == "layernorm") {
-        bench_layernorm(o, c, rng);
-    } else if (k == "attention") {
-        bench_attention(o, c, rng);
-    } else if (k == "gelu") {
-        const long n = N * 4 * o.C;
-        auto x = randn(n, rng);
-        std::vector<float> out(n);
-        gelu_forward_cpu(out.data(), x.data(), n);
-        DevBuf dx(x), dout(n);
-        auto run = [&] { gelu_forward_cuda(dout.p, dx.p, n, nullptr); };
-        run();
-        report("gelu forward v1", time_ms(run, o.warmup, o.repeats), 0, 8.0 * n, c, max_rel_err(dout.get(), out));
-    } else if (k == "crossentropy") {
-        auto logits = randn(N * o.V, rng);
-        std::vector<int> tg(N);
-        for (auto& t : tg) t = (int)rng.below(o.V);
-        std::vector<float> losses(N), lse(N);
-        crossentropy_forward_cpu(losses.data(), lse.data(), logits.data(), tg.data(), (int)N, o.V);
-        DevBuf dl(logits), dloss(N), dlse(N);
-        int* dt;
-        ck(cudaMalloc(&dt, N * sizeof(int)), "cudaMalloc");
-        cudaMemcpy(dt, tg.data(), N * sizeof(int), cudaMemcpyHostToDevice);
-        auto run = [&] { crossentropy_forward_cuda(dloss.p, dlse.p, dl.p, dt, (int)N, o.V, nullptr); };
-        run();
-        report("crossentropy forward v1", time_ms(run, o.warmup, o.repeats), 0, 4.0 * N * o.V, c,
-               max_rel_err(dloss.get(), losses));
-        cudaFree(dt);
-    } else if (k == "adamw") {
-        const size_t n = (size_t)o.M * o.N * 8;
-        auto p = randn(n, rng), g = randn(n, rng);
-        std::vector<float> zeros(n, 0.0f);
-        DevBuf dp(p), dg(g), dm(zeros), dv(zeros);
-        AdamWSegment seg{0, n, true};
-        AdamWSegmentsDevice segs;
-        ck(adamw_upload_segments(segs, &seg, 1), "segments");
-        const AdamWHyper h{1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f};
-        long t = 1;
-        auto run = [&] { adamw_update_cuda(dp.p, dm.p, dv.p, dg.p, segs, h, t++, 1.0f, nullptr); };
-        std::printf("adamw n=%zu | bytes = 4 n (4 reads + 3 writes); with the bf16 copy + 2 n\n", n);
-        report("adamw v1", time_ms(run, o.warmup, o.repeats), 0, 28.0 * n, c, -1);
-        DevBits copy(n);
-        auto run16 = [&] { adamw_update_cuda(dp.p, dm.p, dv.p, dg.p, segs, h, t++, 1.0f, nullptr, copy.p); };
-        report("adamw + bf16 copy", time_ms(run16, o.warmup, o.repeats), 0, 30.0 * n, c, -1);
-        adamw_free_segments(segs);
-    } else if (k == "quantize") {
-        const size_t n = (size_t)o.M * o.N * 4;
-        auto x = randn(n, rng);
-        DevBuf dx(x), dacc(n);
-        const int qb = o.quant_block;  // checked by run_bench
-        std::printf("quantize n=%zu block %d | bytes: encode 8n + payload, decode-add payload + 8n | "
-                    "check: payload bytes equal to the CPU codec's\n", n, qb);
-        for (QuantFormat f : {QuantFormat::bf16, QuantFormat::int8, QuantFormat::e2m1, QuantFormat::e3m0}) {
-            const size_t pb = quant_bytes(f, n, qb);
-            std::vector<uint8_t> want(pb), got(pb);
-            quantize_cpu(want.data(), x.data(), n, f, qb);
-            uint8_t* dp;
-            ck(cudaMalloc(&dp, pb), "cudaMalloc");
-            auto enc = [&] { quantize_cuda(dp, dx.p, n, f, qb, nullptr); };
-            enc();
-            ck(cudaMemcpy(got.data(), dp, pb, cudaMemcpyDeviceToHost), "cudaMemcpy");
-            size_t differ = 0;
-            for (size_t i = 0; i < pb; i++) differ += got[i] != want[i];
-            const std::string name = quant_format_name(f);
-            report((name + " encode").c_str(), time_ms(enc, o.warmup, o.repeats), 0, 8.0 * n + pb, c, -1);
-            std::printf("  %zu of %zu payload bytes differ from the CPU codec%s\n", differ, pb, differ ? "  <-- MISMATCH" : "");
-            auto dec = [&] { dequantize_add_cuda(dacc.p, dp, n, f, qb, nullptr); };
-            report((name + " decode+add").c_str(), time_ms(dec, o.warmup, o.repeats), 0, 8.0 * n + pb, c, -1);
-            cudaFree(dp);
-        }
-    } else if (k == "gemm") {
-        DevBuf A((size_t)o.M * o.K), B((size_t)o.N * o.K), C((size_t)o.M * o.N);
-        cudaMemset(A.p, 0, A.n * 4);
-        cudaMemset(B.p, 0, B.n * 4);
-        auto run = [&] { matmul_forward_cuda(C.p, A.p, B.p, nullptr, o.M, o.K, o.N, blas, nullptr); };
-        report(blas.precision == MatmulPrecision::tf32 ? "cuBLAS SGEMM (tf32)" : "cuBLAS SGEMM",
-               time_ms(run, o.warmup, o.repeats), 2.0 * o.M * o.N * (double)o.K, 0, c, -1);
-    } else {
-        throw Error("bench --device cuda: unknown kernel '" + k + "' (known: gemm, layernorm, attention, adamw, gelu, crossentropy, quantize)");
-    }
+    if (k == "layernorm") bench_layernorm(o, c, rng);
+    if (k == "attention") bench_attention(o, c, rng);
+    if (k == "gelu") bench_gelu(o, c, rng);
+    if (k == "crossentropy") bench_crossentropy(o, c, rng);
+    if (k == "adamw") bench_adamw(o, c, rng);
+    if (k == "quantize") bench_quantize(o, c, rng);
+    if (k == "gemm") bench_gemm(o, c, blas);
     blas_destroy(blas);
     return 0;
 }
