@@ -155,6 +155,7 @@ struct Run {
     std::FILE* metrics = nullptr;        // rank 0 only
     std::chrono::steady_clock::time_point t0;
     int64_t first_step = 1, end_step = 0, next_eval = INT64_MAX, next_ckpt = INT64_MAX;
+    double tokens_before = 0.0;  // tokens_at(first_step - 1): this process's speed counts from there
     double val_loss = NAN;
     StepSeconds spent;  // all steps so far
     // the most bytes this rank sent across workers in one inner step; the final step, where every
@@ -414,7 +415,6 @@ void report_round(Run& r, const std::vector<PendingStep>& pending) {
     // reduction (--on-worker-loss continue; the layout itself changes at the next round's end)
     const double R = r.comm.losses() != lost_before ? (double)r.comm.world_size()
                                                      : (double)r.global_rows / ((long)r.o.grad_accum * r.o.batch);
-    const double tokens_per_step = (double)r.global_rows * r.o.seq_len;
     for (size_t k = 0; k < pending.size(); k++) {
         const PendingStep& p = pending[k];
         const double loss = losses[k] / R;
@@ -429,7 +429,7 @@ void report_round(Run& r, const std::vector<PendingStep>& pending) {
         if (log_line || p.step == r.o.steps) {
             const double done = (double)(p.step - r.first_step + 1);
             std::fprintf(stderr, "step %lld/%ld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | ETA %s\n",
-                         (long long)p.step, r.o.steps, loss, p.lr, p.grad_norm, done * tokens_per_step / p.wall,
+                         (long long)p.step, r.o.steps, loss, p.lr, p.grad_norm, (r.tokens_at(p.step) - r.tokens_before) / p.wall,
                          fmt_duration(p.wall / done * (r.o.steps - p.step)).c_str());
         }
     }
@@ -530,8 +530,7 @@ void write_summary(Run& r) {
     const TrainOptions& o = r.o;
     const int M = r.comm.workers(), G = r.comm.ranks_per_worker(), R = M * G;  // the ranks that train
     const double wall = r.seconds();
-    const long trained = std::max<long>(0, o.steps - r.first_step + 1);
-    const double tokens_per_step = (double)r.global_rows * o.seq_len;
+    const double trained = std::max(0.0, r.tokens_at(o.steps) - r.tokens_before);  // across any change of layout
     const double outer_total = r.comm.sum_world((double)r.comm.bytes_outer());
     const double dp_outer_total =
         M > 1 ? (double)o.steps * R * 2.0 * (M - 1) / M * 4.0 * ((double)r.model.num_params / G) : 0.0;
@@ -543,7 +542,7 @@ void write_summary(Run& r) {
                  "\"bytes_outer_dp_equivalent\": %.0f, \"peak_bytes_step\": %llu, \"compute_util\": %.4f, "
                  "\"compute_s\": %.3f, \"comm_s\": %.3f, \"stage_s\": %.3f, \"progress_polls\": %llu}\n",
                  o.steps, r.val_loss, r.tokens_at(o.steps), wall,
-                 trained > 0 ? trained * tokens_per_step / wall : 0.0, r.model.num_params, o.algo.c_str(), M,
+                 wall > 0 ? trained / wall : 0.0, r.model.num_params, o.algo.c_str(), M,
                  r.comm.world_size(), r.algo->steps_per_round(), outer_total, dp_outer_total, (unsigned long long)r.peak_bytes_step,
                  wall > 0 ? r.spent.compute / wall : 0.0, r.spent.compute, r.spent.comm, r.spent.stage,
                  (unsigned long long)r.comm.progress_polls());
@@ -663,6 +662,7 @@ double run_train(const TrainOptions& o) {
 
     r.t0 = std::chrono::steady_clock::now();
     r.first_step = r.state.step + 1;
+    r.tokens_before = r.tokens_at(r.state.step);
     r.end_step = o.stop_at > 0 ? std::min<int64_t>(o.stop_at, o.steps) : o.steps;
     if (o.eval_every > 0) r.next_eval = (r.state.step / o.eval_every + 1) * o.eval_every;
     if (o.ckpt_every > 0) r.next_ckpt = (r.state.step / o.ckpt_every + 1) * o.ckpt_every;
