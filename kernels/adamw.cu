@@ -47,11 +47,15 @@ __device__ __forceinline__ float clip_scale_device(double norm_sq, float max_nor
 }
 
 // norm_sq (device, or null for s.grad_scale as given): the gradients' squared norm, from which
-// every thread takes the clipping scale itself
+// every thread takes the clipping scale itself. A non-finite norm leaves everything as it was: the
+// host, which learns of it at the step's end, stops the run with the weights of before the step.
 __global__ void adamw_kernel(float* params, float* m, float* v, const float* grads, bf16* params_bf16,
                              const unsigned long long* offsets, const unsigned char* decay, int nseg,
                              AdamWScalars s, const double* norm_sq, float max_norm) {
-    if (norm_sq) s.grad_scale = clip_scale_device(*norm_sq, max_norm);
+    if (norm_sq) {
+        if (!isfinite(*norm_sq)) return;
+        s.grad_scale = clip_scale_device(*norm_sq, max_norm);
+    }
     DILOCO_DYNAMIC_SHARED(unsigned long long, bounds);  // nseg + 1 boundaries
     for (int k = threadIdx.x; k <= nseg; k += blockDim.x) bounds[k] = offsets[k];
     __syncthreads();

@@ -27,7 +27,8 @@ cudaError_t adamw_update_cuda(float* params, float* m, float* v, const float* gr
 
 // The same with the gradients scaled by clip_scale(sqrt(*norm_sq), max_norm) (kernels/gradnorm.h),
 // taken on the device from norm_sq (one double of device memory: global_norm_squared_cuda's
-// output), so that no host wait stands between the norm and the update.
+// output), so that no host wait stands between the norm and the update. A non-finite norm leaves
+// params, m, v and the bf16 copy unchanged.
 cudaError_t adamw_update_clipped_cuda(float* params, float* m, float* v, const float* grads,
                                       const AdamWSegmentsDevice& segments, const AdamWHyper& h, long t,
                                       const double* norm_sq, float max_norm, cudaStream_t stream,

@@ -299,11 +299,20 @@ bool average_gradients(Run& r, StepSeconds& spent) {
 
 // A NaN or an infinity ends the run with the step, the rank and what first went non-finite: the
 // first parameter tensor (an outer update may have made it so), else the first activation of the
-// forward pass, else the loss itself. The CUDA trainer names the loss only: its tensors are on the
-// device.
+// forward pass, else the loss itself. On a device the check comes after the update, and the
+// tensors are fetched then: the first non-finite gradient, else parameter (its activations stay
+// on the device).
 [[noreturn]] void stop_non_finite(Run& r, int64_t step, const std::string& what) {
     std::string first = what;
-    if (!r.dev && what.starts_with("the loss")) {
+    if (r.dev) {  // AdamW left the weights of before the step when the norm was not finite
+        r.dev->grads_to_host(r.model.grads.data());
+        r.dev->params_to_host(r.model.params.data());
+        const std::string grad = first_non_finite_tensor(r.model, r.model.grads.data());
+        const std::string param = first_non_finite_tensor(r.model, r.model.params.data());
+        if (!param.empty()) first += "; parameter " + param + " was already non-finite before the step (read from the device)";
+        else if (!grad.empty()) first += "; every parameter is finite, the gradient of " + grad +
+                                         " is the first non-finite tensor (read from the device)";
+    } else if (what.starts_with("the loss")) {
         const std::string param = first_non_finite_tensor(r.model, r.model.params.data());
         const std::string act = first_non_finite_activation(r.model);
         if (!param.empty()) first += "; parameter " + param + " was already non-finite before the step's forward pass";

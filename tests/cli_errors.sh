@@ -319,5 +319,21 @@ else
     failures=$((failures + 1))
 fi
 
+# the same on the device (the emulated CUDA build, when given): the step's figures come back after
+# the update, and the tensors are read from the device then
+if [ -n "${2:-}" ]; then
+    cases=$((cases + 1))
+    timeout 120 "$(realpath "$2")" train --data data --out diverge-dev $SMALL --steps 20 --lr 1e30 --warmup 0 \
+        --grad-clip 0 --device cuda >out.txt 2>err.txt
+    rc=$?
+    pattern='^error: non-finite values at step [0-9]* on rank 0: .*(gradient of|parameter) [a-z0-9_.]* .*read from the device.*lower --lr$'
+    if [ "$rc" -ne 0 ] && [ "$rc" -lt 124 ] && [ "$(grep -c '^error:' err.txt)" -eq 1 ] && grep -Eq "$pattern" err.txt; then
+        echo "ok: divergence on the device <- $(grep '^error:' err.txt | head -c 240)"
+    else
+        echo "FAIL: a diverging device run (exit $rc) did not name step, rank and tensor:"; sed 's/^/    /' err.txt | tail -3
+        failures=$((failures + 1))
+    fi
+fi
+
 echo "$((cases - failures)) passed, $failures failed"
 [ "$failures" -eq 0 ]

@@ -235,6 +235,17 @@ TEST(Twin, AdamWClipScaleTakenOnTheDeviceIsTheHosts) {
         EXPECT_TRUE(same_bits(got[1], got[0])) << "norm^2 " << norm_sq << ", max " << max_norm << ", scale " << scale;
         EXPECT_EQ(same_bits(got[2], got[0]), scale == 1.0f) << "norm^2 " << norm_sq << ": clipping made no difference";
     }
+    // a non-finite norm (a NaN in the gradients) leaves the weights and moments as they were
+    for (double bad : {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
+        const auto m0 = randn(n, rng, 0.01), v0 = randn(n, rng, 0.01);
+        Dev<float> dp(p), dm(m0), dv(v0), dg(g);
+        Dev<uint16_t> copy(n);
+        Dev<double> sq(std::vector<double>{bad});
+        CUDA_OK(adamw_update_clipped_cuda(dp.p, dm.p, dv.p, dg.p, dsegs, h, 2, sq.p, 1.0f, nullptr, copy.p));
+        EXPECT_TRUE(same_bits(dp.get(), p) && same_bits(dm.get(), m0) && same_bits(dv.get(), v0)) << "norm^2 " << bad;
+        const std::vector<uint16_t> c = copy.get();
+        EXPECT_TRUE(std::all_of(c.begin(), c.end(), [](uint16_t b) { return b == 0xFFFF; })) << "the bf16 copy was written";
+    }
     adamw_free_segments(dsegs);
 }
 
