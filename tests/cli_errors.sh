@@ -308,31 +308,26 @@ DILOCO_TEST_FAIL_AFTER_STEP=x expect_error "DILOCO_TEST_FAIL_AFTER_STEP must be 
 
 # a run made to diverge (AdamW steps of 1e30 overflow float32 at the second step) stops with one
 # error line naming the step, the rank and the tensor that first went non-finite, not the loss alone
-cases=$((cases + 1))
-timeout 60 "$BIN" train --data data --out diverge $SMALL --steps 20 --lr 1e30 --warmup 0 --grad-clip 0 >out.txt 2>err.txt
-rc=$?
-pattern='^error: non-finite values at step [0-9]* on rank 0: .*(gradient of|parameter|activation) [a-z0-9_.]* .*lower --lr$'
-if [ "$rc" -ne 0 ] && [ "$rc" -lt 124 ] && [ "$(grep -c '^error:' err.txt)" -eq 1 ] && grep -Eq "$pattern" err.txt; then
-    echo "ok: divergence <- $(grep '^error:' err.txt | head -c 200)"
-else
-    echo "FAIL: a diverging run (exit $rc) did not name step, rank and tensor:"; sed 's/^/    /' err.txt | tail -3
-    failures=$((failures + 1))
-fi
-
-# the same on the device (the emulated CUDA build, when given): the step's figures come back after
-# the update, and the tensors are read from the device then
-if [ -n "${2:-}" ]; then
+# expect_divergence LABEL TENSOR_PATTERN BINARY [OPTION...]
+expect_divergence() {
+    local label=$1 tensor=$2 bin=$3; shift 3
     cases=$((cases + 1))
-    timeout 120 "$(realpath "$2")" train --data data --out diverge-dev $SMALL --steps 20 --lr 1e30 --warmup 0 \
-        --grad-clip 0 --device cuda >out.txt 2>err.txt
-    rc=$?
-    pattern='^error: non-finite values at step [0-9]* on rank 0: .*(gradient of|parameter) [a-z0-9_.]* .*read from the device.*lower --lr$'
+    timeout 120 "$bin" train --data data --out "diverge-$label" $SMALL --steps 20 --lr 1e30 --warmup 0 --grad-clip 0 \
+        "$@" >out.txt 2>err.txt
+    local rc=$?
+    local pattern="^error: non-finite values at step [0-9]* on rank 0: .*$tensor.*lower --lr\$"
     if [ "$rc" -ne 0 ] && [ "$rc" -lt 124 ] && [ "$(grep -c '^error:' err.txt)" -eq 1 ] && grep -Eq "$pattern" err.txt; then
-        echo "ok: divergence on the device <- $(grep '^error:' err.txt | head -c 240)"
+        echo "ok: divergence ($label) <- $(grep '^error:' err.txt | head -c 240)"
     else
-        echo "FAIL: a diverging device run (exit $rc) did not name step, rank and tensor:"; sed 's/^/    /' err.txt | tail -3
+        echo "FAIL: a diverging run ($label, exit $rc) did not name step, rank and tensor:"; sed 's/^/    /' err.txt | tail -3
         failures=$((failures + 1))
     fi
+}
+expect_divergence cpu '(gradient of|parameter|activation) [a-z0-9_.]* ' "$BIN"
+# on the device (the emulated CUDA build, when given): the step's figures come back after the
+# update, and the tensors are read from the device then
+if [ -n "${2:-}" ]; then
+    expect_divergence device '(gradient of|parameter) [a-z0-9_.]* .*read from the device' "$(realpath "$2")" --device cuda
 fi
 
 echo "$((cases - failures)) passed, $failures failed"
