@@ -13,6 +13,7 @@
 
 #include "kernels/adamw_cuda.h"
 #include "kernels/cuda_common.h"
+#include "kernels/gradnorm.h"
 #include "kernels/tensor_core.h"
 
 namespace diloco {
@@ -39,13 +40,6 @@ __device__ __forceinline__ void adamw_one(float& p, float& m, float& v, float g,
     p -= s.lr * (mhat / (sqrtf(vhat) + s.eps) + wd * p);
 }
 
-// clip_scale (gradnorm_cpu.cpp) from the square of the norm, in the same double arithmetic
-__device__ __forceinline__ float clip_scale_device(double norm_sq, float max_norm) {
-    if (max_norm <= 0.0f) return 1.0f;
-    const double s = max_norm / (sqrt(norm_sq) + 1e-6);
-    return s < 1.0 ? (float)s : 1.0f;
-}
-
 // norm_sq (device, or null for s.grad_scale as given): the gradients' squared norm, from which
 // every thread takes the clipping scale itself. A non-finite norm leaves everything as it was: the
 // host, which learns of it at the step's end, stops the run with the weights of before the step.
@@ -54,7 +48,7 @@ __global__ void adamw_kernel(float* params, float* m, float* v, const float* gra
                              AdamWScalars s, const double* norm_sq, float max_norm) {
     if (norm_sq) {
         if (!isfinite(*norm_sq)) return;
-        s.grad_scale = clip_scale_device(*norm_sq, max_norm);
+        s.grad_scale = clip_scale(sqrt(*norm_sq), max_norm);  // the CPU's own function (kernels/gradnorm.h)
     }
     DILOCO_DYNAMIC_SHARED(unsigned long long, bounds);  // nseg + 1 boundaries
     for (int k = threadIdx.x; k <= nseg; k += blockDim.x) bounds[k] = offsets[k];

@@ -22,10 +22,4 @@ double global_norm_cpu(const float* g, size_t n) {
     return std::sqrt(total);
 }
 
-float clip_scale(double norm, float max_norm) {
-    if (max_norm <= 0.0f) return 1.0f;
-    double s = max_norm / (norm + 1e-6);
-    return s < 1.0 ? (float)s : 1.0f;
-}
-
 }  // namespace diloco
