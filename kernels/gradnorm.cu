@@ -2,6 +2,8 @@
 // b sums the squares of elements b*256 + k, stepping by the whole grid, then the block reduces its
 // 256 sums. Stage 2: one block adds the kGradNormBlocks partials in a fixed order, in double.
 // Neither stage depends on scheduling. bytes: 4 n.
+#include <cmath>
+
 #include "kernels/cuda_common.h"
 #include "kernels/gradnorm_cuda.h"
 
@@ -28,6 +30,17 @@ cudaError_t global_norm_squared_cuda(double* out_dev, const float* g, size_t n, 
                                      cudaStream_t stream) {
     DILOCO_LAUNCH(norm_partial_kernel, kGradNormBlocks, 256, 32 * sizeof(float), stream, workspace, g, n);
     DILOCO_LAUNCH(norm_final_kernel, 1, 32, 0, stream, out_dev, workspace, kGradNormBlocks);
+    return cudaGetLastError();
+}
+
+__global__ void step_gate_kernel(double* figures, double* halted) {
+    if (threadIdx.x != 0) return;
+    if (!isfinite(figures[0]) || !isfinite(figures[1])) *halted = 1.0;
+    figures[2] = *halted != 0.0 ? NAN : figures[1];
+}
+
+cudaError_t step_gate_cuda(double* figures, double* halted, cudaStream_t stream) {
+    DILOCO_LAUNCH(step_gate_kernel, 1, 32, 0, stream, figures, halted);
     return cudaGetLastError();
 }
 

@@ -42,8 +42,10 @@ void gpt_cuda_create(GPTCuda& m, const GPT& host, int B, int T, Precision precis
     // the widest layer with a bias is the MLP's first (4C outputs); the logits have none
     const long mm_floats = matmul_backward_workspace(B * T, 4 * host.config.d_model);
     DILOCO_CUDA_CHECK(cudaMalloc(&m.mm_workspace, mm_floats * sizeof(float)));
-    DILOCO_CUDA_CHECK(cudaMalloc(&m.step_figures, 2 * sizeof(double)));
-    DILOCO_CUDA_CHECK(cudaMemset(m.step_figures, 0, 2 * sizeof(double)));
+    const size_t figure_bytes = (3 * kStepFigureSlots + 1) * sizeof(double);
+    DILOCO_CUDA_CHECK(cudaMalloc(&m.step_figures, figure_bytes));
+    DILOCO_CUDA_CHECK(cudaMemset(m.step_figures, 0, figure_bytes));
+    DILOCO_CUDA_CHECK(cudaMallocHost(&m.figures_host, figure_bytes));
     DILOCO_CUDA_CHECK(cudaEventCreate(&m.staged));
     DILOCO_CUDA_CHECK(cudaMemcpy(m.params, host.params.data(), n * sizeof(float), cudaMemcpyHostToDevice));
     DILOCO_CUDA_CHECK(cudaMemset(m.grads, 0, n * sizeof(float)));
@@ -58,6 +60,7 @@ void gpt_cuda_destroy(GPTCuda& m) {
                     (void*)m.acts16, (void*)m.step_figures})
         if (p) cudaFree(p);
     if (m.staging) cudaFreeHost(m.staging);
+    if (m.figures_host) cudaFreeHost(m.figures_host);
     if (m.staged) cudaEventDestroy(m.staged);
     blas_destroy(m.blas);
     m = GPTCuda{};
@@ -145,7 +148,7 @@ void gpt_cuda_forward_train(GPTCuda& m, const int* tokens, const int* targets, i
     begin_forward(m, B, T);
     upload_rows(m, tokens, targets, B * T, micro_batch);
     const float* losses = forward_on_device(m, B, T, true);
-    DILOCO_CUDA_CHECK(loss_mean_accumulate_cuda(m.step_figures, losses, B * T, m.stream));
+    DILOCO_CUDA_CHECK(loss_mean_accumulate_cuda(gpt_cuda_figures(m, m.figure_slot), losses, B * T, m.stream));
 }
 
 float gpt_cuda_mean_loss(const float* device_losses, int N) {

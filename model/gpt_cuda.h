@@ -17,6 +17,8 @@ namespace diloco {
 
 struct CudnnSdpa;  // model/attention_cudnn.h
 
+constexpr int kStepFigureSlots = 64;
+
 struct GPTCuda {
     GPT layout;  // config and tensor table (its host buffers stay empty)
     float* params = nullptr;  // device, flat, block-major as on the host
@@ -35,10 +37,15 @@ struct GPTCuda {
     size_t staging_ints = 0;
     cudaEvent_t staged = nullptr;
     bool staging_in_flight = false;
-    // device, 2 doubles: [0] the training step's loss (its micro-batches' means, added), [1] the
-    // squared norm of its gradients (the inner optimizer's); read back once a step, together
+    // device: kStepFigureSlots slots of 3 doubles, one slot per training step, reused in turn, so
+    // that the host reads the figures of many steps in one copy (optim/train_cuda.cpp): [0] the
+    // step's loss (its micro-batches' means, added), [1] the squared norm of its gradients, [2] the
+    // gate AdamW takes its clipping from (step_gate_cuda); then one double, the sticky "halted"
+    // flag that a non-finite loss or norm sets (kernels/gradnorm_cuda.h)
     double* step_figures = nullptr;
-    int step_micro_batches = 1;  // of the step whose loss step_figures[0] sums
+    double* figures_host = nullptr;  // pinned: the slots' copy on the host (one asynchronous copy, one wait)
+    int figure_slot = 0;             // the slot of the step being enqueued
+    int step_micro_batches = 1;  // of that step
     float* att_workspace = nullptr;
     int* emb_workspace = nullptr;
     float* mm_workspace = nullptr;  // the bias gradients' partial sums
@@ -46,6 +53,10 @@ struct GPTCuda {
     BlasHandle blas;
     cudaStream_t stream = nullptr;
 };
+
+// The figures of the step in `slot` (3 doubles, device), and the halted flag (one double, device).
+inline double* gpt_cuda_figures(const GPTCuda& m, int slot) { return m.step_figures + 3 * slot; }
+inline double* gpt_cuda_halted(const GPTCuda& m) { return m.step_figures + 3 * kStepFigureSlots; }
 
 // Allocates everything for batches of up to B x T and copies the host model's parameters.
 void gpt_cuda_create(GPTCuda& m, const GPT& host, int B, int T, Precision precision = Precision::fp32);
@@ -55,8 +66,8 @@ void gpt_cuda_destroy(GPTCuda& m);
 // at once (evaluation).
 float gpt_cuda_forward(GPTCuda& m, const int* tokens, const int* targets, int B, int T);
 // The forward of micro-batch `micro_batch` of a training step (its rows copied through that slot
-// of the staging buffer): adds its mean loss into step_figures[0], on the device, and returns
-// without waiting for the device.
+// of the staging buffer): adds its mean loss into the loss of the step's figures (figure_slot), on
+// the device, and returns without waiting for the device.
 void gpt_cuda_forward_train(GPTCuda& m, const int* tokens, const int* targets, int B, int T, int micro_batch);
 // Backward of the last forward's mean loss; accumulates into m.grads, weighted 1/micro_batches
 // as gpt_backward (model/gpt.h) for gradient accumulation.

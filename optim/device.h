@@ -8,6 +8,7 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "comm/comm.h"
 #include "kernels/matmul.h"
@@ -21,11 +22,16 @@ public:
     virtual ~DeviceTrainer() = default;
     // Zeroes the gradients, then forward and backward over micro_batches x B rows, B at a time,
     // each micro-batch's gradient weighted 1/micro_batches (compute_gradients, optim/inner.h).
-    // Returns without waiting for the device: the loss comes with inner_update's figures.
+    // Returns without waiting for the device: the loss stays there until read_figures.
     virtual void compute_gradients(const int* tokens, const int* targets, int B, int T, int micro_batches) = 0;
-    // The inner optimizer's step, then the step's one wait for the device: its mean loss, learning
-    // rate and gradient norm.
-    virtual StepFigures inner_update(long step) = 0;
+    // Enqueues the inner optimizer's step and returns its learning rate, without waiting. A step
+    // whose loss or gradient norm is not finite changes nothing, and neither does any step after
+    // it (the device's gate, kernels/gradnorm_cuda.h): the weights stay those of before it until
+    // the host learns of it from read_figures.
+    virtual float inner_update(long step) = 0;
+    // Waits for the device and returns the figures of every step updated since the last call,
+    // oldest first: the host's one wait for any number of steps.
+    virtual std::vector<StepFigures> read_figures() = 0;
     // Waits until the device has done everything enqueued so far.
     virtual void synchronize() = 0;
     // mean loss of a forward pass (evaluation), no gradients
@@ -43,9 +49,6 @@ public:
     // its own ordered by events, so that the next kernel on the model's stream waits for it) and
     // returns true, or returns false when it cannot, and the loop averages them through the host.
     virtual bool average_grads_in_worker() { return false; }
-    // Seconds the last average_grads_in_worker() took on the device (0 without one); call after
-    // inner_update, which waits for the step to finish.
-    virtual double last_average_seconds() { return 0.0; }
     // All-gathers the worker's G slices of the parameters (slice_of) on the device (NCCL) and
     // returns true, or returns false and the caller gathers them through the host.
     virtual bool allgather_param_slices_in_worker() { return false; }

@@ -40,10 +40,12 @@ struct InnerStepInfo {
 InnerStepInfo inner_update(InnerOptimizer& opt, GPT& model, long step);
 
 // A device step's figures (optim/inner_cuda.h, optim/device.h): its mean loss and its update's,
-// read back together once the whole step is enqueued.
+// read back steps later, and where its time went on the device (from events around the step).
 struct StepFigures {
-    float loss;
-    InnerStepInfo inner;
+    float loss = 0.0f;
+    InnerStepInfo inner{};
+    double device_seconds = 0.0;   // from the step's first operation on the device to its update's end
+    double average_seconds = 0.0;  // of which the gradient average in the worker (NCCL; 0 without)
 };
 
 }  // namespace diloco

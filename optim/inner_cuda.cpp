@@ -14,7 +14,8 @@ namespace diloco {
 void compute_gradients_cuda(GPTCuda& model, const int* tokens, const int* targets, int B, int T, int micro_batches) {
     DILOCO_CHECK(micro_batches >= 1, "compute_gradients: micro_batches must be >= 1");
     gpt_cuda_zero_grad(model);  // once per step: every backward adds into the gradients
-    DILOCO_CUDA_CHECK(cudaMemsetAsync(model.step_figures, 0, sizeof(double), model.stream));  // the loss sum
+    DILOCO_CUDA_CHECK(cudaMemsetAsync(gpt_cuda_figures(model, model.figure_slot), 0, sizeof(double),
+                                      model.stream));  // the loss sum
     model.step_micro_batches = micro_batches;
     const size_t rows = (size_t)B * T;
     for (int k = 0; k < micro_batches; k++) {
@@ -29,8 +30,25 @@ static float step_loss(double sum, int micro_batches) { return (float)(sum / mic
 
 float gpt_cuda_read_step_loss(const GPTCuda& model) {
     double sum = 0.0;
-    DILOCO_CUDA_CHECK(cudaMemcpy(&sum, model.step_figures, sizeof(double), cudaMemcpyDeviceToHost));
+    DILOCO_CUDA_CHECK(cudaMemcpy(&sum, gpt_cuda_figures(model, model.figure_slot), sizeof(double), cudaMemcpyDeviceToHost));
     return step_loss(sum, model.step_micro_batches);
+}
+
+std::vector<StepFigures> read_step_figures_cuda(const GPTCuda& model, int first_slot, int count, const float* lrs,
+                                                int micro_batches) {
+    DILOCO_CHECK(count >= 0 && count <= kStepFigureSlots && first_slot >= 0 && first_slot < kStepFigureSlots,
+                 "read_step_figures_cuda: slots out of range");
+    // every slot in one copy (1.5 KiB), ordered after the steps on the model's stream
+    DILOCO_CUDA_CHECK(cudaMemcpyAsync(model.figures_host, model.step_figures, 3 * kStepFigureSlots * sizeof(double),
+                                      cudaMemcpyDeviceToHost, model.stream));
+    DILOCO_CUDA_CHECK(cudaStreamSynchronize(model.stream));
+    std::vector<StepFigures> out(count);
+    for (int k = 0; k < count; k++) {
+        const double* f = model.figures_host + 3 * ((first_slot + k) % kStepFigureSlots);
+        out[k].loss = step_loss(f[0], micro_batches);
+        out[k].inner = {lrs[k], std::sqrt(f[1])};
+    }
+    return out;
 }
 
 void inner_cuda_create(InnerOptimizerCuda& opt, const GPTCuda& model, const InnerHyper& h) {
@@ -53,19 +71,18 @@ void inner_cuda_destroy(InnerOptimizerCuda& opt) {
     opt = InnerOptimizerCuda{};
 }
 
-StepFigures inner_update_cuda(InnerOptimizerCuda& opt, GPTCuda& model, long step) {
+float inner_update_cuda(InnerOptimizerCuda& opt, GPTCuda& model, long step) {
     const InnerHyper& h = opt.h;
-    double* norm_sq = model.step_figures + 1;
-    DILOCO_CUDA_CHECK(global_norm_squared_cuda(norm_sq, model.grads, model.layout.num_params, opt.norm_workspace,
+    double* figures = gpt_cuda_figures(model, model.figure_slot);
+    DILOCO_CUDA_CHECK(global_norm_squared_cuda(figures + 1, model.grads, model.layout.num_params, opt.norm_workspace,
                                                model.stream));
+    DILOCO_CUDA_CHECK(step_gate_cuda(figures, gpt_cuda_halted(model), model.stream));
     const float lr = lr_at(step, h.total_steps, h.warmup, h.lr, h.min_lr_frac);
     const AdamWHyper ah{lr, h.beta1, h.beta2, h.eps, h.weight_decay};
-    DILOCO_CUDA_CHECK(adamw_update_clipped_cuda(model.params, opt.m, opt.v, model.grads, opt.segments, ah, step, norm_sq,
-                                                h.grad_clip, model.stream,
+    DILOCO_CUDA_CHECK(adamw_update_clipped_cuda(model.params, opt.m, opt.v, model.grads, opt.segments, ah, step,
+                                                figures + 2, h.grad_clip, model.stream,
                                                 model.precision == Precision::bf16 ? model.params16 : nullptr));
-    double figures[2];
-    DILOCO_CUDA_CHECK(cudaMemcpy(figures, model.step_figures, sizeof figures, cudaMemcpyDeviceToHost));
-    return {step_loss(figures[0], model.step_micro_batches), {lr, std::sqrt(figures[1])}};
+    return lr;
 }
 
 }  // namespace diloco

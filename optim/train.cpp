@@ -130,6 +130,10 @@ struct PendingStep {
     double wall;          // seconds since start when the step finished
     double compute_total;  // seconds of those spent computing, all steps so far
     StepSeconds spent;    // this step's seconds
+    // on a device: loss and grad_norm are still there (settle_device_steps fills them, and the
+    // seconds, in); rows_at: the first row of the step's batch, to compute it again for a diagnosis
+    bool figures_on_device = false;
+    uint64_t rows_at = 0;
 };
 
 // Everything one run of the loop holds. The algorithm owns its outer state; the loop owns the
@@ -146,6 +150,7 @@ struct Run {
     std::unique_ptr<TrainingAlgorithm> algo;
     std::unique_ptr<ReplicaTurns> turns;  // null unless the worker trains several replicas in turn
     std::unique_ptr<DeviceTrainer> dev;  // null: training on the CPU
+    TokenStream* train = nullptr;        // the loop's stream (null for replicas in turn and own schedules)
     Precision precision = Precision::fp32;  // of the device's forward and backward (--precision)
     TokenizerBlob tokenizer;             // the data's subword tokenizer, carried in rank 0's checkpoints
     bool stage_grads = false;            // gradients cross the host for their average
@@ -275,12 +280,12 @@ void print_header(const Run& r, const TokenStream& train) {
 }
 
 // The step's gradients, averaged over the ranks that train one model: on the device (NCCL) when
-// they are the worker's ranks and the device trainer can, otherwise through the host. Returns
-// whether the device took it (its time is then read after the optimizer step).
-bool average_gradients(Run& r, StepSeconds& spent) {
+// they are the worker's ranks and the device trainer can (its time then comes with the step's
+// figures), otherwise through the host.
+void average_gradients(Run& r, StepSeconds& spent) {
     TraceRange trace("gradient average");
     const bool within_worker = r.algo->replica_per_worker() || r.comm.workers() == 1;
-    if (r.dev && within_worker && r.dev->average_grads_in_worker()) return true;
+    if (r.dev && within_worker && r.dev->average_grads_in_worker()) return;
     float* grads = r.model.grads.data();
     double t = r.seconds();
     if (r.stage_grads) r.dev->grads_to_host(grads);
@@ -294,17 +299,16 @@ bool average_gradients(Run& r, StepSeconds& spent) {
     t = r.seconds();
     if (r.stage_grads) r.dev->grads_from_host(grads);
     spent.stage += r.seconds() - t;
-    return false;
 }
 
 // A NaN or an infinity ends the run with the step, the rank and what first went non-finite: the
 // first parameter tensor (an outer update may have made it so), else the first activation of the
-// forward pass, else the loss itself. On a device the check comes after the update, and the
-// tensors are fetched then: the first non-finite gradient, else parameter (its activations stay
-// on the device).
+// forward pass, else the loss itself. On a device the step's figures come back steps later, and
+// the tensors are fetched then: the first non-finite gradient, else parameter (its activations
+// stay on the device).
 [[noreturn]] void stop_non_finite(Run& r, int64_t step, const std::string& what) {
     std::string first = what;
-    if (r.dev) {  // AdamW left the weights of before the step when the norm was not finite
+    if (r.dev) {  // the device's gate left the weights of before the step (kernels/gradnorm_cuda.h)
         r.dev->grads_to_host(r.model.grads.data());
         r.dev->params_to_host(r.model.params.data());
         const std::string grad = first_non_finite_tensor(r.model, r.model.grads.data());
@@ -322,19 +326,71 @@ bool average_gradients(Run& r, StepSeconds& spent) {
                 ": " + first + "; lower --lr");
 }
 
+// The device's figures of the steps that wait for them (one wait for all), put in place with the
+// device's own seconds: a step's compute is its time on the device less its gradient average,
+// and it finished as long before the read as the steps after it took. Then the checks the CPU
+// makes at every step: the first step whose loss or norm is not finite ends the run. Its
+// gradients are computed again first when later steps have overwritten them (the weights are
+// still those of before it: the device's gate stopped every update from it on).
+void settle_device_steps(Run& r, std::vector<PendingStep>& steps) {
+    if (!r.dev) return;
+    const std::vector<StepFigures> figures = r.dev->read_figures();
+    const double now = r.seconds();
+    size_t waiting = 0;
+    for (const PendingStep& p : steps) waiting += p.figures_on_device;
+    DILOCO_CHECK(waiting == figures.size(), "internal: " + std::to_string(figures.size()) + " device steps read for " +
+                                                std::to_string(waiting) + " waiting");
+    double later = 0.0;  // device seconds of the steps after the one at hand
+    for (size_t k = steps.size(), j = waiting; k-- > 0;) {
+        if (!steps[k].figures_on_device) continue;
+        steps[k].wall = now - later;
+        later += figures[--j].device_seconds;
+    }
+    double moved = 0.0;  // compute seconds changed so far: the host's enqueueing replaced by device time
+    size_t j = 0;
+    for (PendingStep& p : steps) {
+        if (p.figures_on_device) {
+            const StepFigures& f = figures[j++];
+            p.loss = f.loss, p.grad_norm = f.inner.grad_norm, p.figures_on_device = false;
+            if (!r.stage_grads) {  // a step that staged its gradients waited for the device itself
+                const double compute = std::max(0.0, f.device_seconds - f.average_seconds);
+                moved += compute - p.spent.compute;
+                p.spent.compute = compute;
+                p.spent.comm += f.average_seconds;
+                r.spent.comm += f.average_seconds;
+            }
+        }
+        p.compute_total += moved;
+    }
+    r.spent.compute += moved;
+    for (const PendingStep& p : steps) {
+        if (std::isfinite(p.loss) && std::isfinite(p.grad_norm)) continue;
+        if (r.state.step != p.step && r.train) {
+            const int B = r.o.batch, T = r.o.seq_len, K = r.o.grad_accum;
+            std::vector<int> tok((size_t)K * B * T), tgt(tok.size());
+            r.train->read_rows(p.rows_at, K * B, tok.data(), tgt.data());
+            r.dev->compute_gradients(tok.data(), tgt.data(), B, T, K);
+        }
+        if (!std::isfinite(p.loss)) stop_non_finite(r, p.step, "the loss is " + std::to_string(p.loss));
+        stop_non_finite(r, p.step, "the gradient norm is " + std::to_string(p.grad_norm));
+    }
+}
+
 // One inner step: this rank's rows of the step's batch, forward and backward (over --grad-accum
 // micro-batches, their gradients added), the gradients averaged over the ranks that train one
-// model, the inner optimizer's step.
+// model, the inner optimizer's step. On a device the step is enqueued and its loss and norm stay
+// there until settle_device_steps reads them, with other steps'.
 PendingStep inner_step(Run& r, TokenStream& train, int64_t step, std::vector<int>& tok, std::vector<int>& tgt) {
     const int B = r.o.batch, T = r.o.seq_len, K = r.o.grad_accum;
-    train.read_rows(r.state.data_cursor + r.my_row, K * B, tok.data(), tgt.data());
+    const uint64_t rows_at = r.state.data_cursor + r.my_row;
+    train.read_rows(rows_at, K * B, tok.data(), tgt.data());
     r.state.data_cursor += r.stream_rows;
     StepSeconds spent;
     double t = r.seconds();
     float loss = NAN;
     {
         TraceRange trace("forward and backward");
-        if (r.dev) {  // enqueued only: the device's loss comes back with the update's figures
+        if (r.dev) {
             r.dev->compute_gradients(tok.data(), tgt.data(), B, T, K);
             if (r.stage_grads) r.dev->synchronize();  // averaged through the host: wait here, as compute
         } else {
@@ -347,34 +403,31 @@ PendingStep inner_step(Run& r, TokenStream& train, int64_t step, std::vector<int
         const std::string bad = first_non_finite_tensor(r.model, r.model.grads.data());
         if (!bad.empty()) stop_non_finite(r, step, "the gradient of " + bad + " is the first non-finite tensor");
     }
-    const bool on_device = average_gradients(r, spent);
+    average_gradients(r, spent);
     t = r.seconds();
-    InnerStepInfo si;
+    InnerStepInfo si{NAN, NAN};
     {
         TraceRange trace("inner optimizer");
-        if (r.dev) {
-            const StepFigures f = r.dev->inner_update(step);
-            loss = f.loss, si = f.inner;
-        } else {
+        if (r.dev)
+            si.lr = r.dev->inner_update(step);
+        else
             si = inner_update(r.inner, r.model, step);
-        }
     }
     spent.compute += r.seconds() - t;
-    if (r.dev) {  // read once a step, after the update: a non-finite loss or norm ends the run here
-        if (!std::isfinite(loss)) stop_non_finite(r, step, "the loss is " + std::to_string(loss));
-        if (!std::isfinite(si.grad_norm)) stop_non_finite(r, step, "the gradient norm is " + std::to_string(si.grad_norm));
-    } else {
+    if (!r.dev) {
         const std::string bad = first_non_finite_tensor(r.model, r.model.params.data());
         if (!bad.empty()) stop_non_finite(r, step, "the inner update made parameter " + bad + " the first non-finite tensor");
     }
-    if (on_device) {  // the optimizer waited for the average on the device: move its time to comm
-        const double avg = std::min(r.dev->last_average_seconds(), spent.compute);
-        spent.compute -= avg;
-        spent.comm += avg;
-    }
     r.spent += spent;
     r.state.step = step;
-    return {step, loss, si.lr, si.grad_norm, r.seconds(), r.spent.compute, spent};
+    return {step, loss, si.lr, si.grad_norm, r.seconds(), r.spent.compute, spent, r.dev != nullptr, rows_at};
+}
+
+// inner_step with its figures at hand: for the callers that use a step's loss at once.
+PendingStep settled_inner_step(Run& r, TokenStream& train, int64_t step, std::vector<int>& tok, std::vector<int>& tgt) {
+    std::vector<PendingStep> one{inner_step(r, train, step, tok, tgt)};
+    settle_device_steps(r, one);
+    return one[0];
 }
 
 // The algorithm's part of the step, its seconds split into staging and communication.
@@ -402,7 +455,7 @@ void round_in_turns(Run& r, std::vector<std::unique_ptr<TokenStream>>& trains, R
     for (int k = 0; k < r.turns->count(); k++) {
         r.turns->activate(k, r.model, r.inner, r.dev.get(), r.state.data_cursor);
         for (int64_t step = a; step <= b; step++) {
-            const PendingStep p = inner_step(r, *trains[k], step, tok, tgt);
+            const PendingStep p = settled_inner_step(r, *trains[k], step, tok, tgt);
             if (k == 0) pending.push_back(p);
             PendingStep& q = pending[first + (step - a)];
             if (k > 0) q.loss += p.loss, q.spent += p.spent, q.wall = p.wall, q.compute_total = p.compute_total;
@@ -414,7 +467,8 @@ void round_in_turns(Run& r, std::vector<std::unique_ptr<TokenStream>>& trains, R
 
 // The global mean loss of each step of the round reaches rank 0 (one small message per round,
 // counted on the outer link), which writes the metrics lines and the progress.
-void report_round(Run& r, const std::vector<PendingStep>& pending) {
+void report_round(Run& r, std::vector<PendingStep>& pending) {
+    settle_device_steps(r, pending);
     std::vector<double> losses(pending.size());
     for (size_t k = 0; k < pending.size(); k++) losses[k] = pending[k].loss;
     const int lost_before = r.comm.losses();
@@ -476,12 +530,29 @@ void save_checkpoints(Run& r, int64_t step) {
     }
 }
 
-// At the end of a round: report, then evaluate and checkpoint the global model when due.
+// Whether the round ending at `step` reports its steps (and those of the rounds before it that did
+// not). On the CPU every round does. On a device a report is the host's wait for the steps'
+// figures, so a method whose round is one step (data-parallel) reports only when a progress line,
+// an evaluation, a checkpoint or the end falls in it, or kMaxUnreportedSteps steps wait; a run that
+// survives lost workers reports every round, each under the layout that trained it.
+constexpr size_t kMaxUnreportedSteps = 64;
+bool report_due(const Run& r, const std::vector<PendingStep>& pending, int64_t step) {
+    if (!r.dev || r.o.on_worker_loss == "continue") return true;
+    if (step == r.end_step || step >= r.next_eval || step >= r.next_ckpt || pending.size() >= kMaxUnreportedSteps) return true;
+    for (const PendingStep& p : pending)
+        if (r.o.log_every > 0 && (p.step % r.o.log_every == 0 || p.step == r.first_step)) return true;
+    return false;
+}
+
+// At the end of a round: report when due, then evaluate and checkpoint the global model when due
+// (both come with a report, so that no checkpoint holds a step whose figures were not checked).
 void end_round(Run& r, std::vector<PendingStep>& pending, int64_t step, uint64_t outer_before) {
     const TrainOptions& o = r.o;
     const bool last = step == o.steps;
-    report_round(r, pending);
-    pending.clear();
+    if (report_due(r, pending, step)) {
+        report_round(r, pending);
+        pending.clear();
+    }
     if (step != r.end_step) r.peak_bytes_step = std::max(r.peak_bytes_step, r.comm.bytes_outer() - outer_before);
     if ((r.root() || r.algo->evaluates_itself()) && (step >= r.next_eval || last) && (o.eval_every > 0 || last)) {
         TraceRange trace("evaluation");
@@ -569,7 +640,7 @@ public:
     RunServices(Run& r, TokenStream& train, ReplicaWeights& w, std::vector<int>& tok, std::vector<int>& tgt)
         : r_(r), train_(train), weights_(w), tok_(tok), tgt_(tgt), resumed_(r.state.step) {}
     float inner_step(long schedule_step, float* lr, double* compute_seconds) override {
-        const PendingStep p = diloco::inner_step(r_, train_, schedule_step, tok_, tgt_);
+        const PendingStep p = settled_inner_step(r_, train_, schedule_step, tok_, tgt_);
         if (lr) *lr = p.lr;
         if (compute_seconds) *compute_seconds = p.spent.compute;
         return (float)p.loss;
@@ -661,6 +732,7 @@ double run_train(const TrainOptions& o) {
         trains[k]->set_origin(r.state.row_origin);  // rows consumed before an elastic restart
     }
     TokenStream& train = *trains[0];
+    r.train = &train;
     gpt_allocate(r.model, o.batch, o.seq_len);
     std::vector<int> tok((size_t)o.grad_accum * o.batch * o.seq_len), tgt(tok.size());  // a step's K micro-batches
     if (r.root()) {

@@ -1,6 +1,8 @@
 #include "optim/train_cuda.h"
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "kernels/common.h"
 #include "model/attention_cudnn.h"
@@ -42,23 +44,43 @@ public:
         blas_set_precision(model_.blas, precision);
         if (cudnn_attention) model_.cudnn_attention = cudnn_sdpa_create(model_.stream);
         inner_cuda_create(opt_, model_, h);
+        for (SlotEvents& e : slot_events_)
+            for (cudaEvent_t* ev : {&e.start, &e.end, &e.average_start, &e.averaged}) check(cudaEventCreate(ev), "cudaEventCreate");
 #ifdef DILOCO_HAVE_NCCL
         check(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
-        for (cudaEvent_t* e : {&grads_ready_, &average_start_, &averaged_}) check(cudaEventCreate(e), "cudaEventCreate");
+        check(cudaEventCreate(&grads_ready_), "cudaEventCreate");
 #endif
     }
     ~CudaTrainer() override {
+        for (SlotEvents& e : slot_events_)
+            for (cudaEvent_t ev : {e.start, e.end, e.average_start, e.averaged}) cudaEventDestroy(ev);
 #ifdef DILOCO_HAVE_NCCL
-        for (cudaEvent_t e : {grads_ready_, average_start_, averaged_}) cudaEventDestroy(e);
+        if (grads_ready_) cudaEventDestroy(grads_ready_);
         if (comm_stream_) cudaStreamDestroy(comm_stream_);
 #endif
         inner_cuda_destroy(opt_);
         gpt_cuda_destroy(model_);
     }
+    // A step takes the next slot of the device's figures and of the events around it; the host
+    // reads them when asked, or when every slot holds an unread step.
     void compute_gradients(const int* tokens, const int* targets, int B, int T, int micro_batches) override {
+        model_.figure_slot = next_slot_;
+        averaged_this_step_ = false;
+        check(cudaEventRecord(slot_events_[next_slot_].start, model_.stream), "cudaEventRecord");
         compute_gradients_cuda(model_, tokens, targets, B, T, micro_batches);
     }
-    StepFigures inner_update(long step) override { return inner_update_cuda(opt_, model_, step); }
+    float inner_update(long step) override {
+        const float lr = inner_update_cuda(opt_, model_, step);
+        check(cudaEventRecord(slot_events_[next_slot_].end, model_.stream), "cudaEventRecord");
+        unread_.push_back({next_slot_, lr, averaged_this_step_});
+        next_slot_ = (next_slot_ + 1) % kStepFigureSlots;
+        if ((int)unread_.size() == kStepFigureSlots) read_unread();
+        return lr;
+    }
+    std::vector<StepFigures> read_figures() override {
+        read_unread();
+        return std::exchange(read_, {});
+    }
     void synchronize() override { check(cudaStreamSynchronize(model_.stream), "cudaStreamSynchronize"); }
     float forward_loss(const int* tokens, const int* targets, int B, int T) override {
         return gpt_cuda_forward(model_, tokens, targets, B, T);
@@ -89,27 +111,17 @@ public:
     bool average_grads_in_worker() override {
 #ifdef DILOCO_HAVE_NCCL
         const size_t n = model_.layout.num_params;
+        SlotEvents& e = slot_events_[next_slot_];
         check(cudaEventRecord(grads_ready_, model_.stream), "cudaEventRecord");
         check(cudaStreamWaitEvent(comm_stream_, grads_ready_, 0), "cudaStreamWaitEvent");
-        check(cudaEventRecord(average_start_, comm_stream_), "cudaEventRecord");
+        check(cudaEventRecord(e.average_start, comm_stream_), "cudaEventRecord");
         nccl_->average(model_.grads, n, comm_stream_);
-        check(cudaEventRecord(averaged_, comm_stream_), "cudaEventRecord");
-        check(cudaStreamWaitEvent(model_.stream, averaged_, 0), "cudaStreamWaitEvent");
-        average_recorded_ = true;
+        check(cudaEventRecord(e.averaged, comm_stream_), "cudaEventRecord");
+        check(cudaStreamWaitEvent(model_.stream, e.averaged, 0), "cudaStreamWaitEvent");
+        averaged_this_step_ = true;
         return true;
 #else
         return false;
-#endif
-    }
-    double last_average_seconds() override {
-#ifdef DILOCO_HAVE_NCCL
-        if (!average_recorded_) return 0.0;
-        float ms = 0.0f;
-        check(cudaEventSynchronize(averaged_), "cudaEventSynchronize");
-        check(cudaEventElapsedTime(&ms, average_start_, averaged_), "cudaEventElapsedTime");
-        return ms / 1e3;
-#else
-        return 0.0;
 #endif
     }
     bool allgather_param_slices_in_worker() override {
@@ -124,17 +136,50 @@ public:
     }
 
 private:
+    struct SlotEvents {
+        cudaEvent_t start = nullptr, end = nullptr;              // around the step, on the model's stream
+        cudaEvent_t average_start = nullptr, averaged = nullptr;  // around its average, on the comm stream
+    };
+    struct UnreadStep {
+        int slot;
+        float lr;
+        bool averaged;
+    };
+    // The figures of the unread steps, in one copy and one wait, kept in read_ with their seconds.
+    void read_unread() {
+        if (unread_.empty()) return;
+        std::vector<float> lrs;
+        for (const UnreadStep& u : unread_) lrs.push_back(u.lr);
+        std::vector<StepFigures> f = read_step_figures_cuda(model_, unread_[0].slot, (int)unread_.size(), lrs.data(),
+                                                            model_.step_micro_batches);
+        for (size_t k = 0; k < f.size(); k++) {
+            const SlotEvents& e = slot_events_[unread_[k].slot];
+            f[k].device_seconds = elapsed_seconds(e.start, e.end);
+            if (unread_[k].averaged) f[k].average_seconds = elapsed_seconds(e.average_start, e.averaged);
+            read_.push_back(f[k]);
+        }
+        unread_.clear();
+    }
+    static double elapsed_seconds(cudaEvent_t a, cudaEvent_t b) {
+        float ms = 0.0f;
+        check(cudaEventElapsedTime(&ms, a, b), "cudaEventElapsedTime");
+        return ms / 1e3;
+    }
     void copy(void* dst, const void* src, cudaMemcpyKind kind) {
         check(cudaMemcpy(dst, src, model_.layout.num_params * sizeof(float), kind), "cudaMemcpy");
     }
 #ifdef DILOCO_HAVE_NCCL
     std::unique_ptr<NcclWorkerComm> nccl_;  // declared first of the device state: destroyed last
     cudaStream_t comm_stream_ = nullptr;
-    cudaEvent_t grads_ready_ = nullptr, average_start_ = nullptr, averaged_ = nullptr;
-    bool average_recorded_ = false;
+    cudaEvent_t grads_ready_ = nullptr;
 #endif
     GPTCuda model_;
     InnerOptimizerCuda opt_;
+    SlotEvents slot_events_[kStepFigureSlots];
+    int next_slot_ = 0;
+    bool averaged_this_step_ = false;
+    std::vector<UnreadStep> unread_;  // enqueued steps whose figures are still on the device, oldest first
+    std::vector<StepFigures> read_;   // read, not yet handed to the loop
 };
 
 int count_devices() {

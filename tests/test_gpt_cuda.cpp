@@ -23,6 +23,12 @@ using namespace diloco::test;
 
 namespace {
 
+// One step's update and its figures, read at once (the trainer reads many steps' in one copy).
+StepFigures update_and_read(InnerOptimizerCuda& opt, GPTCuda& dev, long step) {
+    const float lr = inner_update_cuda(opt, dev, step);
+    return read_step_figures_cuda(dev, dev.figure_slot, 1, &lr, dev.step_micro_batches)[0];
+}
+
 // One training step of the CPU model on fresh random tokens (weights from `seed`, tokens and
 // targets from seed + 1): the reference each device step below is held to.
 struct CpuStep {
@@ -120,7 +126,7 @@ TEST(CudaModel, ThreeAdamWStepsMatchCpu) {
         gpt_cuda_zero_grad(dev);
         const float ld = gpt_cuda_forward(dev, tok.data(), tgt.data(), B, T);
         gpt_cuda_backward(dev);
-        const InnerStepInfo id = inner_update_cuda(opt_dev, dev, step).inner;
+        const InnerStepInfo id = update_and_read(opt_dev, dev, step).inner;
         EXPECT_NEAR(ld, lc, 1e-5 * lc) << "step " << step;
         EXPECT_NEAR(id.grad_norm, ic.grad_norm, 1e-4 * ic.grad_norm) << "step " << step;
         EXPECT_EQ(id.lr, ic.lr);
@@ -243,14 +249,15 @@ TEST(CudaModel, OneMicroBatchIsThePlainStepBitForBit) {
 }
 
 #ifdef DILOCO_EMULATE
-// A training step waits for the device once, at its end (docs/design.md, The device backend): the
-// emulator counts every call that makes the host wait. K = 3 micro-batches used to cost 3 loss
-// reads, 6 blocking token copies and a norm read. The figures that come back are the step's:
-// its loss is the mean of the micro-batches' losses (each read alone beforehand; at most an ulp
-// apart, since that path rounds each micro-batch's mean to float first).
-TEST(CudaModel, ATrainingStepWaitsForTheDeviceOnce) {
+// Training steps do not wait for the device (docs/design.md, The device backend): the emulator
+// counts every call that makes the host wait. K = 3 micro-batches used to cost 3 loss reads, 6
+// blocking token copies and a norm read a step; now steps are enqueued, each in its slot of the
+// figures, and one read brings back all of theirs. Each step's loss is the mean of its
+// micro-batches' losses (each read alone beforehand; at most an ulp apart, since that path rounds
+// each micro-batch's mean to float first), and the slots do not mix: each step's batch is new.
+TEST(CudaModel, TrainingStepsWaitForTheDeviceOnlyWhenTheirFiguresAreRead) {
     const GPTConfig cfg{67, 24, 2, 2, 64};
-    const int K = 3, B = 2, T = 19;
+    const int K = 3, B = 2, T = 19, steps = 4;
     GPT host;
     gpt_build(host, cfg);
     gpt_init(host, 41);
@@ -262,28 +269,86 @@ TEST(CudaModel, ATrainingStepWaitsForTheDeviceOnce) {
     inner_cuda_create(opt, dev, h);
     Rng rng(42);
     std::vector<int> tok(K * B * T), tgt(K * B * T);
-    for (int step = 1; step <= 3; step++) {
+    std::vector<double> alone(steps);
+    std::vector<float> lrs(steps);
+    const int first_slot = kStepFigureSlots - 2;  // the steps' slots wrap around the end
+    for (int step = 1; step <= steps; step++) {
         for (auto& t : tok) t = (int)rng.below(cfg.vocab);
         for (auto& t : tgt) t = (int)rng.below(cfg.vocab);
-        double alone = 0.0;
-        for (int k = 0; k < K; k++) alone += gpt_cuda_forward(dev, tok.data() + k * B * T, tgt.data() + k * B * T, B, T);
-        alone /= K;
+        for (int k = 0; k < K; k++) alone[step - 1] += gpt_cuda_forward(dev, tok.data() + k * B * T, tgt.data() + k * B * T, B, T);
+        alone[step - 1] /= K;
         const uint64_t before = emu::host_wait_count();
+        dev.figure_slot = (first_slot + step - 1) % kStepFigureSlots;
         compute_gradients_cuda(dev, tok.data(), tgt.data(), B, T, K);
-        const uint64_t after_backward = emu::host_wait_count();
-        const StepFigures f = inner_update_cuda(opt, dev, step);
-        const uint64_t after_update = emu::host_wait_count();
+        lrs[step - 1] = inner_update_cuda(opt, dev, step);
         if (step > 1)  // the first grows the staging buffer to K slots, and freeing the old one waits
-            EXPECT_EQ(after_backward - before, 0u) << "step " << step << ": forward and backward made the host wait";
-        EXPECT_EQ(after_update - after_backward, 1u) << "step " << step << ": the update's waits";
-        EXPECT_NEAR(f.loss, alone, 2 * kU32 * alone) << "step " << step;
-        EXPECT_GT(f.inner.grad_norm, 0.0);
-        EXPECT_EQ(f.inner.lr, lr_at(step, h.total_steps, h.warmup, h.lr, h.min_lr_frac));
+            EXPECT_EQ(emu::host_wait_count() - before, 0u) << "step " << step << " made the host wait";
+        EXPECT_EQ(lrs[step - 1], lr_at(step, h.total_steps, h.warmup, h.lr, h.min_lr_frac));
+    }
+    const uint64_t before = emu::host_wait_count();
+    const std::vector<StepFigures> f = read_step_figures_cuda(dev, first_slot, steps, lrs.data(), K);
+    EXPECT_EQ(emu::host_wait_count() - before, 1u) << "reading " << steps << " steps' figures";
+    ASSERT_EQ(f.size(), (size_t)steps);
+    for (int k = 0; k < steps; k++) {
+        EXPECT_NEAR(f[k].loss, alone[k], 2 * kU32 * alone[k]) << "step " << k + 1;
+        EXPECT_GT(f[k].inner.grad_norm, 0.0);
+        EXPECT_EQ(f[k].inner.lr, lrs[k]);
     }
     inner_cuda_destroy(opt);
     gpt_cuda_destroy(dev);
 }
 #endif
+
+// Steps enqueued after one whose loss is not finite change nothing on the device (the gate,
+// kernels/gradnorm_cuda.h), so that a host that reads the figures steps later still finds the
+// weights and moments of before the first bad step. A learning rate of 1e30 makes the weights
+// ~1e30 at step 1, and step 2's logits overflow; steps 3 and 4 are enqueued after it. Against a
+// second model that ran step 1 only: bit for bit. (Steps 3 and 4 overflow too, so this holds
+// the wiring of the gate to AdamW; that the gate stays shut for a finite step after a bad one is
+// Twin.StepGateHaltsForGoodAtTheFirstNonFiniteStep's.)
+TEST(CudaModel, StepsAfterANonFiniteOneChangeNothing) {
+#ifndef DILOCO_EMULATE
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (" << cuda_summary() << "); native GPU test not run";
+#endif
+    const GPTConfig cfg{67, 24, 2, 2, 64};
+    const int B = 2, T = 19;
+    GPT host;
+    gpt_build(host, cfg);
+    gpt_init(host, 43);
+    InnerHyper h;
+    h.lr = 1e30f, h.warmup = 0, h.total_steps = 10, h.grad_clip = 0.0f, h.min_lr_frac = 1.0f;
+    Rng rng(44);
+    std::vector<int> tok(4 * B * T), tgt(4 * B * T);
+    for (auto& t : tok) t = (int)rng.below(cfg.vocab);
+    for (auto& t : tgt) t = (int)rng.below(cfg.vocab);
+    std::vector<float> params[2], m[2];
+    std::vector<StepFigures> figures;
+    for (int run = 0; run < 2; run++) {  // [0] steps 1-4, [1] step 1 alone
+        GPTCuda dev;
+        gpt_cuda_create(dev, host, B, T);
+        InnerOptimizerCuda opt;
+        inner_cuda_create(opt, dev, h);
+        std::vector<float> lrs;
+        for (int step = 1; step <= (run == 0 ? 4 : 1); step++) {
+            dev.figure_slot = step - 1;
+            compute_gradients_cuda(dev, tok.data() + (step - 1) * B * T, tgt.data() + (step - 1) * B * T, B, T);
+            lrs.push_back(inner_update_cuda(opt, dev, step));
+        }
+        if (run == 0) figures = read_step_figures_cuda(dev, 0, 4, lrs.data(), 1);
+        params[run] = gpt_cuda_download(dev, dev.params);
+        m[run] = gpt_cuda_download(dev, opt.m);
+        inner_cuda_destroy(opt);
+        gpt_cuda_destroy(dev);
+    }
+    ASSERT_EQ(figures.size(), 4u);
+    EXPECT_TRUE(std::isfinite(figures[0].loss) && std::isfinite(figures[0].inner.grad_norm));
+    EXPECT_FALSE(std::isfinite(figures[1].loss) && std::isfinite(figures[1].inner.grad_norm))
+        << "step 2 was meant to overflow: loss " << figures[1].loss;
+    EXPECT_NE(params[1], host.params) << "step 1 changed nothing";
+    EXPECT_TRUE(std::memcmp(params[0].data(), params[1].data(), params[0].size() * sizeof(float)) == 0)
+        << "steps 2-4 changed the weights";
+    EXPECT_TRUE(std::memcmp(m[0].data(), m[1].data(), m[0].size() * sizeof(float)) == 0) << "steps 2-4 changed m";
+}
 
 // Mixed precision (--precision bf16) against the fp32 CPU step. Every stored activation and the
 // weight copy are rounded to bf16 (relative error up to 2^-8 each); a gradient reaches a tensor
@@ -403,7 +468,7 @@ TEST(CudaModel, Bf16TrainsLikeFp32) {
         lc = compute_gradients(cpu, tok.data(), tgt.data(), B, T);
         inner_update(opt_cpu, cpu, step);
         compute_gradients_cuda(dev, tok.data(), tgt.data(), B, T);
-        ld = inner_update_cuda(opt_dev, dev, step).loss;  // the step's figures, read once at its end
+        ld = update_and_read(opt_dev, dev, step).loss;
         if (step == 1) first_cpu = lc, first_dev = ld;
         EXPECT_NEAR(ld, lc, 0.02 * lc) << "step " << step;
     }

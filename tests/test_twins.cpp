@@ -6,6 +6,7 @@
 // deterministic, and a missing barrier would change the emulated result with the schedule.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <limits>
 
@@ -247,6 +248,40 @@ TEST(Twin, AdamWClipScaleTakenOnTheDeviceIsTheHosts) {
         EXPECT_TRUE(std::all_of(c.begin(), c.end(), [](uint16_t b) { return b == 0xFFFF; })) << "the bf16 copy was written";
     }
     adamw_free_segments(dsegs);
+}
+
+// The gate between a step's figures and its update (step_gate_cuda): it passes the squared norm
+// while every step so far had a finite loss and norm, and from the first that did not it gives NaN
+// (AdamW's "change nothing") for good, even to finite figures after it. The gate slot is poisoned
+// before each call, so a kernel that skipped writing it fails.
+TEST(Twin, StepGateHaltsForGoodAtTheFirstNonFiniteStep) {
+    REQUIRE_DEVICE();
+    const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+    struct Case {
+        double loss, norm_sq;
+        bool passes;  // the gate is the norm (else NaN)
+    };
+    // finite, finite, a NaN loss (halts), finite again (stays halted); then a fresh flag: an
+    // infinite norm halts as well
+    const Case run1[] = {{2.5, 0.75, true}, {1e30, 3e300, true}, {nan, 0.5, false}, {2.0, 0.5, false}};
+    const Case run2[] = {{2.5, 0.75, true}, {2.5, inf, false}, {-inf, 0.75, false}};
+    for (const auto& [cases, count] : {std::pair{run1, 4}, std::pair{run2, 3}}) {
+        Dev<double> halted(std::vector<double>{0.0});
+        for (int k = 0; k < count; k++) {
+            Dev<double> figures(std::vector<double>{cases[k].loss, cases[k].norm_sq, -12345.0});
+            CUDA_OK(step_gate_cuda(figures.p, halted.p, nullptr));
+            const std::vector<double> f = figures.get();
+            if (cases[k].passes)
+                EXPECT_EQ(f[2], cases[k].norm_sq) << "step " << k;
+            else
+                EXPECT_TRUE(std::isnan(f[2])) << "step " << k << ": gate " << f[2];
+            if (std::isnan(cases[k].loss))
+                EXPECT_TRUE(std::isnan(f[0])) << "step " << k << ": the loss was changed";
+            else
+                EXPECT_EQ(f[0], cases[k].loss) << "step " << k << ": the loss was changed";
+            EXPECT_EQ(halted.get()[0], cases[k].passes ? 0.0 : 1.0) << "step " << k;
+        }
+    }
 }
 
 // The step's loss, summed on the device: the mean of N losses added into a double that already

@@ -151,7 +151,9 @@ make_text_data() {  # the repository's own prose, byte-level
 }
 
 export -f make_gpt2_shards make_text_data
-# tok/s over the steps after the first two of a metrics.jsonl (the first steps warm up)
+# tok/s over the steps after the first two of a metrics.jsonl (the first steps warm up). The runs
+# log at their first and last step only, so that the host reads the device's figures twice and
+# the steps between run as training runs them; their wall_s come from the device's events.
 steady_tok_s() {
     python3 - "$1" <<'PY'
 import json, sys
@@ -189,7 +191,7 @@ phase_gpt2() {
         [ $mode = cudnn ] && flags=(--precision bf16 --attention cudnn)
         [ $mode != fp32 ] && [ $mode != tf32 ] && [ $DRY = 1 ] && continue  # head size 32 in the dry run: no bf16 path
         step "gpt2 ours $mode B=$b" 150 "${MPIRUN[@]}" "$BIN/diloco" train --data "$data" --out "$run" "${size[@]}" \
-            --batch $b --steps $steps --warmup 2 --eval-batches 1 --log-every 1 --device $DEVICE "${flags[@]}"
+            --batch $b --steps $steps --warmup 2 --eval-batches 1 --log-every $steps --device $DEVICE "${flags[@]}"
         [ -f "$run/metrics.jsonl" ] || continue
         sed "s/^{/{\"run\": \"ours-$mode-b$b\", /" "$run/metrics.jsonl" >> "$OUT/gpt2.jsonl"
         local tps; tps=$(steady_tok_s "$run/metrics.jsonl")
