@@ -54,7 +54,7 @@ inline bool cuda_sync_enabled() {
 inline void cuda_sync_reread_env() { cuda_sync_flag().store(-1, std::memory_order_relaxed); }
 
 // Called by DILOCO_LAUNCH after every launch. Not usable while a stream is being captured into a
-// graph (cudaDeviceSynchronize is not allowed then); the project captures none.
+// graph (cudaDeviceSynchronize is not allowed then): the trainer captures none in this mode.
 inline void after_launch(const char* kernel) {
     if (!cuda_sync_enabled()) return;
     cudaError_t e = cudaGetLastError();

@@ -1,6 +1,7 @@
 // CUDA twin of matmul_cpu.cpp. cuBLAS is column-major, where a row-major (N,OC) matrix reads as
 // its (OC,N) transpose; so out = inp w^T becomes out^T = w inp^T:
 // cublasSgemm(OP_T, OP_N, OC, N, C, w, inp, out), as llm.c does. Bias: separate small kernels.
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -135,6 +136,16 @@ void blas_create(BlasHandle& h) { h.handle = nullptr; }
 void blas_destroy(BlasHandle& h) { h.handle = nullptr; }
 void blas_set_precision(BlasHandle& h, MatmulPrecision p) { h.precision = p; }
 
+// The emulated product: an operation on `stream`, run now or kept by the stream's capture to run
+// at each launch of its graph (kernels/emu/emu.h), as cuBLAS's kernels would be.
+static cudaError_t emulated_product(cudaStream_t stream, const std::function<void()>& product) {
+    const emu::Issue i = emu::capture_or_run(stream, [=] {
+        emu::stream_issue(stream, "cuBLAS product (emulated)");
+        product();
+    });
+    return i == emu::kRefused ? cudaErrorStreamCaptureImplicit : cudaSuccess;
+}
+
 // The inputs a product sees: themselves in fp32, rounded copies in tf32 (as the tensor cores do).
 struct ProductInput {
     std::vector<float> rounded;
@@ -155,8 +166,12 @@ cudaError_t matmul_forward_cuda(float* out, const float* inp, const float* w, co
 #if defined(__CUDACC__)
     sgemm(blas, stream, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, w, C, inp, C, 0.0f, out, OC);
 #else
-    const ProductInput a(inp, (long)N * C, blas.precision), b(w, (long)OC * C, blas.precision);
-    matmul_forward_cpu(out, a.p, b.p, nullptr, N, C, OC);
+    const MatmulPrecision prec = blas.precision;
+    if (cudaError_t e = emulated_product(stream, [=] {
+            const ProductInput a(inp, (long)N * C, prec), b(w, (long)OC * C, prec);
+            matmul_forward_cpu(out, a.p, b.p, nullptr, N, C, OC);
+        }))
+        return e;
 #endif
     if (bias) {
         const long n = (long)N * OC;
@@ -173,9 +188,13 @@ cudaError_t matmul_backward_cuda(float* dinp, float* dw, float* dbias, const flo
     if (dinp) sgemm(blas, stream, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, 0.0f, dinp, C);
     sgemm(blas, stream, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, 1.0f, dw, C);
 #else
-    const ProductInput g(dout, (long)N * OC, blas.precision), a(inp, (long)N * C, blas.precision),
-        b(w, (long)OC * C, dinp ? blas.precision : MatmulPrecision::fp32);  // w only serves dinp
-    matmul_backward_cpu(dinp, dw, nullptr, g.p, a.p, b.p, N, C, OC);
+    const MatmulPrecision prec = blas.precision;
+    if (cudaError_t e = emulated_product(stream, [=] {
+            const ProductInput g(dout, (long)N * OC, prec), a(inp, (long)N * C, prec),
+                b(w, (long)OC * C, dinp ? prec : MatmulPrecision::fp32);  // w only serves dinp
+            matmul_backward_cpu(dinp, dw, nullptr, g.p, a.p, b.p, N, C, OC);
+        }))
+        return e;
 #endif
     if (dbias) return bias_grad(dbias, dout, N, OC, workspace, stream);
     return cudaGetLastError();
@@ -303,15 +322,18 @@ cudaError_t matmul_forward_cuda(uint16_t* out16, const uint16_t* inp16, const ui
 #if defined(__CUDACC__)
     lt_forward(blas, stream, out, pre, inp, w, bias, N, C, OC);
 #else
-    const long n = (long)N * OC;
-    const auto a = widen(inp, (long)N * C), wf = widen(w, (long)OC * C), bf = widen(bias, OC);
-    std::vector<float> acc(n), act(pre ? n : 0);
-    matmul_forward_cpu(acc.data(), a.data(), wf.data(), bias ? bf.data() : nullptr, N, C, OC);
-    if (pre) gelu_forward_cpu(act.data(), acc.data(), n);
-    for (long i = 0; i < n; i++) {
-        if (pre) pre[i] = __float2bfloat16_rn(acc[i]);
-        out[i] = __float2bfloat16_rn(pre ? act[i] : acc[i]);
-    }
+    if (cudaError_t e = emulated_product(stream, [=] {
+            const long n = (long)N * OC;
+            const auto a = widen(inp, (long)N * C), wf = widen(w, (long)OC * C), bf = widen(bias, OC);
+            std::vector<float> acc(n), act(pre ? n : 0);
+            matmul_forward_cpu(acc.data(), a.data(), wf.data(), bias ? bf.data() : nullptr, N, C, OC);
+            if (pre) gelu_forward_cpu(act.data(), acc.data(), n);
+            for (long i = 0; i < n; i++) {
+                if (pre) pre[i] = __float2bfloat16_rn(acc[i]);
+                out[i] = __float2bfloat16_rn(pre ? act[i] : acc[i]);
+            }
+        }))
+        return e;
 #endif
     return cudaGetLastError();
 }
@@ -326,10 +348,14 @@ cudaError_t matmul_backward_cuda(uint16_t* dinp16, float* dw, float* dbias, cons
     if (dinp) gemm_bf16(blas, stream, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, w, C, dout, OC, 0.0f, dinp, CUDA_R_16BF, C);
     gemm_bf16(blas, stream, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, 1.0f, dw, CUDA_R_32F, C);
 #else
-    const auto g = widen(dout, (long)N * OC), a = widen(inp, (long)N * C), wf = widen(dinp ? w : nullptr, (long)OC * C);
-    std::vector<float> di(dinp ? (size_t)N * C : 0);
-    matmul_backward_cpu(dinp ? di.data() : nullptr, dw, nullptr, g.data(), a.data(), wf.data(), N, C, OC);
-    for (size_t i = 0; i < di.size(); i++) dinp[i] = __float2bfloat16_rn(di[i]);
+    if (cudaError_t e = emulated_product(stream, [=] {
+            const auto g = widen(dout, (long)N * OC), a = widen(inp, (long)N * C),
+                       wf = widen(dinp ? w : nullptr, (long)OC * C);
+            std::vector<float> di(dinp ? (size_t)N * C : 0);
+            matmul_backward_cpu(dinp ? di.data() : nullptr, dw, nullptr, g.data(), a.data(), wf.data(), N, C, OC);
+            for (size_t i = 0; i < di.size(); i++) dinp[i] = __float2bfloat16_rn(di[i]);
+        }))
+        return e;
 #endif
     if (dbias) return bias_grad(dbias, dout, N, OC, workspace, stream);
     return cudaGetLastError();

@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <functional>
 #include <string>
+#include <tuple>
 
 #include "kernels/bf16.h"
 
@@ -225,6 +226,12 @@ constexpr cudaError_t cudaErrorInvalidResourceHandle = 400;
 constexpr cudaError_t cudaErrorLaunchFailure = 719;
 constexpr cudaError_t cudaErrorIllegalAddress = 700;
 constexpr cudaError_t cudaErrorUnknown = 999;
+constexpr cudaError_t cudaErrorIllegalState = 401;
+constexpr cudaError_t cudaErrorStreamCaptureUnsupported = 900;
+constexpr cudaError_t cudaErrorStreamCaptureInvalidated = 901;
+constexpr cudaError_t cudaErrorStreamCaptureUnjoined = 904;
+constexpr cudaError_t cudaErrorStreamCaptureIsolation = 905;
+constexpr cudaError_t cudaErrorStreamCaptureImplicit = 906;
 using cudaStream_t = struct CUstream_st*;
 using cudaEvent_t = struct CUevent_st*;
 enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice, cudaMemcpyDefault };
@@ -280,7 +287,45 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event);
 cudaError_t cudaEventQuery(cudaEvent_t event);  // cudaSuccess once complete: never a wait
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end);
 
+// ---- graphs ----------------------------------------------------------------------------------------
+// While a stream is captured, what is issued to it (kernels, asynchronous copies and sets, event
+// records and waits, emulated collectives and products) is kept in issue order instead of run, and
+// runs each time the instantiated graph is launched. A stream that waits on an event recorded in
+// the capture joins it; cudaStreamEndCapture succeeds only when every stream that joined has
+// rejoined the origin (the origin waited on an event recorded on it after its last operation),
+// else cudaErrorStreamCaptureUnjoined. As on a GPU: the legacy default stream cannot be captured;
+// waiting on an event recorded outside the capture is cudaErrorStreamCaptureIsolation; an
+// operation on the legacy stream while a blocking stream is captured is
+// cudaErrorStreamCaptureImplicit; and while the calling thread captures (global or thread-local
+// mode), the calls that wait for the device or allocate (cudaMemcpy, cudaMemset, cudaMalloc,
+// cudaFree, cudaMallocHost, cudaFreeHost, the synchronisations, cudaEventQuery) return
+// cudaErrorStreamCaptureUnsupported. Each of these invalidates the capture, and
+// cudaStreamEndCapture then returns cudaErrorStreamCaptureInvalidated. Two simplifications: a
+// graph launches only on the stream it was captured from (each operation replays on its own
+// stream), and an event recorded in a graph is recorded at each launch as an external one would
+// be (CUDA keeps it internal unless cudaEventRecordExternal), so time nothing with such events.
+using cudaGraph_t = struct CUgraph_st*;
+using cudaGraphExec_t = struct CUgraphExec_st*;
+enum cudaStreamCaptureMode { cudaStreamCaptureModeGlobal = 0, cudaStreamCaptureModeThreadLocal = 1, cudaStreamCaptureModeRelaxed = 2 };
+enum cudaStreamCaptureStatus { cudaStreamCaptureStatusNone = 0, cudaStreamCaptureStatusActive = 1, cudaStreamCaptureStatusInvalidated = 2 };
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph);
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long flags = 0);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream);
+cudaError_t cudaGraphDestroy(cudaGraph_t graph);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
+
 namespace diloco::emu {
+// An operation to issue to `stream`: `run` runs it now and returns kRun, or keeps it in the
+// stream's capture (to run at each launch of the graph) and returns kCaptured, or refuses it
+// (an implicit synchronisation with a captured stream; the capture is invalidated) and returns
+// kRefused. Every issuing call of the emulator goes through here.
+enum Issue { kRun, kCaptured, kRefused };
+Issue capture_or_run(cudaStream_t stream, const std::function<void()>& run);
+// A kernel launch through capture_or_run: a refused launch throws an Error naming the kernel.
+void launch(cudaStream_t stream, const void* kernel, const char* name, dim3 grid, dim3 block, size_t dynamic_smem,
+            const std::function<void()>& body);
 // An operation issued to `stream` (a kernel, a copy, a collective): checks its order against the
 // collectives of other streams, as described above, then counts it. `what` names it in errors.
 void stream_issue(cudaStream_t stream, const char* what, bool collective = false);
@@ -304,11 +349,14 @@ cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attr, int value) {
 
 // ---- launch ------------------------------------------------------------------------------------
 // after_launch (kernels/cuda_compat.h) is the DILOCO_CUDA_SYNC check, as in the native build.
+// The arguments are evaluated at the launch, as on a GPU, and kept by value: a captured launch
+// runs with them at every launch of its graph.
 #define DILOCO_LAUNCH(kernel, grid, block, smem, stream, ...)                                              \
     do {                                                                                                   \
-        ::diloco::emu::stream_issue((stream), #kernel);                                                    \
-        ::diloco::emu::run_grid(reinterpret_cast<const void*>(&kernel), #kernel, ::diloco::emu::to_dim3(grid), \
-                                ::diloco::emu::to_dim3(block), (smem), [&] { kernel(__VA_ARGS__); });       \
+        const auto diloco_args_ = std::make_tuple(__VA_ARGS__);                                            \
+        ::diloco::emu::launch((stream), reinterpret_cast<const void*>(&kernel), #kernel,                   \
+                              ::diloco::emu::to_dim3(grid), ::diloco::emu::to_dim3(block), (smem),         \
+                              [=] { std::apply(kernel, diloco_args_); });                                  \
         ::diloco::after_launch(#kernel);                                                                   \
     } while (0)
 #define DILOCO_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(::diloco::emu::t_dynamic_smem)

@@ -1,12 +1,16 @@
 // Emulated NCCL over MPI (kernels/emu/nccl_emu.h).
 #include "kernels/emu/nccl_emu.h"
 
+#include "kernels/common.h"
+
 #include <mpi.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -202,23 +206,42 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm) {
     return ncclSuccess;
 }
 
+// A collective runs when issued, or is kept by the stream's capture to run at each launch of its
+// graph (kernels/emu/emu.h), where a failure can only throw.
+static ncclResult_t issue_collective(cudaStream_t stream, const char* name, const std::function<ncclResult_t()>& run) {
+    auto in_call = std::make_shared<bool>(true);  // false once the call returned: then only a graph runs it
+    auto result = std::make_shared<ncclResult_t>(ncclSuccess);
+    const diloco::emu::Issue i = diloco::emu::capture_or_run(stream, [=] {
+        const ncclResult_t r = run();
+        if (*in_call)
+            *result = r;
+        else if (r != ncclSuccess)
+            throw diloco::Error(std::string(name) + " in a graph launch: " + ncclGetErrorString(r));
+    });
+    *in_call = false;
+    if (i == diloco::emu::kRefused) return fail(ncclInvalidUsage, std::string(name) + " on the legacy stream during a capture");
+    return *result;
+}
+
 ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
                            ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
     if (!comm) return fail(ncclInvalidArgument, "ncclAllReduce: null communicator");
     if (datatype != ncclFloat32 || (op != ncclSum && op != ncclAvg))
         return fail(ncclInvalidArgument, "ncclAllReduce: the emulator reduces only ncclFloat32 with ncclSum or ncclAvg");
     if (ncclResult_t r = check_buffers("ncclAllReduce", sendbuff, recvbuff, count * 4, true)) return r;
-    diloco::emu::stream_issue(stream, "ncclAllReduce", true);
-    if (ncclResult_t r = agree(comm, "ncclAllReduce", 1, count, datatype, op, 0)) return r;
-    float* x = static_cast<float*>(recvbuff);
-    if (sendbuff != recvbuff) std::memcpy(x, sendbuff, count * 4);
-    if (op == ncclAvg) {  // NCCL's average of floats: a sum of values pre-multiplied by 1/nranks
-        const float inv = (float)(1.0 / comm->nranks);
-        for (size_t i = 0; i < count; i++) x[i] *= inv;
-    }
-    if (comm->nranks > 1)
-        in_pieces(count, [&](size_t off, int n) { MPI_Allreduce(MPI_IN_PLACE, x + off, n, MPI_FLOAT, MPI_SUM, comm->mpi); });
-    return ncclSuccess;
+    return issue_collective(stream, "ncclAllReduce", [=]() -> ncclResult_t {
+        diloco::emu::stream_issue(stream, "ncclAllReduce", true);
+        if (ncclResult_t r = agree(comm, "ncclAllReduce", 1, count, datatype, op, 0)) return r;
+        float* x = static_cast<float*>(recvbuff);
+        if (sendbuff != recvbuff) std::memcpy(x, sendbuff, count * 4);
+        if (op == ncclAvg) {  // NCCL's average of floats: a sum of values pre-multiplied by 1/nranks
+            const float inv = (float)(1.0 / comm->nranks);
+            for (size_t i = 0; i < count; i++) x[i] *= inv;
+        }
+        if (comm->nranks > 1)
+            in_pieces(count, [&](size_t off, int n) { MPI_Allreduce(MPI_IN_PLACE, x + off, n, MPI_FLOAT, MPI_SUM, comm->mpi); });
+        return ncclSuccess;
+    });
 }
 
 ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype, int root,
@@ -230,13 +253,15 @@ ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count, n
     if (type_size(datatype) == 0) return fail(ncclInvalidArgument, "ncclBroadcast: unknown data type");
     const bool is_root = comm->rank == root;  // only the root reads sendbuff
     if (ncclResult_t r = check_buffers("ncclBroadcast", sendbuff, recvbuff, bytes, is_root)) return r;
-    diloco::emu::stream_issue(stream, "ncclBroadcast", true);
-    if (ncclResult_t r = agree(comm, "ncclBroadcast", 2, count, datatype, 0, root)) return r;
-    if (is_root && sendbuff != recvbuff) std::memcpy(recvbuff, sendbuff, bytes);
-    char* x = static_cast<char*>(recvbuff);
-    if (comm->nranks > 1)
-        in_pieces(bytes, [&](size_t off, int n) { MPI_Bcast(x + off, n, MPI_BYTE, root, comm->mpi); });
-    return ncclSuccess;
+    return issue_collective(stream, "ncclBroadcast", [=]() -> ncclResult_t {
+        diloco::emu::stream_issue(stream, "ncclBroadcast", true);
+        if (ncclResult_t r = agree(comm, "ncclBroadcast", 2, count, datatype, 0, root)) return r;
+        if (is_root && sendbuff != recvbuff) std::memcpy(recvbuff, sendbuff, bytes);
+        char* x = static_cast<char*>(recvbuff);
+        if (comm->nranks > 1)
+            in_pieces(bytes, [&](size_t off, int n) { MPI_Bcast(x + off, n, MPI_BYTE, root, comm->mpi); });
+        return ncclSuccess;
+    });
 }
 
 ncclResult_t ncclGroupStart() {

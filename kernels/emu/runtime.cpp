@@ -6,6 +6,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include "kernels/common.h"
@@ -17,10 +18,38 @@ struct CUstream_st {
 
 using VectorClock = std::vector<uint64_t>;  // entry t: operations of stream t known to be finished
 
+namespace diloco::emu {
+// A stream capture in progress: its origin stream, the streams that joined it, what they issued.
+struct Capture {
+    int origin;
+    std::thread::id thread;
+    bool thread_bound;  // global or thread-local mode: the thread's unsafe calls invalidate it
+    std::string invalid;  // why it was invalidated ("" while valid)
+    std::vector<std::function<void()>> ops;
+    std::set<int> streams;               // the origin and the streams that joined
+    std::map<int, uint64_t> rejoined_at;  // stream -> its captured operations when the origin last waited on it
+};
+
+}  // namespace diloco::emu
+
 struct CUevent_st {
     bool recorded = false;
     double seconds = 0.0;  // host clock at the last record: work runs when it is issued
     VectorClock clock;     // the recording stream's clock at the last record
+    // recorded in a capture (null otherwise): on which stream, after how many of its captured operations
+    diloco::emu::Capture* captured_in = nullptr;
+    int captured_stream = 0;
+    uint64_t captured_at = 0;
+};
+
+// What a capture kept, in issue order; each operation calls the API again at launch, when its
+// stream is no longer captured, and so runs.
+struct CUgraph_st {
+    std::vector<std::function<void()>> ops;
+    int origin;
+};
+struct CUgraphExec_st {
+    CUgraph_st graph;
 };
 
 namespace diloco::emu {
@@ -34,6 +63,8 @@ void merge(VectorClock& into, const VectorClock& from) {
 uint64_t entry(const VectorClock& c, size_t i) { return i < c.size() ? c[i] : 0; }
 
 struct Stream {
+    Capture* capture = nullptr;   // the capture it belongs to, if any
+    uint64_t captured_ops = 0;    // operations it issued to that capture
     bool blocking = true;          // synchronises implicitly with the legacy default stream
     uint64_t issued = 0;           // operations issued to it so far
     uint64_t last_collective = 0;  // the number of its last collective (1-based), 0 if none
@@ -49,6 +80,7 @@ struct State {
     VectorClock host;                        // what the host has waited for
     uint64_t host_waits = 0;                 // calls that made the host wait for the device
     std::map<const char*, size_t> memory;    // live cudaMalloc allocations: start -> bytes
+    std::set<Capture*> captures;             // in progress
 };
 
 // Never destroyed: static destructors elsewhere may still free device memory.
@@ -118,7 +150,58 @@ void host_waits_for_all(State& st) {
     for (size_t t = 0; t < st.streams.size(); t++) merge(st.host, clock_of(st, (int)t));
 }
 
+void invalidate(Capture* c, const std::string& why) {
+    if (c->invalid.empty()) c->invalid = why;
+}
+
+// A call that waits for the device or allocates, made while this thread captures: refused, and
+// the capture invalidated (as on a GPU in global or thread-local mode).
+bool unsafe_during_capture(State& st, const char* call) {
+    bool refused = false;
+    for (Capture* c : st.captures)
+        if (c->thread_bound && c->thread == std::this_thread::get_id()) {
+            invalidate(c, std::string(call) + " while the stream was captured");
+            refused = true;
+        }
+    return refused;
+}
+
 }  // namespace
+
+Issue capture_or_run(cudaStream_t stream, const std::function<void()>& run) {
+    State& st = state();
+    {
+        std::lock_guard<std::mutex> lock(st.mutex);
+        const int id = id_of(st, stream);
+        if (id > 0 && st.streams[id].capture) {
+            Stream& s = st.streams[id];
+            s.capture->ops.push_back(run);
+            s.captured_ops++;
+            return kCaptured;
+        }
+        if (id == 0)
+            for (Capture* c : st.captures)
+                for (int t : c->streams)
+                    if (st.streams[t].blocking) {
+                        invalidate(c, "an operation on the legacy default stream, which synchronises with the captured " +
+                                          name_of(t));
+                        return kRefused;
+                    }
+    }
+    run();
+    return kRun;
+}
+
+void launch(cudaStream_t stream, const void* kernel, const char* name, dim3 grid, dim3 block, size_t dynamic_smem,
+            const std::function<void()>& body) {
+    const Issue i = capture_or_run(stream, [=] {
+        stream_issue(stream, name);
+        run_grid(kernel, name, grid, block, dynamic_smem, body);
+    });
+    if (i == kRefused)
+        throw Error(std::string("launch of ") + name + " on the legacy default stream while a blocking stream is "
+                    "captured (cudaErrorStreamCaptureImplicit): launch it on the captured stream");
+}
 
 void stream_issue(cudaStream_t stream, const char* what, bool collective) {
     State& st = state();
@@ -148,8 +231,16 @@ bool is_device_memory(const void* p, size_t bytes) {
 
 using namespace diloco::emu;
 
+// The calls that wait for the device or allocate: refused while this thread captures.
+static bool refused_during_capture(const char* call) {
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mutex);
+    return unsafe_during_capture(st, call);
+}
+
 // ---- memory ------------------------------------------------------------------------------------
 cudaError_t cudaMalloc(void** p, size_t bytes) {
+    if (refused_during_capture("cudaMalloc")) return cudaErrorStreamCaptureUnsupported;
     *p = std::malloc(bytes ? bytes : 1);
     if (!*p) return cudaErrorMemoryAllocation;
     std::memset(*p, 0xFF, bytes);  // fresh device memory is garbage on a GPU too
@@ -161,6 +252,7 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
 // As on a GPU, cudaFree waits for the device first.
 cudaError_t cudaFree(void* p) {
     if (!p) return cudaSuccess;
+    if (refused_during_capture("cudaFree")) return cudaErrorStreamCaptureUnsupported;
     State& st = state();
     std::lock_guard<std::mutex> lock(st.mutex);
     if (!st.memory.erase(static_cast<const char*>(p))) return cudaErrorInvalidValue;
@@ -171,6 +263,7 @@ cudaError_t cudaFree(void* p) {
 // Page-locked host memory: plain host memory here, poisoned as cudaMalloc's; cudaFreeHost waits
 // for the device as cudaFree does.
 cudaError_t cudaMallocHost(void** p, size_t bytes) {
+    if (refused_during_capture("cudaMallocHost")) return cudaErrorStreamCaptureUnsupported;
     *p = std::malloc(bytes ? bytes : 1);
     if (!*p) return cudaErrorMemoryAllocation;
     std::memset(*p, 0xFF, bytes);
@@ -178,6 +271,7 @@ cudaError_t cudaMallocHost(void** p, size_t bytes) {
 }
 cudaError_t cudaFreeHost(void* p) {
     if (!p) return cudaSuccess;
+    if (refused_during_capture("cudaFreeHost")) return cudaErrorStreamCaptureUnsupported;
     State& st = state();
     {
         std::lock_guard<std::mutex> lock(st.mutex);
@@ -188,6 +282,7 @@ cudaError_t cudaFreeHost(void* p) {
 }
 // A blocking copy is an operation on the default stream that the host then waits for.
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+    if (refused_during_capture("cudaMemcpy")) return cudaErrorStreamCaptureUnsupported;
     diloco::emu::stream_issue(nullptr, "cudaMemcpy");
     std::memmove(dst, src, bytes);
     State& st = state();
@@ -196,16 +291,24 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind)
     merge(st.host, clock_of(st, 0));
     return cudaSuccess;
 }
+// A captured copy reads its source when the graph runs, as a graph's copy node does.
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t stream) {
-    diloco::emu::stream_issue(stream, "cudaMemcpyAsync");
-    std::memmove(dst, src, bytes);
-    return cudaSuccess;
+    const Issue i = capture_or_run(stream, [=] {
+        diloco::emu::stream_issue(stream, "cudaMemcpyAsync");
+        std::memmove(dst, src, bytes);
+    });
+    return i == kRefused ? cudaErrorStreamCaptureImplicit : cudaSuccess;
 }
-cudaError_t cudaMemset(void* p, int value, size_t bytes) { return cudaMemsetAsync(p, value, bytes, nullptr); }
+cudaError_t cudaMemset(void* p, int value, size_t bytes) {
+    if (refused_during_capture("cudaMemset")) return cudaErrorStreamCaptureUnsupported;
+    return cudaMemsetAsync(p, value, bytes, nullptr);
+}
 cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t stream) {
-    diloco::emu::stream_issue(stream, "cudaMemset");
-    std::memset(p, value, bytes);
-    return cudaSuccess;
+    const Issue i = capture_or_run(stream, [=] {
+        diloco::emu::stream_issue(stream, "cudaMemset");
+        std::memset(p, value, bytes);
+    });
+    return i == kRefused ? cudaErrorStreamCaptureImplicit : cudaSuccess;
 }
 
 // ---- synchronisation and errors ------------------------------------------------------------------
@@ -214,6 +317,7 @@ cudaError_t cudaDeviceSynchronize() {
     State& st = state();
     {
         std::lock_guard<std::mutex> lock(st.mutex);
+        if (unsafe_during_capture(st, "cudaDeviceSynchronize")) return cudaErrorStreamCaptureUnsupported;
         host_waits_for_all(st);
     }
     return diloco::emu::take_pending_error();
@@ -224,6 +328,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
         std::lock_guard<std::mutex> lock(st.mutex);
         const int id = id_of(st, stream);
         if (id < 0) return cudaErrorInvalidResourceHandle;
+        if (unsafe_during_capture(st, "cudaStreamSynchronize")) return cudaErrorStreamCaptureUnsupported;
         st.host_waits++;
         merge(st.host, clock_of(st, id));
     }
@@ -300,6 +405,21 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
     std::lock_guard<std::mutex> lock(st.mutex);
     const int id = id_of(st, stream);
     if (!st.live_events.count(event) || id < 0) return cudaErrorInvalidResourceHandle;
+    if (Capture* c = st.streams[id].capture) {  // kept for the graph; marks where the stream stands in it
+        c->ops.push_back([=] { cudaEventRecord(event, stream); });
+        event->captured_in = c;
+        event->captured_stream = id;
+        event->captured_at = st.streams[id].captured_ops;
+        return cudaSuccess;
+    }
+    if (id == 0)
+        for (Capture* c : st.captures)
+            for (int t : c->streams)
+                if (st.streams[t].blocking) {
+                    invalidate(c, "cudaEventRecord on the legacy default stream");
+                    return cudaErrorStreamCaptureImplicit;
+                }
+    event->captured_in = nullptr;
     enter(st, id);
     event->clock = clock_of(st, id);
     event->recorded = true;
@@ -314,15 +434,35 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
     State& st = state();
     std::lock_guard<std::mutex> lock(st.mutex);
     const int id = id_of(st, stream);
-    if (id < 0 || !recorded(st, event)) return cudaErrorInvalidResourceHandle;
+    if (id < 0 || !st.live_events.count(event)) return cudaErrorInvalidResourceHandle;
     if (flags != 0) return cudaErrorInvalidValue;
-    merge(st.streams[id].seen, event->clock);
+    Capture* c = event->captured_in && st.captures.count(event->captured_in) ? event->captured_in : nullptr;
+    Stream& s = st.streams[id];
+    if (c) {  // an event of a capture: the waiting stream joins it, or (the origin) takes the other back
+        if (s.capture && s.capture != c) return cudaErrorStreamCaptureIsolation;
+        if (!s.capture) {
+            if (id == 0) return cudaErrorStreamCaptureUnsupported;
+            s.capture = c;
+            s.captured_ops = 0;
+            c->streams.insert(id);
+        }
+        c->ops.push_back([=] { cudaStreamWaitEvent(stream, event, flags); });
+        if (id == c->origin) c->rejoined_at[event->captured_stream] = event->captured_at;
+        return cudaSuccess;
+    }
+    if (s.capture) {
+        invalidate(s.capture, "a wait on an event recorded outside the capture");
+        return cudaErrorStreamCaptureIsolation;
+    }
+    if (!recorded(st, event)) return cudaErrorInvalidResourceHandle;
+    merge(s.seen, event->clock);
     return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
     State& st = state();
     std::lock_guard<std::mutex> lock(st.mutex);
     if (!recorded(st, event)) return cudaErrorInvalidResourceHandle;
+    if (unsafe_during_capture(st, "cudaEventSynchronize")) return cudaErrorStreamCaptureUnsupported;
     st.host_waits++;
     merge(st.host, event->clock);
     return cudaSuccess;
@@ -333,6 +473,7 @@ cudaError_t cudaEventQuery(cudaEvent_t event) {
     State& st = state();
     std::lock_guard<std::mutex> lock(st.mutex);
     if (!st.live_events.count(event)) return cudaErrorInvalidResourceHandle;
+    if (unsafe_during_capture(st, "cudaEventQuery")) return cudaErrorStreamCaptureUnsupported;
     if (event->recorded) merge(st.host, event->clock);
     return cudaSuccess;
 }
@@ -342,5 +483,86 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) 
     if (!ms) return cudaErrorInvalidValue;
     if (!recorded(st, start) || !recorded(st, end)) return cudaErrorInvalidResourceHandle;
     *ms = (float)((end->seconds - start->seconds) * 1e3);
+    return cudaSuccess;
+}
+
+// ---- graphs --------------------------------------------------------------------------------------
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode) {
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mutex);
+    const int id = id_of(st, stream);
+    if (id < 0) return cudaErrorInvalidResourceHandle;
+    if (id == 0) return cudaErrorStreamCaptureUnsupported;  // the legacy stream cannot be captured
+    if (st.streams[id].capture) return cudaErrorIllegalState;
+    Capture* c = new Capture{id, std::this_thread::get_id(), mode != cudaStreamCaptureModeRelaxed, "", {}, {id}, {}};
+    st.captures.insert(c);
+    st.streams[id].capture = c;
+    st.streams[id].captured_ops = 0;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mutex);
+    const int id = id_of(st, stream);
+    if (id < 0) return cudaErrorInvalidResourceHandle;
+    Capture* c = st.streams[id].capture;
+    if (!c || c->origin != id) return cudaErrorIllegalState;
+    std::string unjoined;
+    for (int t : c->streams) {
+        if (t == id) continue;
+        auto it = c->rejoined_at.find(t);
+        if (it == c->rejoined_at.end() || it->second != st.streams[t].captured_ops) unjoined += " " + name_of(t);
+    }
+    for (int t : c->streams) st.streams[t].capture = nullptr;
+    st.captures.erase(c);
+    cudaError_t e = cudaSuccess;
+    if (!c->invalid.empty())
+        e = cudaErrorStreamCaptureInvalidated;
+    else if (!unjoined.empty())
+        e = cudaErrorStreamCaptureUnjoined;
+    *graph = e == cudaSuccess ? new CUgraph_st{std::move(c->ops), id} : nullptr;
+    delete c;
+    return e;
+}
+
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status) {
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mutex);
+    const int id = id_of(st, stream);
+    if (id < 0) return cudaErrorInvalidResourceHandle;
+    const Capture* c = st.streams[id].capture;
+    *status = !c ? cudaStreamCaptureStatusNone : c->invalid.empty() ? cudaStreamCaptureStatusActive
+                                                                    : cudaStreamCaptureStatusInvalidated;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+    if (!graph) return cudaErrorInvalidValue;
+    *exec = new CUgraphExec_st{*graph};
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
+    if (!exec) return cudaErrorInvalidValue;
+    {
+        State& st = state();
+        std::lock_guard<std::mutex> lock(st.mutex);
+        const int id = id_of(st, stream);
+        if (id < 0) return cudaErrorInvalidResourceHandle;
+        if (st.streams[id].capture) return cudaErrorStreamCaptureUnsupported;  // no graphs within graphs here
+        if (id != exec->graph.origin) return cudaErrorInvalidValue;  // the emulator's simplification (emu.h)
+    }
+    for (const std::function<void()>& op : exec->graph.ops) op();
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+    delete graph;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+    delete exec;
     return cudaSuccess;
 }
