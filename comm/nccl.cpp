@@ -54,9 +54,12 @@ NcclWorkerComm::~NcclWorkerComm() {
 }
 
 void NcclWorkerComm::average(float* x, size_t n, cudaStream_t stream) {
-    const int G = comm_.ranks_per_worker();  // G = 1 too: one GPU runs the path of many
+    // G = 1 too: one GPU runs the path of many
     NCCL_CHECK(ncclAllReduce(x, x, n, ncclFloat32, ncclAvg, static_cast<ncclComm_t>(nccl_), stream));
-    comm_.count_inner(ring_allreduce_bytes(4 * n, G));  // as the MPI worker link counts
+}
+
+void NcclWorkerComm::count_average(size_t n) {
+    comm_.count_inner(ring_allreduce_bytes(4 * n, comm_.ranks_per_worker()));  // as the MPI worker link counts
 }
 
 void NcclWorkerComm::allgather_slices(float* x, size_t n, cudaStream_t stream) {

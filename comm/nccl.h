@@ -25,8 +25,11 @@ public:
     int device() const { return device_; }
 
     // Averages n floats of device memory over the worker's ranks, in place, on `stream` (also for
-    // one rank, where it is a copy in place, so that one GPU exercises the call).
+    // one rank, where it is a copy in place, so that one GPU exercises the call). Its bytes are
+    // counted by count_average, once per average that runs: a CUDA Graph issues the call once
+    // and runs it at every launch.
     void average(float* x, size_t n, cudaStream_t stream);
+    void count_average(size_t n);
     // All-gather of the G slices (slice_of) of x, n floats in all, in place, on `stream`.
     void allgather_slices(float* x, size_t n, cudaStream_t stream);
 

@@ -42,10 +42,12 @@ __device__ __forceinline__ void adamw_one(float& p, float& m, float& v, float g,
 
 // norm_sq (device, or null for s.grad_scale as given): the gradients' squared norm, from which
 // every thread takes the clipping scale itself. A non-finite norm leaves everything as it was: the
-// host, which learns of it at the step's end, stops the run with the weights of before the step.
+// host, which learns of it steps later, stops the run with the weights of before the step.
+// step (device, or null for s's own): the step's learning rate and bias corrections.
 __global__ void adamw_kernel(float* params, float* m, float* v, const float* grads, bf16* params_bf16,
                              const unsigned long long* offsets, const unsigned char* decay, int nseg,
-                             AdamWScalars s, const double* norm_sq, float max_norm) {
+                             AdamWScalars s, const AdamWStepScalars* step, const double* norm_sq, float max_norm) {
+    if (step) s.lr = step->lr, s.bc1 = step->bc1, s.bc2 = step->bc2;
     if (norm_sq) {
         if (!isfinite(*norm_sq)) return;
         s.grad_scale = clip_scale(sqrt(*norm_sq), max_norm);  // the CPU's own function (kernels/gradnorm.h)
@@ -108,33 +110,32 @@ void adamw_free_segments(AdamWSegmentsDevice& dev) {
 }
 
 static cudaError_t adamw_update(float* params, float* m, float* v, const float* grads, const AdamWSegmentsDevice& segs,
-                                const AdamWHyper& h, long t, float grad_scale, const double* norm_sq, float max_norm,
-                                cudaStream_t stream, uint16_t* params_bf16) {
+                                const AdamWHyper& h, long t, const AdamWStepScalars* step, float grad_scale,
+                                const double* norm_sq, float max_norm, cudaStream_t stream, uint16_t* params_bf16) {
     if (segs.nsegments == 0 || segs.total == 0) return cudaSuccess;
-    AdamWScalars s{h.lr, h.beta1, h.beta2, h.eps, h.weight_decay,
-                   1.0f - (float)std::pow((double)h.beta1, (double)t),
-                   1.0f - (float)std::pow((double)h.beta2, (double)t), grad_scale};
+    const AdamWStepScalars k = adamw_step_scalars(h, t);  // unused when `step` is given
+    AdamWScalars s{k.lr, h.beta1, h.beta2, h.eps, h.weight_decay, k.bc1, k.bc2, grad_scale};
     const int block = 256;
     const unsigned long long groups = (segs.total + 3) / 4 + 1;  // +1: a start that is not 4-aligned
     // 8 bytes a boundary: past 48 KiB only beyond 6143 segments (some 500 layers), but then it must ask
     const size_t smem = (segs.nsegments + 1) * sizeof(unsigned long long);
     if (cudaError_t e = allow_dynamic_smem(adamw_kernel, smem); e != cudaSuccess) return e;
     DILOCO_LAUNCH(adamw_kernel, (unsigned)((groups + block - 1) / block), block, smem, stream, params, m, v,
-                  grads, reinterpret_cast<bf16*>(params_bf16), segs.offsets, segs.decay, segs.nsegments, s, norm_sq,
-                  max_norm);
+                  grads, reinterpret_cast<bf16*>(params_bf16), segs.offsets, segs.decay, segs.nsegments, s, step,
+                  norm_sq, max_norm);
     return cudaGetLastError();
 }
 
 cudaError_t adamw_update_cuda(float* params, float* m, float* v, const float* grads,
                               const AdamWSegmentsDevice& segs, const AdamWHyper& h, long t,
                               float grad_scale, cudaStream_t stream, uint16_t* params_bf16) {
-    return adamw_update(params, m, v, grads, segs, h, t, grad_scale, nullptr, 0.0f, stream, params_bf16);
+    return adamw_update(params, m, v, grads, segs, h, t, nullptr, grad_scale, nullptr, 0.0f, stream, params_bf16);
 }
 
 cudaError_t adamw_update_clipped_cuda(float* params, float* m, float* v, const float* grads,
-                                      const AdamWSegmentsDevice& segs, const AdamWHyper& h, long t,
+                                      const AdamWSegmentsDevice& segs, const AdamWHyper& h, const AdamWStepScalars* step,
                                       const double* norm_sq, float max_norm, cudaStream_t stream, uint16_t* params_bf16) {
-    return adamw_update(params, m, v, grads, segs, h, t, 1.0f, norm_sq, max_norm, stream, params_bf16);
+    return adamw_update(params, m, v, grads, segs, h, 1, step, 1.0f, norm_sq, max_norm, stream, params_bf16);
 }
 
 }  // namespace diloco

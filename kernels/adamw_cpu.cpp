@@ -4,11 +4,15 @@
 
 namespace diloco {
 
+AdamWStepScalars adamw_step_scalars(const AdamWHyper& h, long t) {
+    return {h.lr, 1.0f - (float)std::pow((double)h.beta1, (double)t), 1.0f - (float)std::pow((double)h.beta2, (double)t)};
+}
+
 void adamw_update_cpu(float* params, float* m, float* v, const float* grads,
                       const AdamWSegment* segments, int nsegments, const AdamWHyper& h, long t,
                       float grad_scale) {
-    const float bc1 = 1.0f - (float)std::pow((double)h.beta1, (double)t);
-    const float bc2 = 1.0f - (float)std::pow((double)h.beta2, (double)t);
+    const AdamWStepScalars k = adamw_step_scalars(h, t);
+    const float bc1 = k.bc1, bc2 = k.bc2;
     for (int s = 0; s < nsegments; s++) {
         const long off = (long)segments[s].offset, cnt = (long)segments[s].count;
         const float wd = segments[s].decay ? h.weight_decay : 0.0f;

@@ -27,11 +27,13 @@ cudaError_t adamw_update_cuda(float* params, float* m, float* v, const float* gr
 
 // The same with the gradients scaled by clip_scale(sqrt(*norm_sq), max_norm) (kernels/gradnorm.h),
 // taken on the device from norm_sq (one double of device memory: global_norm_squared_cuda's
-// output), so that no host wait stands between the norm and the update. A non-finite norm leaves
-// params, m, v and the bf16 copy unchanged.
+// output), so that no host wait stands between the norm and the update; and with the step's
+// learning rate and bias corrections read from `step` (device memory; h's lr is not used), so
+// that the launch is the same at every step and can be captured in a CUDA Graph. A non-finite
+// norm leaves params, m, v and the bf16 copy unchanged.
 cudaError_t adamw_update_clipped_cuda(float* params, float* m, float* v, const float* grads,
-                                      const AdamWSegmentsDevice& segments, const AdamWHyper& h, long t,
-                                      const double* norm_sq, float max_norm, cudaStream_t stream,
-                                      uint16_t* params_bf16 = nullptr);
+                                      const AdamWSegmentsDevice& segments, const AdamWHyper& h,
+                                      const AdamWStepScalars* step, const double* norm_sq, float max_norm,
+                                      cudaStream_t stream, uint16_t* params_bf16 = nullptr);
 
 }  // namespace diloco

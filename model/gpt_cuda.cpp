@@ -35,14 +35,17 @@ void gpt_cuda_create(GPTCuda& m, const GPT& host, int B, int T, Precision precis
         Acts a;
         DILOCO_CUDA_CHECK(cudaMalloc(&m.acts, layout_acts(a, nullptr, host.config, B, T) * sizeof(float)));
     }
-    DILOCO_CUDA_CHECK(cudaMalloc(&m.tokens, (size_t)B * T * sizeof(int)));
-    DILOCO_CUDA_CHECK(cudaMalloc(&m.targets, (size_t)B * T * sizeof(int)));
+    // the model's own stream, blocking: a step on it can be captured (the legacy stream cannot),
+    // and the host's blocking copies still wait for it
+    DILOCO_CUDA_CHECK(cudaStreamCreate(&m.stream));
+    m.rows_ints = (size_t)2 * B * T;
+    DILOCO_CUDA_CHECK(cudaMalloc(&m.rows, m.rows_ints * sizeof(int)));
     DILOCO_CUDA_CHECK(cudaMalloc(&m.att_workspace, attention_backward_workspace(B, T, host.config.n_head) * sizeof(float)));
     DILOCO_CUDA_CHECK(cudaMalloc(&m.emb_workspace, embedding_backward_workspace(B, T) * sizeof(int)));
     // the widest layer with a bias is the MLP's first (4C outputs); the logits have none
     const long mm_floats = matmul_backward_workspace(B * T, 4 * host.config.d_model);
     DILOCO_CUDA_CHECK(cudaMalloc(&m.mm_workspace, mm_floats * sizeof(float)));
-    const size_t figure_bytes = (3 * kStepFigureSlots + 1) * sizeof(double);
+    const size_t figure_bytes = (3 * (1 + kStepFigureSlots) + 1) * sizeof(double);
     DILOCO_CUDA_CHECK(cudaMalloc(&m.step_figures, figure_bytes));
     DILOCO_CUDA_CHECK(cudaMemset(m.step_figures, 0, figure_bytes));
     DILOCO_CUDA_CHECK(cudaMallocHost(&m.figures_host, figure_bytes));
@@ -55,7 +58,7 @@ void gpt_cuda_create(GPTCuda& m, const GPT& host, int B, int T, Precision precis
 
 void gpt_cuda_destroy(GPTCuda& m) {
     m.cudnn_attention.reset();  // before its stream goes
-    for (void* p : {(void*)m.params, (void*)m.grads, (void*)m.acts, (void*)m.tokens, (void*)m.targets,
+    for (void* p : {(void*)m.params, (void*)m.grads, (void*)m.acts, (void*)m.rows,
                     (void*)m.att_workspace, (void*)m.emb_workspace, (void*)m.mm_workspace, (void*)m.params16,
                     (void*)m.acts16, (void*)m.step_figures})
         if (p) cudaFree(p);
@@ -63,6 +66,7 @@ void gpt_cuda_destroy(GPTCuda& m) {
     if (m.figures_host) cudaFreeHost(m.figures_host);
     if (m.staged) cudaEventDestroy(m.staged);
     blas_destroy(m.blas);
+    if (m.stream) cudaStreamDestroy(m.stream);
     m = GPTCuda{};
 }
 
@@ -72,30 +76,41 @@ static Acts device_acts(GPTCuda& m) {
     return a;
 }
 
-// Micro-batch `slot`'s rows into their slot of the pinned staging buffer, then to the device on the
-// model's stream. A blocking copy from pageable memory would wait for the device first; this one
-// lets the host run ahead. Slot 0 starts a step: the host waits for the last step's copies (long
-// done by then) before it writes again.
-static void upload_rows(GPTCuda& m, const int* tokens, const int* targets, int N, int slot) {
-    const size_t need = (size_t)(slot + 1) * 2 * N;
-    if (m.staging_in_flight && (slot == 0 || need > m.staging_ints)) {
+// The rows of `micro_batches` micro-batches of N into the pinned staging buffer, then to the device
+// in one copy on the model's stream. A blocking copy from pageable memory would wait for the device
+// first; this one lets the host run ahead, by about a step: it waits for the last step's copy
+// (done when that step's first kernel started) before it writes the buffer again.
+static void upload_rows(GPTCuda& m, const int* tokens, const int* targets, int N, int micro_batches) {
+    const size_t need = (size_t)micro_batches * 2 * N;
+    if (m.staging_in_flight) {
         if (cudaEventQuery(m.staged) != cudaSuccess) DILOCO_CUDA_CHECK(cudaEventSynchronize(m.staged));
         m.staging_in_flight = false;
     }
-    if (need > m.staging_ints) {  // the slots written so far this step are on the device already
+    if (need > m.staging_ints) {
         if (m.staging) DILOCO_CUDA_CHECK(cudaFreeHost(m.staging));
-        m.staging_ints = std::max(need, 2 * m.staging_ints);
+        m.staging_ints = need;
         DILOCO_CUDA_CHECK(cudaMallocHost(&m.staging, m.staging_ints * sizeof(int)));
     }
-    int* rows = m.staging + (size_t)slot * 2 * N;
-    std::memcpy(rows, tokens, (size_t)N * sizeof(int));
-    DILOCO_CUDA_CHECK(cudaMemcpyAsync(m.tokens, rows, (size_t)N * sizeof(int), cudaMemcpyHostToDevice, m.stream));
-    if (targets) {
-        std::memcpy(rows + N, targets, (size_t)N * sizeof(int));
-        DILOCO_CUDA_CHECK(cudaMemcpyAsync(m.targets, rows + N, (size_t)N * sizeof(int), cudaMemcpyHostToDevice, m.stream));
+    if (need > m.rows_ints) {  // a larger --grad-accum than the last step's
+        DILOCO_CUDA_CHECK(cudaFree(m.rows));
+        m.rows_ints = need;
+        DILOCO_CUDA_CHECK(cudaMalloc(&m.rows, m.rows_ints * sizeof(int)));
     }
+    for (int k = 0; k < micro_batches; k++) {
+        int* slot = m.staging + (size_t)k * 2 * N;
+        std::memcpy(slot, tokens + (size_t)k * N, (size_t)N * sizeof(int));
+        if (targets) std::memcpy(slot + N, targets + (size_t)k * N, (size_t)N * sizeof(int));
+    }
+    const size_t ints = targets ? need : (size_t)N;  // without targets: one micro-batch's tokens
+    DILOCO_CUDA_CHECK(cudaMemcpyAsync(m.rows, m.staging, ints * sizeof(int), cudaMemcpyHostToDevice, m.stream));
     DILOCO_CUDA_CHECK(cudaEventRecord(m.staged, m.stream));
     m.staging_in_flight = true;
+}
+
+// The forward's rows: micro-batch k of the staged ones.
+static void select_rows(GPTCuda& m, int N, int micro_batch) {
+    m.tokens = m.rows + (size_t)micro_batch * 2 * N;
+    m.targets = m.tokens + N;
 }
 
 // The forward on the rows already on the device, to the per-row losses (null without targets).
@@ -139,16 +154,27 @@ static void begin_forward(GPTCuda& m, int B, int T) {
 
 float gpt_cuda_forward(GPTCuda& m, const int* tokens, const int* targets, int B, int T) {
     begin_forward(m, B, T);
-    upload_rows(m, tokens, targets, B * T, 0);
+    upload_rows(m, tokens, targets, B * T, 1);
+    select_rows(m, B * T, 0);
     const float* losses = forward_on_device(m, B, T, targets != nullptr);
     return losses ? gpt_cuda_mean_loss(losses, B * T) : NAN;
 }
 
-void gpt_cuda_forward_train(GPTCuda& m, const int* tokens, const int* targets, int B, int T, int micro_batch) {
+void gpt_cuda_stage_rows(GPTCuda& m, const int* tokens, const int* targets, int B, int T, int micro_batches) {
+    DILOCO_CHECK(B <= m.B && T <= m.T, "a step with more rows than were allocated");
+    upload_rows(m, tokens, targets, B * T, micro_batches);
+}
+
+void gpt_cuda_forward_staged(GPTCuda& m, int B, int T, int micro_batch) {
     begin_forward(m, B, T);
-    upload_rows(m, tokens, targets, B * T, micro_batch);
+    select_rows(m, B * T, micro_batch);
     const float* losses = forward_on_device(m, B, T, true);
-    DILOCO_CUDA_CHECK(loss_mean_accumulate_cuda(gpt_cuda_figures(m, m.figure_slot), losses, B * T, m.stream));
+    DILOCO_CUDA_CHECK(loss_mean_accumulate_cuda(gpt_cuda_step_figures(m), losses, B * T, m.stream));
+}
+
+void gpt_cuda_keep_step_figures(GPTCuda& m, int slot) {
+    DILOCO_CUDA_CHECK(cudaMemcpyAsync(gpt_cuda_kept_figures(m, slot), gpt_cuda_step_figures(m), 3 * sizeof(double),
+                                      cudaMemcpyDeviceToDevice, m.stream));
 }
 
 float gpt_cuda_mean_loss(const float* device_losses, int N) {

@@ -28,23 +28,25 @@ struct GPTCuda {
     uint16_t* params16 = nullptr;  // bf16: the weights' bf16 copy, the flat layout of params
     uint16_t* acts16 = nullptr;    // bf16: the activations and their gradients
     int B = 0, T = 0, cur_B = 0, cur_T = 0;
-    int* tokens = nullptr;   // device
-    int* targets = nullptr;  // device
-    // pinned host: each micro-batch's tokens then targets, in its own slot, on their way to the
-    // device by asynchronous copies; `staged` is recorded after the latest copy, and the host waits
-    // on it before it refills a slot
+    // device: a step's rows, micro-batch k's tokens at 2kN and its targets at 2kN + N (N = B T)
+    int* rows = nullptr;
+    size_t rows_ints = 0;
+    int* tokens = nullptr;   // the rows of the forward at hand, in `rows`
+    int* targets = nullptr;
+    // pinned host: the same layout, on its way to `rows` in one asynchronous copy; `staged` is
+    // recorded after the copy, and the host waits on it before it refills the buffer
     int* staging = nullptr;
     size_t staging_ints = 0;
     cudaEvent_t staged = nullptr;
     bool staging_in_flight = false;
-    // device: kStepFigureSlots slots of 3 doubles, one slot per training step, reused in turn, so
-    // that the host reads the figures of many steps in one copy (optim/train_cuda.cpp): [0] the
-    // step's loss (its micro-batches' means, added), [1] the squared norm of its gradients, [2] the
-    // gate AdamW takes its clipping from (step_gate_cuda); then one double, the sticky "halted"
-    // flag that a non-finite loss or norm sets (kernels/gradnorm_cuda.h)
+    // device, in slots of 3 doubles: [0] a step's loss (its micro-batches' means, added), [1] the
+    // squared norm of its gradients, [2] the gate AdamW takes its clipping from (step_gate_cuda).
+    // The first slot is the step being computed (every step's kernels use the same addresses, so
+    // that a step can be captured once and replayed); kStepFigureSlots more keep each step's in
+    // turn, so that the host reads many steps' in one copy (optim/train_cuda.cpp); then one double,
+    // the sticky "halted" flag that a non-finite loss or norm sets (kernels/gradnorm_cuda.h)
     double* step_figures = nullptr;
-    double* figures_host = nullptr;  // pinned: the slots' copy on the host (one asynchronous copy, one wait)
-    int figure_slot = 0;             // the slot of the step being enqueued
+    double* figures_host = nullptr;  // pinned: the kept slots' copy on the host (one copy, one wait)
     int step_micro_batches = 1;  // of that step
     float* att_workspace = nullptr;
     int* emb_workspace = nullptr;
@@ -54,9 +56,12 @@ struct GPTCuda {
     cudaStream_t stream = nullptr;
 };
 
-// The figures of the step in `slot` (3 doubles, device), and the halted flag (one double, device).
-inline double* gpt_cuda_figures(const GPTCuda& m, int slot) { return m.step_figures + 3 * slot; }
-inline double* gpt_cuda_halted(const GPTCuda& m) { return m.step_figures + 3 * kStepFigureSlots; }
+// The figures of the step being computed, those kept in `slot`, and the halted flag (device).
+inline double* gpt_cuda_step_figures(const GPTCuda& m) { return m.step_figures; }
+inline double* gpt_cuda_kept_figures(const GPTCuda& m, int slot) { return m.step_figures + 3 * (1 + slot); }
+inline double* gpt_cuda_halted(const GPTCuda& m) { return m.step_figures + 3 * (1 + kStepFigureSlots); }
+// Keeps the step's figures in `slot` (an asynchronous copy on the model's stream).
+void gpt_cuda_keep_step_figures(GPTCuda& m, int slot);
 
 // Allocates everything for batches of up to B x T and copies the host model's parameters.
 void gpt_cuda_create(GPTCuda& m, const GPT& host, int B, int T, Precision precision = Precision::fp32);
@@ -65,10 +70,13 @@ void gpt_cuda_destroy(GPTCuda& m);
 // Forward on host tokens/targets (B,T); returns the mean loss (NaN without targets), read back
 // at once (evaluation).
 float gpt_cuda_forward(GPTCuda& m, const int* tokens, const int* targets, int B, int T);
-// The forward of micro-batch `micro_batch` of a training step (its rows copied through that slot
-// of the staging buffer): adds its mean loss into the loss of the step's figures (figure_slot), on
-// the device, and returns without waiting for the device.
-void gpt_cuda_forward_train(GPTCuda& m, const int* tokens, const int* targets, int B, int T, int micro_batch);
+// A training step's rows, micro_batches x B x T tokens and targets (host), on their way to the
+// device in one asynchronous copy; waits only for the previous such copy to have left the staging
+// buffer. May reallocate m.rows (never while a graph is being captured: it is not part of one).
+void gpt_cuda_stage_rows(GPTCuda& m, const int* tokens, const int* targets, int B, int T, int micro_batches);
+// The forward of micro-batch `micro_batch` of the staged rows: adds its mean loss into the loss of
+// the step's figures, on the device, and returns without waiting for the device.
+void gpt_cuda_forward_staged(GPTCuda& m, int B, int T, int micro_batch);
 // Backward of the last forward's mean loss; accumulates into m.grads, weighted 1/micro_batches
 // as gpt_backward (model/gpt.h) for gradient accumulation.
 void gpt_cuda_backward(GPTCuda& m, int micro_batches = 1);

@@ -32,6 +32,15 @@ public:
     // Waits for the device and returns the figures of every step updated since the last call,
     // oldest first: the host's one wait for any number of steps.
     virtual std::vector<StepFigures> read_figures() = 0;
+    // The whole inner step: compute_gradients, the average within the worker on the device when
+    // `average` (average_grads_in_worker; only where averages_in_worker()), inner_update. Returns
+    // the learning rate. One call, so that a trainer may capture the step once and replay it.
+    virtual float train_step(const int* tokens, const int* targets, int B, int T, int micro_batches, long step,
+                             bool average) {
+        compute_gradients(tokens, targets, B, T, micro_batches);
+        if (average) average_grads_in_worker();
+        return inner_update(step);
+    }
     // Waits until the device has done everything enqueued so far.
     virtual void synchronize() = 0;
     // mean loss of a forward pass (evaluation), no gradients
@@ -45,6 +54,10 @@ public:
     virtual void params_from_host(const float* host, size_t begin, size_t count) = 0;
     virtual void moments_to_host(float* m, float* v) = 0;
     virtual void moments_from_host(const float* m, const float* v) = 0;
+    // How the inner steps were issued, in a line (say, how many as a CUDA Graph).
+    virtual std::string describe_steps() const { return "inner steps issued kernel by kernel"; }
+    // Whether average_grads_in_worker can average on the device (NCCL).
+    virtual bool averages_in_worker() const { return false; }
     // Averages the gradients over the ranks of this worker on the device (NCCL, on a stream of
     // its own ordered by events, so that the next kernel on the model's stream waits for it) and
     // returns true, or returns false when it cannot, and the loop averages them through the host.
@@ -54,15 +67,24 @@ public:
     virtual bool allgather_param_slices_in_worker() { return false; }
 };
 
+// How a device trains. precision: of the matrix products (--matmul-precision: fp32, or tf32 on
+// tensor cores); storage: fp32, or bf16 mixed precision; cudnn_attention: bf16's attention by
+// cuDNN's SDPA (--attention cudnn); graphs: replay the inner step as a CUDA Graph where it is
+// stable (--cuda-graph auto).
+struct DeviceOptions {
+    MatmulPrecision precision = MatmulPrecision::fp32;
+    Precision storage = Precision::fp32;
+    bool cudnn_attention = false;
+    bool graphs = true;
+};
+
 struct DeviceBackend {
     std::string name;  // "cuda", or "cuda (emulated)"
     int (*device_count)() = nullptr;
     // comm: the run's topology; the trainer picks its device (the rank's index on its node) and,
-    // with NCCL, joins the worker's NCCL communicator. precision: of the matrix products
-    // (--matmul-precision: fp32, or tf32 on tensor cores); storage: fp32, or bf16 mixed precision;
-    // cudnn_attention: bf16's attention by cuDNN's SDPA (--attention cudnn)
+    // with NCCL, joins the worker's NCCL communicator
     std::unique_ptr<DeviceTrainer> (*create)(const GPT& host, const InnerHyper& h, int B, int T, Comm& comm,
-                                             MatmulPrecision precision, Precision storage, bool cudnn_attention) = nullptr;
+                                             const DeviceOptions& options) = nullptr;
 };
 
 void register_device_backend(const DeviceBackend& backend);

@@ -78,6 +78,8 @@ struct TrainOptions {
     // model's head size allows it (64 or 128), else fp32
     std::string precision = "auto";
     std::string attention = "ours";  // ours (attention v2) | cudnn (cuDNN's SDPA; bf16 on a device)
+    // auto: a device replays the inner step as a CUDA Graph where it is stable | off
+    std::string cuda_graph = "auto";
 };
 
 }  // namespace diloco

@@ -153,6 +153,7 @@ struct Run {
     TokenStream* train = nullptr;        // the loop's stream (null for replicas in turn and own schedules)
     Precision precision = Precision::fp32;  // of the device's forward and backward (--precision)
     TokenizerBlob tokenizer;             // the data's subword tokenizer, carried in rank 0's checkpoints
+    bool device_averages = false;        // gradients are averaged on the device (NCCL)
     bool stage_grads = false;            // gradients cross the host for their average
     long global_rows = 0;                // rows of one inner step, all replicas (and their turns) together
     long stream_rows = 0, my_row = 0;    // rows the stream advances per step; this rank's first
@@ -216,12 +217,16 @@ void set_up_model_and_algorithm(Run& r) {
                  "--attention cudnn needs --device cuda in bf16 (--precision bf16 or auto): cuDNN's flash attention "
                  "takes bf16 inputs");
     if (on_device) {
-        r.dev = device_backend().create(r.model, inner_hyper(o), o.batch, o.seq_len, r.comm,
-                                        parse_matmul_precision(o.matmul_precision), r.precision, o.attention == "cudnn");
+        const DeviceOptions d{parse_matmul_precision(o.matmul_precision), r.precision, o.attention == "cudnn",
+                              o.cuda_graph == "auto"};
+        r.dev = device_backend().create(r.model, inner_hyper(o), o.batch, o.seq_len, r.comm, d);
         if (r.state.step > 0) r.dev->moments_from_host(r.inner.m.data(), r.inner.v.data());
     }
+    // the ranks that train one model average their gradients on the device (NCCL) when they are
+    // the worker's ranks; otherwise through the host, staged there when there is more than one
     const bool replicas = r.algo->replica_per_worker();
-    r.stage_grads = r.dev && (replicas ? r.comm.ranks_per_worker() : r.comm.world_size()) > 1;
+    r.device_averages = r.dev && (replicas || r.comm.workers() == 1) && r.dev->averages_in_worker();
+    r.stage_grads = r.dev && !r.device_averages && (replicas ? r.comm.ranks_per_worker() : r.comm.world_size()) > 1;
     set_rows(r);
 }
 
@@ -279,13 +284,10 @@ void print_header(const Run& r, const TokenStream& train) {
                  o.steps, where.c_str(), train.num_tokens() / 1e6);
 }
 
-// The step's gradients, averaged over the ranks that train one model: on the device (NCCL) when
-// they are the worker's ranks and the device trainer can (its time then comes with the step's
-// figures), otherwise through the host.
+// The step's gradients, averaged through the host over the ranks that train one model (on a
+// device whose ranks cannot average there, staged to the host and back).
 void average_gradients(Run& r, StepSeconds& spent) {
     TraceRange trace("gradient average");
-    const bool within_worker = r.algo->replica_per_worker() || r.comm.workers() == 1;
-    if (r.dev && within_worker && r.dev->average_grads_in_worker()) return;
     float* grads = r.model.grads.data();
     double t = r.seconds();
     if (r.stage_grads) r.dev->grads_to_host(grads);
@@ -388,35 +390,41 @@ PendingStep inner_step(Run& r, TokenStream& train, int64_t step, std::vector<int
     StepSeconds spent;
     double t = r.seconds();
     float loss = NAN;
-    {
-        TraceRange trace("forward and backward");
-        if (r.dev) {
-            r.dev->compute_gradients(tok.data(), tgt.data(), B, T, K);
-            if (r.stage_grads) r.dev->synchronize();  // averaged through the host: wait here, as compute
-        } else {
-            loss = compute_gradients(r.model, tok.data(), tgt.data(), B, T, K);
-        }
-    }
-    spent.compute += r.seconds() - t;
-    if (!r.dev) {  // this rank's own loss and gradients, before averaging spreads a NaN to every rank
-        if (!std::isfinite(loss)) stop_non_finite(r, step, "the loss is " + std::to_string(loss));
-        const std::string bad = first_non_finite_tensor(r.model, r.model.grads.data());
-        if (!bad.empty()) stop_non_finite(r, step, "the gradient of " + bad + " is the first non-finite tensor");
-    }
-    average_gradients(r, spent);
-    t = r.seconds();
     InnerStepInfo si{NAN, NAN};
-    {
-        TraceRange trace("inner optimizer");
-        if (r.dev)
-            si.lr = r.dev->inner_update(step);
-        else
-            si = inner_update(r.inner, r.model, step);
-    }
-    spent.compute += r.seconds() - t;
-    if (!r.dev) {
-        const std::string bad = first_non_finite_tensor(r.model, r.model.params.data());
-        if (!bad.empty()) stop_non_finite(r, step, "the inner update made parameter " + bad + " the first non-finite tensor");
+    if (r.dev && !r.stage_grads) {  // the whole step on the device, in one call (a CUDA Graph when it can)
+        TraceRange trace("inner step");
+        si.lr = r.dev->train_step(tok.data(), tgt.data(), B, T, K, step, r.device_averages);
+        spent.compute += r.seconds() - t;
+    } else {
+        {
+            TraceRange trace("forward and backward");
+            if (r.dev) {
+                r.dev->compute_gradients(tok.data(), tgt.data(), B, T, K);
+                r.dev->synchronize();  // averaged through the host: wait here, as compute
+            } else {
+                loss = compute_gradients(r.model, tok.data(), tgt.data(), B, T, K);
+            }
+        }
+        spent.compute += r.seconds() - t;
+        if (!r.dev) {  // this rank's own loss and gradients, before averaging spreads a NaN to every rank
+            if (!std::isfinite(loss)) stop_non_finite(r, step, "the loss is " + std::to_string(loss));
+            const std::string bad = first_non_finite_tensor(r.model, r.model.grads.data());
+            if (!bad.empty()) stop_non_finite(r, step, "the gradient of " + bad + " is the first non-finite tensor");
+        }
+        average_gradients(r, spent);
+        t = r.seconds();
+        {
+            TraceRange trace("inner optimizer");
+            if (r.dev)
+                si.lr = r.dev->inner_update(step);
+            else
+                si = inner_update(r.inner, r.model, step);
+        }
+        spent.compute += r.seconds() - t;
+        if (!r.dev) {
+            const std::string bad = first_non_finite_tensor(r.model, r.model.params.data());
+            if (!bad.empty()) stop_non_finite(r, step, "the inner update made parameter " + bad + " the first non-finite tensor");
+        }
     }
     r.spent += spent;
     r.state.step = step;
@@ -628,6 +636,7 @@ void write_summary(Run& r) {
                  (unsigned long long)r.comm.progress_polls());
     std::fclose(r.metrics);
     std::fprintf(stderr, "train: done in %s | final val_loss %.4f\n", fmt_duration(wall).c_str(), r.val_loss);
+    if (r.dev) std::fprintf(stderr, "train: %s\n", r.dev->describe_steps().c_str());
     if (M > 1)
         std::fprintf(stderr, "train: across-worker bytes %.2f MB in total; data-parallel would have sent %.2f MB "
                              "for the same tokens (%.1fx)\n",

@@ -121,6 +121,7 @@ void check_options(const TrainOptions& o) {
     DILOCO_CHECK(o.precision == "auto" || o.precision == "fp32" || o.precision == "bf16",
                  "--precision must be auto, fp32 or bf16, got '" + o.precision + "'");
     DILOCO_CHECK(o.attention == "ours" || o.attention == "cudnn", "--attention must be ours or cudnn, got '" + o.attention + "'");
+    DILOCO_CHECK(o.cuda_graph == "auto" || o.cuda_graph == "off", "--cuda-graph must be auto or off, got '" + o.cuda_graph + "'");
     find_algorithm(o.algo).check_options(o);  // what the chosen algorithm refuses
 }
 

@@ -1,5 +1,6 @@
 #include "optim/train_cuda.h"
 
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -9,6 +10,7 @@
 #include "model/gpt_cuda.h"
 #include "optim/device.h"
 #include "optim/inner_cuda.h"
+#include "optim/step_graph.h"
 #ifndef DILOCO_EMULATE
 #include "kernels/cuda_info.h"
 #endif
@@ -26,8 +28,8 @@ void check(cudaError_t e, const char* what) {
 
 class CudaTrainer : public DeviceTrainer {
 public:
-    CudaTrainer(const GPT& host, const InnerHyper& h, int B, int T, Comm& comm, MatmulPrecision precision, Precision storage,
-                bool cudnn_attention) {
+    CudaTrainer(const GPT& host, const InnerHyper& h, int B, int T, Comm& comm, const DeviceOptions& o)
+        : graph_(o.graphs && !o.cudnn_attention && !cuda_sync_enabled()) {
         // the device first: everything below allocates on it. With NCCL the worker's gradients are
         // averaged on the device even for one rank, so that one GPU runs the path many GPUs take.
 #ifdef DILOCO_HAVE_NCCL
@@ -40,42 +42,61 @@ public:
 #else
         (void)comm;
 #endif
-        gpt_cuda_create(model_, host, B, T, storage);
-        blas_set_precision(model_.blas, precision);
-        if (cudnn_attention) model_.cudnn_attention = cudnn_sdpa_create(model_.stream);
+        gpt_cuda_create(model_, host, B, T, o.storage);
+        blas_set_precision(model_.blas, o.precision);
+        if (o.cudnn_attention) model_.cudnn_attention = cudnn_sdpa_create(model_.stream);
         inner_cuda_create(opt_, model_, h);
         for (SlotEvents& e : slot_events_)
             for (cudaEvent_t* ev : {&e.start, &e.end, &e.average_start, &e.averaged}) check(cudaEventCreate(ev), "cudaEventCreate");
 #ifdef DILOCO_HAVE_NCCL
         check(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
-        check(cudaEventCreate(&grads_ready_), "cudaEventCreate");
+        for (cudaEvent_t* e : {&grads_ready_, &averaged_}) check(cudaEventCreate(e), "cudaEventCreate");
 #endif
     }
     ~CudaTrainer() override {
         for (SlotEvents& e : slot_events_)
             for (cudaEvent_t ev : {e.start, e.end, e.average_start, e.averaged}) cudaEventDestroy(ev);
 #ifdef DILOCO_HAVE_NCCL
-        if (grads_ready_) cudaEventDestroy(grads_ready_);
+        for (cudaEvent_t e : {grads_ready_, averaged_})
+            if (e) cudaEventDestroy(e);
         if (comm_stream_) cudaStreamDestroy(comm_stream_);
 #endif
         inner_cuda_destroy(opt_);
         gpt_cuda_destroy(model_);
     }
-    // A step takes the next slot of the device's figures and of the events around it; the host
-    // reads them when asked, or when every slot holds an unread step.
+    // A step takes the next slot of the kept figures and of the events around it; the host reads
+    // them when asked, or when every slot holds an unread step.
     void compute_gradients(const int* tokens, const int* targets, int B, int T, int micro_batches) override {
-        model_.figure_slot = next_slot_;
-        averaged_this_step_ = false;
-        check(cudaEventRecord(slot_events_[next_slot_].start, model_.stream), "cudaEventRecord");
+        begin_step();
+        split_steps_++;
         compute_gradients_cuda(model_, tokens, targets, B, T, micro_batches);
     }
     float inner_update(long step) override {
         const float lr = inner_update_cuda(opt_, model_, step);
-        check(cudaEventRecord(slot_events_[next_slot_].end, model_.stream), "cudaEventRecord");
-        unread_.push_back({next_slot_, lr, averaged_this_step_});
-        next_slot_ = (next_slot_ + 1) % kStepFigureSlots;
-        if ((int)unread_.size() == kStepFigureSlots) read_unread();
+        end_step(lr);
         return lr;
+    }
+    // The step's rows and scalars go up first; what follows launches the same kernels with the
+    // same arguments at every step, and is replayed as a CUDA Graph when graphs are on.
+    float train_step(const int* tokens, const int* targets, int B, int T, int micro_batches, long step,
+                     bool average) override {
+        begin_step();
+        gpt_cuda_stage_rows(model_, tokens, targets, B, T, micro_batches);
+        const float lr = stage_step_scalars_cuda(opt_, model_, step);
+        const std::string shape = std::to_string(B) + "x" + std::to_string(T) + "x" + std::to_string(micro_batches) +
+                                  (average ? " averaged" : "") + " rows@" + std::to_string((uintptr_t)model_.rows);
+        graph_.run(model_.stream, shape, [&] {
+            gradients_on_device_cuda(model_, B, T, micro_batches);
+            if (average) average_on_device(!graph_.capturing());
+            update_on_device_cuda(opt_, model_);
+        });
+        if (average) count_average();
+        end_step(lr);
+        return lr;
+    }
+    std::string describe_steps() const override {
+        return "inner steps: " + std::to_string(graph_.launches()) + " launched as a CUDA Graph, " +
+               std::to_string(graph_.direct() + split_steps_) + " kernel by kernel";
     }
     std::vector<StepFigures> read_figures() override {
         read_unread();
@@ -107,18 +128,17 @@ public:
         copy(opt_.m, m, cudaMemcpyHostToDevice);
         copy(opt_.v, v, cudaMemcpyHostToDevice);
     }
-    // grads_ready (model stream) -> allreduce on the comm stream -> averaged (model stream waits)
+    bool averages_in_worker() const override {
+#ifdef DILOCO_HAVE_NCCL
+        return true;
+#else
+        return false;
+#endif
+    }
     bool average_grads_in_worker() override {
 #ifdef DILOCO_HAVE_NCCL
-        const size_t n = model_.layout.num_params;
-        SlotEvents& e = slot_events_[next_slot_];
-        check(cudaEventRecord(grads_ready_, model_.stream), "cudaEventRecord");
-        check(cudaStreamWaitEvent(comm_stream_, grads_ready_, 0), "cudaStreamWaitEvent");
-        check(cudaEventRecord(e.average_start, comm_stream_), "cudaEventRecord");
-        nccl_->average(model_.grads, n, comm_stream_);
-        check(cudaEventRecord(e.averaged, comm_stream_), "cudaEventRecord");
-        check(cudaStreamWaitEvent(model_.stream, e.averaged, 0), "cudaStreamWaitEvent");
-        averaged_this_step_ = true;
+        average_on_device(true);
+        count_average();
         return true;
 #else
         return false;
@@ -145,6 +165,41 @@ private:
         float lr;
         bool averaged;
     };
+    void begin_step() {
+        averaged_this_step_ = false;
+        check(cudaEventRecord(slot_events_[next_slot_].start, model_.stream), "cudaEventRecord");
+    }
+    void end_step(float lr) {
+        gpt_cuda_keep_step_figures(model_, next_slot_);
+        check(cudaEventRecord(slot_events_[next_slot_].end, model_.stream), "cudaEventRecord");
+        unread_.push_back({next_slot_, lr, averaged_this_step_});
+        next_slot_ = (next_slot_ + 1) % kStepFigureSlots;
+        if ((int)unread_.size() == kStepFigureSlots) read_unread();
+    }
+    // grads ready (model stream) -> allreduce on the comm stream -> averaged (the model stream
+    // waits). Timed by the slot's events; in a graph, by fixed events that only order (an event
+    // recorded in a capture is not one the host can time).
+    void average_on_device(bool timed) {
+#ifdef DILOCO_HAVE_NCCL
+        SlotEvents& e = slot_events_[next_slot_];
+        cudaEvent_t done = timed ? e.averaged : averaged_;
+        check(cudaEventRecord(grads_ready_, model_.stream), "cudaEventRecord");
+        check(cudaStreamWaitEvent(comm_stream_, grads_ready_, 0), "cudaStreamWaitEvent");
+        if (timed) check(cudaEventRecord(e.average_start, comm_stream_), "cudaEventRecord");
+        nccl_->average(model_.grads, model_.layout.num_params, comm_stream_);
+        check(cudaEventRecord(done, comm_stream_), "cudaEventRecord");
+        check(cudaStreamWaitEvent(model_.stream, done, 0), "cudaStreamWaitEvent");
+        averaged_this_step_ = timed;
+#else
+        (void)timed;
+        DILOCO_CHECK(false, "internal: an average on the device without NCCL");
+#endif
+    }
+    void count_average() {
+#ifdef DILOCO_HAVE_NCCL
+        nccl_->count_average(model_.layout.num_params);
+#endif
+    }
     // The figures of the unread steps, in one copy and one wait, kept in read_ with their seconds.
     void read_unread() {
         if (unread_.empty()) return;
@@ -171,12 +226,14 @@ private:
 #ifdef DILOCO_HAVE_NCCL
     std::unique_ptr<NcclWorkerComm> nccl_;  // declared first of the device state: destroyed last
     cudaStream_t comm_stream_ = nullptr;
-    cudaEvent_t grads_ready_ = nullptr;
+    cudaEvent_t grads_ready_ = nullptr, averaged_ = nullptr;
 #endif
     GPTCuda model_;
     InnerOptimizerCuda opt_;
+    StepGraph graph_;  // declared after the model: destroyed before its stream
     SlotEvents slot_events_[kStepFigureSlots];
     int next_slot_ = 0;
+    long split_steps_ = 0;  // steps through compute_gradients and inner_update (their gradients staged)
     bool averaged_this_step_ = false;
     std::vector<UnreadStep> unread_;  // enqueued steps whose figures are still on the device, oldest first
     std::vector<StepFigures> read_;   // read, not yet handed to the loop
@@ -192,8 +249,8 @@ int count_devices() {
 }
 
 std::unique_ptr<DeviceTrainer> create(const GPT& host, const InnerHyper& h, int B, int T, Comm& comm,
-                                      MatmulPrecision precision, Precision storage, bool cudnn_attention) {
-    return std::make_unique<CudaTrainer>(host, h, B, T, comm, precision, storage, cudnn_attention);
+                                      const DeviceOptions& options) {
+    return std::make_unique<CudaTrainer>(host, h, B, T, comm, options);
 }
 
 }  // namespace

@@ -120,6 +120,7 @@ expect_error "--precision must be auto, fp32 or bf16, got 'fp16'" "$BIN" train -
 expect_error "--precision bf16 needs --device cuda: the CPU trainer computes in fp32" "$BIN" train --data data --out x $SMALL --steps 8 --device cpu --precision bf16
 expect_error "--attention must be ours or cudnn, got 'flash'" "$BIN" train --data data --out x $SMALL --steps 8 --attention flash
 expect_error "--attention cudnn needs --device cuda in bf16" "$BIN" train --data data --out x $SMALL --steps 8 --device cpu --attention cudnn
+expect_error "--cuda-graph must be auto or off, got 'on'" "$BIN" train --data data --out x $SMALL --steps 8 --cuda-graph on
 # asynchronous Local-SGD: worker speeds, its own options elsewhere, the server's extra rank
 expect_error "--worker-speeds: worker 1's speed must be positive, got 0" "$BIN" train --data data --out x $SMALL --steps 4 --algo async --workers 2 --worker-speeds 1,0
 expect_error "--worker-speeds: worker 2's speed must be positive, got -0.5" "$BIN" train --data data --out x $SMALL --steps 4 --algo async --workers 3 --worker-speeds 1,1,-0.5

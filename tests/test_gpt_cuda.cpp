@@ -12,6 +12,7 @@
 #include "optim/inner.h"
 #include "optim/inner_cuda.h"
 #include "optim/schedule.h"
+#include "optim/step_graph.h"
 #include "tests/compare.h"
 
 #ifndef DILOCO_EMULATE
@@ -26,7 +27,8 @@ namespace {
 // One step's update and its figures, read at once (the trainer reads many steps' in one copy).
 StepFigures update_and_read(InnerOptimizerCuda& opt, GPTCuda& dev, long step) {
     const float lr = inner_update_cuda(opt, dev, step);
-    return read_step_figures_cuda(dev, dev.figure_slot, 1, &lr, dev.step_micro_batches)[0];
+    gpt_cuda_keep_step_figures(dev, 0);
+    return read_step_figures_cuda(dev, 0, 1, &lr, dev.step_micro_batches)[0];
 }
 
 // One training step of the CPU model on fresh random tokens (weights from `seed`, tokens and
@@ -278,9 +280,9 @@ TEST(CudaModel, TrainingStepsWaitForTheDeviceOnlyWhenTheirFiguresAreRead) {
         for (int k = 0; k < K; k++) alone[step - 1] += gpt_cuda_forward(dev, tok.data() + k * B * T, tgt.data() + k * B * T, B, T);
         alone[step - 1] /= K;
         const uint64_t before = emu::host_wait_count();
-        dev.figure_slot = (first_slot + step - 1) % kStepFigureSlots;
         compute_gradients_cuda(dev, tok.data(), tgt.data(), B, T, K);
         lrs[step - 1] = inner_update_cuda(opt, dev, step);
+        gpt_cuda_keep_step_figures(dev, (first_slot + step - 1) % kStepFigureSlots);
         if (step > 1)  // the first grows the staging buffer to K slots, and freeing the old one waits
             EXPECT_EQ(emu::host_wait_count() - before, 0u) << "step " << step << " made the host wait";
         EXPECT_EQ(lrs[step - 1], lr_at(step, h.total_steps, h.warmup, h.lr, h.min_lr_frac));
@@ -330,9 +332,9 @@ TEST(CudaModel, StepsAfterANonFiniteOneChangeNothing) {
         inner_cuda_create(opt, dev, h);
         std::vector<float> lrs;
         for (int step = 1; step <= (run == 0 ? 4 : 1); step++) {
-            dev.figure_slot = step - 1;
             compute_gradients_cuda(dev, tok.data() + (step - 1) * B * T, tgt.data() + (step - 1) * B * T, B, T);
             lrs.push_back(inner_update_cuda(opt, dev, step));
+            gpt_cuda_keep_step_figures(dev, step - 1);
         }
         if (run == 0) figures = read_step_figures_cuda(dev, 0, 4, lrs.data(), 1);
         params[run] = gpt_cuda_download(dev, dev.params);
@@ -348,6 +350,63 @@ TEST(CudaModel, StepsAfterANonFiniteOneChangeNothing) {
     EXPECT_TRUE(std::memcmp(params[0].data(), params[1].data(), params[0].size() * sizeof(float)) == 0)
         << "steps 2-4 changed the weights";
     EXPECT_TRUE(std::memcmp(m[0].data(), m[1].data(), m[0].size() * sizeof(float)) == 0) << "steps 2-4 changed m";
+}
+
+// The inner step captured once as a CUDA Graph and replayed (optim/step_graph.h) is the step issued
+// kernel by kernel, bit for bit, over steps whose rows, learning rate and bias corrections all
+// differ (warmup): what changes from step to step must reach the graph through device buffers, not
+// through launch arguments frozen at the capture. Two micro-batches, in fp32 and in bf16.
+TEST(CudaModel, AStepReplayedAsAGraphIsTheStepLaunchByLaunch) {
+#ifndef DILOCO_EMULATE
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device (" << cuda_summary() << "); native GPU test not run";
+#endif
+    const GPTConfig cfg{67, 24, 1, 1, 64};  // head size 64: the bf16 path's attention too
+    const int K = 2, B = 2, T = 17, steps = 4;
+    GPT host;
+    gpt_build(host, cfg);
+    gpt_init(host, 45);
+    InnerHyper h;
+    h.lr = 1e-2f, h.warmup = 3, h.total_steps = 10, h.grad_clip = 1.0f;
+    for (Precision precision : {Precision::fp32, Precision::bf16}) {
+        std::vector<float> params[2], m[2];
+        std::vector<StepFigures> figures[2];
+        for (int graphed = 0; graphed < 2; graphed++) {
+            GPTCuda dev;
+            gpt_cuda_create(dev, host, B, T, precision);
+            InnerOptimizerCuda opt;
+            inner_cuda_create(opt, dev, h);
+            StepGraph graph(graphed == 1);
+            Rng rng(46);
+            std::vector<int> tok(K * B * T), tgt(K * B * T);
+            std::vector<float> lrs;
+            for (int step = 1; step <= steps; step++) {
+                for (auto& t : tok) t = (int)rng.below(cfg.vocab);
+                for (auto& t : tgt) t = (int)rng.below(cfg.vocab);
+                gpt_cuda_stage_rows(dev, tok.data(), tgt.data(), B, T, K);
+                lrs.push_back(stage_step_scalars_cuda(opt, dev, step));
+                graph.run(dev.stream, "the step", [&] {
+                    gradients_on_device_cuda(dev, B, T, K);
+                    update_on_device_cuda(opt, dev);
+                });
+                gpt_cuda_keep_step_figures(dev, step - 1);
+            }
+            EXPECT_EQ(graph.launches(), graphed ? steps : 0);
+            figures[graphed] = read_step_figures_cuda(dev, 0, steps, lrs.data(), K);
+            params[graphed] = gpt_cuda_download(dev, dev.params);
+            m[graphed] = gpt_cuda_download(dev, opt.m);
+            inner_cuda_destroy(opt);
+            gpt_cuda_destroy(dev);
+        }
+        const char* name = precision == Precision::bf16 ? "bf16" : "fp32";
+        EXPECT_NE(params[0], host.params) << name << ": the steps changed nothing";
+        EXPECT_TRUE(std::memcmp(params[0].data(), params[1].data(), params[0].size() * sizeof(float)) == 0) << name;
+        EXPECT_TRUE(std::memcmp(m[0].data(), m[1].data(), m[0].size() * sizeof(float)) == 0) << name;
+        for (int k = 0; k < steps; k++) {
+            EXPECT_EQ(figures[0][k].loss, figures[1][k].loss) << name << " step " << k + 1;
+            EXPECT_EQ(figures[0][k].inner.grad_norm, figures[1][k].inner.grad_norm) << name << " step " << k + 1;
+        }
+        EXPECT_NE(figures[1][0].loss, figures[1][steps - 1].loss) << name << ": every step read the same rows";
+    }
 }
 
 // Mixed precision (--precision bf16) against the fp32 CPU step. Every stored activation and the

@@ -37,6 +37,7 @@ TEST(Nccl, WorkerAverageAndAllGather) {
     ASSERT_EQ(cudaMalloc(&dev, n * 4), cudaSuccess);
     cudaMemcpy(dev, host.data(), n * 4, cudaMemcpyHostToDevice);
     nccl.average(dev, n, nullptr);  // one rank too: the training loop calls it for G = 1
+    nccl.count_average(n);
     cudaMemcpy(host.data(), dev, n * 4, cudaMemcpyDeviceToHost);
     const float mean_factor = (G + 1) / 2.0f;  // mean of 1..G
     for (size_t i = 0; i < n; i++) ASSERT_FLOAT_EQ(host[i], mean_factor * (float)(i % 13)) << i;

@@ -208,8 +208,10 @@ TEST(Twin, AdamWMatchesCpu) {
 }
 
 // The clipping scale taken on the device from the squared norm (adamw_update_clipped_cuda) is the
-// host's clip_scale of the same double arithmetic: the update must match the one given that scale,
-// bit for bit, clipped or not; and clipping must change it.
+// host's clip_scale of the same double arithmetic, and the step's scalars read from device memory
+// are the host's (the hyperparameters it is given carry a wrong learning rate, which must not be
+// used): the update must match the one given that scale, bit for bit, clipped or not; and clipping
+// must change it.
 TEST(Twin, AdamWClipScaleTakenOnTheDeviceIsTheHosts) {
     REQUIRE_DEVICE();
     Rng rng(38);
@@ -228,8 +230,12 @@ TEST(Twin, AdamWClipScaleTakenOnTheDeviceIsTheHosts) {
             CUDA_OK(cudaMemset(dm.p, 0, n * sizeof(float)));
             CUDA_OK(cudaMemset(dv.p, 0, n * sizeof(float)));
             Dev<double> sq(std::vector<double>{norm_sq});
+            Dev<AdamWStepScalars> step(std::vector<AdamWStepScalars>{adamw_step_scalars(h, 2)});
+            AdamWHyper wrong_lr = h;
+            wrong_lr.lr = 1e6f;
             if (run == 0) CUDA_OK(adamw_update_cuda(dp.p, dm.p, dv.p, dg.p, dsegs, h, 2, scale, nullptr));
-            if (run == 1) CUDA_OK(adamw_update_clipped_cuda(dp.p, dm.p, dv.p, dg.p, dsegs, h, 2, sq.p, max_norm, nullptr));
+            if (run == 1)
+                CUDA_OK(adamw_update_clipped_cuda(dp.p, dm.p, dv.p, dg.p, dsegs, wrong_lr, step.p, sq.p, max_norm, nullptr));
             if (run == 2) CUDA_OK(adamw_update_cuda(dp.p, dm.p, dv.p, dg.p, dsegs, h, 2, 1.0f, nullptr));
             got[run] = dp.get();
         }
@@ -242,7 +248,8 @@ TEST(Twin, AdamWClipScaleTakenOnTheDeviceIsTheHosts) {
         Dev<float> dp(p), dm(m0), dv(v0), dg(g);
         Dev<uint16_t> copy(n);
         Dev<double> sq(std::vector<double>{bad});
-        CUDA_OK(adamw_update_clipped_cuda(dp.p, dm.p, dv.p, dg.p, dsegs, h, 2, sq.p, 1.0f, nullptr, copy.p));
+        Dev<AdamWStepScalars> step(std::vector<AdamWStepScalars>{adamw_step_scalars(h, 2)});
+        CUDA_OK(adamw_update_clipped_cuda(dp.p, dm.p, dv.p, dg.p, dsegs, h, step.p, sq.p, 1.0f, nullptr, copy.p));
         EXPECT_TRUE(same_bits(dp.get(), p) && same_bits(dm.get(), m0) && same_bits(dv.get(), v0)) << "norm^2 " << bad;
         const std::vector<uint16_t> c = copy.get();
         EXPECT_TRUE(std::all_of(c.begin(), c.end(), [](uint16_t b) { return b == 0xFFFF; })) << "the bf16 copy was written";

@@ -328,6 +328,28 @@ if s:
           f"{s['tok_per_s']:.0f} tok/s; seconds: compute {s.get('compute_s', 0):.1f}, "
           f"comm {s.get('comm_s', 0):.1f}, staging {s.get('stage_s', 0):.1f} of {s['wall_s']:.1f}")
 PY
+    # the inner step as a CUDA Graph (the default) against kernel by kernel: the same bits, and each one's speed
+    local g
+    for g in auto off; do
+        step "train graph=$g" 60 "${MPIRUN[@]}" "$BIN/diloco" train --data "$data" --out "$WORK/graph-$g" "${size[@]}" \
+            --steps 60 --warmup 20 --lr 1e-3 --log-every 60 --eval-batches 1 --device $DEVICE --cuda-graph $g
+    done
+    [ -f "$WORK/graph-off/metrics.jsonl" ] && python3 - "$WORK/graph-auto/metrics.jsonl" "$WORK/graph-off/metrics.jsonl" <<'PY' | tee -a "$NUMBERS"
+import json, os, sys
+def load(path):
+    rows = [json.loads(l) for l in open(path)] if os.path.exists(path) else []
+    steps = [r for r in rows if "loss" in r]
+    if len(steps) < 2: return None, None
+    a, b = steps[0], steps[-1]  # after step 1: the capture is not counted
+    return [r["loss"] for r in steps], (b["tokens"] - a["tokens"]) / (b["wall_s"] - a["wall_s"])
+la, ta = load(sys.argv[1])
+lo, to = load(sys.argv[2])
+if la and lo:
+    print(f"- inner step as a CUDA Graph vs kernel by kernel (small, T=256, B=32, steps 2-60): {ta:.0f} vs {to:.0f} tok/s "
+          f"({ta / to:.3f}x); losses {'equal bit for bit' if la == lo else 'DIFFER'}")
+else:
+    print("- CUDA Graph comparison: a run left no metrics")
+PY
 }
 
 write_results() {

@@ -118,6 +118,10 @@ void add_train_options(CLI::App* t, TrainOptions& o) {
     t->add_option("--attention", o.attention,
                   "ours or cudnn: the bf16 path's attention, our kernel (variant 2) or cuDNN's fused SDPA")
         ->capture_default_str();
+    t->add_option("--cuda-graph", o.cuda_graph,
+                  "auto or off: on --device cuda, capture the inner step once as a CUDA Graph and launch it whole "
+                  "(auto: where the step allows it; off: every kernel launched by itself)")
+        ->capture_default_str();
 }
 
 void add_train_options_scratch(CLI::App* app) {

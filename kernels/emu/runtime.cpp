@@ -154,6 +154,15 @@ void invalidate(Capture* c, const std::string& why) {
     if (c->invalid.empty()) c->invalid = why;
 }
 
+// A capture that holds a blocking stream, which an operation on the legacy default stream would
+// synchronise with: such an operation is refused and invalidates it (null: none).
+Capture* capture_with_blocking_stream(State& st) {
+    for (Capture* c : st.captures)
+        for (int t : c->streams)
+            if (st.streams[t].blocking) return c;
+    return nullptr;
+}
+
 // A call that waits for the device or allocates, made while this thread captures: refused, and
 // the capture invalidated (as on a GPU in global or thread-local mode).
 bool unsafe_during_capture(State& st, const char* call) {
@@ -179,14 +188,10 @@ Issue capture_or_run(cudaStream_t stream, const std::function<void()>& run) {
             s.captured_ops++;
             return kCaptured;
         }
-        if (id == 0)
-            for (Capture* c : st.captures)
-                for (int t : c->streams)
-                    if (st.streams[t].blocking) {
-                        invalidate(c, "an operation on the legacy default stream, which synchronises with the captured " +
-                                          name_of(t));
-                        return kRefused;
-                    }
+        if (Capture* c = id == 0 ? capture_with_blocking_stream(st) : nullptr) {
+            invalidate(c, "an operation on the legacy default stream, which synchronises with a captured stream");
+            return kRefused;
+        }
     }
     run();
     return kRun;
@@ -412,13 +417,10 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
         event->captured_at = st.streams[id].captured_ops;
         return cudaSuccess;
     }
-    if (id == 0)
-        for (Capture* c : st.captures)
-            for (int t : c->streams)
-                if (st.streams[t].blocking) {
-                    invalidate(c, "cudaEventRecord on the legacy default stream");
-                    return cudaErrorStreamCaptureImplicit;
-                }
+    if (Capture* c = id == 0 ? capture_with_blocking_stream(st) : nullptr) {
+        invalidate(c, "cudaEventRecord on the legacy default stream");
+        return cudaErrorStreamCaptureImplicit;
+    }
     event->captured_in = nullptr;
     enter(st, id);
     event->clock = clock_of(st, id);

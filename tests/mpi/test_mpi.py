@@ -10,6 +10,7 @@ import glob
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -529,10 +530,13 @@ def main():
                   f"max relative loss difference {max_rel(a, b):.1e}")
 
             # several ranks in a worker: the worker link is the emulated NCCL, the CPU's is MPI
+            emu_stderr = {}
+
             def same_through_nccl(name, algo_args, ranks, steps):
                 common = ["--steps", str(steps), "--batch", "2"] + algo_args
                 t0 = time.time()
                 p = run(emu + ["--out", D(f"emu-{name}")] + common, ranks=ranks)
+                emu_stderr[name] = p.stderr
                 took = time.time() - t0
                 run(base + ["--out", D(f"cpu-{name}"), "--device", "cpu"] + common, ranks=ranks)
                 a, _ = metrics(D(f"emu-{name}"))
@@ -545,6 +549,20 @@ def main():
 
             ok, detail = same_through_nccl("dp-g2", ["--algo", "dp", "--workers", "1"], 2, 6)
             check("DP with 2 ranks in one worker, --device cuda (emulated NCCL average) = on the CPU", ok, detail)
+            # the inner step as a CUDA Graph (the default) against kernel by kernel: the same kernels,
+            # so the same bits, the NCCL average inside the graph included
+            p = run(emu + ["--out", D("emu-dp-g2-nograph"), "--steps", "6", "--batch", "2", "--algo", "dp",
+                           "--workers", "1", "--cuda-graph", "off"], ranks=2)
+            graph_ckpt = open(os.path.join(D("emu-dp-g2"), "ckpt", "step_00000006.ckpt"), "rb").read()
+            plain_ckpt = open(os.path.join(D("emu-dp-g2-nograph"), "ckpt", "step_00000006.ckpt"), "rb").read()
+            a, _ = metrics(D("emu-dp-g2"))
+            b, _ = metrics(D("emu-dp-g2-nograph"))
+            launched = r"inner steps: (\d+) launched as a CUDA Graph, (\d+) kernel by kernel"
+            said = re.findall(launched, emu_stderr["dp-g2"]) + re.findall(launched, p.stderr)
+            check("--cuda-graph off = the CUDA Graph (emulated), bit for bit, with the NCCL average in the graph",
+                  graph_ckpt == plain_ckpt and np.array_equal(a, b) and said == [("6", "0"), ("0", "6")],
+                  f"checkpoints {'equal' if graph_ckpt == plain_ckpt else 'DIFFER'}, losses "
+                  f"{'equal' if np.array_equal(a, b) else 'differ'}; (graph, kernel by kernel) steps: {said}")
             # one worker of 2 ranks: the outer sync stages only each rank's slice, then shares them
             ok, detail = same_through_nccl("g2", ["--algo", "diloco", "--workers", "1", "--inner-steps", "3"], 2, 6)
             check("DiLoCo with 2 ranks in one worker, --device cuda (emulated NCCL average and all-gather) = on the CPU",
