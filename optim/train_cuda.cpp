@@ -95,8 +95,12 @@ public:
         return lr;
     }
     std::string describe_steps() const override {
-        return "inner steps: " + std::to_string(graph_.launches()) + " launched as a CUDA Graph, " +
-               std::to_string(graph_.direct() + split_steps_) + " kernel by kernel";
+        std::string line = "inner steps: " + std::to_string(graph_.launches()) + " launched as a CUDA Graph, " +
+                           std::to_string(graph_.direct() + split_steps_) + " kernel by kernel";
+#ifdef DILOCO_EMULATE  // the emulator counts the host's waits: tests hold the loop to its reads
+        line += "; the host waited for the device " + std::to_string(emu::host_wait_count()) + " times";
+#endif
+        return line;
     }
     std::vector<StepFigures> read_figures() override {
         read_unread();

@@ -514,6 +514,17 @@ def main():
             check("--device cuda (emulated kernels) = CPU training, 8 steps", max_rel(a, b) <= 1e-5 and
                   abs(sa["final_val_loss"] - sb["final_val_loss"]) <= 1e-5 * sb["final_val_loss"],
                   f"max relative loss difference {max_rel(a, b):.1e}, val {sa['final_val_loss']:.6f} vs {sb['final_val_loss']:.6f}")
+            # the loop waits for the device when it reads the steps' figures (a report), not at every
+            # step: 12 more steps without a progress line (--log-every 0) cost at most one more wait,
+            # however many the start and the end take (the emulator counts the host's waits)
+            waits = {}
+            for steps in (12, 24):
+                p = run(emu + ["--out", D(f"emu-waits{steps}"), "--steps", str(steps), "--batch", "2"])
+                said = re.findall(r"the host waited for the device (\d+) times", p.stderr)
+                waits[steps] = int(said[0]) if said else None
+            check("12 more device steps between two reports make the host wait at most once more, not 12 times more",
+                  None not in waits.values() and waits[24] - waits[12] <= 1,
+                  f"host waits: {waits[12]} in 12 steps, {waits[24]} in 24")
             # TF32 products (emulated: inputs rounded to 10 mantissa bits) change the numbers, slightly:
             # a relative rounding of 2^-11 per operand moves a loss of ~5 by well under 1e-2
             run(emu + ["--out", D("emu1-tf32"), "--steps", "8", "--batch", "4", "--matmul-precision", "tf32"])
