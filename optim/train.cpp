@@ -484,10 +484,12 @@ double run_train(const TrainOptions& o) {
     if (o.comm_progress == "thread") comm.start_progress_thread();
     if (o.on_worker_loss == "continue") comm.enable_survival();
     // under --with-ft the runtime leaves a lost process to the job: with the default handlers a
-    // loss then hung the job or ended it with status 0 (Open MPI 5.0.11), so say so at the start
-    DILOCO_CHECK(o.on_worker_loss == "continue" || comm.world_size() == 1 || !Comm::launched_fault_tolerant(),
-                 "mpirun --with-ft ulfm asks the job to outlive a lost process, and --on-worker-loss abort "
-                 "does not: give --on-worker-loss continue, or start mpirun without --with-ft");
+    // loss then hung the job or ended it with status 0 (Open MPI 5.0.11), so say so at the start.
+    // Every rank sees the same: a collective error, so that they leave together rather than each
+    // calling MPI_Abort (which, under --with-ft, sometimes left mpirun waiting)
+    if (o.on_worker_loss != "continue" && comm.world_size() > 1 && Comm::launched_fault_tolerant())
+        throw CollectiveError("mpirun --with-ft ulfm asks the job to outlive a lost process, and --on-worker-loss "
+                              "abort does not: give --on-worker-loss continue, or start mpirun without --with-ft");
     const DatasetInfo data_info = read_dataset_info(o.data);
     Run r(o, comm, resolve_config(o, data_info.vocab));
     r.tokenizer = read_dataset_tokenizer(o.data, data_info);

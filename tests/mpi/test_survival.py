@@ -28,7 +28,9 @@ def check(name, ok, detail):
 
 
 def metrics(rundir):
-    lines = [json.loads(l) for l in open(os.path.join(rundir, "metrics.jsonl"))]
+    """(losses by step, event lines, summary); empty when the run wrote no metrics.jsonl"""
+    path = os.path.join(rundir, "metrics.jsonl")
+    lines = [json.loads(l) for l in open(path)] if os.path.exists(path) else []
     losses = {l["step"]: l["loss"] for l in lines if "loss" in l}
     events = [l for l in lines if l.get("event")]
     summary = [l for l in lines if l.get("summary")]
@@ -95,7 +97,8 @@ def main():
               rc == 0 and named and summary is not None and [e["step"] for e in events] == [8]
               and events[0]["workers"] == 2 and secs < BOUND_S,
               f"exit {rc} after {secs:.1f} s (bound {BOUND_S} s); line: "
-              f"{next((l for l in err.splitlines() if 'lost worker' in l), 'none')!r}; events {events}")
+              f"{next((l for l in err.splitlines() if 'lost worker' in l), 'none')!r}; events {events}"
+              + ("" if summary else f"; no summary, the ranks said: {err[-1200:]!r}"))
         kept = sorted(os.listdir(D("inner", "ckpt"))) if os.path.isdir(D("inner", "ckpt")) else []
         check("nothing checkpointed is lost: step 4's files of all 3 workers stay; steps 8-16 have the survivors'",
               all(f"step_00000004.rank_{r:05d}.ckpt" in kept for r in range(3))
