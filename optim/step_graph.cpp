@@ -48,7 +48,7 @@ bool StepGraph::capture(cudaStream_t stream, const std::function<void()>& issue)
     return false;
 }
 
-bool StepGraph::run(cudaStream_t stream, const std::string& shape, const std::function<void()>& issue) {
+void StepGraph::run(cudaStream_t stream, const std::string& shape, const std::function<void()>& issue) {
     if (enabled_ && shape != shape_) {
         release();
         if (capture(stream, issue)) shape_ = shape;
@@ -56,12 +56,11 @@ bool StepGraph::run(cudaStream_t stream, const std::string& shape, const std::fu
     if (!enabled_ || !exec_) {
         issue();
         direct_++;
-        return false;
+        return;
     }
     const cudaError_t e = cudaGraphLaunch(exec_, stream);
     DILOCO_CHECK(e == cudaSuccess, std::string("CUDA: cudaGraphLaunch: ") + cudaGetErrorString(e));
     launches_++;
-    return true;
 }
 
 }  // namespace diloco

@@ -22,8 +22,8 @@ public:
     // Enqueues the step that `issue` enqueues on `stream`: launches the graph captured for `shape`
     // (what the step's launches depend on: its sizes and device buffers), capturing it first when
     // there is none for that shape. Without graphs, or once a capture failed (a one-line notice
-    // says why; the run goes on without graphs), calls issue() itself. Returns whether a graph ran.
-    bool run(cudaStream_t stream, const std::string& shape, const std::function<void()>& issue);
+    // says why; the run goes on without graphs), calls issue() itself.
+    void run(cudaStream_t stream, const std::string& shape, const std::function<void()>& issue);
     // Whether issue() is being captured now (rather than run).
     bool capturing() const { return capturing_; }
     long launches() const { return launches_; }  // steps launched as a graph so far

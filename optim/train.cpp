@@ -469,6 +469,33 @@ static void print_rank_map(const Comm& comm) {
     std::fprintf(stderr, "%s\n", line.c_str());
 }
 
+// The loop of a worker that trains one replica: each inner step, the algorithm's part, and a round's
+// end; the survivors' new layout after a lost worker; the test faults (kill_at, fail_after: -1 off).
+static void run_steps(Run& r, std::vector<std::unique_ptr<TokenStream>>& trains, ReplicaWeights& weights,
+                      std::vector<PendingStep>& pending, std::vector<int>& tok, std::vector<int>& tgt, int64_t kill_at,
+                      int64_t fail_after) {
+    TokenStream& train = *trains[0];
+    const long round = r.algo->steps_per_round();
+    int losses_seen = 0, workers = r.comm.workers();
+    for (int64_t step = r.first_step; step <= r.end_step; step++) {
+        const uint64_t outer_before = r.comm.bytes_outer();
+        pending.push_back(inner_step(r, train, step, tok, tgt));
+        if (step == kill_at && r.comm.worker() == r.comm.workers() - 1) raise(SIGKILL);
+        const StepEnd at{step, step % round == 0 || step == r.end_step, step == r.o.steps};
+        after_inner_step(r, weights, at, pending.back().spent);
+        if (at.round_ends && r.comm.losses() != losses_seen) {
+            continue_without_lost_workers(r, trains, workers);
+            losses_seen = r.comm.losses();
+            workers = r.comm.workers();
+        }
+        if (at.round_ends)
+            end_round(r, pending, step, outer_before);
+        else
+            r.peak_bytes_step = std::max(r.peak_bytes_step, r.comm.bytes_outer() - outer_before);
+        if (step == fail_after) inject_failure(r);
+    }
+}
+
 double run_train(const TrainOptions& o) {
     check_options(o);
     const int64_t fail_after = test_step("DILOCO_TEST_FAIL_AFTER_STEP");
@@ -541,24 +568,7 @@ double run_train(const TrainOptions& o) {
         round_in_turns(r, trains, weights, a, b, pending, tok, tgt);
         end_round(r, pending, b, outer_before);
     }
-    int losses_seen = 0, workers = comm.workers();
-    for (int64_t step = r.first_step; step <= r.end_step && !r.algo->runs_own_schedule() && !r.turns; step++) {
-        const uint64_t outer_before = comm.bytes_outer();
-        pending.push_back(inner_step(r, train, step, tok, tgt));
-        if (step == kill_at && comm.worker() == comm.workers() - 1) raise(SIGKILL);
-        const StepEnd at{step, step % round == 0 || step == r.end_step, step == o.steps};
-        after_inner_step(r, weights, at, pending.back().spent);
-        if (at.round_ends && comm.losses() != losses_seen) {
-            continue_without_lost_workers(r, trains, workers);
-            losses_seen = comm.losses();
-            workers = comm.workers();
-        }
-        if (at.round_ends)
-            end_round(r, pending, step, outer_before);
-        else
-            r.peak_bytes_step = std::max(r.peak_bytes_step, comm.bytes_outer() - outer_before);
-        if (step == fail_after) inject_failure(r);
-    }
+    if (!r.algo->runs_own_schedule() && !r.turns) run_steps(r, trains, weights, pending, tok, tgt, kill_at, fail_after);
     if (r.end_step < o.steps) {
         if (r.root()) {
             // the closing line of a stop, as the summary is of a finished run (tools/launch.sh reads it)
