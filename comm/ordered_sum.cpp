@@ -22,9 +22,11 @@ void fold_parts(const float* parts, int nparts, size_t stride, size_t count, flo
         for (size_t i = 0; i < count; i++) acc[i] += parts[(size_t)q * stride + i];
 }
 
+#ifdef DILOCO_HAVE_MPI
 double clock_seconds() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
+#endif
 
 }  // namespace
 

@@ -75,7 +75,7 @@ static std::vector<Input> read_inputs(const PrepareOptions& opt) {
     std::vector<Input> inputs;
     for (const std::string& path : opt.inputs) {
         DILOCO_CHECK(fs::is_regular_file(path), "input " + path + " does not exist or is not a file");
-        Input in{path, read_text_file(path)};
+        Input in{path, read_text_file(path), 0, {}};
         const std::string& t = in.text;
         DILOCO_CHECK(t.size() >= 2, "input " + path + " is empty");
         const size_t nval = std::max<size_t>(1, (size_t)(t.size() * opt.val_fraction));
